@@ -1,0 +1,46 @@
+//! The answer to one hit: allowed or not, and the numbers a caller needs to say why.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Nanos;
+
+/// The outcome of checking one hit of `cost` against one counter at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Whether the hit passed (and, when `cost > 0`, consumed quota).
+    pub allowed: bool,
+    /// The configured limit (requests per window, or the bucket's burst).
+    pub limit: u64,
+    /// Quota left after this decision: a later hit with `cost <= remaining` at the same
+    /// instant is allowed.
+    pub remaining: u64,
+    /// Time from `now` until the counter is back to full quota (window end, or bucket full).
+    pub reset_after: Nanos,
+    /// For a denial: time from `now` after which the same cost would be allowed if nothing
+    /// else happened. `None` when allowed, or when the cost can never pass.
+    pub retry_after: Option<Nanos>,
+    /// Why the hit was denied; `None` when allowed.
+    pub denied: Option<DenyReason>,
+}
+
+/// Why a hit was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DenyReason {
+    /// The counter has not enough quota left now; retry after `retry_after`.
+    OverLimit,
+    /// The cost is larger than the limit itself: it can never pass.
+    CostExceedsLimit,
+    /// The counter store is at its key cap and this key is new (fail closed).
+    StoreFull,
+}
+
+impl DenyReason {
+    /// A short, stable, human-readable reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::OverLimit => "over limit",
+            DenyReason::CostExceedsLimit => "cost exceeds the limit: it can never pass",
+            DenyReason::StoreFull => "counter store is full: new keys are refused",
+        }
+    }
+}

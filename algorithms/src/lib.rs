@@ -1,0 +1,41 @@
+//! Pure, deterministic rate-limit algorithms and the keyed counter store.
+//!
+//! Everything in this crate is a function of its inputs: no I/O, no clock reads, no
+//! randomness. Time is always an argument, [`Nanos`] since the Unix epoch. The Raft state
+//! machine replays these calls from its log on every replica, so the same sequence of
+//! `(now, cost)` must give the same [`Decision`]s everywhere, forever.
+//!
+//! # Tour
+//! - [`Rate`] says what a limit allows: an [`Algorithm`], a `limit` per `window`, and for
+//!   token buckets a `burst`. [`Rate::validate`] refuses configurations an algorithm
+//!   cannot honour.
+//! - [`CounterState`] is the per-key state of one limit; one module per algorithm:
+//!   [`fixed_window`], [`sliding_window`], [`sliding_log`], [`token_bucket`].
+//!   The leaky bucket (gubernator's queue-less meter) is the same machine as the token
+//!   bucket; see [`token_bucket`] for the equivalence.
+//! - [`CounterStore`] maps counter keys to states, expires idle keys and caps memory.
+//!
+//! # Time going backwards
+//! A new Raft leader may have a slower clock than the old one. Every algorithm clamps:
+//! a `now` earlier than the latest instant it has seen is treated as that instant. Time
+//! never runs backwards inside a counter, so a slow clock cannot mint extra quota.
+
+pub mod decision;
+pub mod fixed_window;
+pub mod rate;
+pub mod sliding_log;
+pub mod sliding_window;
+pub mod state;
+pub mod store;
+pub mod token_bucket;
+
+pub use decision::{Decision, DenyReason};
+pub use rate::{Algorithm, Rate, RateError};
+pub use state::CounterState;
+pub use store::{CounterStore, StoreError, StoredCounter};
+
+/// Nanoseconds since the Unix epoch (UTC). `u64` lasts until the year 2554.
+pub type Nanos = u64;
+
+/// One second in [`Nanos`].
+pub const SECOND: Nanos = 1_000_000_000;
