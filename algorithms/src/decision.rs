@@ -44,3 +44,62 @@ impl DenyReason {
         }
     }
 }
+
+// === impl Decision ===
+
+impl Decision {
+    /// An allowed hit (or a peek).
+    pub(crate) fn allow(limit: u64, remaining: u64, reset_after: Nanos) -> Decision {
+        Decision {
+            allowed: true,
+            limit,
+            remaining,
+            reset_after,
+            retry_after: None,
+            denied: None,
+        }
+    }
+
+    /// A hit denied for lack of quota now; the same cost passes after `retry_after`.
+    pub(crate) fn over_limit(
+        limit: u64,
+        remaining: u64,
+        reset_after: Nanos,
+        retry_after: Nanos,
+    ) -> Decision {
+        Decision {
+            allowed: false,
+            limit,
+            remaining,
+            reset_after,
+            retry_after: Some(retry_after),
+            denied: Some(DenyReason::OverLimit),
+        }
+    }
+
+    /// A hit whose cost exceeds the capacity: it can never pass, so no `retry_after`.
+    pub(crate) fn cost_exceeds_limit(limit: u64, remaining: u64, reset_after: Nanos) -> Decision {
+        Decision {
+            allowed: false,
+            limit,
+            remaining,
+            reset_after,
+            retry_after: None,
+            denied: Some(DenyReason::CostExceedsLimit),
+        }
+    }
+
+    /// A hit on a new key refused because the store is at its key cap. Nothing is known
+    /// about when room frees up, so no `retry_after`; `remaining` is zero because this key
+    /// can consume nothing right now.
+    pub(crate) fn store_full(limit: u64) -> Decision {
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_after: 0,
+            retry_after: None,
+            denied: Some(DenyReason::StoreFull),
+        }
+    }
+}

@@ -20,6 +20,7 @@
 //! a `now` earlier than the latest instant it has seen is treated as that instant. Time
 //! never runs backwards inside a counter, so a slow clock cannot mint extra quota.
 
+mod arith;
 pub mod decision;
 pub mod fixed_window;
 pub mod rate;
@@ -30,9 +31,13 @@ pub mod store;
 pub mod token_bucket;
 
 pub use decision::{Decision, DenyReason};
+pub use fixed_window::FixedWindow;
 pub use rate::{Algorithm, Rate, RateError};
+pub use sliding_log::SlidingLog;
+pub use sliding_window::SlidingWindow;
 pub use state::CounterState;
 pub use store::{CounterStore, StoreError, StoredCounter};
+pub use token_bucket::TokenBucket;
 
 /// Nanoseconds since the Unix epoch (UTC). `u64` lasts until the year 2554.
 pub type Nanos = u64;
