@@ -197,6 +197,25 @@ impl CounterStore {
         self.counters.get(key).map(|stored| stored.clone())
     }
 
+    /// Stores `counter` under `key` unless the key is already stored or the store is full;
+    /// returns whether it was stored. Seeds a leader's fast-mode store from the replicated
+    /// one without ever overwriting a counter that is already being used.
+    pub fn seed(&self, key: &str, counter: StoredCounter) -> bool {
+        if self.counters.contains_key(key) || !self.try_reserve_slot() {
+            return false;
+        }
+        match self.counters.entry(Box::from(key)) {
+            Entry::Occupied(_) => {
+                self.release_slot();
+                false
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(counter);
+                true
+            }
+        }
+    }
+
     /// Removes `key`, returning its counter if it was stored.
     pub fn remove(&self, key: &str) -> Option<StoredCounter> {
         let (_, stored) = self.counters.remove(key)?;

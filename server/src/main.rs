@@ -1,1 +1,50 @@
-fn main() {}
+//! The `quorate` binary: parse flags, then serve or run one operator command.
+
+use anyhow::Context;
+use clap::Parser;
+use quorate_server::cli::{Cli, Command};
+use quorate_server::{node, ops};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config = args.config();
+            let listeners = node::Listeners::bind(args.grpc, args.http)
+                .await
+                .with_context(|| format!("cannot bind gRPC {} / HTTP {}", args.grpc, args.http))?;
+            node::run(config, listeners, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Cluster(c) => ops::cluster(c).await,
+        Command::Policy(p) => ops::policy(p).await,
+        Command::Check(c) => ops::check(c).await,
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

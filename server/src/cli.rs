@@ -1,0 +1,206 @@
+//! The `quorate` command line: `serve`, and the operator commands that talk to a node's
+//! admin API (`cluster ...`, `policy ...`) or decision API (`check`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, RaftTiming, DEFAULT_GRPC, DEFAULT_HTTP, ENV_ADMIN_TOKEN};
+use crate::engine::BatchSettings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quorate",
+    version,
+    about = "Replicated rate limiting and authorization for gateways"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node. With no flags: a single-node cluster on 127.0.0.1:8081 (gRPC) and
+    /// 127.0.0.1:8080 (HTTP), data in ./quorate-data, the built-in example policy.
+    Serve(ServeArgs),
+    /// Manage cluster membership (talks to any node's HTTP admin API).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Manage the live policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Ask for one decision through the gRPC API.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This node's id in the cluster (unique, > 0).
+    #[arg(long, default_value_t = 1, env = "QUORATE_NODE_ID")]
+    pub id: u64,
+    /// gRPC listen address (decisions, Raft, health, reflection).
+    #[arg(long, default_value = DEFAULT_GRPC, env = "QUORATE_GRPC")]
+    pub grpc: SocketAddr,
+    /// HTTP listen address (admin, metrics).
+    #[arg(long, default_value = DEFAULT_HTTP, env = "QUORATE_HTTP")]
+    pub http: SocketAddr,
+    /// gRPC address peers use to reach this node (default: the bound address).
+    #[arg(long)]
+    pub advertise_grpc: Option<SocketAddr>,
+    /// HTTP address peers use to reach this node (default: the bound address).
+    #[arg(long)]
+    pub advertise_http: Option<SocketAddr>,
+    /// Where the Raft log, vote and snapshots live.
+    #[arg(long, default_value = "./quorate-data", env = "QUORATE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// A policy file to make live at startup.
+    #[arg(long, env = "QUORATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Don't initialize a single-node cluster: wait for `quorate cluster init` or to be
+    /// added to a cluster with `quorate cluster add-learner`.
+    #[arg(long)]
+    pub join: bool,
+    /// Bearer token required by admin calls (else loopback only).
+    #[arg(long, env = ENV_ADMIN_TOKEN, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (minimum) in milliseconds; the maximum is twice this.
+    #[arg(long, default_value_t = 500)]
+    pub election_timeout_ms: u64,
+    /// Take a snapshot and compact the log every this many entries.
+    #[arg(long, default_value_t = 20_000)]
+    pub snapshot_every: u64,
+    /// Most hits per group-committed log entry.
+    #[arg(long, default_value_t = 1024)]
+    pub batch_max_hits: usize,
+    /// Most hit entries in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub batch_inflight: usize,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            id: self.id,
+            advertise_grpc: self.advertise_grpc,
+            advertise_http: self.advertise_http,
+            data_dir: self.data_dir.clone(),
+            policy_file: self.policy.clone(),
+            bootstrap: !self.join,
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            raft: RaftTiming {
+                heartbeat: Duration::from_millis(self.heartbeat_ms),
+                election_min: Duration::from_millis(self.election_timeout_ms),
+                election_max: Duration::from_millis(self.election_timeout_ms.saturating_mul(2)),
+                snapshot_every: self.snapshot_every,
+            },
+            batch: BatchSettings {
+                max_hits: self.batch_max_hits.max(1),
+                max_inflight: self.batch_inflight.max(1),
+                ..BatchSettings::default()
+            },
+        }
+    }
+}
+
+/// Where and how to reach a node's admin API.
+#[derive(Debug, Args, Clone)]
+pub struct AdminTarget {
+    /// The node's HTTP address (any member; writes are forwarded to the leader).
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8080",
+        env = "QUORATE_NODE"
+    )]
+    pub node: String,
+    /// Admin bearer token.
+    #[arg(long, global = true, env = ENV_ADMIN_TOKEN, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Make an uninitialized node (started with --join) a one-member cluster.
+    Init(AdminTarget),
+    /// Add a running node as a learner; returns once it has caught up.
+    AddLearner {
+        #[arg(long)]
+        id: u64,
+        /// The learner's gRPC address.
+        #[arg(long)]
+        grpc: SocketAddr,
+        /// The learner's HTTP address.
+        #[arg(long)]
+        http: SocketAddr,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Remove a member (voter or learner).
+    Remove {
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Leader, term, members, each member's matched log index and lag.
+    Status(AdminTarget),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and make it live on the cluster.
+    Apply {
+        /// The policy file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Its format.
+        #[arg(long, default_value = "quorate")]
+        format: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Print the live policy and its version.
+    Get(AdminTarget),
+    /// List the kept versions.
+    History(AdminTarget),
+    /// Make an earlier version live again (as a new version).
+    Rollback {
+        #[arg(long)]
+        version: u64,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The limit's name.
+    #[arg(long)]
+    pub limit: String,
+    /// The counter key.
+    #[arg(long)]
+    pub key: String,
+    /// The cost (0 peeks).
+    #[arg(long, default_value_t = 1)]
+    pub cost: u64,
+    /// The node's gRPC address.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8081",
+        env = "QUORATE_GRPC_URL"
+    )]
+    pub grpc: String,
+}

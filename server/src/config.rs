@@ -1,0 +1,74 @@
+//! A node's configuration, typed and parsed once at startup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::BatchSettings;
+use crate::raft::NodeId;
+
+/// Default gRPC listen address: the port envoyproxy/ratelimit and Limitador use.
+pub const DEFAULT_GRPC: &str = "127.0.0.1:8081";
+/// Default HTTP listen address.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// Environment variable holding the admin bearer token.
+pub const ENV_ADMIN_TOKEN: &str = "QUORATE_ADMIN_TOKEN";
+
+/// Everything one node needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: NodeId,
+    /// Where peers and clients reach this node's gRPC port (defaults to the bound address).
+    pub advertise_grpc: Option<SocketAddr>,
+    /// Where peers and the CLI reach this node's HTTP port (defaults to the bound address).
+    pub advertise_http: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    /// A policy file to make live at startup (else the live one, else the example).
+    pub policy_file: Option<PathBuf>,
+    /// Initialize a single-node cluster on a fresh data dir. Off for nodes that will join
+    /// a cluster (`--join`).
+    pub bootstrap: bool,
+    /// Bearer token for admin calls; without one, admin calls are accepted only from
+    /// loopback.
+    pub admin_token: Option<String>,
+    pub raft: RaftTiming,
+    pub batch: BatchSettings,
+}
+
+/// Raft timing and compaction.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(500),
+            election_max: Duration::from_millis(1000),
+            snapshot_every: 20_000,
+        }
+    }
+}
+
+impl Config {
+    /// A single-node configuration with defaults, keeping data in `data_dir`.
+    pub fn single_node(data_dir: PathBuf) -> Config {
+        Config {
+            id: 1,
+            advertise_grpc: None,
+            advertise_http: None,
+            data_dir,
+            policy_file: None,
+            bootstrap: true,
+            admin_token: None,
+            raft: RaftTiming::default(),
+            batch: BatchSettings::default(),
+        }
+    }
+}

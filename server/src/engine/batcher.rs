@@ -1,0 +1,163 @@
+//! Group commit for strict hits: many concurrent requests, one Raft entry.
+//!
+//! Requests queue on a channel. The batcher takes one in-flight slot, waits for the first
+//! request, drains whatever else is already queued (up to `max_hits`), and proposes it all
+//! as one [`Command::Hits`] entry. Because only `max_inflight` entries are in flight at
+//! once, requests arriving while the log is busy pile up and leave together in the next
+//! entry: under load batches grow, at rest a lone request leaves at once (no timer wait).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{EngineError, LeaderClock};
+use crate::metrics::Metrics;
+use crate::raft::typ::{ClientWriteError, Raft, RaftError};
+use crate::raft::{Command, CommandResponse, Hit, HitOutcome};
+
+/// Tuning of group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSettings {
+    /// Most hits in one log entry.
+    pub max_hits: usize,
+    /// Most hit entries proposed but not yet applied.
+    pub max_inflight: usize,
+    /// How long a caller waits for its decision before `UNAVAILABLE`.
+    pub decision_timeout: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_hits: 1024,
+            max_inflight: 4,
+            decision_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Requests queued beyond this make callers wait: the queue cannot grow without bound.
+const QUEUE_DEPTH: usize = 8192;
+
+type Reply = oneshot::Sender<Result<Vec<HitOutcome>, EngineError>>;
+
+struct Pending {
+    hits: Vec<Hit>,
+    reply: Reply,
+}
+
+/// The sending side; cheap to share.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("hits", &self.hits.len())
+            .finish()
+    }
+}
+
+impl Batcher {
+    pub fn start(
+        raft: Raft,
+        clock: Arc<LeaderClock>,
+        metrics: Arc<Metrics>,
+        settings: BatchSettings,
+    ) -> Batcher {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(rx, raft, clock, metrics, settings));
+        Batcher { tx }
+    }
+
+    /// Queues `hits` for the next entry and waits for their outcomes, in order.
+    pub async fn submit(&self, hits: Vec<Hit>) -> Result<Vec<HitOutcome>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { hits, reply })
+            .await
+            .map_err(|_| EngineError::Internal("batcher stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Internal("batch dropped without an answer".into()))?
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Pending>,
+    raft: Raft,
+    clock: Arc<LeaderClock>,
+    metrics: Arc<Metrics>,
+    settings: BatchSettings,
+) {
+    let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut total = first.hits.len();
+        let mut batch = vec![first];
+        while total < settings.max_hits {
+            match rx.try_recv() {
+                Ok(p) => {
+                    total += p.hits.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics.batch_hits.observe(total as f64);
+        let raft = raft.clone();
+        let ts = clock.now();
+        tokio::spawn(async move {
+            let mut hits = Vec::with_capacity(total);
+            let mut replies = Vec::with_capacity(batch.len());
+            for p in batch {
+                replies.push((p.hits.len(), p.reply));
+                hits.extend(p.hits);
+            }
+            let result = raft.client_write(Command::Hits { ts, hits }).await;
+            drop(slot);
+            match result {
+                Ok(resp) => match resp.data {
+                    CommandResponse::Decisions(outcomes) if outcomes.len() == total => {
+                        let mut outcomes = outcomes.into_iter();
+                        for (n, reply) in replies {
+                            let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
+                        }
+                    }
+                    other => {
+                        tracing::error!(?other, "hit batch applied with an unexpected response");
+                        fail_all(
+                            replies,
+                            EngineError::Internal("unexpected apply response".into()),
+                        );
+                    }
+                },
+                Err(e) => fail_all(replies, write_error(e)),
+            }
+        });
+    }
+}
+
+fn fail_all(replies: Vec<(usize, Reply)>, err: EngineError) {
+    for (_, reply) in replies {
+        let _ = reply.send(Err(err.clone()));
+    }
+}
+
+/// Maps a failed proposal to what the caller should hear.
+pub(super) fn write_error(e: RaftError<ClientWriteError>) -> EngineError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            EngineError::unavailable("leadership moved: retry at the leader", f.leader_node)
+        }
+        RaftError::APIError(other) => EngineError::Internal(other.to_string()),
+        RaftError::Fatal(f) => EngineError::unavailable(format!("raft stopped: {f}"), None),
+    }
+}

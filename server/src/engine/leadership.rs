@@ -1,0 +1,120 @@
+//! Who leads: a cheap, always-current view of Raft's metrics for the request path.
+//!
+//! A watcher task follows openraft's metrics channel (and a short tick, because a
+//! partitioned leader stops receiving acknowledgements and so stops producing metrics)
+//! and keeps the leader's id and address, and whether fast decisions are allowed here.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+
+use super::fast::FastPath;
+use crate::metrics::Metrics;
+use crate::raft::typ::{Raft, RaftMetrics};
+use crate::raft::{Node, NodeId};
+
+/// How long a leader may go without a quorum's acknowledgement and still decide fast
+/// hits. Shorter than the election timeout: by the time a new leader can exist, this one
+/// has stopped.
+const FAST_QUORUM_GRACE: Duration = Duration::from_millis(300);
+
+/// How often the watcher re-evaluates without a metrics change.
+const TICK: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+pub struct Leadership {
+    node_id: NodeId,
+    is_leader: AtomicBool,
+    leader: ArcSwapOption<(NodeId, Node)>,
+    /// The latest metrics snapshot, for status pages.
+    latest: ArcSwapOption<RaftMetrics>,
+    /// Milliseconds since `epoch` at which the last quorum ack was seen.
+    quorum_ack_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Leadership {
+    pub fn watch(
+        raft: Raft,
+        node_id: NodeId,
+        fast: Arc<FastPath>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Leadership> {
+        let leadership = Arc::new(Leadership {
+            node_id,
+            is_leader: AtomicBool::new(false),
+            leader: ArcSwapOption::empty(),
+            latest: ArcSwapOption::empty(),
+            quorum_ack_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let this = Arc::clone(&leadership);
+        tokio::spawn(async move {
+            let mut rx = raft.metrics();
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let m = rx.borrow_and_update().clone();
+                this.update(&m, &fast, &metrics);
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tick.tick() => {}
+                }
+            }
+        });
+        leadership
+    }
+
+    fn update(&self, m: &RaftMetrics, fast: &FastPath, metrics: &Metrics) {
+        let leader = m.current_leader.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|node| Arc::new((id, *node)))
+        });
+        self.leader.store(leader);
+        let is_leader = m.current_leader == Some(self.node_id) && m.state.is_leader();
+        self.is_leader.store(is_leader, Ordering::Release);
+        let now_ms = self.millis();
+        if let Some(since) = m.millis_since_quorum_ack {
+            self.quorum_ack_ms
+                .store(now_ms.saturating_sub(since), Ordering::Release);
+        }
+        let voters = m.membership_config.membership().voter_ids().count();
+        let has_quorum = voters <= 1
+            || now_ms.saturating_sub(self.quorum_ack_ms.load(Ordering::Acquire))
+                < FAST_QUORUM_GRACE.as_millis() as u64;
+        // An entry of our own term applied ⇒ every entry of earlier leaders is applied.
+        let caught_up = m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term);
+        if is_leader && caught_up && has_quorum {
+            fast.enable(m.current_term);
+        } else {
+            fast.disable();
+        }
+        metrics.observe_raft(m);
+        self.latest.store(Some(Arc::new(m.clone())));
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Acquire)
+    }
+
+    pub fn leader_node(&self) -> Option<Node> {
+        self.leader.load().as_ref().map(|l| l.1)
+    }
+
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader.load().as_ref().map(|l| l.0)
+    }
+
+    /// The latest Raft metrics this node has seen.
+    pub fn metrics(&self) -> Option<Arc<RaftMetrics>> {
+        self.latest.load_full()
+    }
+}

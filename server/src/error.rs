@@ -1,0 +1,38 @@
+//! The one place engine errors become wire errors: a gRPC status and an HTTP status.
+
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::engine::EngineError;
+
+/// Metadata / header carrying the leader's gRPC address on `UNAVAILABLE`.
+pub const LEADER_HEADER: &str = "x-quorate-leader";
+
+/// The gRPC code and HTTP status an engine error maps to.
+pub fn codes(e: &EngineError) -> (Code, u16) {
+    match e {
+        EngineError::InvalidArgument(_) => (Code::InvalidArgument, 400),
+        EngineError::UnknownLimit(_) => (Code::NotFound, 404),
+        EngineError::Unavailable { .. } => (Code::Unavailable, 503),
+        EngineError::Internal(_) => (Code::Internal, 500),
+    }
+}
+
+/// A gRPC status for `e`, with the leader hint in metadata when there is one.
+pub fn to_status(e: EngineError) -> Status {
+    let (code, _) = codes(&e);
+    if let EngineError::Internal(msg) = &e {
+        tracing::error!(error = %msg, "internal error on the decision path");
+    }
+    let mut status = Status::new(code, e.to_string());
+    if let EngineError::Unavailable {
+        leader: Some(leader),
+        ..
+    } = &e
+    {
+        if let Ok(v) = MetadataValue::try_from(leader.grpc.to_string()) {
+            status.metadata_mut().insert(LEADER_HEADER, v);
+        }
+    }
+    status
+}

@@ -1,0 +1,51 @@
+//! gRPC surfaces: thin adapters from wire types to the [`Engine`](crate::engine::Engine).
+//!
+//! - [`ratelimiter`]: `quorate.v1.RateLimiter`, our own API.
+
+pub mod ratelimiter;
+
+use quorate_algorithms::{Decision, DenyReason, Nanos};
+use quorate_proto::v1 as pb;
+
+/// Nanoseconds to whole milliseconds, rounded up (a wait is never reported shorter).
+pub fn ms_ceil(ns: Nanos) -> u64 {
+    ns.div_ceil(1_000_000)
+}
+
+/// Our decision on the wire.
+pub fn decision_to_pb(limit: &str, window: Nanos, d: &Decision) -> pb::Decision {
+    pb::Decision {
+        allowed: d.allowed,
+        limit: limit.to_string(),
+        limit_value: d.limit,
+        remaining: d.remaining,
+        reset_after_ms: ms_ceil(d.reset_after),
+        retry_after_ms: d.retry_after.map(ms_ceil),
+        reason: match d.denied {
+            None => pb::DenyReason::Unspecified,
+            Some(DenyReason::OverLimit) => pb::DenyReason::OverLimit,
+            Some(DenyReason::CostExceedsLimit) => pb::DenyReason::CostExceedsLimit,
+            Some(DenyReason::StoreFull) => pb::DenyReason::StoreFull,
+        } as i32,
+        window_ms: ms_ceil(window),
+    }
+}
+
+/// A decision received from the leader, back into our type.
+pub fn decision_from_pb(d: &pb::Decision) -> Decision {
+    let ms = |v: u64| v.saturating_mul(1_000_000);
+    Decision {
+        allowed: d.allowed,
+        limit: d.limit_value,
+        remaining: d.remaining,
+        reset_after: ms(d.reset_after_ms),
+        retry_after: d.retry_after_ms.map(ms),
+        denied: match pb::DenyReason::try_from(d.reason) {
+            Ok(pb::DenyReason::OverLimit) => Some(DenyReason::OverLimit),
+            Ok(pb::DenyReason::CostExceedsLimit) => Some(DenyReason::CostExceedsLimit),
+            Ok(pb::DenyReason::StoreFull) => Some(DenyReason::StoreFull),
+            _ if !d.allowed => Some(DenyReason::OverLimit),
+            _ => None,
+        },
+    }
+}

@@ -1,0 +1,577 @@
+//! The admin API (`/admin/v1/...`): cluster membership and policy, as JSON over HTTP.
+//!
+//! Every call needs `Authorization: Bearer <token>` when the node has an admin token;
+//! without one, only loopback callers are accepted. Writes go to the leader: a follower
+//! forwards them (with the caller's credentials) and returns the leader's answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::node::NodeContext;
+use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+use crate::raft::typ::{ClientWriteError, RaftError};
+use crate::raft::{Command, CommandResponse, Node, NodeId};
+
+/// A learner may be promoted only when it trails the leader by at most this many entries.
+const MAX_PROMOTE_LAG: u64 = 1_000;
+
+pub fn router(ctx: NodeContext) -> Router<NodeContext> {
+    Router::new()
+        .route("/cluster/init", post(init))
+        .route("/cluster/learners", post(add_learner))
+        .route("/cluster/promote", post(promote))
+        .route("/cluster/remove", post(remove))
+        .route("/cluster/status", get(status))
+        .route("/policy", get(get_policy).put(put_policy))
+        .route("/policy/history", get(history))
+        .route("/policy/rollback", post(rollback))
+        .layer(middleware::from_fn_with_state(ctx, authorize))
+}
+
+/// An admin error: status and a JSON body `{"error": ..., "line": ...}`.
+#[derive(Debug)]
+pub struct AdminError {
+    status: StatusCode,
+    message: String,
+    line: Option<usize>,
+    leader: Option<Node>,
+}
+
+impl AdminError {
+    fn new(status: StatusCode, message: impl Into<String>) -> AdminError {
+        AdminError {
+            status,
+            message: message.into(),
+            line: None,
+            leader: None,
+        }
+    }
+}
+
+/// The JSON body of every admin error.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_http: Option<SocketAddr>,
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.message,
+            line: self.line,
+            leader_http: self.leader.map(|n| n.http),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn raft_error<E: std::fmt::Display>(e: RaftError<E>) -> AdminError {
+    AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn write_error(e: RaftError<ClientWriteError>) -> AdminError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => AdminError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "this node is not the leader; retry at the leader".into(),
+            line: None,
+            leader: f.leader_node,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            AdminError::new(StatusCode::CONFLICT, c.to_string())
+        }
+        other => AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+// === authorization ===
+
+async fn authorize(
+    State(ctx): State<NodeContext>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = match &ctx.admin_token {
+        Some(token) => request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes()))),
+        None => peer.ip().is_loopback(),
+    };
+    if !allowed {
+        let message = if ctx.admin_token.is_some() {
+            "admin calls need `Authorization: Bearer <admin token>`"
+        } else {
+            "no admin token is configured, so admin calls are accepted from loopback only"
+        };
+        return AdminError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    }
+    next.run(request).await
+}
+
+// === forwarding writes to the leader ===
+
+/// When this node is not the leader, sends the same call to the leader and relays its
+/// answer. `None` means: handle it here.
+async fn forward(
+    ctx: &NodeContext,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Option<Response> {
+    let leadership = ctx.engine.leadership();
+    if leadership.is_leader() {
+        return None;
+    }
+    let Some(leader) = leadership.leader_node() else {
+        return Some(
+            AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader elected yet")
+                .into_response(),
+        );
+    };
+    if headers.contains_key("x-quorate-forwarded") {
+        return None; // already forwarded once: let raft answer (with a leader hint)
+    }
+    let url = format!("http://{}/admin/v1{path}", leader.http);
+    let mut request = ctx
+        .http
+        .request(method, &url)
+        .body(body)
+        .header("x-quorate-forwarded", "1");
+    for name in [
+        axum::http::header::AUTHORIZATION,
+        axum::http::header::CONTENT_TYPE,
+    ] {
+        if let Some(v) = headers.get(&name) {
+            request = request.header(name, v.clone());
+        }
+    }
+    Some(match request.send().await {
+        Ok(resp) => {
+            let status =
+                StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = resp.bytes().await.unwrap_or_default();
+            (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(e) => AdminError {
+            status: StatusCode::BAD_GATEWAY,
+            message: format!("forwarding to the leader failed: {e}"),
+            line: None,
+            leader: Some(leader),
+        }
+        .into_response(),
+    })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AdminError> {
+    if body.is_empty() {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, e.to_string()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+// === cluster ===
+
+/// `POST /cluster/init`: make this (uninitialized) node a one-member cluster.
+async fn init(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value>, AdminError> {
+    let initialized = ctx
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if initialized {
+        return Err(AdminError::new(
+            StatusCode::CONFLICT,
+            "this node is already part of an initialized cluster",
+        ));
+    }
+    ctx.raft
+        .initialize(BTreeMap::from([(ctx.id, ctx.node)]))
+        .await
+        .map_err(raft_error)?;
+    Ok(Json(serde_json::json!({ "initialized": ctx.id })))
+}
+
+/// Body of `POST /cluster/learners`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AddLearner {
+    pub id: NodeId,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+async fn add_learner(
+    State(ctx): State<NodeContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    if let Some(r) = forward(
+        &ctx,
+        Method::POST,
+        "/cluster/learners",
+        &headers,
+        body.clone(),
+    )
+    .await
+    {
+        return Ok(r);
+    }
+    let req: AddLearner = parse_json(&body)?;
+    let node = Node {
+        grpc: req.grpc,
+        http: req.http,
+    };
+    // Blocking: returns once the learner has caught up with the log.
+    let resp = ctx
+        .raft
+        .add_learner(req.id, node, true)
+        .await
+        .map_err(write_error)?;
+    Ok(
+        Json(serde_json::json!({ "added_learner": req.id, "log_index": resp.log_id.index }))
+            .into_response(),
+    )
+}
+
+/// Body of `POST /cluster/promote` and `POST /cluster/remove`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberId {
+    pub id: NodeId,
+}
+
+async fn promote(
+    State(ctx): State<NodeContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    if let Some(r) = forward(
+        &ctx,
+        Method::POST,
+        "/cluster/promote",
+        &headers,
+        body.clone(),
+    )
+    .await
+    {
+        return Ok(r);
+    }
+    let req: MemberId = parse_json(&body)?;
+    // A lagging learner would stall commits once it counts toward the quorum.
+    if let Some(m) = ctx.engine.leadership().metrics() {
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&req.id).cloned())
+            .flatten()
+            .map(|l| l.index);
+        match matched {
+            None => {
+                return Err(AdminError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "node {} is not a learner replicating from this leader; add it first",
+                        req.id
+                    ),
+                ))
+            }
+            Some(i) if last.saturating_sub(i) > MAX_PROMOTE_LAG => {
+                return Err(AdminError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "learner {} lags {} entries behind; promote it once it has caught up",
+                        req.id,
+                        last - i
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let resp = ctx
+        .raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
+        .await
+        .map_err(write_error)?;
+    Ok(
+        Json(serde_json::json!({ "promoted": req.id, "log_index": resp.log_id.index }))
+            .into_response(),
+    )
+}
+
+async fn remove(
+    State(ctx): State<NodeContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    if let Some(r) = forward(
+        &ctx,
+        Method::POST,
+        "/cluster/remove",
+        &headers,
+        body.clone(),
+    )
+    .await
+    {
+        return Ok(r);
+    }
+    let req: MemberId = parse_json(&body)?;
+    let ids = BTreeSet::from([req.id]);
+    let membership = ctx.raft.metrics().borrow().membership_config.clone();
+    if membership.membership().voter_ids().any(|v| v == req.id) {
+        ctx.raft
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await
+            .map_err(write_error)?;
+    }
+    let resp = ctx
+        .raft
+        .change_membership(ChangeMembers::RemoveNodes(ids), false)
+        .await
+        .map_err(write_error)?;
+    Ok(
+        Json(serde_json::json!({ "removed": req.id, "log_index": resp.log_id.index }))
+            .into_response(),
+    )
+}
+
+/// One member in `GET /cluster/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub voter: bool,
+    /// The last log index the leader knows this member holds (leader's view only).
+    pub matched_index: Option<u64>,
+    /// How many entries it trails the leader's log by (leader's view only).
+    pub lag: Option<u64>,
+}
+
+/// The body of `GET /cluster/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub id: NodeId,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+    pub policy_version: Option<u64>,
+    pub counters: usize,
+}
+
+async fn status(State(ctx): State<NodeContext>) -> Json<ClusterStatus> {
+    let m = ctx.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let last = m.last_log_index.unwrap_or(0);
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned())
+                .map(|l| l.map_or(0, |l| l.index));
+            MemberStatus {
+                id: *id,
+                grpc: node.grpc,
+                http: node.http,
+                voter: voters.contains(id),
+                matched_index: matched,
+                lag: matched.map(|i| last.saturating_sub(i)),
+            }
+        })
+        .collect();
+    Json(ClusterStatus {
+        id: ctx.id,
+        state: format!("{:?}", m.state),
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        last_applied: m.last_applied.map(|l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        members,
+        policy_version: ctx.engine.policy().version.as_ref().map(|v| v.version),
+        counters: ctx.engine.shared().counters.load().len(),
+    })
+}
+
+// === policy ===
+
+/// The live policy as `GET /policy` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub version: Option<u64>,
+    pub format: Option<String>,
+    pub source: Option<String>,
+    pub applied_at_ms: Option<u64>,
+    pub rollback_of: Option<u64>,
+    pub limits: Vec<String>,
+}
+
+async fn get_policy(State(ctx): State<NodeContext>) -> Json<PolicyView> {
+    let live = ctx.engine.policy();
+    Json(PolicyView {
+        version: live.version.as_ref().map(|v| v.version),
+        format: live
+            .version
+            .as_ref()
+            .map(|v| v.source.format.as_str().to_string()),
+        source: live.version.as_ref().map(|v| v.source.text.clone()),
+        applied_at_ms: live.version.as_ref().map(|v| v.applied_at / 1_000_000),
+        rollback_of: live.version.as_ref().and_then(|v| v.rollback_of),
+        limits: live.set.limits.keys().cloned().collect(),
+    })
+}
+
+/// Body of `PUT /policy`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PutPolicy {
+    #[serde(default = "default_format")]
+    pub format: String,
+    pub source: String,
+}
+
+fn default_format() -> String {
+    PolicyFormat::Quorate.as_str().to_string()
+}
+
+async fn put_policy(
+    State(ctx): State<NodeContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let req: PutPolicy = parse_json(&body)?;
+    // Validate before anything is proposed: a bad policy never reaches the log.
+    let format = PolicyFormat::parse(&req.format)
+        .map_err(|e| AdminError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let source = PolicySource {
+        format,
+        text: req.source.clone(),
+    };
+    if let Err(e) = PolicySet::compile(&source) {
+        return Err(AdminError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: e.to_string(),
+            line: e.line,
+            leader: None,
+        });
+    }
+    if let Some(r) = forward(&ctx, Method::PUT, "/policy", &headers, body).await {
+        return Ok(r);
+    }
+    let resp = ctx
+        .raft
+        .client_write(Command::SetPolicy {
+            ts: crate::engine::wall_nanos(),
+            format: req.format,
+            source: req.source,
+        })
+        .await
+        .map_err(write_error)?;
+    policy_response(resp.data)
+}
+
+fn policy_response(data: CommandResponse) -> Result<Response, AdminError> {
+    match data {
+        CommandResponse::Policy(Ok(version)) => {
+            Ok(Json(serde_json::json!({ "version": version })).into_response())
+        }
+        CommandResponse::Policy(Err(e)) => {
+            Err(AdminError::new(StatusCode::UNPROCESSABLE_ENTITY, e))
+        }
+        other => Err(AdminError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected response {other:?}"),
+        )),
+    }
+}
+
+/// Body of `POST /policy/rollback`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Rollback {
+    pub version: u64,
+}
+
+async fn rollback(
+    State(ctx): State<NodeContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    if let Some(r) = forward(
+        &ctx,
+        Method::POST,
+        "/policy/rollback",
+        &headers,
+        body.clone(),
+    )
+    .await
+    {
+        return Ok(r);
+    }
+    let req: Rollback = parse_json(&body)?;
+    let resp = ctx
+        .raft
+        .client_write(Command::RollbackPolicy {
+            ts: crate::engine::wall_nanos(),
+            version: req.version,
+        })
+        .await
+        .map_err(write_error)?;
+    policy_response(resp.data)
+}
+
+/// One entry of `GET /policy/history`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub format: String,
+    pub applied_at_ms: u64,
+    pub rollback_of: Option<u64>,
+}
+
+async fn history(State(ctx): State<NodeContext>) -> Json<Vec<HistoryEntry>> {
+    Json(
+        ctx.engine
+            .shared()
+            .policy_history()
+            .into_iter()
+            .map(|v| HistoryEntry {
+                version: v.version,
+                format: v.source.format.as_str().to_string(),
+                applied_at_ms: v.applied_at / 1_000_000,
+                rollback_of: v.rollback_of,
+            })
+            .collect(),
+    )
+}

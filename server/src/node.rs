@@ -1,0 +1,339 @@
+//! Assembles one node: storage, Raft, engine, gRPC and HTTP servers; runs until shutdown.
+//!
+//! [`run`] takes already-bound listeners (tests bind port 0 and read the address back)
+//! and any shutdown future (the binary passes Ctrl-C / SIGTERM).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::SnapshotPolicy;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::grpc::ratelimiter::RateLimiterService;
+use crate::metrics::Metrics;
+use crate::policy::{PolicyFormat, PolicySet, PolicySource, EXAMPLE_POLICY};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::peer::PeerService;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::typ::Raft;
+use crate::raft::{Command, CommandResponse, Node};
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("cannot open storage in {path}: {source}")]
+    Storage {
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("invalid raft configuration: {0}")]
+    RaftConfig(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("policy file {path}: {reason}")]
+    Policy { path: String, reason: String },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// The node's bound sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(grpc).await?,
+            http: TcpListener::bind(http).await?,
+        })
+    }
+}
+
+/// Shared handles the HTTP surfaces need.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub id: u64,
+    pub node: Node,
+    pub raft: Raft,
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl std::fmt::Debug for NodeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeContext")
+            .field("id", &self.id)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let node = Node {
+        grpc: config.advertise_grpc.unwrap_or(grpc_addr),
+        http: config.advertise_http.unwrap_or(http_addr),
+    };
+    let startup_policy = match &config.policy_file {
+        Some(path) => Some(read_policy_file(path)?),
+        None => None,
+    };
+
+    let log_dir = config.data_dir.join("raft-log");
+    let log_store = LogStore::open(&log_dir).map_err(|e| NodeError::Storage {
+        path: log_dir.display().to_string(),
+        source: Box::new(e),
+    })?;
+    let sm_dir = config.data_dir.join("state");
+    let state_machine = StateMachine::open(&sm_dir).map_err(|e| NodeError::Storage {
+        path: sm_dir.display().to_string(),
+        source: Box::new(e),
+    })?;
+    let shared = state_machine.shared();
+    let metrics = Arc::new(Metrics::new()?);
+
+    let raft_config = openraft::Config {
+        cluster_name: "quorate".into(),
+        heartbeat_interval: millis(config.raft.heartbeat),
+        election_timeout_min: millis(config.raft.election_min),
+        election_timeout_max: millis(config.raft.election_max),
+        // openraft's 200 ms default can resend a large snapshot chunk forever.
+        install_snapshot_timeout: 10_000,
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
+        max_in_snapshot_log_to_keep: 1_000,
+        max_payload_entries: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        Network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let engine = Arc::new(Engine::start(
+        raft.clone(),
+        config.id,
+        shared,
+        Arc::clone(&metrics),
+        config.batch,
+    ));
+
+    if config.admin_token.is_none() {
+        tracing::warn!("no admin token configured: admin calls are accepted from loopback only");
+    }
+    let ctx = NodeContext {
+        id: config.id,
+        node,
+        raft: raft.clone(),
+        engine: Arc::clone(&engine),
+        metrics: Arc::clone(&metrics),
+        admin_token: config.admin_token.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| NodeError::Io(std::io::Error::other(e)))?,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    // gRPC: decisions, Raft peers, health, reflection.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quorate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quorate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(RateLimiterService::server(Arc::clone(&engine)))
+        .add_service(PeerService::server(raft.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            wait_stop(stop_rx.clone()),
+        );
+    let grpc_task = tokio::spawn(grpc);
+
+    // HTTP: admin, metrics, health.
+    let app = crate::http::router(ctx.clone());
+    let http_server = axum::serve(
+        listeners.http,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(wait_stop(stop_rx.clone()));
+    let http_task = tokio::spawn(async move { http_server.await });
+
+    if config.bootstrap {
+        bootstrap_single_node(&raft, config.id, node).await?;
+    }
+    tokio::spawn(become_ready(
+        ctx.clone(),
+        health,
+        startup_policy,
+        grpc_addr,
+        http_addr,
+        config.data_dir.display().to_string(),
+    ));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = raft.shutdown().await;
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    Ok(())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Reads and validates a policy file; an invalid file stops startup with line and reason.
+fn read_policy_file(path: &std::path::Path) -> Result<PolicySource, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| NodeError::Policy {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let source = PolicySource {
+        format: PolicyFormat::Quorate,
+        text,
+    };
+    PolicySet::compile(&source).map_err(|e| NodeError::Policy {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(source)
+}
+
+/// On a fresh data dir, makes this node a single-node cluster.
+async fn bootstrap_single_node(raft: &Raft, id: u64, node: Node) -> Result<(), NodeError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if !initialized {
+        tracing::info!(id, "initializing a single-node cluster");
+        raft.initialize(BTreeMap::from([(id, node)]))
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Waits for a leader, makes the startup policy live, then reports ready: health turns
+/// SERVING and one line goes to stdout with the addresses.
+async fn become_ready(
+    ctx: NodeContext,
+    health: tonic_health::server::HealthReporter,
+    startup_policy: Option<PolicySource>,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    data_dir: String,
+) {
+    let leadership = Arc::clone(ctx.engine.leadership());
+    loop {
+        if leadership.leader_id().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if leadership.is_leader() {
+        let live = ctx.engine.policy();
+        let wanted = match (&startup_policy, &live.version) {
+            (Some(p), Some(v)) if v.source == *p => None,
+            (Some(p), _) => Some(p.clone()),
+            (None, None) => Some(PolicySource {
+                format: PolicyFormat::Quorate,
+                text: EXAMPLE_POLICY.to_string(),
+            }),
+            (None, Some(_)) => None,
+        };
+        if let Some(source) = wanted {
+            let command = Command::SetPolicy {
+                ts: crate::engine::wall_nanos(),
+                format: source.format.as_str().to_string(),
+                source: source.text,
+            };
+            match ctx.raft.client_write(command).await {
+                Ok(r) => match r.data {
+                    CommandResponse::Policy(Ok(v)) => {
+                        tracing::info!(version = v, "startup policy is live")
+                    }
+                    other => tracing::error!(?other, "startup policy refused"),
+                },
+                Err(e) => tracing::warn!(error = %e, "could not apply the startup policy"),
+            }
+        }
+    }
+    // Health follows leadership from here on.
+    let mut ready_said = false;
+    loop {
+        let serving = leadership.leader_id().is_some();
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health
+            .set_service_status("quorate.v1.RateLimiter", status)
+            .await;
+        if serving && !ready_said {
+            ready_said = true;
+            let version = ctx
+                .engine
+                .policy()
+                .version
+                .as_ref()
+                .map_or(0, |v| v.version);
+            println!(
+                "quorate ready: node {} grpc={grpc} http={http} data={data_dir} policy_version={version}",
+                ctx.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

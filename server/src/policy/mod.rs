@@ -1,0 +1,242 @@
+//! The policy: what quorate enforces, as one versioned document replicated through Raft.
+//!
+//! A policy is submitted as text ([`PolicySource`]), parsed and validated by
+//! [`PolicySet::compile`], and only then proposed to the cluster. Every replica compiles the
+//! same text again when the entry applies, so all of them hold the same [`PolicySet`].
+//! A document that fails validation is refused with its line and the reason; the live
+//! policy is untouched.
+//!
+//! Today a policy is a list of named limits ([`LimitDef`]). Envoy descriptor trees and
+//! identities attach to the same document as further top-level sections.
+
+mod duration;
+mod limits;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use duration::parse_window;
+pub use limits::{Consistency, LimitDef};
+
+/// The default cap on live counters across the cluster. Part of the policy (not a node
+/// flag) because every replica must refuse new keys at exactly the same point.
+pub const DEFAULT_MAX_COUNTERS: usize = 1_000_000;
+
+/// The built-in example policy `quorate serve` starts with when given no `--policy`.
+pub const EXAMPLE_POLICY: &str = include_str!("example.yaml");
+
+/// The format a policy document is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyFormat {
+    /// quorate's own YAML.
+    Quorate,
+}
+
+impl PolicyFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyFormat::Quorate => "quorate",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<PolicyFormat, PolicyError> {
+        match name {
+            "quorate" => Ok(PolicyFormat::Quorate),
+            other => Err(PolicyError::new(
+                None,
+                format!("unknown policy format {other:?} (known: quorate)"),
+            )),
+        }
+    }
+}
+
+/// A policy document as submitted: its format and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySource {
+    pub format: PolicyFormat,
+    pub text: String,
+}
+
+/// Why a policy document was refused: the line (1-based, when known) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub struct PolicyError {
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl PolicyError {
+    pub fn new(line: Option<usize>, reason: impl Into<String>) -> PolicyError {
+        PolicyError {
+            line,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+/// A compiled, validated policy: what the state machine and the decision path read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySet {
+    /// Named limits that hits refer to.
+    pub limits: BTreeMap<String, LimitDef>,
+    /// The most counters the cluster keeps; new keys beyond it are refused.
+    pub max_counters: usize,
+}
+
+impl Default for PolicySet {
+    /// The empty policy a fresh cluster holds before any policy is applied.
+    fn default() -> Self {
+        PolicySet {
+            limits: BTreeMap::new(),
+            max_counters: DEFAULT_MAX_COUNTERS,
+        }
+    }
+}
+
+/// The top-level YAML document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    #[serde(default)]
+    limits: Vec<limits::LimitDoc>,
+    #[serde(default)]
+    max_counters: Option<usize>,
+}
+
+impl PolicySet {
+    /// Parses and validates a document. Deterministic: the same text always compiles to
+    /// the same policy or the same error.
+    pub fn compile(source: &PolicySource) -> Result<PolicySet, PolicyError> {
+        match source.format {
+            PolicyFormat::Quorate => compile_quorate(&source.text),
+        }
+    }
+
+    /// Looks up a named limit.
+    pub fn limit(&self, name: &str) -> Option<&LimitDef> {
+        self.limits.get(name)
+    }
+}
+
+fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
+    let doc: Document = serde_yaml_ng::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        PolicyError::new(line, e.to_string())
+    })?;
+    let mut limits = BTreeMap::new();
+    for (index, raw) in doc.limits.into_iter().enumerate() {
+        let line = line_of_item(text, "limits", index);
+        let def = raw
+            .compile()
+            .map_err(|reason| PolicyError::new(line, reason))?;
+        if limits.contains_key(&def.name) {
+            return Err(PolicyError::new(
+                line,
+                format!("duplicate limit name {:?}", def.name),
+            ));
+        }
+        limits.insert(def.name.clone(), def);
+    }
+    let max_counters = doc.max_counters.unwrap_or(DEFAULT_MAX_COUNTERS);
+    if max_counters == 0 {
+        return Err(PolicyError::new(
+            find_line(text, "max_counters:"),
+            "max_counters must be at least 1",
+        ));
+    }
+    Ok(PolicySet {
+        limits,
+        max_counters,
+    })
+}
+
+/// The 1-based line where the `index`-th item of the top-level sequence `section` starts.
+///
+/// serde_yaml_ng reports positions only for syntax errors, so semantic errors locate
+/// their item by scanning the text for the section and its `- ` items.
+fn line_of_item(text: &str, section: &str, index: usize) -> Option<usize> {
+    let header = format!("{section}:");
+    let mut lines = text.lines().enumerate();
+    lines.find(|(_, l)| l.trim_end() == header)?;
+    let mut seen = 0;
+    for (n, line) in lines {
+        let trimmed = line.trim_start();
+        if !line.starts_with(' ') && !line.starts_with('-') && !trimmed.is_empty() {
+            break; // next top-level key
+        }
+        if trimmed.starts_with("- ") || trimmed == "-" {
+            let indent = line.len() - trimmed.len();
+            if indent <= 2 {
+                if seen == index {
+                    return Some(n + 1);
+                }
+                seen += 1;
+            }
+        }
+    }
+    None
+}
+
+fn find_line(text: &str, needle: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle))
+        .map(|n| n + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(text: &str) -> Result<PolicySet, PolicyError> {
+        PolicySet::compile(&PolicySource {
+            format: PolicyFormat::Quorate,
+            text: text.to_string(),
+        })
+    }
+
+    #[test]
+    fn example_policy_compiles() {
+        let policy = compile(EXAMPLE_POLICY).unwrap();
+        assert!(!policy.limits.is_empty());
+    }
+
+    #[test]
+    fn error_names_the_line_of_the_bad_limit() {
+        let text = "limits:\n  - name: a\n    limit: 10\n    window: 1s\n  - name: b\n    limit: 0\n    window: 1s\n";
+        let err = compile(text).unwrap_err();
+        assert_eq!(err.line, Some(5), "{err}");
+        assert!(err.reason.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let err = compile("limits:\n  - name: a\n   bad: [\n").unwrap_err();
+        assert!(err.line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let text = "limits:\n  - name: a\n    limit: 1\n    window: 1s\n  - name: a\n    limit: 2\n    window: 1s\n";
+        let err = compile(text).unwrap_err();
+        assert!(err.reason.contains("duplicate"), "{err}");
+        assert_eq!(err.line, Some(5));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = compile("limitz: []\n").unwrap_err();
+        assert!(err.reason.contains("limitz"), "{err}");
+    }
+}

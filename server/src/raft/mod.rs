@@ -1,0 +1,153 @@
+//! The Raft layer: type declarations, the log entry payload ([`Command`]) and its
+//! response, plus the storage, state machine and network that openraft drives.
+//!
+//! - [`log_store`]: the durable, group-committed Raft log and vote (ours, on disk).
+//! - [`state_machine`]: applies [`Command`]s to the counters and the policy. Pure: no
+//!   clock, no I/O during apply; every replica computes the same decisions.
+//! - [`network`]: outbound Raft RPCs to peers over tonic (`quorate.raft.v1`).
+//! - [`peer`]: the inbound side of those RPCs.
+
+pub mod log_store;
+pub mod network;
+pub mod peer;
+pub mod state_machine;
+
+use std::fmt;
+use std::io::Cursor;
+use std::net::SocketAddr;
+
+use quorate_algorithms::{Decision, Nanos};
+use serde::{Deserialize, Serialize};
+
+/// A node's identity in the cluster.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// quorate's Raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = Node,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Aliases of openraft's generic types, declared once.
+pub mod typ {
+    use super::{NodeId, TypeConfig};
+
+    pub type Raft = openraft::Raft<TypeConfig>;
+    pub type Entry = openraft::Entry<TypeConfig>;
+    pub type LogId = openraft::LogId<NodeId>;
+    pub type Vote = openraft::Vote<NodeId>;
+    pub type StorageError = openraft::StorageError<NodeId>;
+    pub type StoredMembership = openraft::StoredMembership<NodeId, super::Node>;
+    pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, super::Node>;
+    pub type Snapshot = openraft::Snapshot<TypeConfig>;
+    pub type RaftMetrics = openraft::RaftMetrics<NodeId, super::Node>;
+    pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
+    pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, super::Node>;
+    pub type ClientWriteResponse = openraft::raft::ClientWriteResponse<TypeConfig>;
+}
+
+/// Where a cluster member can be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// The member's gRPC address: Raft traffic, decisions and forwarding.
+    pub grpc: SocketAddr,
+    /// The member's HTTP address: admin API, metrics, forward-auth.
+    pub http: SocketAddr,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
+        Node {
+            grpc: unspecified,
+            http: unspecified,
+        }
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "grpc={} http={}", self.grpc, self.http)
+    }
+}
+
+/// One hit as it travels through the log: the limit it counts against, the counter key
+/// within that limit, and its cost (0 = peek).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hit {
+    pub limit: String,
+    pub key: String,
+    pub cost: u64,
+}
+
+/// The payload of a Raft log entry. Every entry carries the leader's timestamp `ts`:
+/// replicas never read their own clock while applying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `strict` hits, decided when the entry applies, in log order.
+    Hits { ts: Nanos, hits: Vec<Hit> },
+    /// `fast` hits the leader already decided: the quota it granted, replayed with
+    /// `force` so every replica converges on the leader's answers.
+    Consumed { ts: Nanos, hits: Vec<Hit> },
+    /// Replace the live policy. `source` is the policy document as submitted, in the
+    /// named `format`; it is parsed again at apply (deterministically) so that every
+    /// replica holds the same compiled policy.
+    SetPolicy {
+        ts: Nanos,
+        format: String,
+        source: String,
+    },
+    /// Re-activate an earlier policy version (`quorate policy rollback`).
+    RollbackPolicy { ts: Nanos, version: u64 },
+}
+
+impl Default for Command {
+    /// An empty hit batch (openraft's test suite needs a default payload).
+    fn default() -> Self {
+        Command::Hits {
+            ts: 0,
+            hits: Vec::new(),
+        }
+    }
+}
+
+impl Command {
+    /// The leader's timestamp this entry carries.
+    pub fn ts(&self) -> Nanos {
+        match self {
+            Command::Hits { ts, .. }
+            | Command::Consumed { ts, .. }
+            | Command::SetPolicy { ts, .. }
+            | Command::RollbackPolicy { ts, .. } => *ts,
+        }
+    }
+}
+
+/// The outcome of one hit in a [`Command::Hits`] batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HitOutcome {
+    Decided(Decision),
+    /// The limit named by the hit does not exist in the live policy.
+    UnknownLimit,
+}
+
+/// What applying one [`Command`] produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// Membership changes and blank entries.
+    #[default]
+    Empty,
+    /// One outcome per hit of a [`Command::Hits`], in order.
+    Decisions(Vec<HitOutcome>),
+    /// A [`Command::Consumed`] batch was recorded.
+    Consumed,
+    /// The policy version that is now live, or why the command was refused (the previous
+    /// policy stays live).
+    Policy(Result<u64, String>),
+}

@@ -1,0 +1,143 @@
+//! Outbound Raft RPCs: how this node reaches its peers (`quorate.raft.v1` over tonic).
+//!
+//! openraft's requests and responses travel as postcard bytes inside a protobuf envelope.
+//! Every call honours openraft's deadline for it. A peer that cannot be connected to is
+//! reported as `Unreachable` so openraft backs off; any other transport failure is a
+//! `NetworkError` and is retried at the next heartbeat.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use quorate_proto::raft::raft_client::RaftClient;
+use quorate_proto::raft::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Node, NodeId, TypeConfig};
+
+/// How long to wait for a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The largest Raft message accepted or sent: snapshot chunks and entry batches.
+pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Makes one [`PeerClient`] per target; openraft calls it once per replication stream.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient::new(target, *node)
+    }
+}
+
+/// A connection to one peer.
+#[derive(Debug)]
+pub struct PeerClient {
+    target: NodeId,
+    client: Option<RaftClient<Channel>>,
+    node: Node,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    fn new(target: NodeId, node: Node) -> PeerClient {
+        let client = Endpoint::from_shared(format!("http://{}", node.grpc))
+            .ok()
+            .map(|e| {
+                let channel = e
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                RaftClient::new(channel)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE)
+            });
+        PeerClient {
+            target,
+            client,
+            node,
+        }
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: RpcKind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!("invalid peer address {}", self.node.grpc)),
+            )));
+        };
+        let data =
+            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftPayload { data: data.into() });
+        request.set_timeout(option.hard_ttl());
+        let response = match kind {
+            RpcKind::Append => client.append_entries(request).await,
+            RpcKind::Vote => client.vote(request).await,
+            RpcKind::Snapshot => client.install_snapshot(request).await,
+        };
+        let payload = response.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&payload.into_inner().data)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node, e))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RpcKind::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Vote, &rpc, &option).await
+    }
+}

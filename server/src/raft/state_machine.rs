@@ -1,0 +1,662 @@
+//! The replicated state machine: every counter and the live policy.
+//!
+//! Applying a [`Command`] is a pure function of the state and the entry. The entry carries
+//! the leader's timestamp and the state machine never reads a clock, so every replica
+//! makes the same decisions in the same order. Time is clamped to be monotonic: an entry
+//! stamped earlier than one already applied (a new leader with a slower clock) acts at the
+//! later instant, which never grants extra quota.
+//!
+//! Idle counters are swept once per second of log time, deterministically, so snapshots
+//! stay small. Snapshots carry the counters, the policy history and the membership; the
+//! current one is kept on disk (`snapshot.bin`) so a restarted node resumes from it and
+//! replays only the log after it.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use quorate_algorithms::{CounterStore, Nanos, StoredCounter, SECOND};
+use serde::{Deserialize, Serialize};
+
+use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+use super::{Command, CommandResponse, Hit, HitOutcome, TypeConfig};
+use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+
+/// How often, in log time, idle counters are swept.
+const SWEEP_INTERVAL: Nanos = SECOND;
+
+/// How many policy versions are kept for rollback.
+const POLICY_HISTORY: usize = 32;
+
+/// The file holding the current snapshot inside the state machine's directory.
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+/// Separates a limit name from a counter key inside the store. A unit separator cannot
+/// appear in limit names (validated), so keys of different limits never collide.
+const KEY_SEPARATOR: char = '\u{1f}';
+
+/// The store key of counter `key` under limit `limit`.
+pub fn counter_key(limit: &str, key: &str) -> String {
+    let mut k = String::with_capacity(limit.len() + 1 + key.len());
+    k.push_str(limit);
+    k.push(KEY_SEPARATOR);
+    k.push_str(key);
+    k
+}
+
+/// One version of the policy, as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    pub version: u64,
+    pub source: PolicySource,
+    /// Leader time at which it became live.
+    pub applied_at: Nanos,
+    /// Set when this version re-activated an earlier one.
+    pub rollback_of: Option<u64>,
+}
+
+/// The live policy: compiled, plus the version it came from (`None` before any policy).
+#[derive(Debug, Default)]
+pub struct LivePolicy {
+    pub version: Option<PolicyVersion>,
+    pub set: PolicySet,
+}
+
+/// The parts of the state machine other tasks read while it applies: the counters and
+/// the live policy. Swapped whole on snapshot install or policy change.
+#[derive(Debug)]
+pub struct SharedState {
+    pub counters: ArcSwap<CounterStore>,
+    pub policy: ArcSwap<LivePolicy>,
+    history: Mutex<Vec<PolicyVersion>>,
+}
+
+impl SharedState {
+    /// Every kept policy version, oldest first.
+    pub fn policy_history(&self) -> Vec<PolicyVersion> {
+        self.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+/// A snapshot as kept in memory and on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The serialized body of a snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    clock: Nanos,
+    next_sweep: Nanos,
+    policy_history: Vec<PolicyVersion>,
+    counters: Vec<(String, StoredCounter)>,
+}
+
+/// quorate's [`RaftStateMachine`].
+#[derive(Debug)]
+pub struct StateMachine {
+    shared: Arc<SharedState>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// The latest leader timestamp applied; time never runs backwards past it.
+    clock: Nanos,
+    next_sweep: Nanos,
+    dir: PathBuf,
+    current_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    snapshots_built: u64,
+}
+
+impl StateMachine {
+    /// Opens the state machine kept in `dir`, restoring the snapshot found there.
+    pub fn open(dir: &Path) -> Result<StateMachine, std::io::Error> {
+        std::fs::create_dir_all(dir)?;
+        let mut sm = StateMachine {
+            shared: Arc::new(SharedState {
+                counters: ArcSwap::from_pointee(CounterStore::new(
+                    crate::policy::DEFAULT_MAX_COUNTERS,
+                )),
+                policy: ArcSwap::from_pointee(LivePolicy::default()),
+                history: Mutex::new(Vec::new()),
+            }),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            clock: 0,
+            next_sweep: 0,
+            dir: dir.to_path_buf(),
+            current_snapshot: Arc::new(Mutex::new(None)),
+            snapshots_built: 0,
+        };
+        let path = dir.join(SNAPSHOT_FILE);
+        if path.exists() {
+            let bytes = std::fs::read(&path)?;
+            let stored: StoredSnapshot = postcard::from_bytes(&bytes).map_err(invalid_data)?;
+            let body: SnapshotBody = postcard::from_bytes(&stored.data).map_err(invalid_data)?;
+            sm.restore(body);
+            tracing::info!(last_applied = ?sm.last_applied, "restored state machine from snapshot");
+            set_snapshot(&sm.current_snapshot, Some(stored));
+        }
+        Ok(sm)
+    }
+
+    /// The state other tasks read concurrently.
+    pub fn shared(&self) -> Arc<SharedState> {
+        Arc::clone(&self.shared)
+    }
+
+    fn restore(&mut self, body: SnapshotBody) {
+        self.last_applied = body.last_applied;
+        self.membership = body.membership;
+        self.clock = body.clock;
+        self.next_sweep = body.next_sweep;
+        let live = live_policy(&body.policy_history);
+        let max = live.set.max_counters;
+        self.shared.policy.store(Arc::new(live));
+        if let Ok(mut h) = self.shared.history.lock() {
+            *h = body.policy_history;
+        }
+        self.shared
+            .counters
+            .store(Arc::new(CounterStore::import(body.counters, max)));
+    }
+
+    fn body(&self) -> SnapshotBody {
+        SnapshotBody {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            clock: self.clock,
+            next_sweep: self.next_sweep,
+            policy_history: self.shared.policy_history(),
+            counters: self.shared.counters.load().export(),
+        }
+    }
+
+    /// Applies one command at the leader's time `ts`, clamped to be monotonic.
+    fn apply_command(&mut self, command: Command) -> CommandResponse {
+        let now = command.ts().max(self.clock);
+        self.clock = now;
+        if now >= self.next_sweep {
+            let swept = self.shared.counters.load().expire(now);
+            if swept > 0 {
+                tracing::debug!(swept, "expired idle counters");
+            }
+            self.next_sweep = now.saturating_add(SWEEP_INTERVAL);
+        }
+        match command {
+            Command::Hits { hits, .. } => CommandResponse::Decisions(self.decide(now, &hits)),
+            Command::Consumed { hits, .. } => {
+                self.record_consumed(now, &hits);
+                CommandResponse::Consumed
+            }
+            Command::SetPolicy { format, source, .. } => {
+                let source = match PolicyFormat::parse(&format) {
+                    Ok(format) => PolicySource {
+                        format,
+                        text: source,
+                    },
+                    Err(e) => return CommandResponse::Policy(Err(e.to_string())),
+                };
+                CommandResponse::Policy(self.activate(now, source, None))
+            }
+            Command::RollbackPolicy { version, .. } => {
+                let old = self
+                    .shared
+                    .policy_history()
+                    .into_iter()
+                    .find(|v| v.version == version);
+                match old {
+                    Some(old) => {
+                        CommandResponse::Policy(self.activate(now, old.source, Some(version)))
+                    }
+                    None => CommandResponse::Policy(Err(format!(
+                        "policy version {version} is not kept (only the last {POLICY_HISTORY} are)"
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn decide(&self, now: Nanos, hits: &[Hit]) -> Vec<HitOutcome> {
+        let policy = self.shared.policy.load();
+        let counters = self.shared.counters.load();
+        hits.iter()
+            .map(|hit| match policy.set.limit(&hit.limit) {
+                Some(def) => HitOutcome::Decided(counters.check(
+                    &counter_key(&hit.limit, &hit.key),
+                    &def.rate,
+                    now,
+                    hit.cost,
+                )),
+                None => HitOutcome::UnknownLimit,
+            })
+            .collect()
+    }
+
+    fn record_consumed(&self, now: Nanos, hits: &[Hit]) {
+        let policy = self.shared.policy.load();
+        let counters = self.shared.counters.load();
+        for hit in hits {
+            if let Some(def) = policy.set.limit(&hit.limit) {
+                // At the key cap the leader refused the hit already; nothing to record.
+                let _ =
+                    counters.force(&counter_key(&hit.limit, &hit.key), &def.rate, now, hit.cost);
+            }
+        }
+    }
+
+    /// Compiles `source` and makes it the live policy; the previous one stays live on error.
+    fn activate(
+        &mut self,
+        now: Nanos,
+        source: PolicySource,
+        rollback_of: Option<u64>,
+    ) -> Result<u64, String> {
+        let set = PolicySet::compile(&source).map_err(|e| e.to_string())?;
+        let mut history = self.shared.policy_history();
+        let version = history.last().map_or(1, |v| v.version.saturating_add(1));
+        let entry = PolicyVersion {
+            version,
+            source,
+            applied_at: now,
+            rollback_of,
+        };
+        history.push(entry.clone());
+        if history.len() > POLICY_HISTORY {
+            let excess = history.len() - POLICY_HISTORY;
+            history.drain(..excess);
+        }
+        let counters = self.shared.counters.load_full();
+        if counters.max_keys() != set.max_counters {
+            // Rare: rebuild the store with the new cap (the same on every replica).
+            self.shared.counters.store(Arc::new(CounterStore::import(
+                counters.export(),
+                set.max_counters,
+            )));
+        }
+        self.shared.policy.store(Arc::new(LivePolicy {
+            version: Some(entry),
+            set,
+        }));
+        if let Ok(mut h) = self.shared.history.lock() {
+            *h = history;
+        }
+        tracing::info!(version, "policy is live");
+        Ok(version)
+    }
+}
+
+/// The live policy implied by a history: its last version, compiled.
+fn live_policy(history: &[PolicyVersion]) -> LivePolicy {
+    match history.last() {
+        Some(v) => match PolicySet::compile(&v.source) {
+            Ok(set) => LivePolicy {
+                version: Some(v.clone()),
+                set,
+            },
+            // A stored version always compiled when it was applied; if a newer binary
+            // refuses it, start empty rather than crash, and say so.
+            Err(e) => {
+                tracing::error!(version = v.version, error = %e, "stored policy no longer compiles");
+                LivePolicy::default()
+            }
+        },
+        None => LivePolicy::default(),
+    }
+}
+
+fn invalid_data(e: postcard::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+fn set_snapshot(slot: &Mutex<Option<StoredSnapshot>>, snapshot: Option<StoredSnapshot>) {
+    if let Ok(mut s) = slot.lock() {
+        *s = snapshot;
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Builds a snapshot from a consistent copy taken when the builder was made.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    body: Option<SnapshotBody>,
+    dir: PathBuf,
+    slot: Arc<Mutex<Option<StoredSnapshot>>>,
+    id: String,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let body = self.body.take().ok_or_else(|| {
+            StorageIOError::read_state_machine(&std::io::Error::other("snapshot already built"))
+        })?;
+        let meta = SnapshotMeta {
+            last_log_id: body.last_applied,
+            last_membership: body.membership.clone(),
+            snapshot_id: self.id.clone(),
+        };
+        let dir = self.dir.clone();
+        // Serializing millions of counters and fsyncing is blocking work.
+        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<StoredSnapshot> {
+            let data = postcard::to_stdvec(&body).map_err(invalid_data)?;
+            let stored = StoredSnapshot { meta, data };
+            let bytes = postcard::to_stdvec(&stored).map_err(invalid_data)?;
+            write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)?;
+            Ok(stored)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "built snapshot");
+        let snapshot = Snapshot {
+            meta: stored.meta.clone(),
+            snapshot: Box::new(Cursor::new(stored.data.clone())),
+        };
+        set_snapshot(&self.slot, Some(stored));
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse::Empty,
+                EntryPayload::Normal(command) => self.apply_command(command),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResponse::Empty
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        self.snapshots_built += 1;
+        let id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshots_built),
+            None => format!("0-0-{}", self.snapshots_built),
+        };
+        SnapshotBuilder {
+            body: Some(self.body()),
+            dir: self.dir.clone(),
+            slot: Arc::clone(&self.current_snapshot),
+            id,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = postcard::from_bytes(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &invalid_data(e)))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let bytes = postcard::to_stdvec(&stored).map_err(|e| {
+            StorageIOError::write_snapshot(Some(meta.signature()), &invalid_data(e))
+        })?;
+        let path = self.dir.join(SNAPSHOT_FILE);
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| {
+                StorageIOError::write_snapshot(Some(meta.signature()), &std::io::Error::other(e))
+            })?
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let counters = body.counters.len();
+        self.restore(body);
+        // The snapshot's meta is authoritative for what it covers.
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        set_snapshot(&self.current_snapshot, Some(stored));
+        tracing::info!(last_log_id = ?meta.last_log_id, counters, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let stored = self.current_snapshot.lock().ok().and_then(|s| s.clone());
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn policy(text: &str) -> Command {
+        Command::SetPolicy {
+            ts: 0,
+            format: "quorate".into(),
+            source: text.into(),
+        }
+    }
+
+    fn hits(ts: Nanos, limit: &str, key: &str, n: usize) -> Command {
+        Command::Hits {
+            ts,
+            hits: (0..n)
+                .map(|_| Hit {
+                    limit: limit.into(),
+                    key: key.into(),
+                    cost: 1,
+                })
+                .collect(),
+        }
+    }
+
+    fn allowed(r: &CommandResponse) -> usize {
+        match r {
+            CommandResponse::Decisions(d) => d
+                .iter()
+                .filter(|o| matches!(o, HitOutcome::Decided(d) if d.allowed))
+                .count(),
+            other => panic!("not decisions: {other:?}"),
+        }
+    }
+
+    const THREE_PER_MINUTE: &str = "limits:\n  - name: l\n    limit: 3\n    window: minute\n";
+
+    #[tokio::test]
+    async fn decides_in_log_order_and_denies_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let r = sm
+            .apply(vec![
+                entry(1, policy(THREE_PER_MINUTE)),
+                entry(2, hits(SECOND, "l", "k", 5)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[0], CommandResponse::Policy(Ok(1)));
+        assert_eq!(allowed(&r[1]), 3);
+    }
+
+    #[tokio::test]
+    async fn unknown_limit_is_reported_per_hit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let r = sm
+            .apply(vec![entry(1, hits(SECOND, "nope", "k", 1))])
+            .await
+            .unwrap();
+        assert_eq!(
+            r[0],
+            CommandResponse::Decisions(vec![HitOutcome::UnknownLimit])
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_policy_is_refused_and_the_old_one_stays_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let r = sm
+            .apply(vec![
+                entry(1, policy(THREE_PER_MINUTE)),
+                entry(2, policy("limits:\n  - name: l\n    limit: -1\n")),
+                entry(3, hits(SECOND, "l", "k", 4)),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            matches!(r[1], CommandResponse::Policy(Err(_))),
+            "{:?}",
+            r[1]
+        );
+        assert_eq!(allowed(&r[2]), 3);
+        assert_eq!(
+            sm.shared()
+                .policy
+                .load()
+                .version
+                .as_ref()
+                .map(|v| v.version),
+            Some(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn time_going_backwards_grants_nothing_extra() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let minute = 60 * SECOND;
+        let r = sm
+            .apply(vec![
+                entry(1, policy(THREE_PER_MINUTE)),
+                // Late in window 10, then a leader whose clock says window 9.
+                entry(2, hits(10 * minute + 59 * SECOND, "l", "k", 3)),
+                entry(3, hits(9 * minute, "l", "k", 3)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(allowed(&r[1]), 3);
+        assert_eq!(allowed(&r[2]), 0);
+    }
+
+    #[tokio::test]
+    async fn consumed_hits_are_forced_into_the_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let consumed = Command::Consumed {
+            ts: SECOND,
+            hits: vec![Hit {
+                limit: "l".into(),
+                key: "k".into(),
+                cost: 2,
+            }],
+        };
+        let r = sm
+            .apply(vec![
+                entry(1, policy(THREE_PER_MINUTE)),
+                entry(2, consumed),
+                entry(3, hits(SECOND, "l", "k", 3)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(allowed(&r[2]), 1);
+    }
+
+    #[tokio::test]
+    async fn snapshot_restores_the_same_future_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        sm.apply(vec![
+            entry(1, policy(THREE_PER_MINUTE)),
+            entry(2, hits(SECOND, "l", "k", 2)),
+        ])
+        .await
+        .unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let snap = builder.build_snapshot().await.unwrap();
+
+        // A fresh replica installs it; a restarted one reads it from disk.
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut other = StateMachine::open(other_dir.path()).unwrap();
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let mut restarted = StateMachine::open(dir.path()).unwrap();
+
+        for m in [&mut sm, &mut other, &mut restarted] {
+            let r = m
+                .apply(vec![entry(3, hits(2 * SECOND, "l", "k", 3))])
+                .await
+                .unwrap();
+            assert_eq!(allowed(&r[0]), 1);
+            assert_eq!(m.applied_state().await.unwrap().0.map(|l| l.index), Some(3));
+        }
+    }
+
+    #[tokio::test]
+    async fn rollback_reactivates_an_old_version_as_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let r = sm
+            .apply(vec![
+                entry(1, policy(THREE_PER_MINUTE)),
+                entry(
+                    2,
+                    policy("limits:\n  - name: l\n    limit: 1\n    window: minute\n"),
+                ),
+                entry(3, Command::RollbackPolicy { ts: 0, version: 1 }),
+                entry(4, hits(SECOND, "l", "k", 5)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[2], CommandResponse::Policy(Ok(3)));
+        assert_eq!(allowed(&r[3]), 3);
+    }
+}
