@@ -17,8 +17,16 @@
 //!
 //! # Time going backwards
 //! A new Raft leader may have a slower clock than the old one. Every algorithm clamps:
-//! a `now` earlier than the latest instant it has seen is treated as that instant. Time
-//! never runs backwards inside a counter, so a slow clock cannot mint extra quota.
+//! a `now` earlier than the latest instant at which the counter consumed quota is treated
+//! as that instant (or, where the algorithm allows it, as something stricter). Time never
+//! runs backwards inside a counter, so a slow clock cannot mint extra quota. Only
+//! consumption changes a state: a peek or a denial leaves it untouched, so a replica that
+//! replays just the allowed hits (via `force`) holds exactly the leader's state.
+//!
+//! # Arithmetic
+//! Products of user numbers are taken in `u128` and narrowed back saturating; sums
+//! saturate. No input — zero, `u64::MAX`, or a hand-built [`Rate`] that skipped
+//! [`Rate::new`] — makes any function here panic.
 
 mod arith;
 pub mod decision;
