@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test quorate has: formatting, lints, unit, property, integration and
+# end-to-end tests (real processes on loopback). This is the command README and CI use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== build the quorate binary (the end-to-end tests run it)"
+cargo build -p quorate-server --bin quorate
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
