@@ -28,14 +28,22 @@ use crate::metrics::Metrics;
 use crate::policy::Consistency;
 use crate::raft::state_machine::SharedState;
 use crate::raft::typ::Raft;
-use crate::raft::{Hit, HitOutcome, Node, NodeId};
+use crate::raft::{Hit, Node, NodeId};
+use serde::{Deserialize, Serialize};
 
 pub use batcher::BatchSettings;
-pub use forward::FORWARDED_HEADER;
+pub use forward::ForwardResult;
 pub use leadership::Leadership;
 
+/// A hit resolved against the policy: what goes into the log, and how to decide it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedHit {
+    pub hit: Hit,
+    pub consistency: Consistency,
+}
+
 /// Why the engine could not decide.
-#[derive(Debug, Clone, Error)]
+#[derive(Debug, Clone, Error, Serialize, Deserialize)]
 pub enum EngineError {
     /// The request is malformed; the message names the bad field.
     #[error("{0}")]
@@ -147,14 +155,39 @@ impl Engine {
         &self.leadership
     }
 
+    /// Resolves named hits (the `quorate.v1` API) against the live policy; fails on the
+    /// first unknown limit.
+    pub fn resolve_named(
+        &self,
+        hits: Vec<(String, String, u64)>,
+    ) -> Result<Vec<ResolvedHit>, EngineError> {
+        let policy = self.shared.policy.load();
+        hits.into_iter()
+            .map(|(limit, key, cost)| match policy.set.limit(&limit) {
+                Some(def) => Ok(ResolvedHit {
+                    hit: Hit {
+                        rate: def.rate,
+                        limit,
+                        key,
+                        cost,
+                    },
+                    consistency: def.consistency,
+                }),
+                None => {
+                    self.metrics.unknown_limits.inc();
+                    Err(EngineError::UnknownLimit(limit))
+                }
+            })
+            .collect()
+    }
+
     /// Decides every hit, in order. `forwarded` marks a request a follower already
     /// forwarded here, so it is never forwarded twice.
     pub async fn check(
         &self,
-        hits: Vec<Hit>,
+        hits: Vec<ResolvedHit>,
         forwarded: bool,
     ) -> Result<Vec<Decision>, EngineError> {
-        let consistency = self.resolve(&hits)?;
         if !self.leadership.is_leader() {
             if forwarded {
                 return Err(EngineError::unavailable(
@@ -166,9 +199,9 @@ impl Engine {
                 .leadership
                 .leader_node()
                 .ok_or_else(|| EngineError::unavailable("no leader elected yet", None))?;
-            return self.forwarder.check(leader, hits, self.timeout).await;
+            return self.forwarder.forward(leader, hits, self.timeout).await;
         }
-        let decided = tokio::time::timeout(self.timeout, self.decide(hits, &consistency))
+        let decided = tokio::time::timeout(self.timeout, self.decide(hits))
             .await
             .map_err(|_| {
                 self.metrics.decision_timeouts.inc();
@@ -183,55 +216,28 @@ impl Engine {
         Ok(decided)
     }
 
-    /// The consistency of each hit's limit; fails on the first unknown limit.
-    fn resolve(&self, hits: &[Hit]) -> Result<Vec<Consistency>, EngineError> {
-        let policy = self.shared.policy.load();
-        hits.iter()
-            .map(|hit| {
-                policy
-                    .set
-                    .limit(&hit.limit)
-                    .map(|def| def.consistency)
-                    .ok_or_else(|| {
-                        self.metrics.unknown_limits.inc();
-                        EngineError::UnknownLimit(hit.limit.clone())
-                    })
-            })
-            .collect()
-    }
-
-    async fn decide(
-        &self,
-        hits: Vec<Hit>,
-        consistency: &[Consistency],
-    ) -> Result<Vec<Decision>, EngineError> {
+    async fn decide(&self, hits: Vec<ResolvedHit>) -> Result<Vec<Decision>, EngineError> {
         // Fast hits are answered here and now when this leader may; the rest go to Raft.
         let mut decided: Vec<Option<Decision>> = vec![None; hits.len()];
         let mut strict = Vec::new();
         let mut strict_slots = Vec::new();
-        for (i, (hit, c)) in hits.into_iter().zip(consistency).enumerate() {
-            let fast = match c {
-                Consistency::Fast => self.fast.decide(&hit),
+        for (i, resolved) in hits.into_iter().enumerate() {
+            let fast = match resolved.consistency {
+                Consistency::Fast => self.fast.decide(&resolved.hit),
                 Consistency::Strict => None,
             };
             match fast {
                 Some(d) => decided[i] = Some(d),
                 None => {
-                    strict.push(hit);
+                    strict.push(resolved.hit);
                     strict_slots.push(i);
                 }
             }
         }
         if !strict.is_empty() {
             let outcomes = self.strict.submit(strict).await?;
-            for (slot, outcome) in strict_slots.into_iter().zip(outcomes) {
-                match outcome {
-                    HitOutcome::Decided(d) => decided[slot] = Some(d),
-                    // The policy changed between resolve and apply.
-                    HitOutcome::UnknownLimit => {
-                        return Err(EngineError::UnknownLimit(format!("(limit of hit #{slot})")))
-                    }
-                }
+            for (slot, decision) in strict_slots.into_iter().zip(outcomes) {
+                decided[slot] = Some(decision);
             }
         }
         decided

@@ -187,7 +187,7 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(RateLimiterService::server(Arc::clone(&engine)))
-        .add_service(PeerService::server(raft.clone()))
+        .add_service(PeerService::server(raft.clone(), Arc::clone(&engine)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{EngineError, LeaderClock};
 use crate::metrics::Metrics;
 use crate::raft::typ::{ClientWriteError, Raft, RaftError};
-use crate::raft::{Command, CommandResponse, Hit, HitOutcome};
+use quorate_algorithms::Decision;
+
+use crate::raft::{Command, CommandResponse, Hit};
 
 /// Tuning of group commit.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +42,7 @@ impl Default for BatchSettings {
 /// Requests queued beyond this make callers wait: the queue cannot grow without bound.
 const QUEUE_DEPTH: usize = 8192;
 
-type Reply = oneshot::Sender<Result<Vec<HitOutcome>, EngineError>>;
+type Reply = oneshot::Sender<Result<Vec<Decision>, EngineError>>;
 
 struct Pending {
     hits: Vec<Hit>,
@@ -74,7 +76,7 @@ impl Batcher {
     }
 
     /// Queues `hits` for the next entry and waits for their outcomes, in order.
-    pub async fn submit(&self, hits: Vec<Hit>) -> Result<Vec<HitOutcome>, EngineError> {
+    pub async fn submit(&self, hits: Vec<Hit>) -> Result<Vec<Decision>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { hits, reply })

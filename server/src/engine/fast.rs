@@ -93,8 +93,6 @@ impl FastPath {
     /// then takes the strict path).
     pub fn decide(&self, hit: &Hit) -> Option<Decision> {
         let term = self.current.load_full()?;
-        let policy = self.shared.policy.load();
-        let def = policy.set.limit(&hit.limit)?;
         let key = counter_key(&hit.limit, &hit.key);
         if term.store.get(&key).is_none() {
             if let Some(replicated) = self.shared.counters.load().get(&key) {
@@ -102,7 +100,7 @@ impl FastPath {
             }
         }
         let now = self.clock.now();
-        let decision = term.store.check(&key, &def.rate, now, hit.cost);
+        let decision = term.store.check(&key, &hit.rate, now, hit.cost);
         if decision.allowed && hit.cost > 0 && self.consumed.try_send(hit.clone()).is_err() {
             self.metrics.fast_hits_unreplicated.inc();
         }

@@ -1,27 +1,31 @@
-//! Forwarding: a follower passes decision requests to the leader over gRPC.
+//! Forwarding: a follower hands resolved hits to the leader over the internal
+//! `quorate.raft.v1.Raft/Forward` RPC and relays the leader's decisions.
+//!
+//! The hits are resolved here, against this node's policy, so a forwarded request is
+//! decided by exactly one policy snapshot, the same as a request the leader received.
 
 use std::time::Duration;
 
 use quorate_algorithms::Decision;
-use quorate_proto::v1 as pb;
-use quorate_proto::v1::rate_limiter_client::RateLimiterClient;
+use quorate_proto::raft::raft_client::RaftClient;
+use quorate_proto::raft::RaftPayload;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use super::EngineError;
-use crate::raft::{Hit, Node};
+use super::{EngineError, ResolvedHit};
+use crate::raft::Node;
 
-/// Metadata key marking a request a follower already forwarded.
-pub const FORWARDED_HEADER: &str = "x-quorate-forwarded";
+/// What the leader answers to a forwarded request.
+pub type ForwardResult = Result<Vec<Decision>, EngineError>;
 
 /// A cached channel to the current leader.
 #[derive(Debug, Default)]
 pub struct Forwarder {
-    channel: Mutex<Option<(Node, RateLimiterClient<Channel>)>>,
+    channel: Mutex<Option<(Node, RaftClient<Channel>)>>,
 }
 
 impl Forwarder {
-    async fn client(&self, leader: Node) -> Result<RateLimiterClient<Channel>, EngineError> {
+    async fn client(&self, leader: Node) -> Result<RaftClient<Channel>, EngineError> {
         let mut cached = self.channel.lock().await;
         if let Some((node, client)) = cached.as_ref() {
             if *node == leader {
@@ -32,51 +36,31 @@ impl Forwarder {
             .map_err(|e| EngineError::Internal(e.to_string()))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        let client = RateLimiterClient::new(endpoint.connect_lazy());
+        let client = RaftClient::new(endpoint.connect_lazy());
         *cached = Some((leader, client.clone()));
         Ok(client)
     }
 
-    pub async fn check(
+    pub async fn forward(
         &self,
         leader: Node,
-        hits: Vec<Hit>,
+        hits: Vec<ResolvedHit>,
         timeout: Duration,
     ) -> Result<Vec<Decision>, EngineError> {
         let mut client = self.client(leader).await?;
-        let mut request = tonic::Request::new(pb::CheckRequest {
-            hits: hits
-                .into_iter()
-                .map(|h| pb::Hit {
-                    limit: h.limit,
-                    key: h.key,
-                    cost: Some(h.cost),
-                })
-                .collect(),
-        });
+        let data = postcard::to_stdvec(&hits).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let mut request = tonic::Request::new(RaftPayload { data: data.into() });
         request.set_timeout(timeout);
-        request.metadata_mut().insert(
-            FORWARDED_HEADER,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-        let response = client
-            .check(request)
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::NotFound => EngineError::UnknownLimit(status.message().to_string()),
-                tonic::Code::InvalidArgument => {
-                    EngineError::InvalidArgument(status.message().to_string())
-                }
-                _ => EngineError::unavailable(
-                    format!("forwarding to the leader failed: {}", status.message()),
-                    Some(leader),
-                ),
+        let response = client.forward(request).await.map_err(|status| {
+            EngineError::unavailable(
+                format!("forwarding to the leader failed: {}", status.message()),
+                Some(leader),
+            )
+        })?;
+        let result: ForwardResult =
+            postcard::from_bytes(&response.into_inner().data).map_err(|e| {
+                EngineError::Internal(format!("undecodable answer from the leader: {e}"))
             })?;
-        Ok(response
-            .into_inner()
-            .decisions
-            .iter()
-            .map(crate::grpc::decision_from_pb)
-            .collect())
+        result
     }
 }

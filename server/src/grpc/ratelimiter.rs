@@ -6,9 +6,8 @@ use quorate_proto::v1 as pb;
 use quorate_proto::v1::rate_limiter_server::{RateLimiter, RateLimiterServer};
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Engine, EngineError, FORWARDED_HEADER};
+use crate::engine::{Engine, EngineError};
 use crate::error::to_status;
-use crate::raft::Hit;
 
 /// Most hits in one request.
 pub const MAX_HITS: usize = 256;
@@ -28,8 +27,8 @@ impl RateLimiterService {
     }
 }
 
-/// Checks a request's shape; the message names the bad field.
-pub fn validate(request: pb::CheckRequest) -> Result<Vec<Hit>, EngineError> {
+/// Checks a request's shape; the message names the bad field. Returns `(limit, key, cost)`.
+pub fn validate(request: pb::CheckRequest) -> Result<Vec<(String, String, u64)>, EngineError> {
     let bad = |m: String| Err(EngineError::InvalidArgument(m));
     if request.hits.is_empty() {
         return bad("hits: at least one hit is required".into());
@@ -50,11 +49,7 @@ pub fn validate(request: pb::CheckRequest) -> Result<Vec<Hit>, EngineError> {
         if h.key.is_empty() || h.key.len() > MAX_KEY_LEN {
             return bad(format!("hits[{i}].key: must be 1 to {MAX_KEY_LEN} bytes"));
         }
-        hits.push(Hit {
-            limit: h.limit,
-            key: h.key,
-            cost: h.cost.unwrap_or(1),
-        });
+        hits.push((h.limit, h.key, h.cost.unwrap_or(1)));
     }
     Ok(hits)
 }
@@ -65,22 +60,17 @@ impl RateLimiter for RateLimiterService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
-        let hits = validate(request.into_inner()).map_err(to_status)?;
-        let names: Vec<String> = hits.iter().map(|h| h.limit.clone()).collect();
-        let decisions = self
-            .engine
-            .check(hits, forwarded)
-            .await
-            .map_err(to_status)?;
-        let policy = self.engine.policy();
-        let decisions: Vec<pb::Decision> = names
+        let named = validate(request.into_inner()).map_err(to_status)?;
+        let hits = self.engine.resolve_named(named).map_err(to_status)?;
+        let shape: Vec<(String, u64)> = hits
+            .iter()
+            .map(|h| (h.hit.limit.clone(), h.hit.rate.window))
+            .collect();
+        let decisions = self.engine.check(hits, false).await.map_err(to_status)?;
+        let decisions: Vec<pb::Decision> = shape
             .iter()
             .zip(&decisions)
-            .map(|(name, d)| {
-                let window = policy.set.limit(name).map_or(0, |l| l.rate.window);
-                super::decision_to_pb(name, window, d)
-            })
+            .map(|((name, window), d)| super::decision_to_pb(name, *window, d))
             .collect();
         Ok(Response::new(pb::CheckResponse {
             allowed: decisions.iter().all(|d| d.allowed),

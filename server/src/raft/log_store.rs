@@ -1171,6 +1171,13 @@ mod tests {
                     limit: "api".into(),
                     key: format!("user-{index}"),
                     cost: 1,
+                    rate: quorate_algorithms::Rate::new(
+                        quorate_algorithms::Algorithm::FixedWindow,
+                        100,
+                        quorate_algorithms::SECOND,
+                        None,
+                    )
+                    .unwrap(),
                 }],
             }),
         }

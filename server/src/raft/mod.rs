@@ -16,7 +16,7 @@ use std::fmt;
 use std::io::Cursor;
 use std::net::SocketAddr;
 
-use quorate_algorithms::{Decision, Nanos};
+use quorate_algorithms::{Decision, Nanos, Rate};
 use serde::{Deserialize, Serialize};
 
 /// A node's identity in the cluster.
@@ -78,12 +78,15 @@ impl fmt::Display for Node {
 }
 
 /// One hit as it travels through the log: the limit it counts against, the counter key
-/// within that limit, and its cost (0 = peek).
+/// within that limit, its cost (0 = peek), and the rate in force when the node that
+/// received it resolved the limit. Carrying the rate makes every decision depend on one
+/// policy snapshot only, even while a new policy is being applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hit {
     pub limit: String,
     pub key: String,
     pub cost: u64,
+    pub rate: Rate,
 }
 
 /// The payload of a Raft log entry. Every entry carries the leader's timestamp `ts`:
@@ -129,22 +132,14 @@ impl Command {
     }
 }
 
-/// The outcome of one hit in a [`Command::Hits`] batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HitOutcome {
-    Decided(Decision),
-    /// The limit named by the hit does not exist in the live policy.
-    UnknownLimit,
-}
-
 /// What applying one [`Command`] produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {
     /// Membership changes and blank entries.
     #[default]
     Empty,
-    /// One outcome per hit of a [`Command::Hits`], in order.
-    Decisions(Vec<HitOutcome>),
+    /// One decision per hit of a [`Command::Hits`], in order.
+    Decisions(Vec<Decision>),
     /// A [`Command::Consumed`] batch was recorded.
     Consumed,
     /// The policy version that is now live, or why the command was refused (the previous

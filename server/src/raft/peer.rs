@@ -1,4 +1,5 @@
-//! Inbound Raft RPCs: the `quorate.raft.v1.Raft` service that peers call.
+//! Inbound Raft RPCs: the `quorate.raft.v1.Raft` service that peers call, plus the
+//! engine's forwarding of decisions from followers to the leader.
 //!
 //! Each handler decodes openraft's request, hands it to the local Raft, and returns the
 //! whole `Result` encoded, so the caller sees openraft's own error values.
@@ -9,13 +10,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use super::network::MAX_RAFT_MESSAGE;
 use super::typ::Raft;
+use crate::engine::{Engine, ForwardResult, ResolvedHit};
 
 /// Serves peers' Raft RPCs for the local node.
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft,
+    engine: Arc<Engine>,
 }
 
 impl std::fmt::Debug for PeerService {
@@ -26,8 +31,8 @@ impl std::fmt::Debug for PeerService {
 
 impl PeerService {
     /// The tonic service, with message limits sized for snapshot chunks.
-    pub fn server(raft: Raft) -> RaftServer<PeerService> {
-        RaftServer::new(PeerService { raft })
+    pub fn server(raft: Raft, engine: Arc<Engine>) -> RaftServer<PeerService> {
+        RaftServer::new(PeerService { raft, engine })
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE)
     }
@@ -65,5 +70,14 @@ impl RaftService for PeerService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(request)?;
         encode(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let hits: Vec<ResolvedHit> = decode(request)?;
+        let result: ForwardResult = self.engine.check(hits, true).await;
+        encode(&result)
     }
 }

@@ -22,8 +22,9 @@ use quorate_algorithms::{CounterStore, Nanos, StoredCounter, SECOND};
 use serde::{Deserialize, Serialize};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
-use super::{Command, CommandResponse, Hit, HitOutcome, TypeConfig};
+use super::{Command, CommandResponse, Hit, TypeConfig};
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+use quorate_algorithms::Decision;
 
 /// How often, in log time, idle counters are swept.
 const SWEEP_INTERVAL: Nanos = SECOND;
@@ -222,31 +223,18 @@ impl StateMachine {
         }
     }
 
-    fn decide(&self, now: Nanos, hits: &[Hit]) -> Vec<HitOutcome> {
-        let policy = self.shared.policy.load();
+    fn decide(&self, now: Nanos, hits: &[Hit]) -> Vec<Decision> {
         let counters = self.shared.counters.load();
         hits.iter()
-            .map(|hit| match policy.set.limit(&hit.limit) {
-                Some(def) => HitOutcome::Decided(counters.check(
-                    &counter_key(&hit.limit, &hit.key),
-                    &def.rate,
-                    now,
-                    hit.cost,
-                )),
-                None => HitOutcome::UnknownLimit,
-            })
+            .map(|hit| counters.check(&counter_key(&hit.limit, &hit.key), &hit.rate, now, hit.cost))
             .collect()
     }
 
     fn record_consumed(&self, now: Nanos, hits: &[Hit]) {
-        let policy = self.shared.policy.load();
         let counters = self.shared.counters.load();
         for hit in hits {
-            if let Some(def) = policy.set.limit(&hit.limit) {
-                // At the key cap the leader refused the hit already; nothing to record.
-                let _ =
-                    counters.force(&counter_key(&hit.limit, &hit.key), &def.rate, now, hit.cost);
-            }
+            // At the key cap the leader refused the hit already; nothing to record.
+            let _ = counters.force(&counter_key(&hit.limit, &hit.key), &hit.rate, now, hit.cost);
         }
     }
 
@@ -492,6 +480,7 @@ mod tests {
                     limit: limit.into(),
                     key: key.into(),
                     cost: 1,
+                    rate: three_per_minute(),
                 })
                 .collect(),
         }
@@ -499,12 +488,19 @@ mod tests {
 
     fn allowed(r: &CommandResponse) -> usize {
         match r {
-            CommandResponse::Decisions(d) => d
-                .iter()
-                .filter(|o| matches!(o, HitOutcome::Decided(d) if d.allowed))
-                .count(),
+            CommandResponse::Decisions(d) => d.iter().filter(|d| d.allowed).count(),
             other => panic!("not decisions: {other:?}"),
         }
+    }
+
+    fn three_per_minute() -> quorate_algorithms::Rate {
+        quorate_algorithms::Rate::new(
+            quorate_algorithms::Algorithm::FixedWindow,
+            3,
+            60 * SECOND,
+            None,
+        )
+        .unwrap()
     }
 
     const THREE_PER_MINUTE: &str = "limits:\n  - name: l\n    limit: 3\n    window: minute\n";
@@ -525,17 +521,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_limit_is_reported_per_hit() {
+    async fn hits_are_decided_by_the_rate_they_carry_not_the_live_policy() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path()).unwrap();
+        // No policy at all: the hit's own rate (3 per minute) decides.
         let r = sm
-            .apply(vec![entry(1, hits(SECOND, "nope", "k", 1))])
+            .apply(vec![entry(1, hits(SECOND, "gone", "k", 4))])
             .await
             .unwrap();
-        assert_eq!(
-            r[0],
-            CommandResponse::Decisions(vec![HitOutcome::UnknownLimit])
-        );
+        assert_eq!(allowed(&r[0]), 3);
     }
 
     #[tokio::test]
@@ -595,6 +589,7 @@ mod tests {
                 limit: "l".into(),
                 key: "k".into(),
                 cost: 2,
+                rate: three_per_minute(),
             }],
         };
         let r = sm
@@ -658,5 +653,8 @@ mod tests {
             .unwrap();
         assert_eq!(r[2], CommandResponse::Policy(Ok(3)));
         assert_eq!(allowed(&r[3]), 3);
+        let live = sm.shared().policy.load_full();
+        assert_eq!(live.set.limit("l").map(|l| l.rate.limit), Some(3));
+        assert_eq!(live.version.as_ref().and_then(|v| v.rollback_of), Some(1));
     }
 }
