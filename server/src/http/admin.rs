@@ -384,6 +384,9 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
     pub snapshot_index: Option<u64>,
+    /// The last log index removed by compaction: older entries live only in the snapshot,
+    /// so a member that needs them gets the snapshot instead.
+    pub purged_index: Option<u64>,
     pub members: Vec<MemberStatus>,
     pub policy_version: Option<u64>,
     pub counters: usize,
@@ -420,6 +423,7 @@ async fn status(State(ctx): State<NodeContext>) -> Json<ClusterStatus> {
         last_log_index: m.last_log_index,
         last_applied: m.last_applied.map(|l| l.index),
         snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
         members,
         policy_version: ctx.engine.policy().version.as_ref().map(|v| v.version),
         counters: ctx.engine.shared().counters.load().len(),
