@@ -20,10 +20,26 @@ pub enum Consistency {
 /// A compiled limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitDef {
+    /// The policy-wide unique name hits address it by.
     pub name: String,
     pub rate: Rate,
     pub consistency: Consistency,
+    /// The name shown to clients (RateLimit headers, Envoy's `current_limit.name`), when
+    /// it differs from `name`.
+    pub display_name: Option<String>,
+    /// Decide and count, but never deny (report OK).
+    pub shadow_mode: bool,
 }
+
+impl LimitDef {
+    /// The name shown to clients.
+    pub fn shown_name(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Longest accepted limit name: names travel in every log entry.
+pub const MAX_NAME_LEN: usize = 128;
 
 /// A limit as written in YAML.
 #[derive(Debug, Deserialize)]
@@ -38,28 +54,36 @@ pub(super) struct LimitDoc {
     burst: Option<u64>,
     #[serde(default)]
     consistency: Consistency,
+    #[serde(default)]
+    shadow_mode: bool,
 }
 
-/// Longest accepted limit name: names travel in every log entry.
-const MAX_NAME_LEN: usize = 128;
-
 impl LimitDoc {
+    /// Validates the limit; the error is the reason, without position.
     pub(super) fn compile(self) -> Result<LimitDef, String> {
-        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
+        let doc = self;
+        if doc.name.is_empty() || doc.name.len() > MAX_NAME_LEN {
             return Err(format!(
                 "limit name must be 1 to {MAX_NAME_LEN} bytes, got {:?}",
-                self.name
+                doc.name
             ));
         }
-        let window =
-            parse_window(&self.window).map_err(|e| format!("limit {:?}: {e}", self.name))?;
-        let algorithm = self.algorithm.unwrap_or(Algorithm::FixedWindow);
-        let rate = Rate::new(algorithm, self.limit, window, self.burst)
-            .map_err(|e| format!("limit {:?}: {e}", self.name))?;
+        if doc.name.chars().any(char::is_control) {
+            return Err(format!(
+                "limit name {:?} contains a control character",
+                doc.name
+            ));
+        }
+        let window = parse_window(&doc.window).map_err(|e| format!("limit {:?}: {e}", doc.name))?;
+        let algorithm = doc.algorithm.unwrap_or(Algorithm::FixedWindow);
+        let rate = Rate::new(algorithm, doc.limit, window, doc.burst)
+            .map_err(|e| format!("limit {:?}: {e}", doc.name))?;
         Ok(LimitDef {
-            name: self.name,
+            name: doc.name,
             rate,
-            consistency: self.consistency,
+            consistency: doc.consistency,
+            display_name: None,
+            shadow_mode: doc.shadow_mode,
         })
     }
 }

@@ -9,8 +9,11 @@
 //! Today a policy is a list of named limits ([`LimitDef`]). Envoy descriptor trees and
 //! identities attach to the same document as further top-level sections.
 
+mod descriptors;
 mod duration;
 mod limits;
+mod lines;
+mod plan;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,8 +21,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use descriptors::{Domain, EnvoyUnit, RateUnit, Rule};
 pub use duration::parse_window;
 pub use limits::{Consistency, LimitDef};
+pub use plan::{plan_rls, DescriptorPlan, RequestDescriptor};
 
 /// The default cap on live counters across the cluster. Part of the policy (not a node
 /// flag) because every replica must refuse new keys at exactly the same point.
@@ -89,8 +94,13 @@ impl fmt::Display for PolicyError {
 /// A compiled, validated policy: what the state machine and the decision path read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicySet {
-    /// Named limits that hits refer to.
+    /// Named limits that hits refer to (including every limited descriptor of every
+    /// domain, named by its path).
     pub limits: BTreeMap<String, LimitDef>,
+    /// Envoy RLS domains and their descriptor trees.
+    pub domains: BTreeMap<String, Domain>,
+    /// Which rate-limit headers to send.
+    pub headers: HeaderSettings,
     /// The most counters the cluster keeps; new keys beyond it are refused.
     pub max_counters: usize,
 }
@@ -100,7 +110,34 @@ impl Default for PolicySet {
     fn default() -> Self {
         PolicySet {
             limits: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            headers: HeaderSettings::default(),
             max_counters: DEFAULT_MAX_COUNTERS,
+        }
+    }
+}
+
+/// Which rate-limit response headers quorate adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSettings {
+    /// IETF `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10).
+    #[serde(default = "yes")]
+    pub ietf: bool,
+    /// Legacy `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
+    #[serde(default)]
+    pub legacy: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for HeaderSettings {
+    fn default() -> Self {
+        HeaderSettings {
+            ietf: true,
+            legacy: false,
         }
     }
 }
@@ -111,6 +148,10 @@ impl Default for PolicySet {
 struct Document {
     #[serde(default)]
     limits: Vec<limits::LimitDoc>,
+    #[serde(default)]
+    domains: Vec<descriptors::RawDomain>,
+    #[serde(default)]
+    headers: HeaderSettings,
     #[serde(default)]
     max_counters: Option<usize>,
 }
@@ -135,64 +176,41 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
         let line = e.location().map(|l| l.line());
         PolicyError::new(line, e.to_string())
     })?;
+    let lines = lines::LineMap::build(text);
+    let at = |path: &str, reason: String| {
+        PolicyError::new(lines.line(path), format!("{path}: {reason}"))
+    };
     let mut limits = BTreeMap::new();
-    for (index, raw) in doc.limits.into_iter().enumerate() {
-        let line = line_of_item(text, "limits", index);
-        let def = raw
-            .compile()
-            .map_err(|reason| PolicyError::new(line, reason))?;
+    for (i, raw) in doc.limits.into_iter().enumerate() {
+        let path = format!("limits[{i}]");
+        let def = raw.compile().map_err(|reason| at(&path, reason))?;
         if limits.contains_key(&def.name) {
-            return Err(PolicyError::new(
-                line,
-                format!("duplicate limit name {:?}", def.name),
-            ));
+            return Err(at(&path, format!("duplicate limit name {:?}", def.name)));
         }
         limits.insert(def.name.clone(), def);
     }
+    let mut domains = BTreeMap::new();
+    for (i, raw) in doc.domains.into_iter().enumerate() {
+        let path = format!("domains[{i}]");
+        let mut domain = raw.compile(&path).map_err(|(p, reason)| at(&p, reason))?;
+        if domains.contains_key(&domain.name) {
+            return Err(at(&path, format!("duplicate domain {:?}", domain.name)));
+        }
+        domain
+            .register(&mut limits)
+            .map_err(|reason| at(&path, reason))?;
+        domains.insert(domain.name.clone(), domain);
+    }
     let max_counters = doc.max_counters.unwrap_or(DEFAULT_MAX_COUNTERS);
     if max_counters == 0 {
-        return Err(PolicyError::new(
-            find_line(text, "max_counters:"),
-            "max_counters must be at least 1",
-        ));
+        return Err(at("max_counters", "must be at least 1".into()));
     }
     Ok(PolicySet {
         limits,
+        domains,
+        headers: doc.headers,
         max_counters,
     })
-}
-
-/// The 1-based line where the `index`-th item of the top-level sequence `section` starts.
-///
-/// serde_yaml_ng reports positions only for syntax errors, so semantic errors locate
-/// their item by scanning the text for the section and its `- ` items.
-fn line_of_item(text: &str, section: &str, index: usize) -> Option<usize> {
-    let header = format!("{section}:");
-    let mut lines = text.lines().enumerate();
-    lines.find(|(_, l)| l.trim_end() == header)?;
-    let mut seen = 0;
-    for (n, line) in lines {
-        let trimmed = line.trim_start();
-        if !line.starts_with(' ') && !line.starts_with('-') && !trimmed.is_empty() {
-            break; // next top-level key
-        }
-        if trimmed.starts_with("- ") || trimmed == "-" {
-            let indent = line.len() - trimmed.len();
-            if indent <= 2 {
-                if seen == index {
-                    return Some(n + 1);
-                }
-                seen += 1;
-            }
-        }
-    }
-    None
-}
-
-fn find_line(text: &str, needle: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| l.trim_start().starts_with(needle))
-        .map(|n| n + 1)
 }
 
 #[cfg(test)]
@@ -218,6 +236,7 @@ mod tests {
         let err = compile(text).unwrap_err();
         assert_eq!(err.line, Some(5), "{err}");
         assert!(err.reason.contains("limit"), "{err}");
+        assert!(err.reason.contains("\"b\""), "{err}");
     }
 
     #[test]
@@ -232,6 +251,18 @@ mod tests {
         let err = compile(text).unwrap_err();
         assert!(err.reason.contains("duplicate"), "{err}");
         assert_eq!(err.line, Some(5));
+    }
+
+    #[test]
+    fn nested_descriptor_errors_name_their_line() {
+        let text = "domains:\n  - domain: d\n    descriptors:\n      - key: a\n        descriptors:\n          - key: b\n            rate_limit: {unit: fortnight, requests_per_unit: 1}\n";
+        let err = compile(text).unwrap_err();
+        assert_eq!(err.line, Some(7), "{err}");
+        assert!(
+            err.reason
+                .starts_with("domains[0].descriptors[0].descriptors[0].rate_limit"),
+            "{err}"
+        );
     }
 
     #[test]

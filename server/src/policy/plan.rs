@@ -1,0 +1,290 @@
+//! Planning an Envoy RLS request against a policy: which limit, which counter, for each
+//! descriptor, before anything is counted.
+//!
+//! Pure: the same policy and request always give the same plan, so `quorate policy test`
+//! shows exactly what the server would do.
+
+use quorate_algorithms::{Algorithm, Rate, SECOND};
+
+use super::descriptors::{EnvoyUnit, RateUnit, Rule};
+use super::{Consistency, PolicySet};
+
+/// One descriptor of a request: its entries and, optionally, Envoy's per-descriptor limit
+/// override (`requests_per_unit` per `unit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestDescriptor {
+    pub entries: Vec<(String, String)>,
+    pub limit_override: Option<(u64, EnvoyUnit)>,
+}
+
+/// What will happen to one request descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DescriptorPlan {
+    /// No rule applies (unknown domain, or no descriptor matched): OK, no limit.
+    NoRule { reason: String },
+    /// `unlimited: true` matched: OK, never counted.
+    Unlimited { path: String },
+    /// `requests_per_unit: 0` matched: always over the limit.
+    Blocked { path: String, unit: RateUnit },
+    /// Another matched limit `replaces` this one: OK, not counted.
+    Replaced { path: String, by: String },
+    /// Counted: `limit` (a policy limit name, or a synthesized override name) and the
+    /// counter `key` within it.
+    Limited(LimitedPlan),
+}
+
+/// A counted descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitedPlan {
+    pub limit: String,
+    pub key: String,
+    pub rate: Rate,
+    pub consistency: Consistency,
+    pub unit: RateUnit,
+    /// The name shown to clients.
+    pub shown_name: String,
+    pub shadow_mode: bool,
+    pub detailed_metric: bool,
+    /// Why this rule matched, for `quorate policy test`.
+    pub explanation: String,
+}
+
+/// Separates entries inside a counter key; cannot appear in valid HTTP header values.
+const ENTRY_SEPARATOR: char = '\u{1e}';
+
+fn counter_key(entries: &[(String, String)]) -> String {
+    let mut key = String::new();
+    for (i, (k, v)) in entries.iter().enumerate() {
+        if i > 0 {
+            key.push(ENTRY_SEPARATOR);
+        }
+        key.push_str(k);
+        key.push('=');
+        key.push_str(v);
+    }
+    key
+}
+
+/// Plans every descriptor of one RLS request, applying envoyproxy/ratelimit's `replaces`.
+pub fn plan_rls(
+    policy: &PolicySet,
+    domain: &str,
+    descriptors: &[RequestDescriptor],
+) -> Vec<DescriptorPlan> {
+    let tree = policy.domains.get(domain);
+    let mut plans: Vec<DescriptorPlan> = descriptors
+        .iter()
+        .map(|d| {
+            if let Some((requests, unit)) = d.limit_override {
+                return override_plan(domain, d, requests, unit);
+            }
+            let Some(tree) = tree else {
+                return DescriptorPlan::NoRule {
+                    reason: format!("unknown domain {domain:?}"),
+                };
+            };
+            let Some(matched) = tree.find(&d.entries) else {
+                return DescriptorPlan::NoRule {
+                    reason: format!("no descriptor of domain {domain:?} matches"),
+                };
+            };
+            match &matched.node.rule {
+                Some(Rule::Unlimited) => DescriptorPlan::Unlimited { path: matched.path },
+                Some(Rule::Blocked { unit }) => DescriptorPlan::Blocked {
+                    path: matched.path,
+                    unit: *unit,
+                },
+                Some(Rule::Limited {
+                    limit,
+                    spec,
+                    display_name,
+                    ..
+                }) => DescriptorPlan::Limited(LimitedPlan {
+                    limit: limit.clone(),
+                    key: counter_key(&d.entries),
+                    rate: spec.rate,
+                    consistency: spec.consistency,
+                    unit: spec.unit,
+                    shown_name: display_name.clone().unwrap_or_else(|| limit.clone()),
+                    shadow_mode: matched.node.shadow_mode,
+                    detailed_metric: matched.node.detailed_metric,
+                    explanation: format!("matched {domain}/{}", matched.path),
+                }),
+                None => DescriptorPlan::NoRule {
+                    reason: "matched a descriptor without rate_limit".into(),
+                },
+            }
+        })
+        .collect();
+
+    // `replaces`: a matched limit named in another matched limit's `replaces` is skipped.
+    let replaced: Vec<(String, String)> = descriptors
+        .iter()
+        .zip(&plans)
+        .filter_map(|(d, p)| match p {
+            DescriptorPlan::Limited(l) => {
+                tree.and_then(|t| t.find(&d.entries))
+                    .and_then(|m| match &m.node.rule {
+                        Some(Rule::Limited { replaces, .. }) => {
+                            Some((l.shown_name.clone(), replaces.clone()))
+                        }
+                        _ => None,
+                    })
+            }
+            _ => None,
+        })
+        .flat_map(|(by, names)| names.into_iter().map(move |n| (n, by.clone())))
+        .collect();
+    if !replaced.is_empty() {
+        for plan in &mut plans {
+            if let DescriptorPlan::Limited(l) = plan {
+                if let Some((_, by)) = replaced
+                    .iter()
+                    .find(|(name, by)| *name == l.shown_name && *by != l.shown_name)
+                {
+                    *plan = DescriptorPlan::Replaced {
+                        path: l.limit.clone(),
+                        by: by.clone(),
+                    };
+                }
+            }
+        }
+    }
+    plans
+}
+
+/// Envoy's per-descriptor override: a fixed window of `requests` per `unit`, regardless of
+/// the configuration (as envoyproxy/ratelimit does).
+fn override_plan(
+    domain: &str,
+    d: &RequestDescriptor,
+    requests: u64,
+    unit: EnvoyUnit,
+) -> DescriptorPlan {
+    let window = unit.seconds() * SECOND;
+    let name = format!("{domain}/override/{requests}per{}s", unit.seconds());
+    match Rate::new(Algorithm::FixedWindow, requests, window, None) {
+        Ok(rate) => DescriptorPlan::Limited(LimitedPlan {
+            limit: name.clone(),
+            key: counter_key(&d.entries),
+            rate,
+            consistency: Consistency::Strict,
+            unit: RateUnit {
+                base: unit,
+                multiplier: 1,
+            },
+            shown_name: name,
+            shadow_mode: false,
+            detailed_metric: false,
+            explanation: "the request's limit override".into(),
+        }),
+        Err(_) => DescriptorPlan::Blocked {
+            path: name,
+            unit: RateUnit {
+                base: unit,
+                multiplier: 1,
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{PolicyFormat, PolicySource};
+
+    fn policy(text: &str) -> PolicySet {
+        PolicySet::compile(&PolicySource {
+            format: PolicyFormat::Quorate,
+            text: text.into(),
+        })
+        .unwrap()
+    }
+
+    fn desc(pairs: &[(&str, &str)]) -> RequestDescriptor {
+        RequestDescriptor {
+            entries: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            limit_override: None,
+        }
+    }
+
+    const POLICY: &str = r#"
+domains:
+  - domain: rl
+    descriptors:
+      - key: category
+        value: account
+        rate_limit: {name: per_account, unit: minute, requests_per_unit: 10, replaces: [{name: per_user}]}
+      - key: user
+        rate_limit: {name: per_user, unit: minute, requests_per_unit: 5}
+      - key: remote_address
+        rate_limit: {unit: second, requests_per_unit: 3}
+        shadow_mode: true
+"#;
+
+    #[test]
+    fn one_counter_per_value_for_key_only_descriptors() {
+        let p = policy(POLICY);
+        let plans = plan_rls(
+            &p,
+            "rl",
+            &[
+                desc(&[("remote_address", "1.2.3.4")]),
+                desc(&[("remote_address", "5.6.7.8")]),
+            ],
+        );
+        let keys: Vec<_> = plans
+            .iter()
+            .map(|p| match p {
+                DescriptorPlan::Limited(l) => (l.limit.clone(), l.key.clone(), l.shadow_mode),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(keys[0].0, keys[1].0, "same limit");
+        assert_ne!(keys[0].1, keys[1].1, "different counters");
+        assert!(keys[0].2, "shadow mode carried");
+    }
+
+    #[test]
+    fn unknown_domain_and_unmatched_descriptors_have_no_rule() {
+        let p = policy(POLICY);
+        let plans = plan_rls(&p, "nope", &[desc(&[("user", "a")])]);
+        assert!(
+            matches!(&plans[0], DescriptorPlan::NoRule { reason } if reason.contains("unknown domain"))
+        );
+        let plans = plan_rls(&p, "rl", &[desc(&[("other", "a")])]);
+        assert!(matches!(&plans[0], DescriptorPlan::NoRule { .. }));
+    }
+
+    #[test]
+    fn replaces_skips_the_replaced_limit_only_when_both_match() {
+        let p = policy(POLICY);
+        let both = plan_rls(
+            &p,
+            "rl",
+            &[desc(&[("category", "account")]), desc(&[("user", "bob")])],
+        );
+        assert!(matches!(&both[0], DescriptorPlan::Limited(l) if l.shown_name == "per_account"));
+        assert!(matches!(&both[1], DescriptorPlan::Replaced { by, .. } if by == "per_account"));
+        let alone = plan_rls(&p, "rl", &[desc(&[("user", "bob")])]);
+        assert!(matches!(&alone[0], DescriptorPlan::Limited(l) if l.shown_name == "per_user"));
+    }
+
+    #[test]
+    fn limit_override_wins_even_without_a_rule() {
+        let p = policy(POLICY);
+        let mut d = desc(&[("anything", "x")]);
+        d.limit_override = Some((42, EnvoyUnit::Hour));
+        let plans = plan_rls(&p, "nope", &[d]);
+        match &plans[0] {
+            DescriptorPlan::Limited(l) => {
+                assert_eq!(l.rate.limit, 42);
+                assert_eq!(l.rate.window, 3_600 * SECOND);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
