@@ -1,1 +1,249 @@
-fn main() {}
+//! `quorate-bench`: the load generator for quorate's decision API.
+//!
+//! - `check`: drive `quorate.v1.RateLimiter/Check` at a fixed concurrency for a fixed time;
+//!   print throughput and p50/p99/p999 latency, and verify every answer was a decision;
+//! - `null-server`: a do-nothing `RateLimiter` (the ceiling to compare with);
+//! - `suite`: start the null server, a single node and a 3-node cluster, measure them all
+//!   in one run and print the markdown table recorded in `docs/benchmarks.md`.
+//!
+//! Modules: [`keys`] (key distributions), [`load`] (the generator and answer checks),
+//! [`report`] (human and JSON output), [`null_server`], [`procs`] (child processes,
+//! `/proc` CPU time, `/metrics`), [`suite`].
+
+mod keys;
+mod load;
+mod null_server;
+mod procs;
+mod report;
+mod suite;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::keys::{Distribution, KeySpace};
+
+#[derive(Debug, Parser)]
+#[command(name = "quorate-bench", version, about = "Load generator for quorate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive `Check` at a fixed concurrency and report throughput and latency.
+    Check(CheckArgs),
+    /// Serve a do-nothing `quorate.v1.RateLimiter` (every hit allowed at once).
+    NullServer {
+        /// Listen address (port 0 picks one; the ready line says which).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        grpc: SocketAddr,
+    },
+    /// Measure the null server, one node and three nodes in one run; print markdown.
+    Suite(SuiteArgs),
+}
+
+/// Load shape shared by `check` and `suite`.
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// In-flight calls per HTTP/2 connection (connections = concurrency / this).
+    #[arg(long, default_value_t = 16)]
+    per_connection: usize,
+    /// Measured time (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Number of distinct counter keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// How keys are drawn.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
+    /// Zipf exponent s (P(rank k) ∝ 1/k^s).
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
+    /// Cost of every hit.
+    #[arg(long, default_value_t = 1)]
+    cost: u64,
+    /// Hits per request.
+    #[arg(long, default_value_t = 1)]
+    hits_per_request: usize,
+    /// Per-call timeout (a late answer counts as DEADLINE_EXCEEDED).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// gRPC endpoint(s), comma-separated; connections are spread over them.
+    #[arg(long, default_value = "http://127.0.0.1:8081", value_delimiter = ',')]
+    target: Vec<String>,
+    /// The limit every hit names.
+    #[arg(long, default_value = "per_minute")]
+    limit: String,
+    /// Prefix of every counter key.
+    #[arg(long, default_value = "k")]
+    key_prefix: String,
+    /// Seed of the key draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON line instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Exit 0 even when calls failed (they are still reported).
+    #[arg(long)]
+    allow_errors: bool,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+struct SuiteArgs {
+    /// The quorate binary to start (build with `cargo build --release -p quorate-server`).
+    #[arg(long, default_value = "target/release/quorate")]
+    quorate: PathBuf,
+    /// Times each case is measured; the table shows medians.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Skip the "3 nodes via a follower" case.
+    #[arg(long)]
+    no_follower: bool,
+    /// Extra flag for every `quorate serve` (repeatable), e.g. --server-arg=--batch-inflight=8.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Parent of the temporary data directories (must be a real disk for fsync to count).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    work_dir: PathBuf,
+    /// Keep data directories and server logs.
+    #[arg(long)]
+    keep: bool,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+/// `10s`, `500ms`, `2m`, `1.5s`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (e.g. 10s, 500ms, 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?} (ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::NullServer { grpc } => null_server::serve(grpc).await,
+        Command::Check(args) => check(args).await,
+        Command::Suite(args) => {
+            let cfg = suite_config(args)?;
+            // Ctrl-C drops the suite's future, and with it every child (drop guards).
+            let markdown = tokio::select! {
+                r = suite::run(cfg) => r?,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
+            };
+            println!("{markdown}");
+            Ok(())
+        }
+    }
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let l = &args.load;
+    let config = load::LoadConfig {
+        targets: args.target.clone(),
+        concurrency: l.concurrency,
+        per_channel: l.per_connection,
+        duration: l.duration,
+        warmup: l.warmup,
+        keys: KeySpace::new(l.distribution, l.keys, l.zipf_s)?,
+        key_prefix: args.key_prefix.clone(),
+        limit: args.limit.clone(),
+        cost: l.cost,
+        hits_per_request: l.hits_per_request,
+        timeout: l.timeout,
+        seed: args.seed,
+    };
+    let r = load::run(&config).await?;
+    if args.json {
+        println!("{}", report::json(&r));
+    } else {
+        print!("{}", report::text(&r));
+    }
+    if r.problems() > 0 {
+        eprintln!("{}", report::problems_line(&r));
+        if !args.allow_errors {
+            bail!("{} call(s) failed or were not real decisions", r.problems());
+        }
+    }
+    if r.ok == 0 {
+        bail!("no call succeeded in the measured window");
+    }
+    Ok(())
+}
+
+fn suite_config(args: SuiteArgs) -> anyhow::Result<suite::SuiteConfig> {
+    let l = args.load;
+    let quorate = std::fs::canonicalize(&args.quorate)
+        .with_context(|| format!("no quorate binary at {}", args.quorate.display()))?;
+    let myself = std::env::current_exe().map_err(|e| anyhow!("cannot find this binary: {e}"))?;
+    Ok(suite::SuiteConfig {
+        quorate,
+        myself,
+        duration: l.duration,
+        warmup: l.warmup,
+        concurrency: l.concurrency,
+        per_channel: l.per_connection,
+        keys: l.keys,
+        distribution: l.distribution,
+        zipf_s: l.zipf_s,
+        cost: l.cost,
+        hits_per_request: l.hits_per_request,
+        timeout: l.timeout,
+        rounds: args.rounds,
+        follower: !args.no_follower,
+        server_args: args.server_args,
+        work_dir: args.work_dir,
+        keep: args.keep,
+        out: args.out,
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("1h").is_err());
+    }
+}

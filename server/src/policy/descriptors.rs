@@ -130,7 +130,7 @@ impl RateUnit {
             EnvoyUnit::Second,
         ] {
             let s = base.seconds();
-            if secs >= s && window % (s * SECOND) == 0 {
+            if secs >= s && window.is_multiple_of(s * SECOND) {
                 return RateUnit {
                     base,
                     multiplier: secs / s,
