@@ -34,18 +34,21 @@ const HITS_PER_ENTRY: usize = 64;
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
 
 fn hit_batch_entry(index: u64) -> Entry {
+    let rate = match quorate_algorithms::Rate::new(
+        quorate_algorithms::Algorithm::FixedWindow,
+        100,
+        quorate_algorithms::SECOND,
+        None,
+    ) {
+        Ok(rate) => rate,
+        Err(e) => panic!("rate: {e:?}"),
+    };
     let hits = (0..HITS_PER_ENTRY)
         .map(|i| Hit {
             limit: "api-per-user".into(),
             key: format!("user:{:015}", index * 64 + i as u64), // 20 bytes
             cost: 1,
-            rate: quorate_algorithms::Rate::new(
-                quorate_algorithms::Algorithm::FixedWindow,
-                100,
-                quorate_algorithms::SECOND,
-                None,
-            )
-            .expect("a valid rate"),
+            rate,
         })
         .collect();
     Entry {
