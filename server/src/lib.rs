@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod grpc;
+pub mod headers;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -27,7 +27,20 @@ pub struct Metrics {
     pub raft_members: IntGauge,
     pub counters: IntGauge,
     pub policy_version: IntGauge,
+    /// Envoy RLS answers by overall code (`ok`, `over_limit`).
+    pub rls_responses: IntCounterVec,
+    /// RLS descriptors no rule applied to, by reason (`unknown_domain`, `no_rule`).
+    pub rls_unmatched: IntCounterVec,
+    /// Over-limit decisions reported as OK because the rule is in shadow mode.
+    pub shadow_mode_over_limit: IntCounter,
+    /// Per-descriptor-value decisions for rules with `detailed_metric: true`.
+    pub rls_detailed: IntCounterVec,
+    /// Label sets created in `rls_detailed`; capped so clients cannot grow it forever.
+    detailed_series: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most distinct `rls_detailed` series; later values are counted under `key="(other)"`.
+const MAX_DETAILED_SERIES: usize = 10_000;
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -87,6 +100,36 @@ impl Metrics {
             raft_members: gauge(r, "raft_voters", "Voting members")?,
             counters: gauge(r, "counters", "Live counters in the state machine")?,
             policy_version: gauge(r, "policy_version", "Live policy version (0 if none)")?,
+            rls_responses: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("rls_responses_total", "Envoy RLS answers by overall code"),
+                    &["code"],
+                )?,
+            )?,
+            rls_unmatched: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("rls_unmatched_total", "RLS descriptors no rule applied to"),
+                    &["reason"],
+                )?,
+            )?,
+            shadow_mode_over_limit: counter(
+                r,
+                "shadow_mode_over_limit_total",
+                "Over-limit decisions reported OK because of shadow mode",
+            )?,
+            rls_detailed: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rls_detailed_total",
+                        "Decisions per descriptor value (detailed_metric rules)",
+                    ),
+                    &["limit", "key", "code"],
+                )?,
+            )?,
+            detailed_series: std::sync::Mutex::new(std::collections::HashSet::new()),
             registry,
         })
     }
@@ -99,6 +142,36 @@ impl Metrics {
             Some(quorate_algorithms::DenyReason::StoreFull) => "store_full",
         };
         self.decisions.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn observe_rls(&self, over_limit: bool) {
+        let code = if over_limit { "over_limit" } else { "ok" };
+        self.rls_responses.with_label_values(&[code]).inc();
+    }
+
+    pub fn observe_unmatched(&self, reason: &str) {
+        let reason = if reason.starts_with("unknown domain") {
+            "unknown_domain"
+        } else {
+            "no_rule"
+        };
+        self.rls_unmatched.with_label_values(&[reason]).inc();
+    }
+
+    pub fn observe_detailed(&self, limit: &str, key: &str, allowed: bool) {
+        let code = if allowed { "ok" } else { "over_limit" };
+        let series = format!("{limit}\u{1f}{key}");
+        let tracked = match self.detailed_series.lock() {
+            Ok(mut known) => {
+                known.contains(&series)
+                    || (known.len() < MAX_DETAILED_SERIES && known.insert(series))
+            }
+            Err(_) => false,
+        };
+        let key = if tracked { key } else { "(other)" };
+        self.rls_detailed
+            .with_label_values(&[limit, key, code])
+            .inc();
     }
 
     pub fn observe_raft(&self, m: &RaftMetrics) {

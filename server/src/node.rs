@@ -187,6 +187,10 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(RateLimiterService::server(Arc::clone(&engine)))
+        .add_service(crate::grpc::rls::RlsService::server(
+            Arc::clone(&engine),
+            Arc::clone(&metrics),
+        ))
         .add_service(PeerService::server(raft.clone(), Arc::clone(&engine)))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -1,8 +1,10 @@
 //! gRPC surfaces: thin adapters from wire types to the [`Engine`](crate::engine::Engine).
 //!
 //! - [`ratelimiter`]: `quorate.v1.RateLimiter`, our own API.
+//! - [`rls`]: Envoy's Rate Limit Service v3.
 
 pub mod ratelimiter;
+pub mod rls;
 
 use quorate_algorithms::{Decision, DenyReason, Nanos};
 use quorate_proto::v1 as pb;

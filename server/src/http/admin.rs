@@ -247,16 +247,48 @@ async fn add_learner(
         grpc: req.grpc,
         http: req.http,
     };
-    // Blocking: returns once the learner has caught up with the log.
     let resp = ctx
         .raft
         .add_learner(req.id, node, true)
         .await
         .map_err(write_error)?;
+    // openraft's blocking add returns once the learner is within its lag threshold
+    // (thousands of entries), possibly before it holds anything. Wait until it holds the
+    // log up to its own membership entry, so that `promote` may follow at once.
+    let (id, added_at) = (req.id, resp.log_id.index);
+    ctx.raft
+        .wait(Some(LEARNER_CATCH_UP))
+        .metrics(
+            move |m| matched_index(m, id).is_some_and(|i| i >= added_at),
+            "learner caught up",
+        )
+        .await
+        .map_err(|e| {
+            AdminError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "node {id} was added as a learner but has not caught up yet ({e}); \
+                     watch `cluster status` and promote it once its lag is small"
+                ),
+            )
+        })?;
     Ok(
         Json(serde_json::json!({ "added_learner": req.id, "log_index": resp.log_id.index }))
             .into_response(),
     )
+}
+
+/// How long `POST /cluster/learners` waits for the new learner to catch up.
+const LEARNER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The last log index the leader knows member `id` holds (`None`: not replicating to it,
+/// or nothing matched yet).
+fn matched_index(m: &crate::raft::typ::RaftMetrics, id: NodeId) -> Option<u64> {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned())
+        .flatten()
+        .map(|l| l.index)
 }
 
 /// Body of `POST /cluster/promote` and `POST /cluster/remove`.
@@ -282,15 +314,12 @@ async fn promote(
         return Ok(r);
     }
     let req: MemberId = parse_json(&body)?;
-    // A lagging learner would stall commits once it counts toward the quorum.
-    if let Some(m) = ctx.engine.leadership().metrics() {
+    // A lagging learner would stall commits once it counts toward the quorum. Raft's own
+    // metrics, not the engine's cached copy: a learner added a moment ago must show.
+    {
+        let m = ctx.raft.metrics().borrow().clone();
         let last = m.last_log_index.unwrap_or(0);
-        let matched = m
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&req.id).cloned())
-            .flatten()
-            .map(|l| l.index);
+        let matched = matched_index(&m, req.id);
         match matched {
             None => {
                 return Err(AdminError::new(

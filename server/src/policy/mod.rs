@@ -24,7 +24,7 @@ use thiserror::Error;
 pub use descriptors::{Domain, EnvoyUnit, RateUnit, Rule};
 pub use duration::parse_window;
 pub use limits::{Consistency, LimitDef};
-pub use plan::{plan_rls, DescriptorPlan, RequestDescriptor};
+pub use plan::{plan_rls, DescriptorPlan, LimitedPlan, RequestDescriptor};
 
 /// The default cap on live counters across the cluster. Part of the policy (not a node
 /// flag) because every replica must refuse new keys at exactly the same point.

@@ -1,0 +1,424 @@
+//! Envoy's Rate Limit Service v3: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
+//!
+//! Validate → plan each descriptor against the live policy (envoyproxy/ratelimit's
+//! matching) → decide the counted ones through the engine → one status per descriptor, in
+//! order, plus RateLimit headers. An unknown domain or a descriptor no rule matches is OK
+//! with no limit, as Envoy users expect, and is counted in
+//! `quorate_rls_unmatched_total`.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    rate_limit::Unit, Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use quorate_algorithms::{Decision, Nanos};
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, EngineError, ResolvedHit};
+use crate::error::to_status;
+use crate::headers::{rate_limit_headers, LimitState};
+use crate::metrics::Metrics;
+use crate::policy::{plan_rls, DescriptorPlan, EnvoyUnit, RateUnit, RequestDescriptor};
+use crate::raft::Hit;
+
+/// Most descriptors in one request.
+pub const MAX_DESCRIPTORS: usize = 64;
+/// Most entries in one descriptor.
+pub const MAX_ENTRIES: usize = 32;
+/// Longest domain, entry key or entry value, in bytes.
+pub const MAX_TEXT: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct RlsService {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+}
+
+impl RlsService {
+    pub fn server(
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+    ) -> RateLimitServiceServer<RlsService> {
+        RateLimitServiceServer::new(RlsService { engine, metrics })
+    }
+}
+
+/// A validated request: domain, descriptors and each descriptor's cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RlsRequest {
+    pub domain: String,
+    pub descriptors: Vec<RequestDescriptor>,
+    pub costs: Vec<u64>,
+}
+
+fn envoy_unit(unit: i32) -> Option<EnvoyUnit> {
+    use envoy_types::pb::envoy::r#type::v3::RateLimitUnit as U;
+    Some(match U::try_from(unit).ok()? {
+        U::Second => EnvoyUnit::Second,
+        U::Minute => EnvoyUnit::Minute,
+        U::Hour => EnvoyUnit::Hour,
+        U::Day => EnvoyUnit::Day,
+        U::Month => EnvoyUnit::Month,
+        U::Year => EnvoyUnit::Year,
+        U::Unknown => return None,
+    })
+}
+
+/// Checks a request's shape; the message names the bad field.
+pub fn validate(request: RateLimitRequest) -> Result<RlsRequest, EngineError> {
+    let bad = |m: String| Err(EngineError::InvalidArgument(m));
+    if request.domain.is_empty() || request.domain.len() > MAX_TEXT {
+        return bad(format!("domain: must be 1 to {MAX_TEXT} bytes"));
+    }
+    if request.descriptors.is_empty() {
+        return bad("descriptors: at least one descriptor is required".into());
+    }
+    if request.descriptors.len() > MAX_DESCRIPTORS {
+        return bad(format!(
+            "descriptors: {} descriptors, at most {MAX_DESCRIPTORS} are allowed",
+            request.descriptors.len()
+        ));
+    }
+    let request_cost = u64::from(request.hits_addend.max(1));
+    let mut descriptors = Vec::with_capacity(request.descriptors.len());
+    let mut costs = Vec::with_capacity(request.descriptors.len());
+    for (i, d) in request.descriptors.into_iter().enumerate() {
+        if d.entries.is_empty() || d.entries.len() > MAX_ENTRIES {
+            return bad(format!(
+                "descriptors[{i}].entries: must have 1 to {MAX_ENTRIES} entries"
+            ));
+        }
+        if d.is_negative_hits {
+            return bad(format!(
+                "descriptors[{i}].is_negative_hits: refunding hits is not supported"
+            ));
+        }
+        let mut entries = Vec::with_capacity(d.entries.len());
+        for (j, e) in d.entries.into_iter().enumerate() {
+            if e.key.is_empty() || e.key.len() > MAX_TEXT {
+                return bad(format!(
+                    "descriptors[{i}].entries[{j}].key: must be 1 to {MAX_TEXT} bytes"
+                ));
+            }
+            if e.value.len() > MAX_TEXT {
+                return bad(format!(
+                    "descriptors[{i}].entries[{j}].value: longer than {MAX_TEXT} bytes"
+                ));
+            }
+            entries.push((e.key, e.value));
+        }
+        let limit_override = match d.limit {
+            Some(l) => match envoy_unit(l.unit) {
+                Some(unit) => Some((u64::from(l.requests_per_unit), unit)),
+                None => return bad(format!("descriptors[{i}].limit.unit: unknown unit")),
+            },
+            None => None,
+        };
+        // A per-descriptor hits_addend overrides the request's; 0 means 1 at request level.
+        costs.push(d.hits_addend.map_or(request_cost, |h| h.value));
+        descriptors.push(RequestDescriptor {
+            entries,
+            limit_override,
+        });
+    }
+    Ok(RlsRequest {
+        domain: request.domain,
+        descriptors,
+        costs,
+    })
+}
+
+fn pb_unit(unit: RateUnit) -> i32 {
+    (match unit.base {
+        EnvoyUnit::Second => Unit::Second,
+        EnvoyUnit::Minute => Unit::Minute,
+        EnvoyUnit::Hour => Unit::Hour,
+        EnvoyUnit::Day => Unit::Day,
+        EnvoyUnit::Week => Unit::Week,
+        EnvoyUnit::Month => Unit::Month,
+        EnvoyUnit::Year => Unit::Year,
+    }) as i32
+}
+
+fn duration(ns: Nanos) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from(ns % 1_000_000_000).unwrap_or(0),
+    }
+}
+
+fn saturate_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// The answer: statuses, overall code and headers, from the plans and the decisions of
+/// the counted descriptors (in plan order).
+pub fn respond(
+    plans: &[DescriptorPlan],
+    decisions: &[Decision],
+    headers: crate::policy::HeaderSettings,
+) -> RateLimitResponse {
+    let mut decisions = decisions.iter();
+    let mut statuses = Vec::with_capacity(plans.len());
+    let mut states = Vec::new();
+    for plan in plans {
+        let status = match plan {
+            DescriptorPlan::NoRule { .. }
+            | DescriptorPlan::Replaced { .. }
+            | DescriptorPlan::Unlimited { .. } => DescriptorStatus {
+                code: Code::Ok as i32,
+                limit_remaining: u32::MAX,
+                ..Default::default()
+            },
+            DescriptorPlan::Blocked { path, unit } => DescriptorStatus {
+                code: Code::OverLimit as i32,
+                current_limit: Some(RateLimit {
+                    name: path.clone(),
+                    requests_per_unit: 0,
+                    unit: pb_unit(*unit),
+                }),
+                limit_remaining: 0,
+                ..Default::default()
+            },
+            DescriptorPlan::Limited(l) => {
+                let Some(d) = decisions.next() else {
+                    // The engine returns one decision per counted descriptor; if that ever
+                    // broke, failing open for this descriptor beats a panic.
+                    statuses.push(DescriptorStatus {
+                        code: Code::Ok as i32,
+                        ..Default::default()
+                    });
+                    continue;
+                };
+                let over = !d.allowed && !l.shadow_mode;
+                states.push(LimitState {
+                    name: l.shown_name.clone(),
+                    decision: Decision {
+                        allowed: d.allowed || l.shadow_mode,
+                        ..*d
+                    },
+                    window: l.rate.window,
+                });
+                DescriptorStatus {
+                    code: if over { Code::OverLimit } else { Code::Ok } as i32,
+                    current_limit: Some(RateLimit {
+                        name: l.shown_name.clone(),
+                        requests_per_unit: saturate_u32(d.limit),
+                        unit: pb_unit(l.unit),
+                    }),
+                    limit_remaining: saturate_u32(d.remaining),
+                    duration_until_reset: Some(duration(d.reset_after)),
+                    ..Default::default()
+                }
+            }
+        };
+        statuses.push(status);
+    }
+    let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
+    let mut header_values = rate_limit_headers(&states, headers);
+    if over && !header_values.iter().any(|(k, _)| *k == "retry-after") {
+        // Blocked descriptors have no retry time; tell the client to back off a second.
+        header_values.push(("retry-after", "1".into()));
+    }
+    RateLimitResponse {
+        overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+        statuses,
+        response_headers_to_add: header_values
+            .into_iter()
+            .map(|(k, v)| HeaderValue {
+                key: k.to_string(),
+                value: v,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RlsService {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let request = validate(request.into_inner()).map_err(to_status)?;
+        let policy = self.engine.policy();
+        let plans = plan_rls(&policy.set, &request.domain, &request.descriptors);
+        let mut hits = Vec::new();
+        for (plan, cost) in plans.iter().zip(&request.costs) {
+            match plan {
+                DescriptorPlan::Limited(l) => hits.push(ResolvedHit {
+                    hit: Hit {
+                        limit: l.limit.clone(),
+                        key: l.key.clone(),
+                        cost: *cost,
+                        rate: l.rate,
+                    },
+                    consistency: l.consistency,
+                }),
+                DescriptorPlan::NoRule { reason } => self.metrics.observe_unmatched(reason),
+                _ => {}
+            }
+        }
+        let decisions = if hits.is_empty() {
+            Vec::new()
+        } else {
+            self.engine.check(hits, false).await.map_err(to_status)?
+        };
+        for (plan, d) in plans
+            .iter()
+            .filter_map(|p| match p {
+                DescriptorPlan::Limited(l) => Some(l),
+                _ => None,
+            })
+            .zip(&decisions)
+        {
+            if plan.shadow_mode && !d.allowed {
+                self.metrics.shadow_mode_over_limit.inc();
+            }
+            if plan.detailed_metric {
+                self.metrics
+                    .observe_detailed(&plan.limit, &plan.key, d.allowed);
+            }
+        }
+        let response = respond(&plans, &decisions, policy.set.headers);
+        self.metrics
+            .observe_rls(response.overall_code == Code::OverLimit as i32);
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+
+    use super::*;
+
+    fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: pairs
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn message(r: RateLimitRequest) -> String {
+        match validate(r) {
+            Err(EngineError::InvalidArgument(m)) => m,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_requests_name_the_field() {
+        let ok = RateLimitRequest {
+            domain: "d".into(),
+            descriptors: vec![descriptor(&[("k", "v")])],
+            hits_addend: 0,
+        };
+        assert!(message(RateLimitRequest {
+            domain: String::new(),
+            ..ok.clone()
+        })
+        .starts_with("domain"));
+        assert!(message(RateLimitRequest {
+            descriptors: vec![],
+            ..ok.clone()
+        })
+        .starts_with("descriptors"));
+        assert!(message(RateLimitRequest {
+            descriptors: vec![descriptor(&[])],
+            ..ok.clone()
+        })
+        .starts_with("descriptors[0].entries"));
+        assert!(message(RateLimitRequest {
+            descriptors: vec![descriptor(&[("", "v")])],
+            ..ok.clone()
+        })
+        .starts_with("descriptors[0].entries[0].key"));
+        let many = vec![descriptor(&[("k", "v")]); MAX_DESCRIPTORS + 1];
+        assert!(message(RateLimitRequest {
+            descriptors: many,
+            ..ok.clone()
+        })
+        .contains("at most"));
+        assert!(validate(ok).is_ok());
+    }
+
+    #[test]
+    fn hits_addend_zero_means_one_and_descriptor_addend_wins() {
+        let mut with_own = descriptor(&[("k", "v")]);
+        with_own.hits_addend = Some(UInt64Value { value: 7 });
+        let r = validate(RateLimitRequest {
+            domain: "d".into(),
+            descriptors: vec![descriptor(&[("k", "v")]), with_own],
+            hits_addend: 0,
+        })
+        .unwrap();
+        assert_eq!(r.costs, vec![1, 7]);
+        let r = validate(RateLimitRequest {
+            domain: "d".into(),
+            descriptors: vec![descriptor(&[("k", "v")])],
+            hits_addend: 3,
+        })
+        .unwrap();
+        assert_eq!(r.costs, vec![3]);
+    }
+
+    #[test]
+    fn shadow_mode_reports_ok_and_no_rule_is_ok_without_limit() {
+        use crate::policy::{Consistency, RateUnit};
+        use quorate_algorithms::{Algorithm, DenyReason, Rate, SECOND};
+        let rate = Rate::new(Algorithm::FixedWindow, 1, SECOND, None).unwrap();
+        let limited = |shadow| {
+            DescriptorPlan::Limited(crate::policy::LimitedPlan {
+                limit: "d/k".into(),
+                key: "k=v".into(),
+                rate,
+                consistency: Consistency::Strict,
+                unit: RateUnit::for_window(SECOND),
+                shown_name: "d/k".into(),
+                shadow_mode: shadow,
+                detailed_metric: false,
+                explanation: String::new(),
+            })
+        };
+        let denied = Decision {
+            allowed: false,
+            limit: 1,
+            remaining: 0,
+            reset_after: SECOND / 2,
+            retry_after: Some(SECOND / 2),
+            denied: Some(DenyReason::OverLimit),
+        };
+        let no_rule = DescriptorPlan::NoRule { reason: "x".into() };
+        let r = respond(
+            &[limited(false), no_rule.clone()],
+            &[denied],
+            Default::default(),
+        );
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses.len(), 2);
+        assert_eq!(r.statuses[1].code, Code::Ok as i32);
+        assert!(r.statuses[1].current_limit.is_none());
+        assert!(r
+            .response_headers_to_add
+            .iter()
+            .any(|h| h.key == "retry-after" && h.value == "1"));
+        let r = respond(&[limited(true)], &[denied], Default::default());
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+}
