@@ -91,6 +91,7 @@ impl ServeArgs {
             advertise_http: self.advertise_http,
             data_dir: self.data_dir.clone(),
             policy_file: self.policy.clone(),
+            policy_watch_interval: crate::policy_watch::WATCH_INTERVAL,
             bootstrap: !self.join,
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             raft: RaftTiming {

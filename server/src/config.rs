@@ -23,8 +23,11 @@ pub struct Config {
     /// Where peers and the CLI reach this node's HTTP port (defaults to the bound address).
     pub advertise_http: Option<SocketAddr>,
     pub data_dir: PathBuf,
-    /// A policy file to make live at startup (else the live one, else the example).
+    /// A policy file to make live at startup (else the live one, else the example), and
+    /// to keep live: its changes are applied while this node leads.
     pub policy_file: Option<PathBuf>,
+    /// How often the policy file is re-read.
+    pub policy_watch_interval: Duration,
     /// Initialize a single-node cluster on a fresh data dir. Off for nodes that will join
     /// a cluster (`--join`).
     pub bootstrap: bool,
@@ -65,6 +68,7 @@ impl Config {
             advertise_http: None,
             data_dir,
             policy_file: None,
+            policy_watch_interval: crate::policy_watch::WATCH_INTERVAL,
             bootstrap: true,
             admin_token: None,
             raft: RaftTiming::default(),

@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod node;
 pub mod ops;
 pub mod policy;
+pub mod policy_watch;
 pub mod raft;

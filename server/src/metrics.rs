@@ -27,6 +27,8 @@ pub struct Metrics {
     pub raft_members: IntGauge,
     pub counters: IntGauge,
     pub policy_version: IntGauge,
+    /// Policy file reloads by result (`applied`, `refused`).
+    pub policy_reloads: IntCounterVec,
     /// Envoy RLS answers by overall code (`ok`, `over_limit`).
     pub rls_responses: IntCounterVec,
     /// RLS descriptors no rule applied to, by reason (`unknown_domain`, `no_rule`).
@@ -100,6 +102,13 @@ impl Metrics {
             raft_members: gauge(r, "raft_voters", "Voting members")?,
             counters: gauge(r, "counters", "Live counters in the state machine")?,
             policy_version: gauge(r, "policy_version", "Live policy version (0 if none)")?,
+            policy_reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("policy_reloads_total", "Policy file reloads by result"),
+                    &["result"],
+                )?,
+            )?,
             rls_responses: register(
                 r,
                 IntCounterVec::new(

@@ -213,6 +213,13 @@ pub async fn run(
     if config.bootstrap {
         bootstrap_single_node(&raft, config.id, node).await?;
     }
+    if let Some(path) = config.policy_file.clone() {
+        tokio::spawn(crate::policy_watch::watch(
+            path,
+            ctx.clone(),
+            config.policy_watch_interval,
+        ));
+    }
     tokio::spawn(become_ready(
         ctx.clone(),
         health,
@@ -236,7 +243,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Reads and validates a policy file; an invalid file stops startup with line and reason.
-fn read_policy_file(path: &std::path::Path) -> Result<PolicySource, NodeError> {
+pub(crate) fn read_policy_file(path: &std::path::Path) -> Result<PolicySource, NodeError> {
     let text = std::fs::read_to_string(path).map_err(|e| NodeError::Policy {
         path: path.display().to_string(),
         reason: e.to_string(),

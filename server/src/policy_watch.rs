@@ -1,0 +1,86 @@
+//! Hot reload of `--policy FILE`: the node that was started with a policy file keeps it
+//! live. Every change to the file's content becomes a new policy version; an invalid
+//! file is refused with its line and reason, and the previous policy stays live.
+//!
+//! Why polling and not inotify: Kubernetes ConfigMaps update by swapping a `..data`
+//! symlink, editors and `mv` replace the file's inode, and inotify watches follow inodes,
+//! so an event-based watcher misses changes unless it re-arms itself perfectly
+//! (Limitador's issue #523). Reading the path and comparing its *content* every interval
+//! sees every pattern — in-place write, atomic rename, symlink swap — at the cost of one
+//! small read per interval.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::node::{read_policy_file, NodeContext};
+use crate::raft::{Command, CommandResponse};
+
+/// How often the file is read.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Watches `path` forever, proposing each new valid content while this node leads.
+pub async fn watch(path: PathBuf, ctx: NodeContext, interval: Duration) {
+    // The last text seen (valid or not) and the last error reported, so a bad file is
+    // reported once, not every interval.
+    let mut last_text: Option<String> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let source = match read_policy_file(&path) {
+            Ok(source) => {
+                last_error = None;
+                source
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last_error.as_deref() != Some(message.as_str()) {
+                    tracing::error!(error = %message, "policy file refused; the live policy is unchanged");
+                    ctx.metrics
+                        .policy_reloads
+                        .with_label_values(&["refused"])
+                        .inc();
+                    last_error = Some(message);
+                }
+                continue;
+            }
+        };
+        if last_text.as_deref() == Some(source.text.as_str()) {
+            continue;
+        }
+        let live = ctx.engine.policy();
+        if live.version.as_ref().is_some_and(|v| v.source == source) {
+            last_text = Some(source.text);
+            continue;
+        }
+        if !ctx.engine.leadership().is_leader() {
+            // Only the leader proposes; try again next interval (leadership may return).
+            continue;
+        }
+        let command = Command::SetPolicy {
+            ts: crate::engine::wall_nanos(),
+            format: source.format.as_str().to_string(),
+            source: source.text.clone(),
+        };
+        match ctx.raft.client_write(command).await {
+            Ok(r) => match r.data {
+                CommandResponse::Policy(Ok(version)) => {
+                    tracing::info!(version, path = %path.display(), "policy file reloaded");
+                    ctx.metrics
+                        .policy_reloads
+                        .with_label_values(&["applied"])
+                        .inc();
+                    last_text = Some(source.text);
+                }
+                other => {
+                    tracing::error!(?other, "policy file refused by the state machine");
+                    ctx.metrics
+                        .policy_reloads
+                        .with_label_values(&["refused"])
+                        .inc();
+                    last_text = Some(source.text);
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "could not apply the policy file; will retry"),
+        }
+    }
+}
