@@ -1,0 +1,674 @@
+//! `quorate-bench suite`: every reference setup, started and measured in one run.
+//!
+//! In one process tree on this machine: (a) the do-nothing tonic server, (b) a single-node
+//! quorate (durable: Raft log fsynced on a temporary data directory), (c) a 3-node quorate
+//! cluster on loopback. The same load runs against each in turn, round after round:
+//!
+//! | case | server | limit |
+//! |---|---|---|
+//! | `null` | do-nothing server | — |
+//! | `single/strict`, `single/fast` | single node | strict, fast |
+//! | `3-node/strict`, `3-node/fast` | cluster, via the leader | strict, fast |
+//! | `3-node/strict via follower` | cluster, via a follower (forwarded) | strict |
+//!
+//! Client and servers share the machine's cores, as in the brief's reference table, so
+//! every ratio is "on the same hardware, in the same minute". Around each measured window
+//! the suite samples the CPU time of the servers and of itself, and the leader's
+//! `/metrics` (hits per strict batch, log entries written, fsyncs when exposed), which is
+//! what explains a ratio. All children are killed when the suite ends, fails or is
+//! interrupted ([`Proc`] drop guards).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context};
+
+use crate::keys::{Distribution, KeySpace};
+use crate::load::{self, LoadConfig, Report};
+use crate::procs::{self, Proc, TempDir};
+use crate::report::{grouped, problems_line};
+
+/// The strict limit of the benchmark policy.
+pub const STRICT_LIMIT: &str = "bench_strict";
+/// The fast limit of the benchmark policy.
+pub const FAST_LIMIT: &str = "bench_fast";
+
+/// The benchmark policy: limits so large that every hit is allowed, so the numbers
+/// measure the decision path and not denials.
+const POLICY: &str = "\
+# quorate-bench suite policy: quotas no benchmark run can exhaust (1e12 per hour).
+limits:
+  - name: bench_strict
+    limit: 1000000000000
+    window: 1h
+    consistency: strict
+  - name: bench_fast
+    limit: 1000000000000
+    window: 1h
+    consistency: fast
+";
+
+/// How long a server may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the suite runs.
+#[derive(Debug, Clone)]
+pub struct SuiteConfig {
+    /// The `quorate` binary (a release build).
+    pub quorate: PathBuf,
+    /// This binary, started again as `null-server`.
+    pub myself: PathBuf,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub concurrency: usize,
+    pub per_channel: usize,
+    pub keys: u64,
+    pub distribution: Distribution,
+    pub zipf_s: f64,
+    pub cost: u64,
+    pub hits_per_request: usize,
+    pub timeout: Duration,
+    /// Times every case is measured (results are medians).
+    pub rounds: usize,
+    /// Also measure the cluster through a follower.
+    pub follower: bool,
+    /// Extra flags for every `quorate serve`.
+    pub server_args: Vec<String>,
+    /// Where the temporary data directories go.
+    pub work_dir: PathBuf,
+    /// Keep data directories and logs afterwards.
+    pub keep: bool,
+    /// Write the markdown report here too.
+    pub out: Option<PathBuf>,
+    /// The command line, for the report.
+    pub command_line: String,
+}
+
+/// One quorate node the suite started.
+#[derive(Debug)]
+struct QNode {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    proc: Proc,
+}
+
+/// Which case, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CaseId {
+    Null,
+    SingleStrict,
+    SingleFast,
+    ClusterStrict,
+    ClusterFast,
+    ClusterStrictFollower,
+}
+
+impl CaseId {
+    fn label(self) -> &'static str {
+        match self {
+            CaseId::Null => "do-nothing tonic server",
+            CaseId::SingleStrict => "quorate, 1 node, strict",
+            CaseId::SingleFast => "quorate, 1 node, fast",
+            CaseId::ClusterStrict => "quorate, 3 nodes, strict (via leader)",
+            CaseId::ClusterFast => "quorate, 3 nodes, fast (via leader)",
+            CaseId::ClusterStrictFollower => "quorate, 3 nodes, strict (via follower)",
+        }
+    }
+
+    fn limit(self) -> &'static str {
+        match self {
+            CaseId::SingleFast | CaseId::ClusterFast => FAST_LIMIT,
+            _ => STRICT_LIMIT,
+        }
+    }
+}
+
+/// One measured run of one case.
+#[derive(Debug)]
+struct Sample {
+    report: Report,
+    /// CPU time of the case's server process(es) over the measured window.
+    server_cpu: Duration,
+    /// CPU time of this (client) process over the window.
+    client_cpu: Duration,
+    /// Leader metrics deltas over the window.
+    strict_batches: Option<(f64, f64)>,
+    log_entries: Option<f64>,
+    fsyncs: Option<f64>,
+}
+
+/// Everything sampled at one instant.
+#[derive(Debug, Default)]
+struct Probe {
+    server_cpu: Duration,
+    client_cpu: Duration,
+    batch_sum: Option<f64>,
+    batch_count: Option<f64>,
+    last_log_index: Option<f64>,
+    fsyncs: Option<f64>,
+}
+
+/// The name under which the server may export its fsync count (used when present).
+const FSYNC_METRIC: &str = "quorate_raft_log_fsyncs_total";
+
+async fn probe(servers: &[u32], leader_http: Option<SocketAddr>) -> Probe {
+    let mut p = Probe {
+        client_cpu: procs::cpu_time("/proc/self/stat").unwrap_or_default(),
+        ..Probe::default()
+    };
+    for pid in servers {
+        p.server_cpu += procs::cpu_time(&format!("/proc/{pid}/stat")).unwrap_or_default();
+    }
+    if let Some(http) = leader_http {
+        if let Ok(text) = procs::http_get(http, "/metrics").await {
+            p.batch_sum = procs::metric(&text, "quorate_batch_hits_sum");
+            p.batch_count = procs::metric(&text, "quorate_batch_hits_count");
+            p.last_log_index = procs::metric(&text, "quorate_raft_last_log_index");
+            p.fsyncs = procs::metric(&text, FSYNC_METRIC);
+        }
+    }
+    p
+}
+
+fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(b? - a?)
+}
+
+/// Runs the suite; returns the markdown report.
+pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
+    ensure!(cfg.rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        cfg.quorate.is_file(),
+        "no quorate binary at {} (build it: cargo build --release -p quorate-server)",
+        cfg.quorate.display()
+    );
+    let started_at = SystemTime::now();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let tmp = TempDir::new(&cfg.work_dir, cfg.keep)?;
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).context("cannot write the benchmark policy")?;
+
+    // (a) the ceiling.
+    let null_addr = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
+    let mut null = Proc::spawn(
+        "null-server",
+        &cfg.myself,
+        &["null-server".into(), "--grpc".into(), null_addr.to_string()],
+        &tmp.path().join("null-server.log"),
+    )?;
+    null.wait_line("quorate-bench null-server ready", READY_TIMEOUT)
+        .await?;
+
+    // (b) one durable node.
+    let single = start_node(&cfg, tmp.path(), "single", 1, Some(&policy)).await?;
+    let mut single = single;
+    single
+        .proc
+        .wait_line("quorate ready:", READY_TIMEOUT)
+        .await?;
+
+    // (c) three nodes.
+    let cluster = start_cluster(&cfg, tmp.path(), &policy).await?;
+
+    let mut cases = vec![
+        CaseId::Null,
+        CaseId::SingleStrict,
+        CaseId::SingleFast,
+        CaseId::ClusterStrict,
+        CaseId::ClusterFast,
+    ];
+    if cfg.follower {
+        cases.push(CaseId::ClusterStrictFollower);
+    }
+    let keys = KeySpace::new(cfg.distribution, cfg.keys, cfg.zipf_s)?;
+    let cluster_pids: Vec<u32> = cluster.iter().map(|n| n.proc.pid()).collect();
+    let mut samples: Vec<(CaseId, Vec<Sample>)> = cases.iter().map(|&c| (c, vec![])).collect();
+
+    for round in 1..=cfg.rounds {
+        for (case, runs) in &mut samples {
+            let (target, pids, leader_http) = match case {
+                CaseId::Null => (null_addr, vec![null.pid()], None),
+                CaseId::SingleStrict | CaseId::SingleFast => {
+                    (single.grpc, vec![single.proc.pid()], Some(single.http))
+                }
+                CaseId::ClusterStrict | CaseId::ClusterFast => {
+                    (cluster[0].grpc, cluster_pids.clone(), Some(cluster[0].http))
+                }
+                CaseId::ClusterStrictFollower => {
+                    (cluster[1].grpc, cluster_pids.clone(), Some(cluster[0].http))
+                }
+            };
+            let load = LoadConfig {
+                targets: vec![format!("http://{target}")],
+                concurrency: cfg.concurrency,
+                per_channel: cfg.per_channel,
+                duration: cfg.duration,
+                warmup: cfg.warmup,
+                keys: keys.clone(),
+                key_prefix: "k".into(),
+                limit: case.limit().into(),
+                cost: cfg.cost,
+                hits_per_request: cfg.hits_per_request,
+                timeout: cfg.timeout,
+                seed: round as u64,
+            };
+            eprintln!("\n== round {round}/{}: {} ==", cfg.rounds, case.label());
+            let (report, before) = load::run_observed(&load, || probe(&pids, leader_http)).await?;
+            let after = probe(&pids, leader_http).await;
+            eprint!("{}", crate::report::text(&report));
+            let sample = Sample {
+                server_cpu: after.server_cpu.saturating_sub(before.server_cpu),
+                client_cpu: after.client_cpu.saturating_sub(before.client_cpu),
+                strict_batches: delta(before.batch_sum, after.batch_sum)
+                    .zip(delta(before.batch_count, after.batch_count)),
+                log_entries: delta(before.last_log_index, after.last_log_index),
+                fsyncs: delta(before.fsyncs, after.fsyncs),
+                report,
+            };
+            eprintln!("{}", sample_notes(&sample));
+            runs.push(sample);
+        }
+    }
+
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let markdown = render(&cfg, started_at, &load_before, &load_after, &samples);
+    if let Some(out) = &cfg.out {
+        std::fs::write(out, &markdown)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    drop(cluster);
+    drop(single);
+    drop(null);
+    Ok(markdown)
+}
+
+fn sample_notes(s: &Sample) -> String {
+    let ok = s.report.ok.max(1) as f64;
+    let mut parts = vec![format!(
+        "cpu µs/req: server {:.1}, client {:.1}",
+        s.server_cpu.as_secs_f64() * 1e6 / ok,
+        s.client_cpu.as_secs_f64() * 1e6 / ok
+    )];
+    if let Some((sum, count)) = s.strict_batches.filter(|(_, c)| *c > 0.0) {
+        parts.push(format!(
+            "strict batches {count:.0}, {:.1} hits each",
+            sum / count
+        ));
+    }
+    if let Some(e) = s.log_entries.filter(|e| *e > 0.0) {
+        parts.push(format!("log entries {e:.0}"));
+    }
+    if let Some(f) = s.fsyncs {
+        parts.push(format!("fsyncs {f:.0}"));
+    }
+    parts.join(" · ")
+}
+
+/// Starts one `quorate serve` on fresh loopback ports.
+async fn start_node(
+    cfg: &SuiteConfig,
+    root: &Path,
+    name: &str,
+    id: u64,
+    policy: Option<&Path>,
+) -> anyhow::Result<QNode> {
+    let grpc = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
+    let http = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--id".into(),
+        id.to_string(),
+        "--grpc".into(),
+        grpc.to_string(),
+        "--http".into(),
+        http.to_string(),
+        "--data-dir".into(),
+        root.join(name).display().to_string(),
+    ];
+    match policy {
+        Some(p) => args.extend(["--policy".into(), p.display().to_string()]),
+        None => args.push("--join".into()),
+    }
+    args.extend(cfg.server_args.iter().cloned());
+    let proc = Proc::spawn(name, &cfg.quorate, &args, &root.join(format!("{name}.log")))?;
+    Ok(QNode { grpc, http, proc })
+}
+
+/// Node 1 bootstraps with the policy; nodes 2 and 3 join as learners and are promoted.
+async fn start_cluster(
+    cfg: &SuiteConfig,
+    root: &Path,
+    policy: &Path,
+) -> anyhow::Result<Vec<QNode>> {
+    let mut n1 = start_node(cfg, root, "node1", 1, Some(policy)).await?;
+    n1.proc.wait_line("quorate ready:", READY_TIMEOUT).await?;
+    let mut nodes = vec![n1];
+    for id in [2_u64, 3] {
+        let node = start_node(cfg, root, &format!("node{id}"), id, None).await?;
+        procs::wait_tcp(node.grpc, READY_TIMEOUT).await?;
+        procs::wait_tcp(node.http, READY_TIMEOUT).await?;
+        let leader = format!("http://{}", nodes[0].http);
+        let id_s = id.to_string();
+        quorate_cli(
+            cfg,
+            &[
+                "cluster",
+                "add-learner",
+                "--id",
+                &id_s,
+                "--grpc",
+                &node.grpc.to_string(),
+                "--http",
+                &node.http.to_string(),
+                "--node",
+                &leader,
+            ],
+        )
+        .await?;
+        // The leader may not list the new learner in its replication metrics for a few
+        // tens of milliseconds after `add-learner` returns (promote then answers 409).
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let promote = ["cluster", "promote", "--id", &id_s, "--node", &leader];
+            match quorate_cli(cfg, &promote).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        nodes.push(node);
+    }
+    for node in nodes.iter_mut().skip(1) {
+        node.proc.wait_line("quorate ready:", READY_TIMEOUT).await?;
+    }
+    // Node 1 must still lead with three voters, or "via leader" would be a lie.
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let text = procs::http_get(nodes[0].http, "/metrics").await?;
+        let leader = procs::metric(&text, "quorate_raft_leader_id");
+        let voters = procs::metric(&text, "quorate_raft_voters");
+        if leader == Some(1.0) && voters == Some(3.0) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the cluster did not settle: leader {leader:?}, voters {voters:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "3-node cluster up: leader node 1 at {}, followers at {} and {}",
+        nodes[0].grpc, nodes[1].grpc, nodes[2].grpc
+    );
+    Ok(nodes)
+}
+
+/// Runs one operator command of the quorate binary.
+async fn quorate_cli(cfg: &SuiteConfig, args: &[&str]) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(&cfg.quorate)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("cannot run quorate {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "quorate {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(())
+}
+
+// === the report ===
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Aggregates of one case over its rounds.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    throughput: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    problems: u64,
+    server_cpu_us: f64,
+    client_cpu_us: f64,
+    hits_per_batch: Option<f64>,
+    hits_per_entry: Option<f64>,
+    fsyncs_per_1k: Option<f64>,
+}
+
+fn summarize(runs: &[Sample]) -> Summary {
+    let q = |q: f64| {
+        median(
+            runs.iter()
+                .map(|s| s.report.quantile_us(q) as f64)
+                .collect(),
+        )
+    };
+    let ok: u64 = runs.iter().map(|s| s.report.ok).sum();
+    let hits: u64 = runs
+        .iter()
+        .map(|s| s.report.allowed_hits + s.report.denied_hits)
+        .sum();
+    let per_req = |d: Duration| d.as_secs_f64() * 1e6 / ok.max(1) as f64;
+    let (bsum, bcount) = runs
+        .iter()
+        .filter_map(|s| s.strict_batches)
+        .fold((0.0, 0.0), |(a, b), (s, c)| (a + s, b + c));
+    let entries: f64 = runs.iter().filter_map(|s| s.log_entries).sum();
+    let fsyncs: Option<f64> = runs.iter().map(|s| s.fsyncs).sum();
+    Summary {
+        throughput: median(runs.iter().map(|s| s.report.throughput()).collect()),
+        p50: q(0.50),
+        p99: q(0.99),
+        p999: q(0.999),
+        problems: runs.iter().map(|s| s.report.problems()).sum(),
+        server_cpu_us: per_req(runs.iter().map(|s| s.server_cpu).sum()),
+        client_cpu_us: per_req(runs.iter().map(|s| s.client_cpu).sum()),
+        hits_per_batch: (bcount > 0.0).then(|| bsum / bcount),
+        hits_per_entry: (entries > 0.0).then(|| hits as f64 / entries),
+        fsyncs_per_1k: fsyncs.map(|f| f * 1000.0 / hits.max(1) as f64),
+    }
+}
+
+/// Median over rounds of `case / reference`, each round compared with itself.
+fn ratio(samples: &[(CaseId, Vec<Sample>)], case: CaseId, reference: CaseId) -> Option<f64> {
+    let find = |id| samples.iter().find(|(c, _)| *c == id).map(|(_, r)| r);
+    let (a, b) = (find(case)?, find(reference)?);
+    Some(median(
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.report.throughput() / y.report.throughput())
+            .collect(),
+    ))
+}
+
+fn render(
+    cfg: &SuiteConfig,
+    started_at: SystemTime,
+    load_before: &str,
+    load_after: &str,
+    samples: &[(CaseId, Vec<Sample>)],
+) -> String {
+    let mut md = String::new();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    md.push_str(&format!(
+        "Run {} on a {cores}-core machine ({cpu}, Linux {}); client and every server share \
+         those {cores} cores. Load average before: {}; after: {}.\n\n",
+        utc_timestamp(started_at),
+        kernel.trim(),
+        load_before
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        load_after
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    ));
+    md.push_str(&format!(
+        "Load: {} in flight over {} HTTP/2 connection(s), {} s measured after {} s warm-up, \
+         {} round(s) (medians shown), {} key(s) `{}`, cost {}, {} hit(s) per request. \
+         Every answer verified (one decision per hit, limit echoed).\n\n",
+        cfg.concurrency,
+        cfg.concurrency.div_ceil(cfg.per_channel),
+        cfg.duration.as_secs_f64(),
+        cfg.warmup.as_secs_f64(),
+        cfg.rounds,
+        grouped(cfg.keys),
+        cfg.distribution.name(),
+        cfg.cost,
+        cfg.hits_per_request,
+    ));
+    md.push_str(&format!("Command: `{}`\n\n", cfg.command_line));
+    md.push_str(
+        "| setup | req/s | × null | × 1 node | p50 µs | p99 µs | p999 µs | errors | \
+         hits/strict batch | hits/log entry | fsyncs/1k hits | server CPU µs/req | client CPU µs/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"));
+    for (case, runs) in samples {
+        let s = summarize(runs);
+        let vs_null = ratio(samples, *case, CaseId::Null);
+        let vs_single = match case {
+            CaseId::Null => None,
+            _ => ratio(samples, *case, CaseId::SingleStrict),
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |\n",
+            case.label(),
+            grouped(s.throughput.round() as u64),
+            opt(vs_null, 2),
+            opt(vs_single, 2),
+            grouped(s.p50 as u64),
+            grouped(s.p99 as u64),
+            grouped(s.p999 as u64),
+            if s.problems == 0 {
+                "0".to_string()
+            } else {
+                format!("**{}**", grouped(s.problems))
+            },
+            opt(s.hits_per_batch, 1),
+            opt(s.hits_per_entry, 1),
+            opt(s.fsyncs_per_1k, 1),
+            s.server_cpu_us,
+            s.client_cpu_us,
+        ));
+    }
+    md.push('\n');
+
+    // Goals of issue 3.
+    let find = |id| {
+        samples
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, r)| summarize(r))
+    };
+    let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
+    md.push_str("Goals (issue 3):\n\n");
+    if let Some(r) = ratio(samples, CaseId::SingleStrict, CaseId::Null) {
+        md.push_str(&format!(
+            "- 1 node (durable, Raft, strict) ≥ 0.85× the do-nothing server: {r:.2}× — {}\n",
+            verdict(r >= 0.85)
+        ));
+    }
+    if let (Some(r), Some(s)) = (
+        ratio(samples, CaseId::ClusterStrict, CaseId::SingleStrict),
+        find(CaseId::ClusterStrict),
+    ) {
+        md.push_str(&format!(
+            "- 3 nodes strict ≥ 0.5× 1 node, p99 ≤ 5 ms at c={}: {r:.2}×, p99 {:.2} ms — {}\n",
+            cfg.concurrency,
+            s.p99 / 1000.0,
+            verdict(r >= 0.5 && s.p99 <= 5000.0)
+        ));
+    }
+    if let Some(r) = ratio(samples, CaseId::ClusterFast, CaseId::SingleStrict) {
+        md.push_str(&format!(
+            "- 3 nodes fast ≥ 0.85× 1 node: {r:.2}× — {}\n",
+            verdict(r >= 0.85)
+        ));
+    }
+    let failures: Vec<String> = samples
+        .iter()
+        .flat_map(|(case, runs)| {
+            runs.iter()
+                .filter(|s| s.report.problems() > 0)
+                .map(move |s| format!("- {}: {}\n", case.label(), problems_line(&s.report)))
+        })
+        .collect();
+    if !failures.is_empty() {
+        md.push_str("\n**Failed calls (not counted in req/s):**\n\n");
+        for f in failures {
+            md.push_str(&f);
+        }
+    }
+    md
+}
+
+/// `YYYY-MM-DD HH:MM UTC` without a date crate (civil-from-days, proleptic Gregorian).
+fn utc_timestamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_dates() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(utc_timestamp(t), "2023-11-14 22:13 UTC");
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01 00:00 UTC");
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn the_policy_names_both_limits() {
+        assert!(POLICY.contains(STRICT_LIMIT) && POLICY.contains(FAST_LIMIT));
+    }
+}
