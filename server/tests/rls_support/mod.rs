@@ -1,0 +1,240 @@
+//! Shared by the RLS tests: an in-process quorate node on loopback port 0, an Envoy RLS
+//! client (envoy-types' generated client over real gRPC), request builders, and the admin
+//! API call that replaces the live policy.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    rate_limit::Unit, Code, DescriptorStatus,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use quorate_server::config::Config;
+use quorate_server::node::{self, Listeners};
+use tonic::transport::Channel;
+
+pub type Rls = RateLimitServiceClient<Channel>;
+
+/// How long a node may take to elect itself and make its startup policy live.
+pub const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running in-process node; stops when dropped.
+#[derive(Debug)]
+pub struct TestNode {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// Starts a single node with `policy` (quorate YAML) as its startup policy and waits
+    /// until that policy is live.
+    pub async fn start(policy: &str) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, policy).unwrap();
+        let mut config = Config::single_node(dir.path().join("data"));
+        config.policy_file = Some(policy_path);
+        let listeners = Listeners::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let grpc = listeners.grpc.local_addr().unwrap();
+        let http = listeners.http.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(node::run(config, listeners, async move {
+            let _ = stopped.await;
+        }));
+        let node = TestNode {
+            grpc,
+            http,
+            _stop: stop,
+            _dir: dir,
+        };
+        node.wait_for_policy_version(1).await;
+        node
+    }
+
+    /// An RLS client on its own HTTP/2 connection.
+    pub async fn rls(&self) -> Rls {
+        RateLimitServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}/admin/v1{path}", self.http)
+    }
+
+    /// The live policy version, if any (`GET /admin/v1/policy`).
+    pub async fn policy_version(&self) -> Option<u64> {
+        let resp = reqwest::get(self.admin_url("/policy")).await.ok()?;
+        let body: serde_json::Value = resp.json().await.ok()?;
+        body.get("version")?.as_u64()
+    }
+
+    /// Polls until a policy of at least `version` is live, with a deadline.
+    pub async fn wait_for_policy_version(&self, version: u64) {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            if self.policy_version().await.is_some_and(|v| v >= version) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "policy version {version} never became live on {}",
+                self.http
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Replaces the live policy through the admin API; returns the new version.
+    pub async fn put_policy(&self, http: &reqwest::Client, source: &str) -> u64 {
+        let resp = http
+            .put(self.admin_url("/policy"))
+            .json(&serde_json::json!({ "format": "quorate", "source": source }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(status.is_success(), "PUT /admin/v1/policy: {status} {body}");
+        body["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no version in {body}"))
+    }
+}
+
+/// A descriptor from `(key, value)` entries.
+pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).to_string(),
+                value: (*v).to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A descriptor with its own `hits_addend`.
+pub fn descriptor_with_hits(entries: &[(&str, &str)], hits: u64) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        hits_addend: Some(UInt64Value { value: hits }),
+        ..descriptor(entries)
+    }
+}
+
+/// A descriptor carrying Envoy's per-descriptor limit override.
+pub fn descriptor_with_limit(
+    entries: &[(&str, &str)],
+    requests_per_unit: u32,
+    unit: envoy_types::pb::envoy::r#type::v3::RateLimitUnit,
+) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        limit: Some(RateLimitOverride {
+            requests_per_unit,
+            unit: unit as i32,
+        }),
+        ..descriptor(entries)
+    }
+}
+
+/// A request for `domain` with `descriptors` and request-level `hits_addend`.
+pub fn request(
+    domain: &str,
+    descriptors: Vec<RateLimitDescriptor>,
+    hits_addend: u32,
+) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_string(),
+        descriptors,
+        hits_addend,
+    }
+}
+
+/// Calls ShouldRateLimit; a gRPC error fails the test.
+pub async fn call(rls: &mut Rls, req: RateLimitRequest) -> RateLimitResponse {
+    let shown = format!("{req:?}");
+    match rls.should_rate_limit(req).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => panic!("ShouldRateLimit({shown}) failed: {e:?}"),
+    }
+}
+
+/// One-descriptor shorthand.
+pub async fn call_one(rls: &mut Rls, domain: &str, entries: &[(&str, &str)]) -> RateLimitResponse {
+    call(rls, request(domain, vec![descriptor(entries)], 0)).await
+}
+
+/// A response header's value (keys compared case-insensitively, as HTTP does).
+pub fn header<'a>(resp: &'a RateLimitResponse, name: &str) -> Option<&'a str> {
+    let mut found = resp
+        .response_headers_to_add
+        .iter()
+        .filter(|h| h.key.eq_ignore_ascii_case(name));
+    let first = found.next().map(|h| h.value.as_str());
+    assert!(
+        found.next().is_none(),
+        "header {name} appears more than once: {:?}",
+        resp.response_headers_to_add
+    );
+    first
+}
+
+/// What one descriptor status is expected to say about its limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit<'a> {
+    pub name: &'a str,
+    pub requests_per_unit: u32,
+    pub unit: Unit,
+}
+
+/// Asserts a counted descriptor's status: code, limit, remaining and a pending reset.
+#[track_caller]
+pub fn assert_limited(s: &DescriptorStatus, code: Code, limit: Limit<'_>, remaining: u32) {
+    assert_eq!(s.code, code as i32, "code of {s:?}");
+    let current = s
+        .current_limit
+        .as_ref()
+        .unwrap_or_else(|| panic!("no current_limit in {s:?}"));
+    assert_eq!(current.name, limit.name, "current_limit.name of {s:?}");
+    assert_eq!(
+        current.requests_per_unit, limit.requests_per_unit,
+        "current_limit.requests_per_unit of {s:?}"
+    );
+    assert_eq!(
+        current.unit, limit.unit as i32,
+        "current_limit.unit of {s:?}"
+    );
+    assert_eq!(s.limit_remaining, remaining, "limit_remaining of {s:?}");
+    let reset = s
+        .duration_until_reset
+        .as_ref()
+        .unwrap_or_else(|| panic!("no duration_until_reset in {s:?}"));
+    assert!(
+        reset.seconds > 0 || reset.nanos > 0,
+        "duration_until_reset must be positive: {s:?}"
+    );
+}
+
+/// Asserts a status is OK with no limit attached (no rule, unlimited or replaced).
+#[track_caller]
+pub fn assert_no_limit(s: &DescriptorStatus) {
+    assert_eq!(s.code, Code::Ok as i32, "code of {s:?}");
+    assert!(s.current_limit.is_none(), "unexpected current_limit: {s:?}");
+}
