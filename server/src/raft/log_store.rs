@@ -56,6 +56,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
@@ -77,6 +78,9 @@ const VOTE_FILE: &str = "vote";
 const PURGED_FILE: &str = "purged";
 const COMMITTED_FILE: &str = "committed";
 const TMP_EXT: &str = "tmp";
+/// Longest the flusher delays an fsync to gather a burst of appends (only when its
+/// previous fsync was shared). Small next to an fsync (0.14–4 ms here).
+const GATHER_WINDOW: Duration = Duration::from_micros(250);
 
 /// Tunables of a [`LogStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -678,9 +682,10 @@ fn failed_io_error() -> io::Error {
 fn run_flusher(rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
     let mut files: Vec<Arc<File>> = Vec::new();
     let mut callbacks: Vec<LogFlushed<TypeConfig>> = Vec::new();
+    let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
         let mut committed = None;
-        let mut take = |job| match job {
+        let mut take = |job, callbacks: &mut Vec<_>| match job {
             Job::Flush { file, callback } => {
                 if let Some(file) = file {
                     if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
@@ -691,10 +696,27 @@ fn run_flusher(rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             }
             Job::Committed(c) => committed = Some(c),
         };
-        take(first);
+        take(first, &mut callbacks);
         while let Ok(job) = rx.try_recv() {
-            take(job);
+            take(job, &mut callbacks);
         }
+        // Under pipelined load the callbacks of one fsync release a burst of new appends
+        // that arrive over a few hundred microseconds. Syncing on the first of them
+        // would spend a whole fsync on it and leave the rest for the next one; waiting
+        // briefly, only when the last fsync was shared, lets the burst share one.
+        if last_batch > 1 && callbacks.len() < last_batch {
+            let deadline = Instant::now() + GATHER_WINDOW;
+            while callbacks.len() < last_batch {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                match rx.recv_timeout(left) {
+                    Ok(job) => take(job, &mut callbacks),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_batch = callbacks.len();
 
         let mut result: Result<(), io::Error> = Ok(());
         if shared.failed.load(Ordering::Acquire) {
