@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::typ::Entry;
 use super::{Node, NodeId, TypeConfig};
 
 /// How long to wait for a TCP connection to a peer.
@@ -28,6 +29,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The largest Raft message accepted or sent: snapshot chunks and entry batches.
 pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// The most entry bytes one AppendEntries carries (beyond its first entry); see
+/// [`PeerClient::append_entries`].
+const APPEND_BUDGET: usize = 256 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` bytes (always at least one).
+fn prefix_within(entries: &[Entry], budget: usize) -> usize {
+    if entries.len() <= 1 {
+        return entries.len();
+    }
+    let mut used = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        used = used.saturating_add(postcard::experimental::serialized_size(entry).unwrap_or(0));
+        if used > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
 
 /// Makes one [`PeerClient`] per target; openraft calls it once per replication stream.
 #[derive(Debug, Clone, Default)]
@@ -117,12 +137,28 @@ enum RpcKind {
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
+    /// openraft gives every AppendEntries one heartbeat interval, and resends the same
+    /// range after a timeout. A lagging follower or a new learner is offered up to
+    /// `max_payload_entries` entries of up to a full hit batch each: more bytes than can
+    /// cross and be fsynced in one heartbeat, so it would never catch up. Only a prefix
+    /// within [`APPEND_BUDGET`] bytes is sent (at least one entry), and `PartialSuccess`
+    /// tells openraft where to resume (openraft's documented contract for partial sends).
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RpcKind::Append, &rpc, &option).await
+        let keep = prefix_within(&rpc.entries, APPEND_BUDGET);
+        if keep == rpc.entries.len() {
+            return self.call(RpcKind::Append, &rpc, &option).await;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let response = self.call(RpcKind::Append, &rpc, &option).await?;
+        Ok(match response {
+            AppendEntriesResponse::Success => AppendEntriesResponse::PartialSuccess(last),
+            other => other,
+        })
     }
 
     async fn install_snapshot(
@@ -139,5 +175,35 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call(RpcKind::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::raft::Command;
+
+    fn entry(index: u64, key_bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::SetPolicy {
+                ts: 0,
+                format: "quorate".into(),
+                source: "x".repeat(key_bytes),
+            }),
+        }
+    }
+
+    #[test]
+    fn append_prefix_fits_the_budget_but_never_drops_the_first_entry() {
+        let small: Vec<Entry> = (1..=10).map(|i| entry(i, 100)).collect();
+        assert_eq!(prefix_within(&small, APPEND_BUDGET), 10);
+        let big: Vec<Entry> = (1..=10).map(|i| entry(i, APPEND_BUDGET / 3)).collect();
+        assert_eq!(prefix_within(&big, APPEND_BUDGET), 2);
+        let huge: Vec<Entry> = (1..=3).map(|i| entry(i, APPEND_BUDGET * 2)).collect();
+        assert_eq!(prefix_within(&huge, APPEND_BUDGET), 1);
+        assert_eq!(prefix_within(&[], APPEND_BUDGET), 0);
     }
 }

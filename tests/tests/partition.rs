@@ -1,0 +1,138 @@
+//! A leader cut off from its peers (both directions, through the harness's fault-injecting
+//! proxies) grants no strict hit; the majority elects a new leader that serves; after the
+//! partition heals the old leader rejoins as a follower and converges on the majority's
+//! counters, and nothing it refused during the partition was ever counted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use quorate_e2e::{api, eventually, policy, Check, Cluster, NodeOptions};
+use tonic::Code;
+
+/// A node's decision timeout (server default): the longest a caller waits for an answer.
+const DECISION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Slack on top of it for a loaded test machine.
+const SLACK: Duration = Duration::from_secs(1);
+
+const L: u64 = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_leader_grants_nothing_and_rejoins_as_a_converged_follower() {
+    let cluster = Cluster::formed(
+        3,
+        NodeOptions {
+            policy: Some(policy(&[
+                ("strict", "fixed_window", L, "strict"),
+                ("fast", "fixed_window", L, "fast"),
+            ])),
+            ..NodeOptions::default()
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let old = cluster.wait_leader(&[1, 2, 3]).await.unwrap();
+    let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != old).collect();
+
+    // Some quota used through every node (followers forward through the proxies).
+    const BEFORE: u64 = 4;
+    for i in 0..BEFORE {
+        let node = cluster.node(i % 3 + 1);
+        let d = node.check("strict", "k", None).await.decided();
+        assert!(d.allowed, "hit #{i} via node {}: {d:?}", node.id);
+    }
+    cluster.wait_caught_up(old, &[1, 2, 3]).await.unwrap();
+    let term_before = cluster.status(old).await.unwrap().term;
+
+    // Cut the leader off from both peers.
+    cluster.net().isolate(old);
+
+    // Asked directly, the old leader grants nothing: its hits cannot commit, so they
+    // time out as UNAVAILABLE. Several callers at once, while the majority elects.
+    let probes: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = cluster.node(old).client();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let key = format!("during-{i}");
+                let result = api::check(&mut client, "strict", &key, None).await;
+                (result, start.elapsed())
+            })
+        })
+        .collect();
+
+    // The majority elects a new leader among themselves, and it serves.
+    let new = cluster.wait_leader(&majority).await.unwrap();
+    let new_term = cluster.status(new).await.unwrap().term;
+    assert!(new_term > term_before, "{new_term} > {term_before}");
+    const DURING: u64 = 3;
+    for i in 0..DURING {
+        let id = majority[i as usize % 2];
+        let d = cluster.node(id).check("strict", "k", None).await.decided();
+        assert!(d.allowed, "via node {id}: {d:?}");
+        assert_eq!(d.remaining, L - BEFORE - i - 1, "via node {id}: {d:?}");
+    }
+
+    for probe in probes {
+        let (result, took) = probe.await.unwrap();
+        match result {
+            Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+            Ok(d) => panic!("the partitioned old leader decided a strict hit: {d:?}"),
+        }
+        assert!(
+            took <= DECISION_TIMEOUT + SLACK,
+            "the refusal took {took:?}"
+        );
+    }
+    // With a new leader elected elsewhere, the old one still grants nothing, fast
+    // limits included (it stopped deciding fast hits once it lost its quorum).
+    for limit in ["strict", "fast"] {
+        let start = Instant::now();
+        match cluster.node(old).check(limit, "during-late", None).await {
+            Err(s) => assert_eq!(s.code(), Code::Unavailable, "{limit}: {s:?}"),
+            Ok(d) => panic!("{limit}: the partitioned old leader decided: {d:?}"),
+        }
+        assert!(start.elapsed() <= DECISION_TIMEOUT + SLACK);
+    }
+
+    // Heal: the old leader steps down, follows the new one and catches up.
+    cluster.net().heal();
+    eventually(
+        Duration::from_secs(20),
+        "the old leader to follow the new one",
+        || async {
+            let s = cluster.status(old).await.ok()?;
+            (s.state == "Follower" && s.leader == Some(new)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let statuses = cluster.wait_caught_up(new, &[1, 2, 3]).await.unwrap();
+    let counters: Vec<usize> = statuses.iter().map(|s| s.counters).collect();
+    assert!(
+        counters.iter().all(|c| *c == counters[0]),
+        "every replica holds the same counters: {counters:?}"
+    );
+
+    // Through the old leader (now forwarding), the counts are the majority's ...
+    let old_node = cluster.node(old);
+    let d = old_node.check("strict", "k", Some(0)).await.decided();
+    assert_eq!(d.remaining, L - BEFORE - DURING, "{d:?}");
+    let d = old_node.check("strict", "k", None).await.decided();
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.remaining, L - BEFORE - DURING - 1, "{d:?}");
+    // ... and the hits it refused during the partition were never counted.
+    for i in 0..3 {
+        let key = format!("during-{i}");
+        let d = old_node.check("strict", &key, Some(0)).await.decided();
+        assert_eq!(d.remaining, L, "{key}: {d:?}");
+    }
+    for limit in ["strict", "fast"] {
+        let d = old_node
+            .check(limit, "during-late", Some(0))
+            .await
+            .decided();
+        assert_eq!(d.remaining, L, "{limit}: {d:?}");
+    }
+}
