@@ -22,3 +22,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+echo "== python end-to-end (grpcio client from Envoy's rls.proto)"
+bash tests/python/run.sh
