@@ -186,35 +186,52 @@ pub fn respond(
                 limit_remaining: 0,
                 ..Default::default()
             },
-            DescriptorPlan::Limited(l) => {
-                let Some(d) = decisions.next() else {
-                    // The engine returns one decision per counted descriptor; if that ever
-                    // broke, failing open for this descriptor beats a panic.
-                    statuses.push(DescriptorStatus {
+            DescriptorPlan::Limited(limits) => {
+                // Every limit is counted; the status shows the most restrictive: the first
+                // one over the limit, else the one with the least remaining.
+                let mut shown: Option<(bool, u64, DescriptorStatus)> = None;
+                for l in limits {
+                    let Some(d) = decisions.next() else {
+                        // The engine returns one decision per counted limit; if that ever
+                        // broke, failing open for this limit beats a panic.
+                        continue;
+                    };
+                    let over = !d.allowed && !l.shadow_mode;
+                    states.push(LimitState {
+                        name: l.shown_name.clone(),
+                        decision: Decision {
+                            allowed: d.allowed || l.shadow_mode,
+                            ..*d
+                        },
+                        window: l.rate.window,
+                    });
+                    let more_restrictive = match &shown {
+                        None => true,
+                        Some((was_over, remaining, _)) => {
+                            (over && !was_over) || (over == *was_over && d.remaining < *remaining)
+                        }
+                    };
+                    if more_restrictive {
+                        let status = DescriptorStatus {
+                            code: if over { Code::OverLimit } else { Code::Ok } as i32,
+                            current_limit: Some(RateLimit {
+                                name: l.shown_name.clone(),
+                                requests_per_unit: saturate_u32(d.limit),
+                                unit: pb_unit(l.unit),
+                            }),
+                            limit_remaining: saturate_u32(d.remaining),
+                            duration_until_reset: Some(duration(d.reset_after)),
+                            ..Default::default()
+                        };
+                        shown = Some((over, d.remaining, status));
+                    }
+                }
+                match shown {
+                    Some((_, _, status)) => status,
+                    None => DescriptorStatus {
                         code: Code::Ok as i32,
                         ..Default::default()
-                    });
-                    continue;
-                };
-                let over = !d.allowed && !l.shadow_mode;
-                states.push(LimitState {
-                    name: l.shown_name.clone(),
-                    decision: Decision {
-                        allowed: d.allowed || l.shadow_mode,
-                        ..*d
                     },
-                    window: l.rate.window,
-                });
-                DescriptorStatus {
-                    code: if over { Code::OverLimit } else { Code::Ok } as i32,
-                    current_limit: Some(RateLimit {
-                        name: l.shown_name.clone(),
-                        requests_per_unit: saturate_u32(d.limit),
-                        unit: pb_unit(l.unit),
-                    }),
-                    limit_remaining: saturate_u32(d.remaining),
-                    duration_until_reset: Some(duration(d.reset_after)),
-                    ..Default::default()
                 }
             }
         };
@@ -253,15 +270,17 @@ impl RateLimitService for RlsService {
         let mut hits = Vec::new();
         for (plan, cost) in plans.iter().zip(&request.costs) {
             match plan {
-                DescriptorPlan::Limited(l) => hits.push(ResolvedHit {
-                    hit: Hit {
-                        limit: l.limit.clone(),
-                        key: l.key.clone(),
-                        cost: *cost,
-                        rate: l.rate,
-                    },
-                    consistency: l.consistency,
-                }),
+                DescriptorPlan::Limited(limits) => {
+                    hits.extend(limits.iter().map(|l| ResolvedHit {
+                        hit: Hit {
+                            limit: l.limit.clone(),
+                            key: l.key.clone(),
+                            cost: *cost,
+                            rate: l.rate,
+                        },
+                        consistency: l.consistency,
+                    }))
+                }
                 DescriptorPlan::NoRule { reason } => self.metrics.observe_unmatched(reason),
                 _ => {}
             }
@@ -273,9 +292,9 @@ impl RateLimitService for RlsService {
         };
         for (plan, d) in plans
             .iter()
-            .filter_map(|p| match p {
-                DescriptorPlan::Limited(l) => Some(l),
-                _ => None,
+            .flat_map(|p| match p {
+                DescriptorPlan::Limited(limits) => limits.as_slice(),
+                _ => &[],
             })
             .zip(&decisions)
         {
@@ -383,19 +402,18 @@ mod tests {
         use crate::policy::{Consistency, RateUnit};
         use quorate_algorithms::{Algorithm, DenyReason, Rate, SECOND};
         let rate = Rate::new(Algorithm::FixedWindow, 1, SECOND, None).unwrap();
-        let limited = |shadow| {
-            DescriptorPlan::Limited(crate::policy::LimitedPlan {
-                limit: "d/k".into(),
-                key: "k=v".into(),
-                rate,
-                consistency: Consistency::Strict,
-                unit: RateUnit::for_window(SECOND),
-                shown_name: "d/k".into(),
-                shadow_mode: shadow,
-                detailed_metric: false,
-                explanation: String::new(),
-            })
+        let plan = |name: &str, shadow| crate::policy::LimitedPlan {
+            limit: name.into(),
+            key: "k=v".into(),
+            rate,
+            consistency: Consistency::Strict,
+            unit: RateUnit::for_window(SECOND),
+            shown_name: name.into(),
+            shadow_mode: shadow,
+            detailed_metric: false,
+            explanation: String::new(),
         };
+        let limited = |shadow| DescriptorPlan::Limited(vec![plan("d/k", shadow)]);
         let denied = Decision {
             allowed: false,
             limit: 1,
@@ -420,5 +438,41 @@ mod tests {
             .any(|h| h.key == "retry-after" && h.value == "1"));
         let r = respond(&[limited(true)], &[denied], Default::default());
         assert_eq!(r.overall_code, Code::Ok as i32);
+
+        // Several limits on one descriptor: all decided, the most restrictive shown.
+        let allowed = |remaining| Decision {
+            allowed: true,
+            limit: 10,
+            remaining,
+            reset_after: SECOND,
+            retry_after: None,
+            denied: None,
+        };
+        let several =
+            DescriptorPlan::Limited(vec![plan("a", false), plan("b", false), plan("c", false)]);
+        let r = respond(
+            std::slice::from_ref(&several),
+            &[allowed(7), allowed(3), allowed(5)],
+            Default::default(),
+        );
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses.len(), 1);
+        let shown = r.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.name.as_str());
+        assert_eq!(shown, Some("b"));
+        assert_eq!(r.statuses[0].limit_remaining, 3);
+        let r = respond(
+            &[several],
+            &[allowed(7), allowed(3), denied],
+            Default::default(),
+        );
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        let shown = r.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.name.as_str());
+        assert_eq!(shown, Some("c"));
     }
 }

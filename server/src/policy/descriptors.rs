@@ -16,14 +16,18 @@ use std::collections::BTreeMap;
 use quorate_algorithms::{Algorithm, Rate, SECOND};
 use serde::Deserialize;
 
+use super::conditions::ConditionalLimit;
 use super::limits::{Consistency, LimitDef};
 use super::parse_window;
 
-/// One domain's descriptor tree.
+/// One domain: its descriptor tree and its conditional limits.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Domain {
     pub name: String,
     pub root: Level,
+    /// Limitador-style limits (conditions + variables over the whole request), in policy
+    /// order; see [`super::conditions`].
+    pub conditional: Vec<ConditionalLimit>,
 }
 
 /// The children of a node: how the next entry is matched.
@@ -340,7 +344,7 @@ impl Level {
         self.key_only.get(key).map(|n| (key.to_string(), n))
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.prefix.is_empty() && self.key_only.is_empty()
     }
 
@@ -467,6 +471,7 @@ impl RawDomain {
         Ok(Domain {
             root: Level::compile(self.descriptors, &descriptors)?,
             name: self.domain,
+            conditional: Vec::new(),
         })
     }
 }

@@ -6,14 +6,21 @@
 //! A document that fails validation is refused with its line and the reason; the live
 //! policy is untouched.
 //!
-//! Today a policy is a list of named limits ([`LimitDef`]). Envoy descriptor trees and
-//! identities attach to the same document as further top-level sections.
+//! A policy is written in one of three formats ([`PolicyFormat`]): quorate's own YAML
+//! (named limits and Envoy descriptor trees), envoyproxy/ratelimit's config files
+//! ([`envoy`]) and Limitador's limits file ([`limitador`]). [`load::load_path`] reads a file
+//! or a directory and detects the format.
 
+mod conditions;
 mod descriptors;
 mod duration;
+mod envoy;
+mod limitador;
 mod limits;
 mod lines;
+pub mod load;
 mod plan;
+pub mod simulate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,7 +28,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use descriptors::{Domain, EnvoyUnit, RateUnit, Rule};
+pub use conditions::{CompareOp, Comparison, ConditionalLimit, ConditionalRule, EntryRef};
+pub use descriptors::{Domain, EnvoyUnit, RateUnit, Rule, RuleSpec};
 pub use duration::parse_window;
 pub use limits::{Consistency, LimitDef};
 pub use plan::{plan_rls, DescriptorPlan, LimitedPlan, RequestDescriptor};
@@ -34,28 +42,49 @@ pub const DEFAULT_MAX_COUNTERS: usize = 1_000_000;
 pub const EXAMPLE_POLICY: &str = include_str!("example.yaml");
 
 /// The format a policy document is written in.
+///
+/// New formats are appended: the variant index is part of snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyFormat {
     /// quorate's own YAML.
     Quorate,
+    /// envoyproxy/ratelimit's config: one `domain:` + `descriptors:` document per domain
+    /// (several documents, `---` separated, for a directory of files).
+    EnvoyRatelimit,
+    /// Limitador's limits file: a list of `{namespace, max_value, seconds, conditions,
+    /// variables}`.
+    Limitador,
 }
 
 impl PolicyFormat {
+    /// Every format, in the order error messages list them.
+    pub const ALL: [PolicyFormat; 3] = [
+        PolicyFormat::Quorate,
+        PolicyFormat::EnvoyRatelimit,
+        PolicyFormat::Limitador,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyFormat::Quorate => "quorate",
+            PolicyFormat::EnvoyRatelimit => "envoy_ratelimit",
+            PolicyFormat::Limitador => "limitador",
         }
     }
 
     pub fn parse(name: &str) -> Result<PolicyFormat, PolicyError> {
-        match name {
-            "quorate" => Ok(PolicyFormat::Quorate),
-            other => Err(PolicyError::new(
-                None,
-                format!("unknown policy format {other:?} (known: quorate)"),
-            )),
-        }
+        PolicyFormat::ALL
+            .into_iter()
+            .find(|f| f.as_str() == name)
+            .ok_or_else(|| {
+                PolicyError::new(
+                    None,
+                    format!(
+                        "unknown policy format {name:?} (known: quorate, envoy_ratelimit, limitador)"
+                    ),
+                )
+            })
     }
 }
 
@@ -66,9 +95,11 @@ pub struct PolicySource {
     pub text: String,
 }
 
-/// Why a policy document was refused: the line (1-based, when known) and the reason.
+/// Why a policy document was refused: the file (for a policy assembled from a directory),
+/// the line (1-based, within that file, when known) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub struct PolicyError {
+    pub file: Option<String>,
     pub line: Option<usize>,
     pub reason: String,
 }
@@ -76,17 +107,26 @@ pub struct PolicyError {
 impl PolicyError {
     pub fn new(line: Option<usize>, reason: impl Into<String>) -> PolicyError {
         PolicyError {
+            file: None,
             line,
             reason: reason.into(),
         }
+    }
+
+    /// The same error, located in `file`.
+    pub fn in_file(mut self, file: impl Into<String>) -> PolicyError {
+        self.file = Some(file.into());
+        self
     }
 }
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "line {line}: {}", self.reason),
-            None => f.write_str(&self.reason),
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "file {file}, line {line}: {}", self.reason),
+            (Some(file), None) => write!(f, "file {file}: {}", self.reason),
+            (None, Some(line)) => write!(f, "line {line}: {}", self.reason),
+            (None, None) => f.write_str(&self.reason),
         }
     }
 }
@@ -162,6 +202,8 @@ impl PolicySet {
     pub fn compile(source: &PolicySource) -> Result<PolicySet, PolicyError> {
         match source.format {
             PolicyFormat::Quorate => compile_quorate(&source.text),
+            PolicyFormat::EnvoyRatelimit => envoy::compile(&source.text),
+            PolicyFormat::Limitador => limitador::compile(&source.text),
         }
     }
 

@@ -3,10 +3,16 @@
 //!
 //! Pure: the same policy and request always give the same plan, so `quorate policy test`
 //! shows exactly what the server would do.
+//!
+//! A domain's descriptor tree gives each descriptor at most one rule. Its conditional
+//! limits (Limitador's model) are then added to the descriptor each one reports on, so a
+//! descriptor may carry several counted limits: all are counted, and the status shows the
+//! most restrictive.
 
 use quorate_algorithms::{Algorithm, Rate, SECOND};
 
-use super::descriptors::{EnvoyUnit, RateUnit, Rule};
+use super::conditions::ConditionalRule;
+use super::descriptors::{Domain, EnvoyUnit, RateUnit, Rule};
 use super::{Consistency, PolicySet};
 
 /// One descriptor of a request: its entries and, optionally, Envoy's per-descriptor limit
@@ -28,12 +34,13 @@ pub enum DescriptorPlan {
     Blocked { path: String, unit: RateUnit },
     /// Another matched limit `replaces` this one: OK, not counted.
     Replaced { path: String, by: String },
-    /// Counted: `limit` (a policy limit name, or a synthesized override name) and the
-    /// counter `key` within it.
-    Limited(LimitedPlan),
+    /// Counted against every limit listed (at least one), in order: the descriptor's tree
+    /// rule or override first, then the conditional limits that apply to it.
+    Limited(Vec<LimitedPlan>),
 }
 
-/// A counted descriptor.
+/// One counted limit of a descriptor: `limit` (a policy limit name, or a synthesized
+/// override name) and the counter `key` within it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitedPlan {
     pub limit: String,
@@ -50,7 +57,7 @@ pub struct LimitedPlan {
 }
 
 /// Separates entries inside a counter key; cannot appear in valid HTTP header values.
-const ENTRY_SEPARATOR: char = '\u{1e}';
+pub(super) const ENTRY_SEPARATOR: char = '\u{1e}';
 
 fn counter_key(entries: &[(String, String)]) -> String {
     let mut key = String::new();
@@ -84,9 +91,15 @@ pub fn plan_rls(
                 };
             };
             let Some(matched) = tree.find(&d.entries) else {
-                return DescriptorPlan::NoRule {
-                    reason: format!("no descriptor of domain {domain:?} matches"),
+                let reason = if tree.root.is_empty() && !tree.conditional.is_empty() {
+                    format!(
+                        "none of the {} conditional limits of domain {domain:?} applies",
+                        tree.conditional.len()
+                    )
+                } else {
+                    format!("no descriptor of domain {domain:?} matches")
                 };
+                return DescriptorPlan::NoRule { reason };
             };
             match &matched.node.rule {
                 Some(Rule::Unlimited) => DescriptorPlan::Unlimited { path: matched.path },
@@ -99,7 +112,7 @@ pub fn plan_rls(
                     spec,
                     display_name,
                     ..
-                }) => DescriptorPlan::Limited(LimitedPlan {
+                }) => DescriptorPlan::Limited(vec![LimitedPlan {
                     limit: limit.clone(),
                     key: counter_key(&d.entries),
                     rate: spec.rate,
@@ -109,7 +122,7 @@ pub fn plan_rls(
                     shadow_mode: matched.node.shadow_mode,
                     detailed_metric: matched.node.detailed_metric,
                     explanation: format!("matched {domain}/{}", matched.path),
-                }),
+                }]),
                 None => DescriptorPlan::NoRule {
                     reason: "matched a descriptor without rate_limit".into(),
                 },
@@ -122,7 +135,8 @@ pub fn plan_rls(
         .iter()
         .zip(&plans)
         .filter_map(|(d, p)| match p {
-            DescriptorPlan::Limited(l) => {
+            DescriptorPlan::Limited(ls) => {
+                let l = ls.first()?;
                 tree.and_then(|t| t.find(&d.entries))
                     .and_then(|m| match &m.node.rule {
                         Some(Rule::Limited { replaces, .. }) => {
@@ -137,20 +151,88 @@ pub fn plan_rls(
         .collect();
     if !replaced.is_empty() {
         for plan in &mut plans {
-            if let DescriptorPlan::Limited(l) = plan {
-                if let Some((_, by)) = replaced
-                    .iter()
-                    .find(|(name, by)| *name == l.shown_name && *by != l.shown_name)
-                {
-                    *plan = DescriptorPlan::Replaced {
-                        path: l.limit.clone(),
-                        by: by.clone(),
+            let DescriptorPlan::Limited(ls) = plan else {
+                continue;
+            };
+            let Some(l) = ls.first() else { continue };
+            if let Some((_, by)) = replaced
+                .iter()
+                .find(|(name, by)| *name == l.shown_name && *by != l.shown_name)
+            {
+                *plan = DescriptorPlan::Replaced {
+                    path: l.limit.clone(),
+                    by: by.clone(),
+                };
+            }
+        }
+    }
+    if let Some(tree) = tree {
+        add_conditional(domain, tree, descriptors, &mut plans);
+    }
+    plans
+}
+
+/// Adds each applying conditional limit to the plan of the descriptor it reports on.
+/// A tree rule that is `unlimited` or replaced does not exempt a descriptor from them; a
+/// blocked descriptor stays blocked.
+fn add_conditional(
+    domain: &str,
+    tree: &Domain,
+    descriptors: &[RequestDescriptor],
+    plans: &mut [DescriptorPlan],
+) {
+    for c in &tree.conditional {
+        let Ok(key) = c.evaluate(descriptors) else {
+            continue;
+        };
+        let Some(plan) = plans.get_mut(c.descriptor) else {
+            continue;
+        };
+        match &c.rule {
+            ConditionalRule::Blocked(unit) => {
+                if !matches!(plan, DescriptorPlan::Blocked { .. }) {
+                    *plan = DescriptorPlan::Blocked {
+                        path: c.limit.clone(),
+                        unit: *unit,
                     };
+                }
+            }
+            ConditionalRule::Limited(spec) => {
+                let conditions: Vec<String> = c.conditions.iter().map(|x| x.to_string()).collect();
+                let variables: Vec<String> = c.variables.iter().map(|x| x.to_string()).collect();
+                let explanation = format!(
+                    "conditional limit {domain}/{} applies: {}; counted per {}",
+                    c.shown_name,
+                    if conditions.is_empty() {
+                        "no conditions".to_string()
+                    } else {
+                        conditions.join(" && ")
+                    },
+                    if variables.is_empty() {
+                        "request (one counter)".to_string()
+                    } else {
+                        variables.join(", ")
+                    }
+                );
+                let limited = LimitedPlan {
+                    limit: c.limit.clone(),
+                    key,
+                    rate: spec.rate,
+                    consistency: spec.consistency,
+                    unit: spec.unit,
+                    shown_name: c.shown_name.clone(),
+                    shadow_mode: false,
+                    detailed_metric: false,
+                    explanation,
+                };
+                match plan {
+                    DescriptorPlan::Limited(ls) => ls.push(limited),
+                    DescriptorPlan::Blocked { .. } => {}
+                    other => *other = DescriptorPlan::Limited(vec![limited]),
                 }
             }
         }
     }
-    plans
 }
 
 /// Envoy's per-descriptor override: a fixed window of `requests` per `unit`, regardless of
@@ -164,7 +246,7 @@ fn override_plan(
     let window = unit.seconds() * SECOND;
     let name = format!("{domain}/override/{requests}per{}s", unit.seconds());
     match Rate::new(Algorithm::FixedWindow, requests, window, None) {
-        Ok(rate) => DescriptorPlan::Limited(LimitedPlan {
+        Ok(rate) => DescriptorPlan::Limited(vec![LimitedPlan {
             limit: name.clone(),
             key: counter_key(&d.entries),
             rate,
@@ -177,7 +259,7 @@ fn override_plan(
             shadow_mode: false,
             detailed_metric: false,
             explanation: "the request's limit override".into(),
-        }),
+        }]),
         Err(_) => DescriptorPlan::Blocked {
             path: name,
             unit: RateUnit {
@@ -239,7 +321,9 @@ domains:
         let keys: Vec<_> = plans
             .iter()
             .map(|p| match p {
-                DescriptorPlan::Limited(l) => (l.limit.clone(), l.key.clone(), l.shadow_mode),
+                DescriptorPlan::Limited(l) => {
+                    (l[0].limit.clone(), l[0].key.clone(), l[0].shadow_mode)
+                }
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -267,10 +351,10 @@ domains:
             "rl",
             &[desc(&[("category", "account")]), desc(&[("user", "bob")])],
         );
-        assert!(matches!(&both[0], DescriptorPlan::Limited(l) if l.shown_name == "per_account"));
+        assert!(matches!(&both[0], DescriptorPlan::Limited(l) if l[0].shown_name == "per_account"));
         assert!(matches!(&both[1], DescriptorPlan::Replaced { by, .. } if by == "per_account"));
         let alone = plan_rls(&p, "rl", &[desc(&[("user", "bob")])]);
-        assert!(matches!(&alone[0], DescriptorPlan::Limited(l) if l.shown_name == "per_user"));
+        assert!(matches!(&alone[0], DescriptorPlan::Limited(l) if l[0].shown_name == "per_user"));
     }
 
     #[test]
@@ -281,10 +365,80 @@ domains:
         let plans = plan_rls(&p, "nope", &[d]);
         match &plans[0] {
             DescriptorPlan::Limited(l) => {
-                assert_eq!(l.rate.limit, 42);
-                assert_eq!(l.rate.window, 3_600 * SECOND);
+                assert_eq!(l[0].rate.limit, 42);
+                assert_eq!(l[0].rate.window, 3_600 * SECOND);
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn limitador(text: &str) -> PolicySet {
+        PolicySet::compile(&PolicySource {
+            format: PolicyFormat::Limitador,
+            text: text.into(),
+        })
+        .unwrap()
+    }
+
+    const LIMITADOR: &str = r#"
+- namespace: api
+  name: get_per_user
+  max_value: 5
+  seconds: 60
+  conditions: ["descriptors[0]['method'] == 'GET'"]
+  variables: ["descriptors[0]['user']"]
+- namespace: api
+  name: all_per_user
+  max_value: 100
+  seconds: 3600
+  conditions: []
+  variables: ["descriptors[0].user"]
+- namespace: api
+  name: per_app
+  max_value: 50
+  seconds: 1
+  conditions: []
+  variables: ["descriptors[1].app"]
+- namespace: api
+  name: banned
+  max_value: 0
+  seconds: 1
+  conditions: ["descriptors[0].user == 'mallory'"]
+  variables: []
+"#;
+
+    #[test]
+    fn every_applying_conditional_limit_is_counted_on_its_descriptor() {
+        let p = limitador(LIMITADOR);
+        let plans = plan_rls(
+            &p,
+            "api",
+            &[
+                desc(&[("method", "GET"), ("user", "bob")]),
+                desc(&[("app", "a1")]),
+            ],
+        );
+        match &plans[0] {
+            DescriptorPlan::Limited(ls) => {
+                let names: Vec<_> = ls.iter().map(|l| l.shown_name.as_str()).collect();
+                assert_eq!(names, ["get_per_user", "all_per_user"]);
+                assert_eq!(ls[0].key, "user=bob");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &plans[1] {
+            DescriptorPlan::Limited(ls) => assert_eq!(ls[0].key, "[1]app=a1"),
+            other => panic!("{other:?}"),
+        }
+        // POST: only the unconditional limit applies; no second descriptor, no per_app.
+        let plans = plan_rls(&p, "api", &[desc(&[("method", "POST"), ("user", "bob")])]);
+        assert!(matches!(&plans[0], DescriptorPlan::Limited(ls) if ls.len() == 1));
+        // A missing variable: the limit does not apply.
+        let plans = plan_rls(&p, "api", &[desc(&[("method", "GET")])]);
+        assert!(
+            matches!(&plans[0], DescriptorPlan::NoRule { reason } if reason.contains("conditional"))
+        );
+        let plans = plan_rls(&p, "api", &[desc(&[("user", "mallory")])]);
+        assert!(matches!(&plans[0], DescriptorPlan::Blocked { path, .. } if path == "api/banned"));
     }
 }
