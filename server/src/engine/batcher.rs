@@ -99,20 +99,11 @@ async fn run(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
+        let Some((batch, total)) =
+            next_batch(&mut rx, settings.max_hits, |p: &Pending| p.hits.len()).await
+        else {
             return;
         };
-        let mut total = first.hits.len();
-        let mut batch = vec![first];
-        while total < settings.max_hits {
-            match rx.try_recv() {
-                Ok(p) => {
-                    total += p.hits.len();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
         metrics.batch_hits.observe(total as f64);
         let raft = raft.clone();
         let ts = clock.now();
@@ -145,6 +136,28 @@ async fn run(
             }
         });
     }
+}
+
+/// Waits for one item, then takes whatever else is already queued until the batch weighs
+/// `max_weight`. Returns the batch and its weight; `None` once the channel is closed.
+pub(super) async fn next_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    max_weight: usize,
+    weight: impl Fn(&T) -> usize,
+) -> Option<(Vec<T>, usize)> {
+    let first = rx.recv().await?;
+    let mut total = weight(&first);
+    let mut batch = vec![first];
+    while total < max_weight {
+        match rx.try_recv() {
+            Ok(item) => {
+                total += weight(&item);
+                batch.push(item);
+            }
+            Err(_) => break,
+        }
+    }
+    Some((batch, total))
 }
 
 fn fail_all(replies: Vec<(usize, Reply)>, err: EngineError) {

@@ -121,16 +121,11 @@ async fn replicate(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
+        let Some((hits, _)) =
+            super::batcher::next_batch(&mut rx, settings.max_hits, |_: &Hit| 1).await
+        else {
             return;
         };
-        let mut hits = vec![first];
-        while hits.len() < settings.max_hits {
-            match rx.try_recv() {
-                Ok(h) => hits.push(h),
-                Err(_) => break,
-            }
-        }
         let raft = raft.clone();
         let metrics = Arc::clone(&metrics);
         let ts = clock.now();

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
@@ -26,16 +26,27 @@ use crate::raft::{Command, CommandResponse, Node, NodeId};
 /// A learner may be promoted only when it trails the leader by at most this many entries.
 const MAX_PROMOTE_LAG: u64 = 1_000;
 
+/// Largest admin request body (a policy document).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
 pub fn router(ctx: NodeContext) -> Router<NodeContext> {
-    Router::new()
-        .route("/cluster/init", post(init))
+    // Writes that only the leader can make; a follower forwards them.
+    let leader_writes = Router::new()
         .route("/cluster/learners", post(add_learner))
         .route("/cluster/promote", post(promote))
         .route("/cluster/remove", post(remove))
-        .route("/cluster/status", get(status))
-        .route("/policy", get(get_policy).put(put_policy))
-        .route("/policy/history", get(history))
+        .route("/policy", put(put_policy))
         .route("/policy/rollback", post(rollback))
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            forward_to_leader,
+        ));
+    Router::new()
+        .route("/cluster/init", post(init))
+        .route("/cluster/status", get(status))
+        .route("/policy", get(get_policy))
+        .route("/policy/history", get(history))
+        .merge(leader_writes)
         .layer(middleware::from_fn_with_state(ctx, authorize))
 }
 
@@ -129,43 +140,45 @@ async fn authorize(
 
 // === forwarding writes to the leader ===
 
-/// When this node is not the leader, sends the same call to the leader and relays its
-/// answer. `None` means: handle it here.
-async fn forward(
-    ctx: &NodeContext,
-    method: Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Option<Response> {
+/// On a follower, sends the call to the leader (with the caller's credentials) and relays
+/// its answer; on the leader, or for a call already forwarded once, handles it here.
+async fn forward_to_leader(
+    State(ctx): State<NodeContext>,
+    request: Request,
+    next: Next,
+) -> Response {
     let leadership = ctx.engine.leadership();
-    if leadership.is_leader() {
-        return None;
+    if leadership.is_leader() || request.headers().contains_key(FORWARDED) {
+        // Already forwarded once: let raft answer, with a leader hint if it moved again.
+        return next.run(request).await;
     }
     let Some(leader) = leadership.leader_node() else {
-        return Some(
-            AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader elected yet")
-                .into_response(),
-        );
+        return AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader elected yet")
+            .into_response();
     };
-    if headers.contains_key("x-quorate-forwarded") {
-        return None; // already forwarded once: let raft answer (with a leader hint)
-    }
-    let url = format!("http://{}/admin/v1{path}", leader.http);
-    let mut request = ctx
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return AdminError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
+        }
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{}{path}", leader.http);
+    let mut forwarded = ctx
         .http
-        .request(method, &url)
+        .request(parts.method, &url)
         .body(body)
-        .header("x-quorate-forwarded", "1");
+        .header(FORWARDED, "1");
     for name in [
         axum::http::header::AUTHORIZATION,
         axum::http::header::CONTENT_TYPE,
     ] {
-        if let Some(v) = headers.get(&name) {
-            request = request.header(name, v.clone());
+        if let Some(v) = parts.headers.get(&name) {
+            forwarded = forwarded.header(name, v.clone());
         }
     }
-    Some(match request.send().await {
+    match forwarded.send().await {
         Ok(resp) => {
             let status =
                 StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -184,8 +197,11 @@ async fn forward(
             leader: Some(leader),
         }
         .into_response(),
-    })
+    }
 }
+
+/// Marks a call a follower already forwarded.
+const FORWARDED: &str = "x-quorate-forwarded";
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AdminError> {
     if body.is_empty() {
@@ -226,22 +242,7 @@ pub struct AddLearner {
     pub http: SocketAddr,
 }
 
-async fn add_learner(
-    State(ctx): State<NodeContext>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AdminError> {
-    if let Some(r) = forward(
-        &ctx,
-        Method::POST,
-        "/cluster/learners",
-        &headers,
-        body.clone(),
-    )
-    .await
-    {
-        return Ok(r);
-    }
+async fn add_learner(State(ctx): State<NodeContext>, body: Bytes) -> Result<Response, AdminError> {
     let req: AddLearner = parse_json(&body)?;
     let node = Node {
         grpc: req.grpc,
@@ -297,22 +298,7 @@ pub struct MemberId {
     pub id: NodeId,
 }
 
-async fn promote(
-    State(ctx): State<NodeContext>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AdminError> {
-    if let Some(r) = forward(
-        &ctx,
-        Method::POST,
-        "/cluster/promote",
-        &headers,
-        body.clone(),
-    )
-    .await
-    {
-        return Ok(r);
-    }
+async fn promote(State(ctx): State<NodeContext>, body: Bytes) -> Result<Response, AdminError> {
     let req: MemberId = parse_json(&body)?;
     // A lagging learner would stall commits once it counts toward the quorum. Raft's own
     // metrics, not the engine's cached copy: a learner added a moment ago must show.
@@ -354,22 +340,7 @@ async fn promote(
     )
 }
 
-async fn remove(
-    State(ctx): State<NodeContext>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AdminError> {
-    if let Some(r) = forward(
-        &ctx,
-        Method::POST,
-        "/cluster/remove",
-        &headers,
-        body.clone(),
-    )
-    .await
-    {
-        return Ok(r);
-    }
+async fn remove(State(ctx): State<NodeContext>, body: Bytes) -> Result<Response, AdminError> {
     let req: MemberId = parse_json(&body)?;
     let ids = BTreeSet::from([req.id]);
     let membership = ctx.raft.metrics().borrow().membership_config.clone();
@@ -499,11 +470,7 @@ fn default_format() -> String {
     PolicyFormat::Quorate.as_str().to_string()
 }
 
-async fn put_policy(
-    State(ctx): State<NodeContext>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AdminError> {
+async fn put_policy(State(ctx): State<NodeContext>, body: Bytes) -> Result<Response, AdminError> {
     let req: PutPolicy = parse_json(&body)?;
     // Validate before anything is proposed: a bad policy never reaches the log.
     let format = PolicyFormat::parse(&req.format)
@@ -519,9 +486,6 @@ async fn put_policy(
             line: e.line,
             leader: None,
         });
-    }
-    if let Some(r) = forward(&ctx, Method::PUT, "/policy", &headers, body).await {
-        return Ok(r);
     }
     let resp = ctx
         .raft
@@ -556,22 +520,7 @@ pub struct Rollback {
     pub version: u64,
 }
 
-async fn rollback(
-    State(ctx): State<NodeContext>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AdminError> {
-    if let Some(r) = forward(
-        &ctx,
-        Method::POST,
-        "/policy/rollback",
-        &headers,
-        body.clone(),
-    )
-    .await
-    {
-        return Ok(r);
-    }
+async fn rollback(State(ctx): State<NodeContext>, body: Bytes) -> Result<Response, AdminError> {
     let req: Rollback = parse_json(&body)?;
     let resp = ctx
         .raft
