@@ -1,8 +1,10 @@
-//! The one place engine errors become wire errors: a gRPC status and an HTTP status.
+//! The one place engine errors and authorization denials become wire errors: a gRPC
+//! status and an HTTP status.
 
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use crate::decision::{AuthzError, DenyKind};
 use crate::engine::EngineError;
 
 /// Metadata / header carrying the leader's gRPC address on `UNAVAILABLE`.
@@ -35,4 +37,23 @@ pub fn to_status(e: EngineError) -> Status {
         }
     }
     status
+}
+
+/// The gRPC code an authorization denial carries (ext_authz `CheckResponse.status`).
+/// The HTTP status is the decision's own (policies choose `deny_status`).
+pub fn deny_code(kind: DenyKind) -> Code {
+    match kind {
+        DenyKind::BadRequest => Code::InvalidArgument,
+        DenyKind::Unauthenticated => Code::Unauthenticated,
+        DenyKind::Forbidden | DenyKind::NoRoute => Code::PermissionDenied,
+        DenyKind::RateLimited => Code::ResourceExhausted,
+        DenyKind::Unavailable => Code::Unavailable,
+    }
+}
+
+/// A failure to decide an authorization request: an RPC error (and HTTP 500), logged
+/// here once.
+pub fn authz_status(e: AuthzError) -> Status {
+    tracing::error!(error = %e, "authorization could not be decided");
+    Status::new(Code::Internal, e.to_string())
 }

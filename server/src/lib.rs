@@ -11,10 +11,14 @@
 //! - [`policy`]: the replicated, versioned policy document.
 //! - [`grpc`] and [`http`]: thin adapters from the wire to the engine; [`error`] maps
 //!   engine errors to wire errors once.
+//! - [`decision`]: the authorization decision (authenticate → authorize → limits →
+//!   check), over [`authz`] (identities, consumers, routes, JWT/JWKS).
 //! - [`cli`] and [`ops`]: the `quorate` command line.
 
+pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod decision;
 pub mod engine;
 pub mod error;
 pub mod grpc;

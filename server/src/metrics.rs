@@ -37,6 +37,18 @@ pub struct Metrics {
     pub shadow_mode_over_limit: IntCounter,
     /// Per-descriptor-value decisions for rules with `detailed_metric: true`.
     pub rls_detailed: IntCounterVec,
+    /// Authorization decisions by surface, route and outcome (`allowed`, `dry_run`,
+    /// `failure_open`, `unauthenticated`, `forbidden`, `rate_limited`, `unavailable`,
+    /// `bad_request`, `no_route`). Labels come from the policy, never from requests.
+    pub authz_decisions: IntCounterVec,
+    /// Denials a `dry_run` route let through, by route and the denial it would have been.
+    pub authz_dry_run_denials: IntCounterVec,
+    /// Time to decide an authorization request.
+    pub authz_decision_seconds: Histogram,
+    /// JWKS fetches by result (`ok`, `error`, `throttled`).
+    pub authz_jwks_fetches: IntCounterVec,
+    /// Verified-token cache lookups (`hit`, `miss`).
+    pub authz_jwt_cache: IntCounterVec,
     /// Label sets created in `rls_detailed`; capped so clients cannot grow it forever.
     detailed_series: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -136,6 +148,53 @@ impl Metrics {
                         "Decisions per descriptor value (detailed_metric rules)",
                     ),
                     &["limit", "key", "code"],
+                )?,
+            )?,
+            authz_decisions: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "authz_decisions_total",
+                        "Authorization decisions by surface, route and outcome",
+                    ),
+                    &["surface", "route", "outcome"],
+                )?,
+            )?,
+            authz_dry_run_denials: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "authz_dry_run_denials_total",
+                        "Denials let through by dry_run routes, by the denial they would be",
+                    ),
+                    &["route", "reason"],
+                )?,
+            )?,
+            authz_decision_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "authz_decision_seconds",
+                        "Time to decide an authorization request",
+                    )
+                    .buckets(vec![
+                        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+                        0.05, 0.1, 0.25, 1.0,
+                    ]),
+                )?,
+            )?,
+            authz_jwks_fetches: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("authz_jwks_fetches_total", "JWKS fetches by result"),
+                    &["result"],
+                )?,
+            )?,
+            authz_jwt_cache: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("authz_jwt_cache_total", "Verified-token cache lookups"),
+                    &["result"],
                 )?,
             )?,
             detailed_series: std::sync::Mutex::new(std::collections::HashSet::new()),

@@ -74,6 +74,8 @@ pub struct NodeContext {
     pub metrics: Arc<Metrics>,
     pub admin_token: Option<String>,
     pub http: reqwest::Client,
+    /// Authorization decisions (ext_authz and forward-auth).
+    pub authz: Arc<crate::decision::Authorizer>,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -151,6 +153,16 @@ pub async fn run(
     if config.admin_token.is_none() {
         tracing::warn!("no admin token configured: admin calls are accepted from loopback only");
     }
+    let http_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
+    let authz = Arc::new(crate::decision::Authorizer::new(
+        Arc::clone(&engine) as Arc<dyn crate::decision::Counter>,
+        Arc::clone(&metrics),
+        http_client.clone(),
+        crate::authz::jwt::JwtSettings::default(),
+    ));
     let ctx = NodeContext {
         id: config.id,
         node,
@@ -158,10 +170,8 @@ pub async fn run(
         engine: Arc::clone(&engine),
         metrics: Arc::clone(&metrics),
         admin_token: config.admin_token.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| NodeError::Io(std::io::Error::other(e)))?,
+        http: http_client,
+        authz: Arc::clone(&authz),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -190,6 +200,9 @@ pub async fn run(
         .add_service(crate::grpc::rls::RlsService::server(
             Arc::clone(&engine),
             Arc::clone(&metrics),
+        ))
+        .add_service(crate::grpc::ext_authz::ExtAuthzService::server(
+            Arc::clone(&authz),
         ))
         .add_service(PeerService::server(raft.clone(), Arc::clone(&engine)))
         .add_service(health_service)

@@ -2,7 +2,9 @@
 //!
 //! - [`ratelimiter`]: `quorate.v1.RateLimiter`, our own API.
 //! - [`rls`]: Envoy's Rate Limit Service v3.
+//! - [`ext_authz`]: Envoy's external authorization v3.
 
+pub mod ext_authz;
 pub mod ratelimiter;
 pub mod rls;
 

@@ -1,6 +1,8 @@
-//! HTTP surfaces on the node's HTTP port: health, Prometheus metrics, the admin API.
+//! HTTP surfaces on the node's HTTP port: health, Prometheus metrics, the admin API,
+//! forward-auth (`/authz`).
 
 pub mod admin;
+pub mod forward_auth;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +18,7 @@ pub fn router(ctx: NodeContext) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/admin/v1", admin::router(ctx.clone()))
+        .merge(forward_auth::router())
         .with_state(ctx)
 }
 

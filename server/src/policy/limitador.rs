@@ -109,6 +109,7 @@ pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
         domains,
         headers: HeaderSettings::default(),
         max_counters: DEFAULT_MAX_COUNTERS,
+        authz: Default::default(),
     })
 }
 

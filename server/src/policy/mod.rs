@@ -143,6 +143,8 @@ pub struct PolicySet {
     pub headers: HeaderSettings,
     /// The most counters the cluster keeps; new keys beyond it are refused.
     pub max_counters: usize,
+    /// Identities, consumers, routes and their defaults (ext_authz and forward-auth).
+    pub authz: crate::authz::AuthzPolicy,
 }
 
 impl Default for PolicySet {
@@ -153,6 +155,7 @@ impl Default for PolicySet {
             domains: BTreeMap::new(),
             headers: HeaderSettings::default(),
             max_counters: DEFAULT_MAX_COUNTERS,
+            authz: Default::default(),
         }
     }
 }
@@ -194,6 +197,14 @@ struct Document {
     headers: HeaderSettings,
     #[serde(default)]
     max_counters: Option<usize>,
+    #[serde(default)]
+    identities: Vec<crate::authz::policy::RawIdentity>,
+    #[serde(default)]
+    consumers: Vec<crate::authz::policy::RawConsumer>,
+    #[serde(default)]
+    routes: Vec<crate::authz::policy::RawRoute>,
+    #[serde(default)]
+    defaults: crate::authz::policy::RawDefaults,
 }
 
 impl PolicySet {
@@ -247,11 +258,19 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
     if max_counters == 0 {
         return Err(at("max_counters", "must be at least 1".into()));
     }
+    let raw_authz = crate::authz::policy::RawAuthz {
+        identities: doc.identities,
+        consumers: doc.consumers,
+        routes: doc.routes,
+        defaults: doc.defaults,
+    };
+    let authz = crate::authz::policy::compile(raw_authz, &mut limits, &|p| lines.line(p))?;
     Ok(PolicySet {
         limits,
         domains,
         headers: doc.headers,
         max_counters,
+        authz,
     })
 }
 

@@ -1,0 +1,75 @@
+//! Authorization: who is calling, may they do this — the parts the decision function
+//! ([`crate::decision`]) composes with rate limiting.
+//!
+//! - [`policy`]: the `identities`, `consumers`, `routes` and `defaults` sections of the
+//!   replicated policy document, validated with line numbers.
+//! - [`matching`]: which route a request belongs to.
+//! - [`credential`]: finding credentials in a request; API keys checked by SHA-256.
+//! - [`jwt`]: JWT verification with pinned algorithms, node-local JWKS and verified-token
+//!   caches.
+//! - [`net`]: the client IP from the peer or trusted `X-Forwarded-For` hops; CIDRs.
+//! - [`template`]: header value templates (`{consumer}`, `{groups}`, `{claim:org}`).
+//!
+//! Secrets stay out of everything replicated or observable: the policy holds key hashes
+//! and secret *references* only; logs, metrics labels and counter keys carry consumer
+//! ids, route and identity names, never a credential.
+
+pub mod credential;
+pub mod jwt;
+pub mod matching;
+pub mod net;
+pub mod policy;
+pub mod template;
+
+pub use policy::{AuthzPolicy, FailureMode, Mode, Unmatched};
+
+/// Most request headers a decision looks at; more is a 400.
+pub const MAX_HEADERS: usize = 256;
+/// Most header bytes (names and values) a decision looks at; more is a 400.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// A request's headers with lower-cased names, as both surfaces deliver them. Repeated
+/// headers are joined (`, `, or `; ` for `cookie`) like Envoy does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestHeaders {
+    entries: Vec<(String, String)>,
+}
+
+impl RequestHeaders {
+    /// Builds from (name, value) pairs; names are lower-cased, repeats joined.
+    pub fn new(pairs: Vec<(String, String)>) -> RequestHeaders {
+        let mut entries: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            let name = name.to_ascii_lowercase();
+            match entries.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, existing)) => {
+                    existing.push_str(if name == "cookie" { "; " } else { ", " });
+                    existing.push_str(&value);
+                }
+                None => entries.push((name, value)),
+            }
+        }
+        RequestHeaders { entries }
+    }
+
+    /// The value of header `name` (lower-case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Names and values, summed.
+    pub fn byte_len(&self) -> usize {
+        self.entries.iter().map(|(n, v)| n.len() + v.len()).sum()
+    }
+}
