@@ -164,15 +164,20 @@ pub enum ClusterCommand {
 pub enum PolicyCommand {
     /// Validate a policy file and make it live on the cluster.
     Apply {
-        /// The policy file.
+        /// The policy file, or a directory of envoyproxy/ratelimit config files.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Its format.
-        #[arg(long, default_value = "quorate")]
+        /// Its format: auto (detected from the file's shape), quorate, envoy_ratelimit or
+        /// limitador.
+        #[arg(long, default_value = "auto")]
         format: String,
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Evaluate sample Envoy RLS requests against a policy file, offline: shows which rule
+    /// matched each descriptor and why. Touches no server and no live counter (counters
+    /// are private to the run and start empty).
+    Test(PolicyTestArgs),
     /// Print the live policy and its version.
     Get(AdminTarget),
     /// List the kept versions.
@@ -184,6 +189,27 @@ pub enum PolicyCommand {
         #[command(flatten)]
         target: AdminTarget,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyTestArgs {
+    /// The policy file, or a directory of envoyproxy/ratelimit config files.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Its format: auto, quorate, envoy_ratelimit or limitador.
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// A sample request (repeatable), e.g.
+    /// '{"domain":"rl","descriptors":[[{"key":"user","value":"bob"}]],"hits_addend":1}'
+    /// (entries may also be written as ["user","bob"] pairs).
+    #[arg(long = "request", value_name = "JSON")]
+    pub requests: Vec<String>,
+    /// A file of sample requests, one JSON per line (blank and `#` lines skipped).
+    #[arg(long, value_name = "FILE")]
+    pub requests_file: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -255,20 +255,15 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Reads and validates a policy file; an invalid file stops startup with line and reason.
+/// Reads and validates a policy file (or a directory of envoyproxy/ratelimit files), in the
+/// format detected from its shape; an invalid file stops startup with file, line and reason.
 pub(crate) fn read_policy_file(path: &std::path::Path) -> Result<PolicySource, NodeError> {
-    let text = std::fs::read_to_string(path).map_err(|e| NodeError::Policy {
+    let refused = |e: crate::policy::PolicyError| NodeError::Policy {
         path: path.display().to_string(),
         reason: e.to_string(),
-    })?;
-    let source = PolicySource {
-        format: PolicyFormat::Quorate,
-        text,
     };
-    PolicySet::compile(&source).map_err(|e| NodeError::Policy {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let source = crate::policy::load::load_path(path, None).map_err(refused)?;
+    PolicySet::compile(&source).map_err(refused)?;
     Ok(source)
 }
 

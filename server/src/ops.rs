@@ -1,13 +1,15 @@
-//! Operator commands: the client side of the admin API, used by the CLI.
+//! Operator commands: the client side of the admin API, used by the CLI, and the offline
+//! `policy test`.
 //!
 //! These run at the binary's edge, so they return `anyhow` errors with context.
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use quorate_proto::v1 as pb;
 use serde_json::Value;
 
-use crate::cli::{AdminTarget, CheckArgs, ClusterCommand, PolicyCommand};
+use crate::cli::{AdminTarget, CheckArgs, ClusterCommand, PolicyCommand, PolicyTestArgs};
 use crate::http::admin::{AddLearner, MemberId, PutPolicy, Rollback};
+use crate::policy::{load, simulate, PolicySet};
 
 async fn call(
     target: &AdminTarget,
@@ -36,6 +38,12 @@ async fn call(
             .and_then(Value::as_str)
             .unwrap_or("(no message)");
         match value.get("line").and_then(Value::as_u64) {
+            // Errors naming a file (a directory policy) already say which line.
+            Some(line)
+                if error.contains(&format!("line {line}:")) && !error.starts_with("line ") =>
+            {
+                bail!("{status}: {error}")
+            }
             Some(line) => bail!(
                 "{status}: line {line}: {error}",
                 error = error.trim_start_matches(&format!("line {line}: "))
@@ -103,9 +111,13 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             format,
             target,
         } => {
-            let source = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let body = serde_json::to_value(PutPolicy { format, source })?;
+            let format = load::parse_format_arg(&format).map_err(|e| anyhow!("{e}"))?;
+            let source = load::load_path(&file, format)
+                .map_err(|e| anyhow!("cannot read policy {}: {e}", file.display()))?;
+            let body = serde_json::to_value(PutPolicy {
+                format: source.format.as_str().to_string(),
+                source: source.text,
+            })?;
             let value = call(&target, Method::PUT, "/policy", Some(body))
                 .await
                 .with_context(|| {
@@ -116,6 +128,7 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 })?;
             print(&value);
         }
+        PolicyCommand::Test(args) => policy_test(args)?,
         PolicyCommand::Get(t) => {
             let value = call(&t, Method::GET, "/policy", None).await?;
             let version = value.get("version").and_then(Value::as_u64);
@@ -140,6 +153,66 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             )
             .await?,
         ),
+    }
+    Ok(())
+}
+
+/// `quorate policy test`: compiles the policy and evaluates the samples offline.
+fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
+    let file = args.file.display().to_string();
+    let format = load::parse_format_arg(&args.format).map_err(|e| anyhow!("{e}"))?;
+    let compiled = load::load_path(&args.file, format)
+        .and_then(|source| PolicySet::compile(&source).map(|policy| (source.format, policy)));
+    let (format, policy) = match compiled {
+        Ok(compiled) => compiled,
+        Err(e) => {
+            if args.json {
+                print(&serde_json::json!({
+                    "file": file,
+                    "valid": false,
+                    "error": {"file": e.file, "line": e.line, "reason": e.reason},
+                }));
+            }
+            bail!("policy {file} is invalid: {e}");
+        }
+    };
+    let mut samples = Vec::new();
+    for (i, json) in args.requests.iter().enumerate() {
+        let sample =
+            simulate::parse_sample(json).map_err(|e| anyhow!("--request #{}: {e}", i + 1))?;
+        samples.push(sample);
+    }
+    if let Some(path) = &args.requests_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let more =
+            simulate::parse_samples_file(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        samples.extend(more);
+    }
+    if samples.len() > simulate::MAX_SAMPLES {
+        bail!("at most {} requests per run", simulate::MAX_SAMPLES);
+    }
+    let reports = simulate::simulate(&policy, &samples);
+    if args.json {
+        print(&serde_json::json!({
+            "file": file,
+            "valid": true,
+            "format": format.as_str(),
+            "domains": policy.domains.keys().collect::<Vec<_>>(),
+            "limits": policy.limits.len(),
+            "requests": reports,
+        }));
+    } else {
+        println!(
+            "policy {file} ({}) is valid: {} domain(s), {} limit(s)",
+            format.as_str(),
+            policy.domains.len(),
+            policy.limits.len()
+        );
+        if samples.is_empty() {
+            println!("no --request or --requests-file given: nothing to evaluate");
+        }
+        print!("{}", simulate::render_text(&reports));
     }
     Ok(())
 }

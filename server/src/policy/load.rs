@@ -50,14 +50,16 @@ pub fn detect(text: &str) -> PolicyFormat {
     }
 }
 
-fn io_error(path: &Path, e: &std::io::Error) -> PolicyError {
-    PolicyError::new(None, format!("cannot read: {e}")).in_file(path.display().to_string())
+/// An I/O error on the path the caller named (who knows which path that is).
+fn io_error(e: &std::io::Error) -> PolicyError {
+    PolicyError::new(None, format!("cannot read: {e}"))
 }
 
 /// Reads `path` (a file, or a directory of envoyproxy/ratelimit files) as a policy in
-/// `format`, or in the detected format when `None`.
+/// `format`, or in the detected format when `None`. Errors about the path itself carry no
+/// file name (the caller knows it); errors about a file inside a directory name it.
 pub fn load_path(path: &Path, format: Option<PolicyFormat>) -> Result<PolicySource, PolicyError> {
-    let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
+    let meta = std::fs::metadata(path).map_err(|e| io_error(&e))?;
     if meta.is_dir() {
         if let Some(f) = format.filter(|f| *f != PolicyFormat::EnvoyRatelimit) {
             return Err(PolicyError::new(
@@ -66,15 +68,14 @@ pub fn load_path(path: &Path, format: Option<PolicyFormat>) -> Result<PolicySour
                     "a directory is read as envoyproxy/ratelimit files; format {} takes one file",
                     f.as_str()
                 ),
-            )
-            .in_file(path.display().to_string()));
+            ));
         }
         return Ok(PolicySource {
             format: PolicyFormat::EnvoyRatelimit,
             text: read_dir(path)?,
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| io_error(path, &e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| io_error(&e))?;
     let format = format.unwrap_or_else(|| detect(&text));
     Ok(PolicySource { format, text })
 }
@@ -83,8 +84,8 @@ pub fn load_path(path: &Path, format: Option<PolicyFormat>) -> Result<PolicySour
 /// such as a Kubernetes ConfigMap's `..data`), concatenated in name order.
 fn read_dir(dir: &Path) -> Result<String, PolicyError> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))? {
-        let entry = entry.map_err(|e| io_error(dir, &e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(&e))? {
+        let entry = entry.map_err(|e| io_error(&e))?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
@@ -103,14 +104,15 @@ fn read_dir(dir: &Path) -> Result<String, PolicyError> {
         if name.chars().any(char::is_control) {
             return Err(PolicyError::new(None, "file name has a control character").in_file(name));
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| io_error(&path, &e))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| io_error(&e).in_file(name.clone()))?;
         files.push((name, text));
     }
     if files.is_empty() {
-        return Err(
-            PolicyError::new(None, "the directory has no .yaml or .yml file")
-                .in_file(dir.display().to_string()),
-        );
+        return Err(PolicyError::new(
+            None,
+            "the directory has no .yaml or .yml file",
+        ));
     }
     files.sort();
     if let Some((name, _)) = files.iter().find(|(_, text)| text.trim().is_empty()) {

@@ -173,8 +173,9 @@ pub fn plan_rls(
 }
 
 /// Adds each applying conditional limit to the plan of the descriptor it reports on.
-/// A tree rule that is `unlimited` or replaced does not exempt a descriptor from them; a
-/// blocked descriptor stays blocked.
+/// A tree rule that is `unlimited` or replaced does not exempt a descriptor from them. A
+/// blocking limit (`max_value: 0`) makes the descriptor blocked and nothing else is
+/// counted on it (as in Limitador, a refused request consumes no quota).
 fn add_conditional(
     domain: &str,
     tree: &Domain,
@@ -192,7 +193,7 @@ fn add_conditional(
             ConditionalRule::Blocked(unit) => {
                 if !matches!(plan, DescriptorPlan::Blocked { .. }) {
                     *plan = DescriptorPlan::Blocked {
-                        path: c.limit.clone(),
+                        path: c.shown_name.clone(),
                         unit: *unit,
                     };
                 }
@@ -439,6 +440,6 @@ domains:
             matches!(&plans[0], DescriptorPlan::NoRule { reason } if reason.contains("conditional"))
         );
         let plans = plan_rls(&p, "api", &[desc(&[("user", "mallory")])]);
-        assert!(matches!(&plans[0], DescriptorPlan::Blocked { path, .. } if path == "api/banned"));
+        assert!(matches!(&plans[0], DescriptorPlan::Blocked { path, .. } if path == "banned"));
     }
 }
