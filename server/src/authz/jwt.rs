@@ -578,3 +578,7 @@ impl JwtVerifier {
         key
     }
 }
+
+#[cfg(test)]
+#[path = "jwt_tests.rs"]
+pub(crate) mod tests;

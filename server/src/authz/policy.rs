@@ -424,6 +424,19 @@ pub struct InlineKey {
     source: String,
 }
 
+impl InlineKey {
+    /// A key built in a test, without policy text.
+    #[cfg(test)]
+    pub fn for_tests(kid: Option<&str>, family: AlgorithmFamily, key: DecodingKey) -> InlineKey {
+        InlineKey {
+            kid: kid.map(str::to_string),
+            family,
+            key: Arc::new(key),
+            source: String::new(),
+        }
+    }
+}
+
 impl PartialEq for InlineKey {
     fn eq(&self, other: &Self) -> bool {
         self.kid == other.kid && self.source == other.source

@@ -1,4 +1,624 @@
-//! Unit tests of the decision function against in-memory counters.
+//! Unit tests of the decision function against in-memory counters: every step of the
+//! path (route, authenticate, authorize, limits, failure mode, dry run), and the policy
+//! sections' validation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use quorate_algorithms::CounterStore;
+
 use super::*;
+use crate::authz::credential::hash_key_hex;
+use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+use crate::raft::state_machine::{counter_key as store_key, PolicyVersion};
+
+/// Counts hits in memory with the real algorithms; can be told to have no quorum.
+struct MemCounter {
+    policy: Arc<LivePolicy>,
+    store: CounterStore,
+    unavailable: AtomicBool,
+    hits: Mutex<Vec<Hit>>,
+}
+
+impl Counter for MemCounter {
+    fn policy(&self) -> Arc<LivePolicy> {
+        Arc::clone(&self.policy)
+    }
+
+    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
+        Box::pin(async move {
+            if self.unavailable.load(Ordering::SeqCst) {
+                return Err(EngineError::unavailable("no quorum (test)", None));
+            }
+            let now = wall_nanos();
+            let mut out = Vec::new();
+            for h in hits {
+                out.push(self.store.check(
+                    &store_key(&h.hit.limit, &h.hit.key),
+                    &h.hit.rate,
+                    now,
+                    h.hit.cost,
+                ));
+                self.hits.lock().unwrap().push(h.hit);
+            }
+            Ok(out)
+        })
+    }
+}
+
+const ALICE_KEY: &str = "alice-secret-key-1";
+const BOB_KEY: &str = "bob-secret-key-2";
+const OLD_KEY: &str = "expired-key-3";
+
+fn policy_text() -> String {
+    format!(
+        r#"
+limits:
+  - name: shared
+    limit: 2
+    window: hour
+identities:
+  - name: keys
+    api_key: {{header: x-api-key, hide: true}}
+  - name: qkeys
+    api_key: {{query: api_key, hide: true}}
+  - name: anon
+    anonymous: {{consumer: anonymous}}
+consumers:
+  - id: alice
+    groups: [admins, paying]
+    credentials:
+      - api_key_sha256: "{alice}"
+    limits:
+      - {{name: alice_daily, limit: 100, window: day}}
+  - id: bob
+    groups: [free]
+    credentials:
+      - api_key_sha256: "{bob}"
+      - api_key_sha256: "{old}"
+        expires: 2001-01-01T00:00:00Z
+routes:
+  - name: admin
+    match: {{path_prefix: /admin/}}
+    identities: [keys]
+    allow: {{groups: [admins]}}
+  - name: internal
+    match: {{path_prefix: /internal/}}
+    identities: []
+    allow: {{cidrs: [10.0.0.0/8]}}
+  - name: limited
+    match: {{host: api.example.com, path_prefix: /v1/, methods: [GET, POST]}}
+    identities: [keys, qkeys]
+    deny: {{consumers: [mallory]}}
+    limits:
+      - {{name: per_consumer, key: consumer, limit: 3, window: hour}}
+      - {{name: per_tenant, key: {{header: x-tenant}}, limit: 100, window: hour}}
+      - {{use: shared, key: [consumer, route]}}
+    headers:
+      upstream: {{x-consumer-id: "{{consumer}}", x-consumer-groups: "{{groups}}", x-route: "{{route}}"}}
+      client: {{x-served-by: quorate}}
+  - name: shadow
+    match: {{path_prefix: /shadow/}}
+    identities: [keys]
+    allow: {{groups: [admins]}}
+    limits:
+      - {{name: tiny, limit: 1, window: hour}}
+    mode: dry_run
+  - name: open
+    match: {{path_prefix: /open/}}
+    identities: [keys]
+    limits:
+      - {{name: l, limit: 10, window: hour}}
+    failure_mode: open
+  - name: public
+    match: {{path_prefix: /public/}}
+    identities: [keys, anon]
+    limits:
+      - {{name: per_ip, key: ip, limit: 2, window: hour}}
+defaults:
+  trusted_proxies: 1
+"#,
+        alice = hash_key_hex(ALICE_KEY),
+        bob = hash_key_hex(BOB_KEY),
+        old = hash_key_hex(OLD_KEY),
+    )
+}
+
+fn compile(text: &str) -> Result<PolicySet, crate::policy::PolicyError> {
+    PolicySet::compile(&PolicySource {
+        format: PolicyFormat::Quorate,
+        text: text.to_string(),
+    })
+}
+
+fn authorizer_with(text: &str) -> (Authorizer, Arc<MemCounter>, Arc<Metrics>) {
+    let set = compile(text).unwrap();
+    let counter = Arc::new(MemCounter {
+        policy: Arc::new(LivePolicy {
+            version: Some(PolicyVersion {
+                version: 1,
+                source: PolicySource {
+                    format: PolicyFormat::Quorate,
+                    text: text.to_string(),
+                },
+                applied_at: 0,
+                rollback_of: None,
+            }),
+            set,
+        }),
+        store: CounterStore::new(10_000),
+        unavailable: AtomicBool::new(false),
+        hits: Mutex::new(Vec::new()),
+    });
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let a = Authorizer::new(
+        Arc::clone(&counter) as Arc<dyn Counter>,
+        Arc::clone(&metrics),
+        reqwest::Client::new(),
+        JwtSettings::default(),
+    );
+    (a, counter, metrics)
+}
+
+fn authorizer() -> (Authorizer, Arc<MemCounter>, Arc<Metrics>) {
+    authorizer_with(&policy_text())
+}
+
+fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> AuthzRequest {
+    AuthzRequest {
+        surface: Surface::ForwardAuth,
+        method: method.into(),
+        target: target.into(),
+        host: "api.example.com".into(),
+        headers: RequestHeaders::new(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        peer: Some("192.0.2.1".parse().unwrap()),
+        route: None,
+        malformed: None,
+    }
+}
+
+fn allowed(d: &AuthzDecision) -> &Allowed {
+    match &d.verdict {
+        Verdict::Allow(a) => a,
+        Verdict::Deny(d) => panic!("expected allow, got {d:?}"),
+    }
+}
+
+fn denied(d: &AuthzDecision) -> &Denial {
+    match &d.verdict {
+        Verdict::Deny(d) => d,
+        Verdict::Allow(a) => panic!("expected deny, got {a:?}"),
+    }
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn api_key_allows_with_upstream_headers_and_metadata() {
+    let (a, _, metrics) = authorizer();
+    let d = a
+        .decide(request("GET", "/v1/items", &[("x-api-key", ALICE_KEY)]))
+        .await
+        .unwrap();
+    let ok = allowed(&d);
+    assert_eq!(header(&ok.upstream_headers, "x-consumer-id"), Some("alice"));
+    assert_eq!(
+        header(&ok.upstream_headers, "x-consumer-groups"),
+        Some("admins,paying")
+    );
+    assert_eq!(header(&ok.upstream_headers, "x-route"), Some("limited"));
+    assert_eq!(header(&ok.client_headers, "x-served-by"), Some("quorate"));
+    assert!(header(&ok.client_headers, "ratelimit").is_some(), "{ok:?}");
+    assert!(
+        ok.remove_headers.contains(&"x-api-key".to_string()),
+        "hide: true"
+    );
+    assert!(ok.remove_query.contains(&"api_key".to_string()));
+    assert_eq!(d.metadata.consumer.as_deref(), Some("alice"));
+    assert_eq!(d.metadata.route.as_deref(), Some("limited"));
+    assert_eq!(d.metadata.identity.as_deref(), Some("keys"));
+    assert_eq!(
+        metrics
+            .authz_decisions
+            .with_label_values(&["forward_auth", "limited", "allowed"])
+            .get(),
+        1
+    );
+    // Keys also come from the query.
+    let d = a
+        .decide(request(
+            "POST",
+            &format!("/v1/items?api_key={BOB_KEY}"),
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(d.metadata.consumer.as_deref(), Some("bob"));
+}
+
+#[tokio::test]
+async fn missing_wrong_and_expired_credentials_are_401_and_consume_nothing() {
+    let (a, counter, _) = authorizer();
+    let d = a.decide(request("GET", "/v1/items", &[])).await.unwrap();
+    let no = denied(&d);
+    assert_eq!((no.status, no.kind), (401, DenyKind::Unauthenticated));
+    let challenge = header(&no.headers, "www-authenticate").unwrap();
+    assert!(challenge.contains("realm=\"quorate\""), "{challenge}");
+    assert!(no.body().contains("\"error\":\"unauthenticated\""));
+
+    for key in ["wrong-key", OLD_KEY, ""] {
+        let d = a
+            .decide(request("GET", "/v1/items", &[("x-api-key", key)]))
+            .await
+            .unwrap();
+        assert_eq!(denied(&d).status, 401, "{key}");
+    }
+    let d = a
+        .decide(request("GET", "/v1/items", &[("x-api-key", OLD_KEY)]))
+        .await
+        .unwrap();
+    assert!(denied(&d).reason.contains("expired"));
+    // The denial never echoes the key.
+    assert!(!denied(&d).body().contains(OLD_KEY));
+    assert!(
+        counter.hits.lock().unwrap().is_empty(),
+        "denied identities consume no quota"
+    );
+}
+
+#[tokio::test]
+async fn acl_denials_are_403_and_consume_nothing() {
+    let (a, counter, _) = authorizer();
+    let d = a
+        .decide(request("GET", "/admin/users", &[("x-api-key", BOB_KEY)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (denied(&d).status, denied(&d).kind),
+        (403, DenyKind::Forbidden)
+    );
+    assert!(
+        counter.hits.lock().unwrap().is_empty(),
+        "a denied caller consumes no quota"
+    );
+    let d = a
+        .decide(request("GET", "/admin/users", &[("x-api-key", ALICE_KEY)]))
+        .await
+        .unwrap();
+    allowed(&d);
+    // CIDR: the client address comes from the trusted X-Forwarded-For hop.
+    let d = a
+        .decide(request(
+            "GET",
+            "/internal/x",
+            &[("x-forwarded-for", "6.6.6.6, 10.1.2.3")],
+        ))
+        .await
+        .unwrap();
+    allowed(&d);
+    let d = a
+        .decide(request(
+            "GET",
+            "/internal/x",
+            &[("x-forwarded-for", "10.1.2.3, 6.6.6.6")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        denied(&d).status,
+        403,
+        "a forged leftmost entry does not help"
+    );
+}
+
+#[tokio::test]
+async fn over_the_limit_is_429_with_retry_after() {
+    let (a, _, _) = authorizer();
+    for _ in 0..2 {
+        let d = a
+            .decide(request("GET", "/v1/items", &[("x-api-key", ALICE_KEY)]))
+            .await
+            .unwrap();
+        allowed(&d);
+    }
+    // `shared` (limit 2, used via `use:`) is now spent for alice on this route.
+    let d = a
+        .decide(request("GET", "/v1/items", &[("x-api-key", ALICE_KEY)]))
+        .await
+        .unwrap();
+    let over = denied(&d);
+    assert_eq!((over.status, over.kind), (429, DenyKind::RateLimited));
+    let retry: u64 = header(&over.headers, "retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert!(header(&over.headers, "ratelimit-policy")
+        .unwrap()
+        .contains("per_consumer"));
+    // Bob has his own counters.
+    let d = a
+        .decide(request("GET", "/v1/items", &[("x-api-key", BOB_KEY)]))
+        .await
+        .unwrap();
+    allowed(&d);
+}
+
+#[tokio::test]
+async fn counter_keys_name_parts_and_never_hold_credentials() {
+    let text = format!(
+        "{}\n  - name: bykey\n    match: {{path_prefix: /bykey/}}\n    identities: [keys]\n    limits:\n      - {{name: k, key: [{{header: x-api-key}}, {{header: x-tenant}}, ip], limit: 5, window: hour}}\n",
+        policy_text().replace("defaults:\n  trusted_proxies: 1\n", "")
+    ) + "defaults:\n  trusted_proxies: 1\n";
+    let (a, counter, _) = authorizer_with(&text);
+    a.decide(request(
+        "GET",
+        "/bykey/x",
+        &[("x-api-key", ALICE_KEY), ("x-tenant", "t|1")],
+    ))
+    .await
+    .unwrap();
+    a.decide(request("GET", "/v1/x", &[("x-api-key", ALICE_KEY)]))
+        .await
+        .unwrap();
+    let hits = counter.hits.lock().unwrap();
+    let keys: Vec<String> = hits
+        .iter()
+        .map(|h| format!("{} {}", h.limit, h.key))
+        .collect();
+    assert!(keys.iter().all(|k| !k.contains(ALICE_KEY)), "{keys:?}");
+    assert!(
+        keys[0].starts_with("route/bykey/k x-api-key=sha256:"),
+        "{keys:?}"
+    );
+    assert!(
+        keys[0].ends_with("|x-tenant=t%7C1|ip=192.0.2.1"),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"route/limited/per_consumer consumer=alice".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"route/limited/per_tenant x-tenant=-".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"shared consumer=alice|route=limited".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"consumer/alice/alice_daily consumer=alice".to_string()),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_allows_but_counts_what_it_would_deny() {
+    let (a, _, metrics) = authorizer();
+    // Forbidden by ACL, allowed in dry run, with forged identity headers stripped.
+    let d = a
+        .decide(request(
+            "GET",
+            "/shadow/x",
+            &[("x-api-key", BOB_KEY), ("x-consumer-id", "alice")],
+        ))
+        .await
+        .unwrap();
+    let ok = allowed(&d);
+    assert!(ok.remove_headers.contains(&"x-consumer-id".to_string()));
+    assert!(ok.upstream_headers.is_empty());
+    // Over the limit (1/hour) on the second call, still allowed.
+    for _ in 0..3 {
+        let d = a
+            .decide(request("GET", "/shadow/x", &[("x-api-key", ALICE_KEY)]))
+            .await
+            .unwrap();
+        allowed(&d);
+    }
+    // No credential: would be 401.
+    allowed(&a.decide(request("GET", "/shadow/x", &[])).await.unwrap());
+    let count = |reason: &str| {
+        metrics
+            .authz_dry_run_denials
+            .with_label_values(&["shadow", reason])
+            .get()
+    };
+    assert_eq!(count("forbidden"), 1);
+    assert_eq!(count("rate_limited"), 2);
+    assert_eq!(count("unauthenticated"), 1);
+}
+
+#[tokio::test]
+async fn failure_mode_closed_is_503_and_open_allows_marked() {
+    let (a, counter, metrics) = authorizer();
+    counter.unavailable.store(true, Ordering::SeqCst);
+    let d = a
+        .decide(request("GET", "/v1/items", &[("x-api-key", ALICE_KEY)]))
+        .await
+        .unwrap();
+    let closed = denied(&d);
+    assert_eq!((closed.status, closed.kind), (503, DenyKind::Unavailable));
+    assert_eq!(header(&closed.headers, "retry-after"), Some("1"));
+    let d = a
+        .decide(request("GET", "/open/x", &[("x-api-key", ALICE_KEY)]))
+        .await
+        .unwrap();
+    let open = allowed(&d);
+    assert_eq!(
+        header(&open.upstream_headers, FAILURE_MODE_HEADER),
+        Some("open")
+    );
+    assert_eq!(
+        header(&open.client_headers, FAILURE_MODE_HEADER),
+        Some("open")
+    );
+    assert_eq!(
+        header(&open.upstream_headers, "x-consumer-id"),
+        Some("alice")
+    );
+    assert_eq!(
+        metrics
+            .authz_decisions
+            .with_label_values(&["forward_auth", "open", "failure_open"])
+            .get(),
+        1
+    );
+    // Authentication still applies when failing open.
+    let d = a.decide(request("GET", "/open/x", &[])).await.unwrap();
+    assert_eq!(denied(&d).status, 401);
+}
+
+#[tokio::test]
+async fn routes_unmatched_named_and_public() {
+    let (a, _, _) = authorizer();
+    let d = a.decide(request("GET", "/nowhere", &[])).await.unwrap();
+    assert_eq!(
+        (denied(&d).status, denied(&d).kind),
+        (403, DenyKind::NoRoute)
+    );
+    // Method and host are part of the match.
+    let d = a
+        .decide(request("DELETE", "/v1/items", &[("x-api-key", ALICE_KEY)]))
+        .await
+        .unwrap();
+    assert_eq!(denied(&d).kind, DenyKind::NoRoute);
+    // Dot segments cannot smuggle a request into another route.
+    let d = a
+        .decide(request(
+            "GET",
+            "/v1/../admin/users",
+            &[("x-api-key", BOB_KEY)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(d.metadata.route.as_deref(), Some("admin"));
+    // A proxy-named route skips matching; an unknown name is denied.
+    let mut r = request("GET", "/anything", &[("x-api-key", ALICE_KEY)]);
+    r.route = Some("admin".into());
+    allowed(&a.decide(r.clone()).await.unwrap());
+    r.route = Some("nope".into());
+    assert_eq!(denied(&a.decide(r).await.unwrap()).kind, DenyKind::NoRoute);
+    // Anonymous fallback, limited per IP; a wrong key does not fall through to it.
+    let d = a.decide(request("GET", "/public/x", &[])).await.unwrap();
+    assert_eq!(d.metadata.consumer.as_deref(), Some("anonymous"));
+    let d = a
+        .decide(request("GET", "/public/x", &[("x-api-key", "bad")]))
+        .await
+        .unwrap();
+    assert_eq!(denied(&d).status, 401);
+    allowed(&a.decide(request("GET", "/public/x", &[])).await.unwrap());
+    let d = a.decide(request("GET", "/public/x", &[])).await.unwrap();
+    assert_eq!(denied(&d).status, 429, "2 per IP per hour");
+
+    let (allow_all, _, _) = authorizer_with(&(policy_text() + "  unmatched: allow\n"));
+    allowed(
+        &allow_all
+            .decide(request("GET", "/nowhere", &[]))
+            .await
+            .unwrap(),
+    );
+}
+
+#[tokio::test]
+async fn hostile_input_is_a_clean_400_or_401() {
+    let (a, _, _) = authorizer();
+    let many: Vec<(String, String)> = (0..300).map(|i| (format!("h{i}"), "v".into())).collect();
+    let mut r = request("GET", "/v1/items", &[]);
+    r.headers = RequestHeaders::new(many);
+    assert_eq!(denied(&a.decide(r).await.unwrap()).status, 400);
+    let big = "x".repeat(MAX_HEADER_BYTES + 1);
+    let d = a
+        .decide(request("GET", "/v1/items", &[("x-big", &big)]))
+        .await
+        .unwrap();
+    assert_eq!(denied(&d).status, 400);
+    let mut r = request("GET", "/v1/items", &[]);
+    r.malformed = Some("header \"x\" is not valid UTF-8".into());
+    assert_eq!(denied(&a.decide(r).await.unwrap()).status, 400);
+    for method in ["", "G E T", "GET\r\n", &"A".repeat(100)] {
+        let d = a.decide(request(method, "/v1/items", &[])).await.unwrap();
+        assert_eq!(denied(&d).status, 400, "{method:?}");
+    }
+    for target in [
+        "",
+        "*",
+        "no-slash",
+        "/v1/%ff%00",
+        &format!("/v1/{}", "a".repeat(MAX_TARGET)),
+    ] {
+        let d = a
+            .decide(request(
+                "GET",
+                target,
+                &[("x-api-key", "\u{0}\u{7f}garbage")],
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(denied(&d).status, 400 | 401 | 403), "{target:?}");
+    }
+    let d = a
+        .decide(request(
+            "GET",
+            "/v1/x",
+            &[("x-api-key", &"k".repeat(10_000))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(denied(&d).status, 401);
+}
+
+#[test]
+fn policy_errors_name_lines_and_never_quote_secrets() {
+    let secret = "hunter2-super-secret";
+    let text = format!(
+        "identities:\n  - name: t\n    jwt:\n      issuer: x\n      algorithms: [HS256]\n      secret: {secret}\n"
+    );
+    let e = compile(&text).unwrap_err();
+    assert!(e.reason.contains("inline secrets are refused"), "{e}");
+    assert!(!e.to_string().contains(secret), "{e}");
+    assert_eq!(e.line, Some(6), "{e}");
+
+    let e = compile(
+        "identities:\n  - name: t\n    jwt: {issuer: x, algorithms: [none], jwks_url: http://x/}\n",
+    )
+    .unwrap_err();
+    assert!(e.reason.contains("none"), "{e}");
+    let e = compile("identities:\n  - name: t\n    jwt: {issuer: x, algorithms: [RS256, HS256], jwks_url: http://x/}\n").unwrap_err();
+    assert!(e.reason.contains("family"), "{e}");
+    let private = crate::authz::jwt::tests::RSA1_KEY.replace('\n', "\n            ");
+    let e = compile(&format!(
+        "identities:\n  - name: t\n    jwt:\n      issuer: x\n      algorithms: [RS256]\n      keys:\n        - pem: |\n            {private}\n"
+    ))
+    .unwrap_err();
+    assert!(e.reason.contains("private keys are refused"), "{e}");
+    assert!(!e.to_string().contains("MII"), "{e}");
+    let e = compile("consumers:\n  - id: a\n    credentials:\n      - api_key_sha256: nothex\n")
+        .unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+    let e = compile("routes:\n  - name: r\n    identities: [ghost]\n").unwrap_err();
+    assert!(e.reason.contains("unknown identity"), "{e}");
+    assert_eq!(e.line, Some(3), "{e}");
+    let e = compile("identities:\n  - name: a\n    anonymous: {consumer: x}\n  - name: k\n    api_key: {header: k}\nroutes:\n  - name: r\n    identities: [a, k]\n").unwrap_err();
+    assert!(e.reason.contains("last"), "{e}");
+    let e = compile(
+        "routes:\n  - name: r\n    limits:\n      - {name: x, limit: 1, window: fortnight}\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+    let e = compile("routes:\n  - name: r\n    limits:\n      - {use: nope}\n").unwrap_err();
+    assert!(e.reason.contains("unknown limit"), "{e}");
+    // The full example compiles, and registers its inline limits.
+    let set = compile(&policy_text()).unwrap();
+    assert!(set.limits.contains_key("route/limited/per_consumer"));
+    assert!(set.limits.contains_key("consumer/alice/alice_daily"));
+    assert_eq!(set.authz.routes.len(), 6);
+}
