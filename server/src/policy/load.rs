@@ -7,9 +7,11 @@
 //! every replica).
 //!
 //! Detection (`--format auto`): a directory is envoyproxy/ratelimit's runtime directory; a
-//! file whose first document is a mapping with a top-level `domain:` is an
-//! envoyproxy/ratelimit config; a top-level sequence is a Limitador limits file (its items
-//! are `namespace:` limits); anything else is quorate's own format.
+//! file whose first document is a mapping with a top-level `domain:` (or `descriptors:`) is
+//! an envoyproxy/ratelimit config; a top-level sequence is a Limitador limits file (its
+//! items are `namespace:` limits); anything else is quorate's own format. A file that does
+//! not parse is classified by its first meaningful line, so the syntax error is reported
+//! by the right format's reader.
 
 use std::path::Path;
 
@@ -42,10 +44,29 @@ pub fn detect(text: &str) -> PolicyFormat {
         .next()
         .and_then(|doc| serde_yaml_ng::Value::deserialize(doc).ok());
     match first {
-        Some(serde_yaml_ng::Value::Mapping(m)) if m.contains_key("domain") => {
+        Some(serde_yaml_ng::Value::Mapping(m))
+            if m.contains_key("domain") || m.contains_key("descriptors") =>
+        {
             PolicyFormat::EnvoyRatelimit
         }
         Some(serde_yaml_ng::Value::Sequence(_)) => PolicyFormat::Limitador,
+        Some(_) => PolicyFormat::Quorate,
+        None => detect_by_first_line(text),
+    }
+}
+
+/// For text that does not parse: the first line that is not blank, a comment, a directive
+/// or a document marker decides.
+fn detect_by_first_line(text: &str) -> PolicyFormat {
+    let first = text.lines().map(str::trim_end).find(|l| {
+        let t = l.trim_start();
+        !(t.is_empty() || t.starts_with('#') || t.starts_with('%') || t == "---")
+    });
+    match first {
+        Some(l) if l.starts_with("domain:") || l.starts_with("descriptors:") => {
+            PolicyFormat::EnvoyRatelimit
+        }
+        Some(l) if l == "-" || l.starts_with("- ") || l.starts_with('[') => PolicyFormat::Limitador,
         _ => PolicyFormat::Quorate,
     }
 }
@@ -160,6 +181,15 @@ mod tests {
         assert_eq!(detect("limits: []\n"), PolicyFormat::Quorate);
         assert_eq!(detect("domains:\n  - domain: d\n"), PolicyFormat::Quorate);
         assert_eq!(detect("this: [is: broken\n"), PolicyFormat::Quorate);
+        assert_eq!(detect("descriptors: []\n"), PolicyFormat::EnvoyRatelimit);
+        assert_eq!(
+            detect("# c\n---\n- namespace: n\n  variables: [a[0]]\n"),
+            PolicyFormat::Limitador
+        );
+        assert_eq!(
+            detect("domain: d\ndescriptors:\n  - key: \"k\n"),
+            PolicyFormat::EnvoyRatelimit
+        );
         assert_eq!(detect(""), PolicyFormat::Quorate);
     }
 
