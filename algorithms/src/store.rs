@@ -31,8 +31,8 @@
 //! `max(clock, last stamp)`).
 //!
 //! # Determinism
-//! Decisions depend only on the sequence of calls, never on the hasher's seed or on
-//! iteration order; [`CounterStore::export`] sorts by key so snapshots are byte-identical
+//! Decisions depend only on the sequence of calls, never on the hasher's (random) seed
+//! or on iteration order; [`CounterStore::export`] sorts by key so snapshots are byte-identical
 //! across replicas.
 
 use std::fmt;
@@ -44,6 +44,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{CounterState, Decision, Nanos, Rate};
+
+/// foldhash, seeded randomly per process: fast on short keys, and an attacker who picks
+/// keys cannot aim them at one bucket without knowing the seed. Decisions never depend on
+/// the seed (only iteration order does, and [`CounterStore::export`] sorts).
+type KeyHasher = foldhash::fast::RandomState;
 
 /// One stored counter and the instant it becomes idle (droppable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +71,7 @@ pub enum StoreError {
 pub struct CounterStore {
     /// Keys are boxed `str` (two words, no spare capacity) and looked up by `&str`, so a hit
     /// on a stored key allocates nothing.
-    counters: DashMap<Box<str>, StoredCounter>,
+    counters: DashMap<Box<str>, StoredCounter, KeyHasher>,
     /// Keys stored plus slots reserved by inserts in flight; never above `max_keys`. This,
     /// not `counters.len()`, enforces the cap, so racing inserts cannot overshoot it.
     slots_taken: AtomicUsize,
@@ -88,7 +93,7 @@ impl CounterStore {
     /// An empty store holding at most `max_keys` keys.
     pub fn new(max_keys: usize) -> CounterStore {
         CounterStore {
-            counters: DashMap::new(),
+            counters: DashMap::with_hasher(KeyHasher::default()),
             slots_taken: AtomicUsize::new(0),
             max_keys,
         }
@@ -253,7 +258,7 @@ impl CounterStore {
     /// beyond `max_keys` (dropping a counter would hand its quota out again); new keys are
     /// then refused until enough expire. A key given twice keeps its last counter.
     pub fn import(entries: Vec<(String, StoredCounter)>, max_keys: usize) -> CounterStore {
-        let counters = DashMap::with_capacity(entries.len());
+        let counters = DashMap::with_capacity_and_hasher(entries.len(), KeyHasher::default());
         for (key, stored) in entries {
             counters.insert(key.into_boxed_str(), stored);
         }
