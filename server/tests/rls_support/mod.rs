@@ -36,14 +36,22 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Starts a single node with `policy` (quorate YAML) as its startup policy and waits
-    /// until that policy is live.
+    /// Starts a single node with `policy` (quorate YAML) as its startup policy file and
+    /// waits until that policy is live.
     pub async fn start(policy: &str) -> TestNode {
+        TestNode::start_with(Some(policy)).await
+    }
+
+    /// Starts a single node, with a startup policy file or (`None`) without one — then the
+    /// node makes its built-in example policy live — and waits until that policy is live.
+    pub async fn start_with(policy: Option<&str>) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let policy_path = dir.path().join("policy.yaml");
-        std::fs::write(&policy_path, policy).unwrap();
         let mut config = Config::single_node(dir.path().join("data"));
-        config.policy_file = Some(policy_path);
+        if let Some(policy) = policy {
+            let policy_path = dir.path().join("policy.yaml");
+            std::fs::write(&policy_path, policy).unwrap();
+            config.policy_file = Some(policy_path);
+        }
         let listeners = Listeners::bind(
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
