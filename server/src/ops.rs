@@ -167,11 +167,12 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
         Ok(compiled) => compiled,
         Err(e) => {
             if args.json {
-                print(&serde_json::json!({
+                let value = serde_json::json!({
                     "file": file,
                     "valid": false,
                     "error": {"file": e.file, "line": e.line, "reason": e.reason},
-                }));
+                });
+                emit(&format!("{value:#}\n"));
             }
             bail!("policy {file} is invalid: {e}");
         }
@@ -193,28 +194,39 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
         bail!("at most {} requests per run", simulate::MAX_SAMPLES);
     }
     let reports = simulate::simulate(&policy, &samples);
-    if args.json {
-        print(&serde_json::json!({
+    let out = if args.json {
+        let value = serde_json::json!({
             "file": file,
             "valid": true,
             "format": format.as_str(),
             "domains": policy.domains.keys().collect::<Vec<_>>(),
             "limits": policy.limits.len(),
             "requests": reports,
-        }));
+        });
+        format!("{value:#}\n")
     } else {
-        println!(
-            "policy {file} ({}) is valid: {} domain(s), {} limit(s)",
+        let mut out = format!(
+            "policy {file} ({}) is valid: {} domain(s), {} limit(s)\n",
             format.as_str(),
             policy.domains.len(),
             policy.limits.len()
         );
         if samples.is_empty() {
-            println!("no --request or --requests-file given: nothing to evaluate");
+            out.push_str("no --request or --requests-file given: nothing to evaluate\n");
         }
-        print!("{}", simulate::render_text(&reports));
-    }
+        out.push_str(&simulate::render_text(&reports));
+        out
+    };
+    emit(&out);
     Ok(())
+}
+
+/// Writes a report to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 pub async fn check(args: CheckArgs) -> anyhow::Result<()> {

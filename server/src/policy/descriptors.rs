@@ -327,21 +327,23 @@ impl Level {
         Ok(level)
     }
 
-    /// The child reached by `key=value` (exact, then prefix wildcard, then key only) and
-    /// the path segment it matched as.
-    fn step(&self, key: &str, value: &str) -> Option<(String, &Node)> {
+    /// The child reached by `key=value` (exact, then prefix wildcard, then key only), the
+    /// path segment it matched as, and how.
+    fn step(&self, key: &str, value: &str) -> Option<(String, &Node, MatchKind)> {
         // BTreeMap lookups with a borrowed tuple need owned keys; descriptors are small.
         if let Some(n) = self.exact.get(&(key.to_string(), value.to_string())) {
-            return Some((format!("{key}={value}"), n));
+            return Some((format!("{key}={value}"), n, MatchKind::Exact));
         }
         if let Some((_, p, n)) = self
             .prefix
             .iter()
             .find(|(k, p, _)| k == key && value.starts_with(p.as_str()))
         {
-            return Some((format!("{key}={p}*"), n));
+            return Some((format!("{key}={p}*"), n, MatchKind::Prefix));
         }
-        self.key_only.get(key).map(|n| (key.to_string(), n))
+        self.key_only
+            .get(key)
+            .map(|n| (key.to_string(), n, MatchKind::KeyOnly))
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -369,12 +371,36 @@ struct Entry {
     node: Node,
 }
 
+/// How a request entry matched a descriptor of the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKind {
+    /// `key` and `value` both equal.
+    Exact,
+    /// `value: prefix*` and the entry's value starts with the prefix.
+    Prefix,
+    /// A descriptor with only `key`: one counter per distinct value.
+    KeyOnly,
+}
+
+impl MatchKind {
+    /// For explanations (`quorate policy test`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            MatchKind::Exact => "key and value matched exactly",
+            MatchKind::Prefix => "value matched a `*` wildcard prefix",
+            MatchKind::KeyOnly => "key-only descriptor: one counter per distinct value",
+        }
+    }
+}
+
 /// The result of matching one request descriptor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matched<'a> {
     pub node: &'a Node,
     /// The path in the tree that matched, e.g. `database=users/collection`.
     pub path: String,
+    /// How the last entry matched.
+    pub last: MatchKind,
 }
 
 impl Domain {
@@ -384,12 +410,13 @@ impl Domain {
         let mut level = &self.root;
         let mut path = Vec::with_capacity(entries.len());
         for (i, (key, value)) in entries.iter().enumerate() {
-            let (segment, node) = level.step(key, value)?;
+            let (segment, node, how) = level.step(key, value)?;
             path.push(segment);
             if i + 1 == entries.len() {
                 return node.rule.as_ref().map(|_| Matched {
                     node,
                     path: path.join("/"),
+                    last: how,
                 });
             }
             if node.children.is_empty() {

@@ -121,7 +121,12 @@ pub fn plan_rls(
                     shown_name: display_name.clone().unwrap_or_else(|| limit.clone()),
                     shadow_mode: matched.node.shadow_mode,
                     detailed_metric: matched.node.detailed_metric,
-                    explanation: format!("matched {domain}/{}", matched.path),
+                    explanation: format!(
+                        "matched {domain}/{} ({}, depth {})",
+                        matched.path,
+                        matched.last.describe(),
+                        d.entries.len()
+                    ),
                 }]),
                 None => DescriptorPlan::NoRule {
                     reason: "matched a descriptor without rate_limit".into(),
