@@ -506,12 +506,28 @@ impl Authorizer {
                 .push(("www-authenticate".into(), challenges(policy, route, true)));
             d
         };
+        let jwt_identities = route
+            .identities
+            .iter()
+            .filter(|&&i| {
+                matches!(
+                    policy.identities.get(i).map(|x| &x.kind),
+                    Some(IdentityKind::Jwt(_))
+                )
+            })
+            .count();
+        let shared_jwt_header = jwt_identities > 1;
+        let mut foreign_token = false;
         for &i in &route.identities {
             let Some(identity) = policy.identities.get(i) else {
                 continue;
             };
             match &identity.kind {
                 IdentityKind::Anonymous { consumer } => {
+                    // A token nobody here accepts is a bad credential, not an absent one.
+                    if foreign_token {
+                        return Err(invalid("token", "token issuer not accepted"));
+                    }
                     return Ok(Some(Principal {
                         groups: policy
                             .consumers
@@ -521,7 +537,7 @@ impl Authorizer {
                         consumer: consumer.clone(),
                         identity: identity.name.clone(),
                         claims: None,
-                    }))
+                    }));
                 }
                 IdentityKind::ApiKey(spec) => {
                     let key = match credential::find(spec, &req.headers, &req.target) {
@@ -548,6 +564,12 @@ impl Authorizer {
                         Found::Malformed(why) => return Err(invalid(&identity.name, why)),
                         Found::Present(t) => t,
                     };
+                    // Several issuers may share one header: a token whose (unverified)
+                    // `iss` names another issuer is left to the identity it belongs to.
+                    if shared_jwt_header && !claims_issuer(&token, &jwt.issuer) {
+                        foreign_token = true;
+                        continue;
+                    }
                     let verified = self
                         .jwt
                         .verify(scope, &identity.name, jwt, &token)
@@ -590,11 +612,23 @@ impl Authorizer {
                 }
             }
         }
+        if foreign_token {
+            return Err(invalid("token", "token issuer not accepted"));
+        }
         let mut d = Denial::new(DenyKind::Unauthenticated, 401, "credentials required");
         d.headers
             .push(("www-authenticate".into(), challenges(policy, route, false)));
         Err(d)
     }
+}
+
+/// Whether a token's payload names `issuer` in `iss`. Read without verifying: it only
+/// picks which issuer's keys verify the token.
+fn claims_issuer(token: &str, issuer: &str) -> bool {
+    jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token)
+        .ok()
+        .and_then(|c| c.get("iss").and_then(|i| i.as_str().map(|i| i == issuer)))
+        .unwrap_or(false)
 }
 
 /// Caps on what a request may carry, checked before anything is parsed.

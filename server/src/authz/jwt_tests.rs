@@ -64,7 +64,12 @@ fn claims(extra: serde_json::Value) -> serde_json::Value {
     c
 }
 
-fn sign(alg: Algorithm, pem: &str, kid: Option<&str>, claims: &serde_json::Value) -> String {
+pub(crate) fn sign(
+    alg: Algorithm,
+    pem: &str,
+    kid: Option<&str>,
+    claims: &serde_json::Value,
+) -> String {
     let key = match alg {
         Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
         Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),

@@ -622,3 +622,78 @@ fn policy_errors_name_lines_and_never_quote_secrets() {
     assert!(set.limits.contains_key("consumer/alice/alice_daily"));
     assert_eq!(set.authz.routes.len(), 6);
 }
+
+#[tokio::test]
+async fn several_issuers_share_the_authorization_header() {
+    use crate::authz::jwt::tests::{sign, EC1_KEY, EC1_PUB, ED1_KEY, ED1_PUB};
+    use jsonwebtoken::Algorithm;
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n            ");
+    let text = format!(
+        "identities:\n  - name: a\n    jwt:\n      issuer: A\n      algorithms: [ES256]\n      keys:\n        - pem: |\n            {}\n  - name: b\n    jwt:\n      issuer: B\n      algorithms: [EdDSA]\n      keys:\n        - pem: |\n            {}\n  - name: anon\n    anonymous: {{consumer: nobody}}\nroutes:\n  - name: r\n    identities: [a, b, anon]\n",
+        indent(EC1_PUB),
+        indent(ED1_PUB)
+    );
+    let (a, _, _) = authorizer_with(&text);
+    let exp = crate::authz::jwt::unix_now() + 600;
+    let bearer = |t: String| format!("Bearer {t}");
+    let ta = sign(
+        Algorithm::ES256,
+        EC1_KEY,
+        None,
+        &serde_json::json!({"iss": "A", "sub": "from-a", "exp": exp}),
+    );
+    let tb = sign(
+        Algorithm::EdDSA,
+        ED1_KEY,
+        None,
+        &serde_json::json!({"iss": "B", "sub": "from-b", "exp": exp}),
+    );
+    let tc = sign(
+        Algorithm::ES256,
+        EC1_KEY,
+        None,
+        &serde_json::json!({"iss": "C", "sub": "from-c", "exp": exp}),
+    );
+    // B's issuer name on a token signed with A's key: B's keys refuse it.
+    let forged = sign(
+        Algorithm::ES256,
+        EC1_KEY,
+        None,
+        &serde_json::json!({"iss": "B", "sub": "x", "exp": exp}),
+    );
+    for (token, want) in [
+        (ta, Some("from-a")),
+        (tb, Some("from-b")),
+        (tc, None),
+        (forged, None),
+    ] {
+        let d = a
+            .decide(request("GET", "/", &[("authorization", &bearer(token))]))
+            .await
+            .unwrap();
+        match want {
+            Some(c) => assert_eq!(d.metadata.consumer.as_deref(), Some(c)),
+            None => assert_eq!(denied(&d).status, 401, "never anonymous"),
+        }
+    }
+    let d = a.decide(request("GET", "/", &[])).await.unwrap();
+    assert_eq!(d.metadata.consumer.as_deref(), Some("nobody"));
+}
+
+#[tokio::test]
+async fn the_shipped_example_compiles_and_decides() {
+    let (a, _, _) = authorizer_with(include_str!("../../../examples/authz.yaml"));
+    let mut r = request("GET", "/v1/items", &[("x-api-key", "demo-key-alice")]);
+    r.headers = RequestHeaders::new(vec![
+        ("x-api-key".into(), "demo-key-alice".into()),
+        ("x-tenant".into(), "t1".into()),
+    ]);
+    let d = a.decide(r).await.unwrap();
+    assert_eq!(d.metadata.consumer.as_deref(), Some("alice"));
+    allowed(&d);
+    let d = a
+        .decide(request("GET", "/admin/x", &[("x-api-key", "demo-key-bob")]))
+        .await
+        .unwrap();
+    assert_eq!(denied(&d).status, 403);
+}
