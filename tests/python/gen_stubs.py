@@ -1,12 +1,13 @@
-"""Generates Python gRPC stubs for Envoy's RLS v3 from Envoy's own .proto sources.
+"""Generates Python gRPC stubs for Envoy's RLS v3 (and other Envoy APIs) from Envoy's own
+.proto sources.
 
-Usage: gen_stubs.py PROTO_ROOT OUT_DIR
+Usage: gen_stubs.py PROTO_ROOT OUT_DIR [ROOT.proto ...]
 
 PROTO_ROOT is the `proto/` directory shipped inside the envoy-types crate package; it holds
-`data-plane-api`, `xds`, `protoc-gen-validate` and `googleapis`. Starting from
-`envoy/service/ratelimit/v3/rls.proto`, this follows the imports, compiles every file they
-reach (except protobuf's own well-known types, which the protobuf runtime provides) with
-`grpc_tools.protoc`, and writes the modules under OUT_DIR.
+`data-plane-api`, `xds`, `protoc-gen-validate` and `googleapis`. Starting from the ROOT
+files (default: `envoy/service/ratelimit/v3/rls.proto`), this follows the imports, compiles
+every file they reach (except protobuf's own well-known types, which the protobuf runtime
+provides) with `grpc_tools.protoc`, and writes the modules under OUT_DIR.
 """
 
 import os
@@ -15,16 +16,17 @@ import sys
 
 from grpc_tools import protoc
 
-ROOT_FILE = "envoy/service/ratelimit/v3/rls.proto"
+DEFAULT_ROOTS = ["envoy/service/ratelimit/v3/rls.proto"]
 INCLUDE_DIRS = ["data-plane-api", "xds", "protoc-gen-validate", "googleapis"]
 IMPORT = re.compile(r'^\s*import\s+(?:public\s+|weak\s+)?"([^"]+)"\s*;', re.MULTILINE)
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
     proto_root, out_dir = sys.argv[1], sys.argv[2]
+    roots = sys.argv[3:] or DEFAULT_ROOTS
     includes = [os.path.join(proto_root, d) for d in INCLUDE_DIRS]
     for d in includes:
         if not os.path.isdir(d):
@@ -39,7 +41,7 @@ def main() -> int:
                 return path
         return None
 
-    files, queue, seen = [], [ROOT_FILE], set()
+    files, queue, seen = [], list(roots), set()
     while queue:
         name = queue.pop()
         if name in seen:
@@ -49,7 +51,7 @@ def main() -> int:
         if path is None:
             if os.path.isfile(os.path.join(well_known, name)):
                 continue  # google/protobuf/*: shipped with the protobuf runtime
-            print(f"gen_stubs: cannot find {name} (imported from the rls.proto closure)",
+            print(f"gen_stubs: cannot find {name} (imported from the closure of {roots})",
                   file=sys.stderr)
             return 1
         files.append(name)
