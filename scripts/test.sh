@@ -23,5 +23,8 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-echo "== python end-to-end (grpcio client from Envoy's rls.proto)"
+echo "== python end-to-end (grpcio clients from Envoy's rls.proto and external_auth.proto)"
 bash tests/python/run.sh
+
+echo "== proxies end-to-end (real nginx and Caddy in front of quorate's forward-auth)"
+bash tests/proxies/run.sh

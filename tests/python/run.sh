@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end over real gRPC from another language: generates Python stubs from Envoy's own
-# rls.proto (shipped inside the envoy-types crate), starts a real `quorate serve` on free
-# loopback ports with a temporary data dir and tests/python/policy.yaml, waits until it is
-# ready, runs tests/python/test_rls.py with pytest, and stops the server.
+# rls.proto and external_auth.proto (shipped inside the envoy-types crate), starts a real
+# `quorate serve` on free loopback ports with a temporary data dir and
+# tests/python/policy.yaml, waits until it is ready, runs tests/python/test_rls.py and
+# test_ext_authz.py with pytest (and test_envoy_snippet.py, which checks
+# examples/envoy/envoy.yaml against Envoy's bootstrap proto), and stops the server.
 #
 # Needs the binary (QUORATE_BIN, default target/debug/quorate) and python3 with grpcio,
-# grpcio-tools and pytest (scripts/install-deps.sh installs them).
+# grpcio-tools, pytest and pyyaml (scripts/install-deps.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== python: stubs from Envoy's rls.proto"
+echo "== python: stubs from Envoy's rls.proto, external_auth.proto and bootstrap.proto"
 proto_root="$(cargo metadata --format-version 1 | python3 -c '
 import json, os, sys
 meta = json.load(sys.stdin)
@@ -37,7 +39,15 @@ if not paths:
     sys.exit("envoy-types is not in cargo metadata")
 print(os.path.join(os.path.dirname(paths[0]), "proto"))
 ')"
-python3 tests/python/gen_stubs.py "$proto_root" "$work/stubs"
+python3 tests/python/gen_stubs.py "$proto_root" "$work/stubs" \
+  envoy/service/ratelimit/v3/rls.proto \
+  envoy/service/auth/v3/external_auth.proto \
+  envoy/config/bootstrap/v3/bootstrap.proto \
+  envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto \
+  envoy/extensions/filters/http/ext_authz/v3/ext_authz.proto \
+  envoy/extensions/filters/http/ratelimit/v3/rate_limit.proto \
+  envoy/extensions/filters/http/router/v3/router.proto \
+  envoy/extensions/upstreams/http/v3/http_protocol_options.proto
 
 echo "== python: starting $BIN serve"
 "$BIN" serve --grpc 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$work/data" \
@@ -71,10 +81,11 @@ if [ -z "$grpc_addr" ] || [ "${version:-0}" -lt 1 ]; then
   exit 1
 fi
 
-echo "== python: pytest tests/python/test_rls.py"
+echo "== python: pytest tests/python/test_rls.py test_ext_authz.py test_envoy_snippet.py"
 set +e
 PYTHONDONTWRITEBYTECODE=1 QUORATE_GRPC="$grpc_addr" PYTHONPATH="$work/stubs${PYTHONPATH:+:$PYTHONPATH}" \
-  python3 -m pytest -q -p no:cacheprovider tests/python/test_rls.py
+  python3 -m pytest -q -p no:cacheprovider tests/python/test_rls.py \
+  tests/python/test_ext_authz.py tests/python/test_envoy_snippet.py
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
