@@ -201,9 +201,9 @@ pub async fn run(
             Arc::clone(&engine),
             Arc::clone(&metrics),
         ))
-        .add_service(crate::grpc::ext_authz::ExtAuthzService::server(
-            Arc::clone(&authz),
-        ))
+        .add_service(crate::grpc::ext_authz::ExtAuthzService::server(Arc::clone(
+            &authz,
+        )))
         .add_service(PeerService::server(raft.clone(), Arc::clone(&engine)))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -231,6 +231,7 @@ pub async fn run(
             path,
             ctx.clone(),
             config.policy_watch_interval,
+            startup_policy.as_ref().map(|p| p.text.clone()),
         ));
     }
     tokio::spawn(become_ready(
@@ -311,10 +312,20 @@ async fn become_ready(
             (None, Some(_)) => None,
         };
         if let Some(source) = wanted {
-            let command = Command::SetPolicy {
-                ts: crate::engine::wall_nanos(),
-                format: source.format.as_str().to_string(),
-                source: source.text,
+            let ts = crate::engine::wall_nanos();
+            let format = source.format.as_str().to_string();
+            let command = if startup_policy.is_some() {
+                Command::SetPolicy {
+                    ts,
+                    format,
+                    source: source.text,
+                }
+            } else {
+                Command::InitPolicy {
+                    ts,
+                    format,
+                    source: source.text,
+                }
             };
             match ctx.raft.client_write(command).await {
                 Ok(r) => match r.data {

@@ -19,10 +19,17 @@ use crate::raft::{Command, CommandResponse};
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Watches `path` forever, proposing each new valid content while this node leads.
-pub async fn watch(path: PathBuf, ctx: NodeContext, interval: Duration) {
+/// `startup_text` is the content read at startup: only a *change* of the file is applied,
+/// so a policy applied later through the admin API is not reverted to an unchanged file.
+pub async fn watch(
+    path: PathBuf,
+    ctx: NodeContext,
+    interval: Duration,
+    startup_text: Option<String>,
+) {
     // The last text seen (valid or not) and the last error reported, so a bad file is
     // reported once, not every interval.
-    let mut last_text: Option<String> = None;
+    let mut last_text: Option<String> = startup_text;
     let mut last_error: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;

@@ -82,14 +82,15 @@ pub fn plan_rls(
     let mut plans: Vec<DescriptorPlan> = descriptors
         .iter()
         .map(|d| {
-            if let Some((requests, unit)) = d.limit_override {
-                return override_plan(domain, d, requests, unit);
-            }
+            // As envoyproxy/ratelimit: an unknown domain has no limits, not even overrides.
             let Some(tree) = tree else {
                 return DescriptorPlan::NoRule {
                     reason: format!("unknown domain {domain:?}"),
                 };
             };
+            if let Some((requests, unit)) = d.limit_override {
+                return override_plan(domain, d, requests, unit);
+            }
             let Some(matched) = tree.find(&d.entries) else {
                 let reason = if tree.root.is_empty() && !tree.conditional.is_empty() {
                     format!(
@@ -364,11 +365,16 @@ domains:
     }
 
     #[test]
-    fn limit_override_wins_even_without_a_rule() {
+    fn limit_override_wins_even_without_a_rule_but_not_in_an_unknown_domain() {
         let p = policy(POLICY);
         let mut d = desc(&[("anything", "x")]);
         d.limit_override = Some((42, EnvoyUnit::Hour));
-        let plans = plan_rls(&p, "nope", &[d]);
+        let unknown = plan_rls(&p, "nope", std::slice::from_ref(&d));
+        assert!(
+            matches!(&unknown[0], DescriptorPlan::NoRule { .. }),
+            "{unknown:?}"
+        );
+        let plans = plan_rls(&p, "rl", &[d]);
         match &plans[0] {
             DescriptorPlan::Limited(l) => {
                 assert_eq!(l[0].rate.limit, 42);

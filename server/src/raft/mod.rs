@@ -106,6 +106,13 @@ pub enum Command {
         format: String,
         source: String,
     },
+    /// Like `SetPolicy`, but only when no policy was ever applied: the built-in example a
+    /// fresh node starts with must never overwrite a policy an operator applied meanwhile.
+    InitPolicy {
+        ts: Nanos,
+        format: String,
+        source: String,
+    },
     /// Re-activate an earlier policy version (`quorate policy rollback`).
     RollbackPolicy { ts: Nanos, version: u64 },
 }
@@ -127,6 +134,7 @@ impl Command {
             Command::Hits { ts, .. }
             | Command::Consumed { ts, .. }
             | Command::SetPolicy { ts, .. }
+            | Command::InitPolicy { ts, .. }
             | Command::RollbackPolicy { ts, .. } => *ts,
         }
     }

@@ -195,7 +195,12 @@ impl StateMachine {
                 self.record_consumed(now, &hits);
                 CommandResponse::Consumed
             }
-            Command::SetPolicy { format, source, .. } => {
+            Command::InitPolicy { .. } if !self.shared.policy_history().is_empty() => {
+                let live = self.shared.policy.load();
+                CommandResponse::Policy(Ok(live.version.as_ref().map_or(0, |v| v.version)))
+            }
+            Command::SetPolicy { format, source, .. }
+            | Command::InitPolicy { format, source, .. } => {
                 let source = match PolicyFormat::parse(&format) {
                     Ok(format) => PolicySource {
                         format,
@@ -633,6 +638,36 @@ mod tests {
             assert_eq!(allowed(&r[0]), 1);
             assert_eq!(m.applied_state().await.unwrap().0.map(|l| l.index), Some(3));
         }
+    }
+
+    #[tokio::test]
+    async fn init_policy_never_overwrites_an_applied_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let init = |text: &str| Command::InitPolicy {
+            ts: 0,
+            format: "quorate".into(),
+            source: text.into(),
+        };
+        let r = sm
+            .apply(vec![
+                entry(1, init(THREE_PER_MINUTE)),
+                entry(
+                    2,
+                    policy("limits:\n  - name: l\n    limit: 1\n    window: minute\n"),
+                ),
+                entry(3, init(THREE_PER_MINUTE)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[0], CommandResponse::Policy(Ok(1)));
+        assert_eq!(
+            r[2],
+            CommandResponse::Policy(Ok(2)),
+            "init after a set changes nothing"
+        );
+        let live = sm.shared().policy.load_full();
+        assert_eq!(live.set.limit("l").map(|l| l.rate.limit), Some(1));
     }
 
     #[tokio::test]
