@@ -39,6 +39,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# A signal ends the script through exit, so the EXIT trap stops the children.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 logs() {
   local f
