@@ -129,6 +129,12 @@ struct SuiteArgs {
     /// Also write the markdown report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Count the servers' fdatasync/fsync calls during each window with `perf stat`.
+    #[arg(long)]
+    perf: bool,
+    /// A line of free text for the report, e.g. the commit measured (repeatable).
+    #[arg(long = "note")]
+    notes: Vec<String>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -230,6 +236,8 @@ fn suite_config(args: SuiteArgs) -> anyhow::Result<suite::SuiteConfig> {
         keep: args.keep,
         out: args.out,
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        notes: args.notes,
+        perf: args.perf,
     })
 }
 

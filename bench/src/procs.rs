@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -231,6 +231,82 @@ pub fn cpu_time(stat_path: &str) -> anyhow::Result<Duration> {
     ))
 }
 
+/// Counts the fsync-family system calls (`fdatasync`, `fsync`) of some processes with
+/// `perf stat` on the kernel's syscall tracepoints: cheap, no ptrace, and needs nothing
+/// from the server. Needs `perf` and permission to trace those processes.
+#[derive(Debug)]
+pub struct SyscallCounter {
+    child: tokio::process::Child,
+    out: PathBuf,
+    window: Duration,
+}
+
+impl SyscallCounter {
+    /// Starts counting for `window` (perf exits by itself at its end).
+    pub fn start(pids: &[u32], out: &Path, window: Duration) -> anyhow::Result<SyscallCounter> {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let child = tokio::process::Command::new("perf")
+            .arg("stat")
+            .arg("-x,")
+            .arg("-o")
+            .arg(out)
+            .args([
+                "-e",
+                "syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync",
+                "-p",
+                &pids.join(","),
+                "--",
+                "sleep",
+                &format!("{:.3}", window.as_secs_f64()),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start perf (install linux-perf, or drop --perf)")?;
+        Ok(SyscallCounter {
+            child,
+            out: out.to_path_buf(),
+            window,
+        })
+    }
+
+    /// Waits for the window to end and returns the number of fsync-family calls.
+    pub async fn finish(mut self) -> anyhow::Result<u64> {
+        let status = tokio::time::timeout(self.window + Duration::from_secs(10), self.child.wait())
+            .await
+            .map_err(|_| anyhow!("perf stat did not finish"))??;
+        ensure!(status.success(), "perf stat failed: {status}");
+        let text = std::fs::read_to_string(&self.out)
+            .with_context(|| format!("cannot read {}", self.out.display()))?;
+        parse_perf_counts(&text)
+    }
+}
+
+/// Sums the counts of a `perf stat -x,` report.
+fn parse_perf_counts(text: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let mut seen = false;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let mut fields = line.split(',');
+        let count = fields.next().unwrap_or("").trim();
+        let event = fields.nth(1).unwrap_or("");
+        if !event.contains("sys_enter_") {
+            continue;
+        }
+        total += count
+            .parse::<u64>()
+            .with_context(|| format!("perf could not count {event}: {count}"))?;
+        seen = true;
+    }
+    ensure!(seen, "perf stat reported no syscall counts");
+    Ok(total)
+}
+
 /// A directory removed (with its content) when dropped, unless `keep` is set.
 #[derive(Debug)]
 pub struct TempDir {
@@ -278,6 +354,15 @@ mod tests {
         assert_eq!(metric(text, "quorate_batch_hits_count"), Some(3.0));
         assert_eq!(metric(text, "quorate_batch_hits"), None);
         assert_eq!(metric(text, "quorate_decisions_total"), None);
+    }
+
+    #[test]
+    fn sums_perf_counts() {
+        let text = "# started on x\n\n4221,,syscalls:sys_enter_fdatasync,12000,100.00,,\n\
+                    3,,syscalls:sys_enter_fsync,12000,100.00,,\n";
+        assert_eq!(parse_perf_counts(text).unwrap(), 4224);
+        assert!(parse_perf_counts("<not supported>,,syscalls:sys_enter_fsync,0,0,,\n").is_err());
+        assert!(parse_perf_counts("# nothing\n").is_err());
     }
 
     #[test]

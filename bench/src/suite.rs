@@ -83,6 +83,10 @@ pub struct SuiteConfig {
     pub out: Option<PathBuf>,
     /// The command line, for the report.
     pub command_line: String,
+    /// Free text added to the report (e.g. the commit measured).
+    pub notes: Vec<String>,
+    /// Count the servers' fsyncs with `perf stat` during each measured window.
+    pub perf: bool,
 }
 
 /// One quorate node the suite started.
@@ -147,16 +151,28 @@ struct Probe {
     batch_count: Option<f64>,
     last_log_index: Option<f64>,
     fsyncs: Option<f64>,
+    /// Counting fsyncs over the window that starts here (`--perf`).
+    counter: Option<procs::SyscallCounter>,
 }
 
 /// The name under which the server may export its fsync count (used when present).
 const FSYNC_METRIC: &str = "quorate_raft_log_fsyncs_total";
 
-async fn probe(servers: &[u32], leader_http: Option<SocketAddr>) -> Probe {
+async fn probe(
+    servers: &[u32],
+    leader_http: Option<SocketAddr>,
+    count_fsyncs: Option<(&Path, Duration)>,
+) -> Probe {
     let mut p = Probe {
         client_cpu: procs::cpu_time("/proc/self/stat").unwrap_or_default(),
         ..Probe::default()
     };
+    if let Some((out, window)) = count_fsyncs {
+        match procs::SyscallCounter::start(servers, out, window) {
+            Ok(c) => p.counter = Some(c),
+            Err(e) => eprintln!("warning: not counting fsyncs: {e:#}"),
+        }
+    }
     for pid in servers {
         p.server_cpu += procs::cpu_time(&format!("/proc/{pid}/stat")).unwrap_or_default();
     }
@@ -254,8 +270,19 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
                 seed: round as u64,
             };
             eprintln!("\n== round {round}/{}: {} ==", cfg.rounds, case.label());
-            let (report, before) = load::run_observed(&load, || probe(&pids, leader_http)).await?;
-            let after = probe(&pids, leader_http).await;
+            let perf_out = tmp.path().join("perf-stat.txt");
+            let count_fsyncs =
+                (cfg.perf && *case != CaseId::Null).then_some((perf_out.as_path(), cfg.duration));
+            let (report, mut before) =
+                load::run_observed(&load, || probe(&pids, leader_http, count_fsyncs)).await?;
+            let after = probe(&pids, leader_http, None).await;
+            let mut fsyncs = delta(before.fsyncs, after.fsyncs);
+            if let Some(counter) = before.counter.take() {
+                match counter.finish().await {
+                    Ok(n) => fsyncs = Some(n as f64),
+                    Err(e) => eprintln!("warning: fsync count lost: {e:#}"),
+                }
+            }
             eprint!("{}", crate::report::text(&report));
             let sample = Sample {
                 server_cpu: after.server_cpu.saturating_sub(before.server_cpu),
@@ -263,7 +290,7 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
                 strict_batches: delta(before.batch_sum, after.batch_sum)
                     .zip(delta(before.batch_count, after.batch_count)),
                 log_entries: delta(before.last_log_index, after.last_log_index),
-                fsyncs: delta(before.fsyncs, after.fsyncs),
+                fsyncs,
                 report,
             };
             eprintln!("{}", sample_notes(&sample));
@@ -542,6 +569,9 @@ fn render(
         cfg.hits_per_request,
     ));
     md.push_str(&format!("Command: `{}`\n\n", cfg.command_line));
+    for note in &cfg.notes {
+        md.push_str(&format!("{note}\n\n"));
+    }
     md.push_str(
         "| setup | req/s | × null | × 1 node | p50 µs | p99 µs | p999 µs | errors | \
          hits/strict batch | hits/log entry | fsyncs/1k hits | server CPU µs/req | client CPU µs/req |\n\
@@ -607,9 +637,16 @@ fn render(
     }
     if let Some(r) = ratio(samples, CaseId::ClusterFast, CaseId::SingleStrict) {
         md.push_str(&format!(
-            "- 3 nodes fast ≥ 0.85× 1 node: {r:.2}× — {}\n",
+            "- 3 nodes fast ≥ 0.85× 1 node: {r:.2}× the 1-node strict figure — {}",
             verdict(r >= 0.85)
         ));
+        match ratio(samples, CaseId::ClusterFast, CaseId::SingleFast) {
+            Some(f) => md.push_str(&format!(
+                "; like for like, {f:.2}× 1 node fast — {}\n",
+                verdict(f >= 0.85)
+            )),
+            None => md.push('\n'),
+        }
     }
     let failures: Vec<String> = samples
         .iter()
