@@ -17,7 +17,8 @@
 //!    quota;
 //! 6. **check** — one [`Engine::check`] call (strict or fast, replicated); over ⇒ 429 with
 //!    `Retry-After` and RateLimit headers; no quorum ⇒ `failure_mode`;
-//! 7. **record** — `dry_run` turns a denial into an allow (logged and counted), then the
+//! 7. **record** — `dry_run` turns a denial (401, 403, 429, or 503 without quorum) into an
+//!    allow (logged and counted), then the
 //!    metric, then the [`AuthzDecision`].
 //!
 //! Nothing here panics on any input, and no credential leaves this module: denials name
@@ -433,7 +434,10 @@ impl Authorizer {
                 if r.mode == Mode::DryRun
                     && matches!(
                         d.kind,
-                        DenyKind::Unauthenticated | DenyKind::Forbidden | DenyKind::RateLimited
+                        DenyKind::Unauthenticated
+                            | DenyKind::Forbidden
+                            | DenyKind::RateLimited
+                            | DenyKind::Unavailable
                     ) =>
             {
                 tracing::info!(

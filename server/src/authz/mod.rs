@@ -30,9 +30,19 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// A request's headers with lower-cased names, as both surfaces deliver them. Repeated
 /// headers are joined (`, `, or `; ` for `cookie`) like Envoy does.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RequestHeaders {
     entries: Vec<(String, String)>,
+}
+
+/// Names only: values carry credentials, and a stray `?request` in a log line must not
+/// print them.
+impl std::fmt::Debug for RequestHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|(n, _)| n))
+            .finish()
+    }
 }
 
 impl RequestHeaders {

@@ -472,6 +472,13 @@ async fn failure_mode_closed_is_503_and_open_allows_marked() {
             .get(),
         1
     );
+    // A dry-run route never blocks traffic, not even without quorum.
+    let d = a
+        .decide(request("GET", "/shadow/x", &[("x-api-key", ALICE_KEY)]))
+        .await
+        .unwrap();
+    allowed(&d);
+    assert!(!format!("{:?}", request("GET", "/", &[("x-api-key", ALICE_KEY)])).contains(ALICE_KEY));
     // Authentication still applies when failing open.
     let d = a.decide(request("GET", "/open/x", &[])).await.unwrap();
     assert_eq!(denied(&d).status, 401);
