@@ -339,27 +339,7 @@ impl Authorizer {
                 Ok(d) => d,
                 Err(EngineError::Unavailable { reason, .. }) => {
                     tracing::warn!(route = %route.name, %reason, "cannot decide: no quorum");
-                    let verdict = match route.failure_mode {
-                        FailureMode::Closed => {
-                            let mut d = Denial::new(
-                                DenyKind::Unavailable,
-                                503,
-                                "rate limits cannot be decided right now",
-                            );
-                            d.headers.push(("retry-after".into(), "1".into()));
-                            Verdict::Deny(d)
-                        }
-                        FailureMode::Open => {
-                            let mut allowed = allowed(policy, route, principal.as_ref(), ip, &[]);
-                            allowed
-                                .upstream_headers
-                                .push((FAILURE_MODE_HEADER.into(), "open".into()));
-                            allowed
-                                .client_headers
-                                .push((FAILURE_MODE_HEADER.into(), "open".into()));
-                            Verdict::Allow(allowed)
-                        }
-                    };
+                    let verdict = without_quorum(policy, route, principal.as_ref(), ip);
                     return Ok(self.finish(&req, Some(route), meta, verdict, started));
                 }
                 Err(e) => return Err(AuthzError::Internal(e.to_string())),
@@ -386,7 +366,7 @@ impl Authorizer {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
 
-        // 7. Verdict.
+        // 7. Verdict (recorded by `finish`): over any limit ⇒ 429.
         let verdict = if over {
             let mut d = Denial::new(DenyKind::RateLimited, 429, "rate limit exceeded");
             d.headers = rate_headers;
@@ -826,6 +806,33 @@ fn counter_key(
         })
         .collect();
     parts.join("|")
+}
+
+/// What `failure_mode` answers when the cluster cannot decide the route's limits.
+fn without_quorum(
+    policy: &AuthzPolicy,
+    route: &Route,
+    principal: Option<&Principal>,
+    ip: Option<IpAddr>,
+) -> Verdict {
+    match route.failure_mode {
+        FailureMode::Closed => {
+            let mut d = Denial::new(
+                DenyKind::Unavailable,
+                503,
+                "rate limits cannot be decided right now",
+            );
+            d.headers.push(("retry-after".into(), "1".into()));
+            Verdict::Deny(d)
+        }
+        FailureMode::Open => {
+            let mut a = allowed(policy, route, principal, ip, &[]);
+            let mark = (FAILURE_MODE_HEADER.to_string(), "open".to_string());
+            a.upstream_headers.push(mark.clone());
+            a.client_headers.push(mark);
+            Verdict::Allow(a)
+        }
+    }
 }
 
 /// The allow answer: identity headers upstream (and removal of those we leave unset, so
