@@ -889,6 +889,7 @@ fn compile_jwt(raw: RawJwt, path: &str) -> Result<JwtIdentity, Located> {
         JwtKeys::Inline(keys)
     };
     let leeway = match raw.leeway {
+        Some(l) if matches!(l.trim(), "0" | "0s") => 0,
         Some(l) => parse_window(&l).map_err(|r| here("leeway", r))? / SECOND,
         None => 30,
     };

@@ -756,3 +756,35 @@ async fn authorization_overhead() {
         );
     }
 }
+
+#[tokio::test]
+async fn inline_jwk_keys_verify_and_leeway_can_be_zero() {
+    use crate::authz::jwt::tests::{sign, RSA1_KEY};
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let key = EncodingKey::from_rsa_pem(RSA1_KEY.as_bytes()).unwrap();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwk = serde_json::to_string(&jwk).unwrap();
+    let text = format!(
+        "identities:\n  - name: t\n    jwt:\n      issuer: A\n      algorithms: [RS256]\n      leeway: 0s\n      keys:\n        - {{kid: k1, jwk: {jwk}}}\nroutes:\n  - name: r\n"
+    );
+    let (a, _, _) = authorizer_with(&text);
+    let token = sign(
+        Algorithm::RS256,
+        RSA1_KEY,
+        Some("k1"),
+        &serde_json::json!({"iss": "A", "sub": "alice", "exp": crate::authz::jwt::unix_now() + 60}),
+    );
+    let d = a
+        .decide(request(
+            "GET",
+            "/",
+            &[("authorization", &format!("Bearer {token}"))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(d.metadata.consumer.as_deref(), Some("alice"));
+    // A JWK with private parts is refused.
+    let e = compile(&text.replace("\"kty\"", "\"d\": \"c2VjcmV0\", \"kty\"")).unwrap_err();
+    assert!(e.reason.contains("private"), "{e}");
+}
