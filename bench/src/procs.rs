@@ -112,11 +112,24 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// A loopback port that was free a moment ago (bind port 0, read it back, release it).
+/// A loopback port that was free a moment ago (bind port 0, read it back, release it),
+/// never one this process handed out before: the kernel readily gives a just-released
+/// port again, and two servers on one port would fail to start.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .map_err(|_| anyhow!("port registry poisoned"))?;
+    for _ in 0..1000 {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+        let port = listener.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no fresh loopback port after 1000 tries")
 }
 
 /// Polls until `addr` accepts TCP connections.
@@ -354,6 +367,15 @@ mod tests {
         assert_eq!(metric(text, "quorate_batch_hits_count"), Some(3.0));
         assert_eq!(metric(text, "quorate_batch_hits"), None);
         assert_eq!(metric(text, "quorate_decisions_total"), None);
+    }
+
+    #[test]
+    fn ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len());
     }
 
     #[test]
