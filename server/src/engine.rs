@@ -221,21 +221,34 @@ impl Engine {
         let mut decided: Vec<Option<Decision>> = vec![None; hits.len()];
         let mut strict = Vec::new();
         let mut strict_slots = Vec::new();
+        let mut guards = Vec::new();
         for (i, resolved) in hits.into_iter().enumerate() {
-            let fast = match resolved.consistency {
-                Consistency::Fast => self.fast.decide(&resolved.hit),
-                Consistency::Strict => None,
-            };
-            match fast {
-                Some(d) => decided[i] = Some(d),
-                None => {
-                    strict.push(resolved.hit);
-                    strict_slots.push(i);
+            if resolved.consistency == Consistency::Fast {
+                let guard = loop {
+                    match self.fast.decide(&resolved.hit) {
+                        fast::FastOutcome::Decided(d) => break Ok(d),
+                        fast::FastOutcome::Strict(guard) => break Err(guard),
+                        // Waiting while holding guards of this request's own strict
+                        // hits would wait for itself: send this one strict as well.
+                        fast::FastOutcome::Wait if !guards.is_empty() => {
+                            break Err(self.fast.hold(1))
+                        }
+                        fast::FastOutcome::Wait => self.fast.ready().await,
+                    }
+                };
+                match guard {
+                    Ok(d) => {
+                        decided[i] = Some(d);
+                        continue;
+                    }
+                    Err(guard) => guards.push(guard),
                 }
             }
+            strict.push(resolved.hit);
+            strict_slots.push(i);
         }
         if !strict.is_empty() {
-            let outcomes = self.strict.submit(strict).await?;
+            let outcomes = self.strict.submit(strict, guards).await?;
             for (slot, decision) in strict_slots.into_iter().zip(outcomes) {
                 decided[slot] = Some(decision);
             }

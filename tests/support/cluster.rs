@@ -74,7 +74,9 @@ impl Cluster {
             node.wait_ready().await?;
         }
         let all: Vec<u64> = (1..=n).collect();
-        cluster.wait_leader(&all).await?;
+        let leader = cluster.wait_leader(&all).await?;
+        // Every member has applied the membership that makes them all voters.
+        cluster.wait_caught_up(leader, &all).await?;
         Ok(cluster)
     }
 

@@ -21,6 +21,9 @@
 //! Every child process is killed when its [`TestNode`] drops, so no node outlives a test,
 //! passed or failed.
 
+// Test support: a failed expectation is a test failure, reported with its line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod api;
 pub mod bin;
 pub mod cluster;

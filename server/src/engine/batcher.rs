@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::fast::InFlightGuard;
 use super::{EngineError, LeaderClock};
 use crate::metrics::Metrics;
 use crate::raft::typ::{ClientWriteError, Raft, RaftError};
@@ -55,6 +56,8 @@ type Reply = oneshot::Sender<Result<Vec<Decision>, EngineError>>;
 struct Pending {
     hits: Vec<Hit>,
     reply: Reply,
+    /// Released once the entry has applied or failed, even if the caller gave up.
+    guards: Vec<InFlightGuard>,
 }
 
 /// The sending side; cheap to share.
@@ -83,11 +86,20 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// Queues `hits` for the next entry and waits for their outcomes, in order.
-    pub async fn submit(&self, hits: Vec<Hit>) -> Result<Vec<Decision>, EngineError> {
+    /// Queues `hits` for the next entry and waits for their outcomes, in order. `guards`
+    /// are held until the entry has applied or failed.
+    pub async fn submit(
+        &self,
+        hits: Vec<Hit>,
+        guards: Vec<InFlightGuard>,
+    ) -> Result<Vec<Decision>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { hits, reply })
+            .send(Pending {
+                hits,
+                reply,
+                guards,
+            })
             .await
             .map_err(|_| EngineError::Internal("batcher stopped".into()))?;
         rx.await
@@ -118,11 +130,14 @@ async fn run(
         tokio::spawn(async move {
             let mut hits = Vec::with_capacity(total);
             let mut replies = Vec::with_capacity(batch.len());
+            let mut guards = Vec::new();
             for p in batch {
                 replies.push((p.hits.len(), p.reply));
                 hits.extend(p.hits);
+                guards.extend(p.guards);
             }
             let result = raft.client_write(Command::Hits { ts, hits }).await;
+            drop(guards);
             drop(slot);
             match result {
                 Ok(resp) => match resp.data {

@@ -7,16 +7,25 @@
 //! proposed as a [`Command::Consumed`] entry; replicas `force` it into their counters, so
 //! they converge on the leader's answers.
 //!
+//! A fresh store (new term, or after the leader lost and regained its quorum) seeds keys
+//! from the replicated counters, so it may only start deciding once those counters hold
+//! everything this node already granted or proposed for fast limits: its consumed hits
+//! still queued or in flight, and fast-limit hits it sent down the strict path while fast
+//! decisions were off. Each such hit holds an [`InFlightGuard`] until its entry applied or
+//! failed; between enabling and the last guard's release the path is *draining* and fast
+//! hits wait (bounded by the caller's decision timeout) instead of deciding.
+//!
 //! What can be lost: the hits of consumed batches not yet committed when the leader dies.
 //! At most `max_inflight` batches of at most `max_hits` hits are unreplicated at any time,
 //! plus the queue; losses are counted in `quorate_fast_hits_unreplicated_total`. A node
 //! that loses leadership drops its fast store; the next leader rebuilds from the log.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use quorate_algorithms::{CounterStore, Decision};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use super::{BatchSettings, LeaderClock};
 use crate::metrics::Metrics;
@@ -35,13 +44,59 @@ struct FastTerm {
     store: CounterStore,
 }
 
+/// Whether this node decides fast hits.
+#[derive(Debug)]
+enum State {
+    /// Not a leader with a quorum: fast hits take the strict path.
+    Off,
+    /// Allowed for this term, waiting for earlier fast-limit hits to reach the replicated
+    /// counters before a fresh store may seed from them.
+    Draining(u64),
+    On(Arc<FastTerm>),
+}
+
+/// Fast-limit hits whose consumption may not be in the replicated counters yet.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicU64,
+    /// Signalled when `count` drops to zero or the state changes.
+    changed: Notify,
+}
+
+/// Holds `n` hits in flight; releases them when dropped (once their entry has applied or
+/// failed).
+#[derive(Debug)]
+pub struct InFlightGuard {
+    in_flight: Arc<InFlight>,
+    n: u64,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.in_flight.count.fetch_sub(self.n, Ordering::SeqCst) == self.n {
+            self.in_flight.changed.notify_waiters();
+        }
+    }
+}
+
+/// What [`FastPath::decide`] did with a hit.
+#[derive(Debug)]
+pub enum FastOutcome {
+    Decided(Decision),
+    /// Decide it on the strict path, holding the guard until its entry applies.
+    Strict(InFlightGuard),
+    /// Fast decisions are about to start: wait with [`FastPath::ready`], then ask again.
+    Wait,
+}
+
 #[derive(Debug)]
 pub struct FastPath {
     shared: Arc<SharedState>,
-    current: ArcSwapOption<FastTerm>,
+    state: ArcSwap<State>,
+    in_flight: Arc<InFlight>,
     clock: Arc<LeaderClock>,
     metrics: Arc<Metrics>,
-    consumed: mpsc::Sender<Hit>,
+    consumed: mpsc::Sender<(Hit, InFlightGuard)>,
 }
 
 impl FastPath {
@@ -62,37 +117,93 @@ impl FastPath {
         ));
         FastPath {
             shared,
-            current: ArcSwapOption::empty(),
+            state: ArcSwap::from_pointee(State::Off),
+            in_flight: Arc::default(),
             clock,
             metrics,
             consumed,
         }
     }
 
-    /// Allows fast decisions for `term` (keeps the store if already enabled for it).
+    /// Counts `n` fast-limit hits in flight until the guard drops.
+    pub fn hold(&self, n: u64) -> InFlightGuard {
+        self.in_flight.count.fetch_add(n, Ordering::SeqCst);
+        InFlightGuard {
+            in_flight: Arc::clone(&self.in_flight),
+            n,
+        }
+    }
+
+    /// Allows fast decisions for `term` (keeps the store if already enabled for it). They
+    /// start once every earlier fast-limit hit has reached the replicated counters.
     pub fn enable(&self, term: u64) {
-        if self.current.load().as_ref().is_some_and(|t| t.term == term) {
+        match &**self.state.load() {
+            State::On(t) if t.term == term => return,
+            State::Draining(t) if *t == term => {}
+            _ => {
+                self.state.store(Arc::new(State::Draining(term)));
+                self.in_flight.changed.notify_waiters();
+            }
+        }
+        self.try_start(term);
+    }
+
+    /// Draining for `term` with nothing in flight: start deciding with a fresh store.
+    fn try_start(&self, term: u64) {
+        let current = self.state.load_full();
+        if !matches!(&*current, State::Draining(t) if *t == term)
+            || self.in_flight.count.load(Ordering::SeqCst) != 0
+        {
             return;
         }
         let max = self.shared.policy.load().set.max_counters;
-        self.current.store(Some(Arc::new(FastTerm {
+        let on = Arc::new(State::On(Arc::new(FastTerm {
             term,
             store: CounterStore::new(max),
         })));
-        tracing::info!(term, "fast decisions enabled on this leader");
+        let previous = self.state.compare_and_swap(&current, on);
+        if Arc::ptr_eq(&previous, &current) {
+            tracing::info!(term, "fast decisions enabled on this leader");
+            self.in_flight.changed.notify_waiters();
+        }
     }
 
     /// Stops fast decisions and forgets speculative state.
     pub fn disable(&self) {
-        if self.current.swap(None).is_some() {
+        let previous = self.state.swap(Arc::new(State::Off));
+        if matches!(&*previous, State::On(_)) {
             tracing::info!("fast decisions disabled: not a leader with a quorum");
+        }
+        self.in_flight.changed.notify_waiters();
+    }
+
+    /// Waits until fast decisions are no longer draining.
+    pub async fn ready(&self) {
+        loop {
+            let changed = self.in_flight.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match &**self.state.load() {
+                State::Draining(term) => self.try_start(*term),
+                _ => return,
+            }
+            if !matches!(&**self.state.load(), State::Draining(_)) {
+                return;
+            }
+            changed.await;
         }
     }
 
-    /// Decides `hit` now, or `None` when this node may not decide fast hits (the caller
-    /// then takes the strict path).
-    pub fn decide(&self, hit: &Hit) -> Option<Decision> {
-        let term = self.current.load_full()?;
+    /// Decides `hit` now if this node may; otherwise says how to proceed.
+    pub fn decide(&self, hit: &Hit) -> FastOutcome {
+        // Counted before the state is read, so a store that starts after this read
+        // waits for this hit.
+        let guard = self.hold(1);
+        let term = match &**self.state.load() {
+            State::On(term) => Arc::clone(term),
+            State::Off => return FastOutcome::Strict(guard),
+            State::Draining(_) => return FastOutcome::Wait,
+        };
         let key = counter_key(&hit.limit, &hit.key);
         if term.store.get(&key).is_none() {
             if let Some(replicated) = self.shared.counters.load().get(&key) {
@@ -101,16 +212,17 @@ impl FastPath {
         }
         let now = self.clock.now();
         let decision = term.store.check(&key, &hit.rate, now, hit.cost);
-        if decision.allowed && hit.cost > 0 && self.consumed.try_send(hit.clone()).is_err() {
+        if decision.allowed && hit.cost > 0 && self.consumed.try_send((hit.clone(), guard)).is_err()
+        {
             self.metrics.fast_hits_unreplicated.inc();
         }
-        Some(decision)
+        FastOutcome::Decided(decision)
     }
 }
 
 /// Proposes queued consumed hits in batches, like the strict batcher but with no reply.
 async fn replicate(
-    mut rx: mpsc::Receiver<Hit>,
+    mut rx: mpsc::Receiver<(Hit, InFlightGuard)>,
     raft: Raft,
     clock: Arc<LeaderClock>,
     metrics: Arc<Metrics>,
@@ -121,11 +233,14 @@ async fn replicate(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let Some((hits, _)) =
-            super::batcher::next_batch(&mut rx, settings.max_hits, |_: &Hit| 1).await
+        let Some((batch, _)) =
+            super::batcher::next_batch(&mut rx, settings.max_hits, |_: &(Hit, InFlightGuard)| 1)
+                .await
         else {
             return;
         };
+        // The guards are released once the entry has applied (or failed).
+        let (hits, guards): (Vec<Hit>, Vec<InFlightGuard>) = batch.into_iter().unzip();
         let raft = raft.clone();
         let metrics = Arc::clone(&metrics);
         let ts = clock.now();
@@ -135,6 +250,7 @@ async fn replicate(
                 metrics.fast_hits_unreplicated.inc_by(n);
                 tracing::warn!(hits = n, error = %e, "fast hits could not be replicated");
             }
+            drop(guards);
             drop(slot);
         });
     }
