@@ -14,7 +14,8 @@
 //!   unacknowledged write) is cut off with a warning; a bad record anywhere else is an
 //!   error ([`LogStoreError::Corrupt`]): acknowledged data is never silently dropped.
 //! - **The committed log id** (`save_committed`) is best effort: written by atomic rename
-//!   but not fsynced, and ignored at open unless it still names an entry of the log.
+//!   but not fsynced, at most once a second, and ignored at open unless it still names
+//!   an entry of the log.
 //!
 //! # Layout of `dir`
 //!
@@ -92,6 +93,8 @@ const SEGMENT_EXT: &str = "seg";
 const VOTE_FILE: &str = "vote";
 const PURGED_FILE: &str = "purged";
 const COMMITTED_FILE: &str = "committed";
+/// How often, at most, the committed log id is written (see `run_flusher`).
+const COMMITTED_INTERVAL: Duration = Duration::from_secs(1);
 const TMP_EXT: &str = "tmp";
 /// Longest the flusher delays an fsync to gather a burst of appends (only when its
 /// previous fsync was shared). Small next to an fsync (0.14–4 ms here).
@@ -698,6 +701,12 @@ fn run_flusher(rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
     let mut files: Vec<Arc<File>> = Vec::new();
     let mut callbacks: Vec<LogFlushed<TypeConfig>> = Vec::new();
     let mut last_batch = 0;
+    // The committed id is best effort (an older one is still correct: openraft learns
+    // the rest from the leader), and replacing its file on every commit put a rename —
+    // a journal write that the next fdatasync waits for — on the hot path. So it is
+    // written at most once per COMMITTED_INTERVAL.
+    let mut committed_written_at: Option<Instant> = None;
+    let mut pending_committed = None;
     while let Ok(first) = rx.recv() {
         let mut committed = None;
         let mut take = |job, callbacks: &mut Vec<_>| match job {
@@ -758,7 +767,12 @@ fn run_flusher(rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             callback.log_io_completed(r);
         }
 
-        if let Some(c) = committed {
+        if committed.is_some() {
+            pending_committed = committed;
+        }
+        let due = committed_written_at.is_none_or(|t| t.elapsed() >= COMMITTED_INTERVAL);
+        if let Some(c) = if due { pending_committed.take() } else { None } {
+            committed_written_at = Some(Instant::now());
             let path = shared.dir.join(COMMITTED_FILE);
             let result = match c {
                 Some(c) => write_atomic(&shared.dir, COMMITTED_FILE, &c, false),
