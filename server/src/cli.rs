@@ -69,8 +69,10 @@ pub struct ServeArgs {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
-    /// Raft election timeout (minimum) in milliseconds; the maximum is twice this.
-    #[arg(long, default_value_t = 500)]
+    /// Raft election timeout (minimum) in milliseconds; the maximum is 1.5× this. A
+    /// follower waits out the old leader's lease (the maximum) plus one timeout before
+    /// standing, so failover takes roughly 2.5× this value.
+    #[arg(long, default_value_t = 300)]
     pub election_timeout_ms: u64,
     /// Take a snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 20_000)]
@@ -98,7 +100,7 @@ impl ServeArgs {
             raft: RaftTiming {
                 heartbeat: Duration::from_millis(self.heartbeat_ms),
                 election_min: Duration::from_millis(self.election_timeout_ms),
-                election_max: Duration::from_millis(self.election_timeout_ms.saturating_mul(2)),
+                election_max: Duration::from_millis(self.election_timeout_ms.saturating_mul(3) / 2),
                 snapshot_every: self.snapshot_every,
             },
             batch: BatchSettings {

@@ -52,8 +52,8 @@ impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
             heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(500),
-            election_max: Duration::from_millis(1000),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(450),
             snapshot_every: 20_000,
         }
     }
