@@ -6,15 +6,24 @@
 //! - `suite`: start the null server, a single node and a 3-node cluster, measure them all
 //!   in one run and print the markdown table recorded in `docs/benchmarks.md`.
 //!
+//! - `rls`: drive Envoy RLS `ShouldRateLimit` (1..n descriptors), verifying every answer;
+//!   `null-rls`: a do-nothing RLS server; `rls-frame`: write one request as an h2load body;
+//! - `ext-authz`: drive Envoy ext_authz `Check` (API key, JWT or no identity);
+//! - `nodes`: start one node or a 3-node cluster (as `suite` does) and hold it up, for
+//!   scripts that measure other clients or servers next to quorate (`bench/envoy.sh`).
+//!
 //! Modules: [`keys`] (key distributions), [`load`] (the generator and answer checks),
 //! [`report`] (human and JSON output), [`null_server`], [`procs`] (child processes,
 //! `/proc` CPU time, `/metrics`), [`suite`].
 
+mod authz;
 mod keys;
 mod load;
 mod null_server;
 mod procs;
 mod report;
+mod rls;
+mod rpc;
 mod suite;
 
 use std::net::SocketAddr;
@@ -45,6 +54,128 @@ enum Command {
     },
     /// Measure the null server, one node and three nodes in one run; print markdown.
     Suite(SuiteArgs),
+    /// Drive Envoy RLS v3 `ShouldRateLimit` and report throughput and latency.
+    Rls(RlsArgs),
+    /// Serve a do-nothing Envoy RLS v3 (OK, one OK status per descriptor).
+    NullRls {
+        /// Listen address (port 0 picks one; the ready line says which).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        grpc: SocketAddr,
+    },
+    /// Write one `ShouldRateLimit` request as a gRPC frame (h2load's `-d` body).
+    RlsFrame {
+        #[arg(long, default_value = "bench1")]
+        domain: String,
+        /// Descriptors in the request (entry `k<i> = <prefix><key>` each).
+        #[arg(long, default_value_t = 1)]
+        descriptors: usize,
+        #[arg(long, default_value = "k")]
+        key_prefix: String,
+        /// The counter key every descriptor names.
+        #[arg(long, default_value_t = 0)]
+        key: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Drive Envoy ext_authz v3 `Check` and report throughput and latency.
+    ExtAuthz(ExtAuthzArgs),
+    /// Start one quorate node or a 3-node cluster with a policy and hold it up.
+    Nodes {
+        #[arg(long, default_value = "target/release/quorate")]
+        quorate: PathBuf,
+        #[arg(long)]
+        policy: PathBuf,
+        /// 1 or 3.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Extra flag for every `quorate serve` (repeatable).
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        work_dir: PathBuf,
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// Options shared by the Envoy modes.
+#[derive(Debug, Args)]
+struct EnvoyLoadArgs {
+    /// gRPC endpoint(s), comma-separated; connections are spread over them.
+    #[arg(long, default_value = "http://127.0.0.1:8081", value_delimiter = ',')]
+    target: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 16)]
+    per_connection: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Distinct counter keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
+    #[arg(long, default_value = "k")]
+    key_prefix: String,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON line instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Exit 0 even when calls failed (they are still reported).
+    #[arg(long)]
+    allow_errors: bool,
+}
+
+#[derive(Debug, Args)]
+struct RlsArgs {
+    #[arg(long, default_value = "bench1")]
+    domain: String,
+    /// Descriptors per request (1 to 16).
+    #[arg(long, default_value_t = 1)]
+    descriptors: usize,
+    /// Accept answers with no per-descriptor statuses (Limitador sends the overall code
+    /// only); the overall code is still checked.
+    #[arg(long)]
+    no_statuses: bool,
+    #[command(flatten)]
+    load: EnvoyLoadArgs,
+}
+
+#[derive(Debug, Args)]
+struct ExtAuthzArgs {
+    #[arg(long, value_enum)]
+    identity: authz::Identity,
+    /// Host of every request.
+    #[arg(long, default_value = "bench.local")]
+    host: String,
+    /// Path of every request (default by identity: /key/x, /jwt/x, /public/x).
+    #[arg(long)]
+    path: Option<String>,
+    /// The API key sent with `--identity api-key`.
+    #[arg(long, default_value = "bench-key")]
+    api_key: String,
+    /// Ed25519 private key (PEM) that signs the token for `--identity jwt`.
+    #[arg(long)]
+    jwt_key: Option<PathBuf>,
+    #[arg(long, default_value = "https://bench.issuer")]
+    jwt_issuer: String,
+    #[arg(long, default_value = "bench")]
+    jwt_audience: String,
+    #[arg(long, default_value = "bench-user")]
+    jwt_subject: String,
+    /// Count denials as verified answers instead of bad ones.
+    #[arg(long)]
+    allow_denials: bool,
+    #[command(flatten)]
+    load: EnvoyLoadArgs,
 }
 
 /// Load shape shared by `check` and `suite`.
@@ -164,6 +295,38 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::NullServer { grpc } => null_server::serve(grpc).await,
         Command::Check(args) => check(args).await,
+        Command::NullRls { grpc } => rls::serve_null(grpc).await,
+        Command::RlsFrame {
+            domain,
+            descriptors,
+            key_prefix,
+            key,
+            out,
+        } => {
+            let frame = rls::grpc_frame(&rls::request(&domain, descriptors, &key_prefix, key));
+            std::fs::write(&out, frame)
+                .with_context(|| format!("cannot write {}", out.display()))
+        }
+        Command::Rls(args) => rls_load(args).await,
+        Command::ExtAuthz(args) => ext_authz_load(args).await,
+        Command::Nodes {
+            quorate,
+            policy,
+            nodes,
+            server_args,
+            work_dir,
+            keep,
+        } => {
+            let n = suite::NodesConfig {
+                quorate,
+                policy,
+                nodes,
+                server_args,
+                work_dir,
+                keep,
+            };
+            suite::hold_nodes(n).await
+        }
         Command::Suite(args) => {
             let cfg = suite_config(args)?;
             // Ctrl-C drops the suite's future, and with it every child (drop guards).
@@ -209,6 +372,98 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
         bail!("no call succeeded in the measured window");
     }
     Ok(())
+}
+
+fn run_spec(l: &EnvoyLoadArgs, label: String, items: usize) -> rpc::RunSpec {
+    rpc::RunSpec {
+        targets: l.target.clone(),
+        concurrency: l.concurrency,
+        per_channel: l.per_connection,
+        duration: l.duration,
+        warmup: l.warmup,
+        timeout: l.timeout,
+        seed: l.seed,
+        label,
+        items_per_request: items,
+    }
+}
+
+/// Prints a report of an Envoy mode and fails on problems (as `check` does).
+fn finish(r: &load::Report, l: &EnvoyLoadArgs) -> anyhow::Result<()> {
+    if l.json {
+        println!("{}", report::json(r));
+    } else {
+        print!("{}", report::text(r));
+    }
+    if r.problems() > 0 {
+        eprintln!("{}", report::problems_line(r));
+        if !l.allow_errors {
+            bail!("{} call(s) failed or were not real decisions", r.problems());
+        }
+    }
+    if r.ok == 0 {
+        bail!("no call succeeded in the measured window");
+    }
+    Ok(())
+}
+
+async fn rls_load(args: RlsArgs) -> anyhow::Result<()> {
+    let l = &args.load;
+    if !(1..=16).contains(&args.descriptors) {
+        bail!("--descriptors must be 1 to 16");
+    }
+    let keys = KeySpace::new(l.distribution, l.keys, l.zipf_s)?;
+    let spec = run_spec(
+        l,
+        format!("rls {} ×{}", args.domain, args.descriptors),
+        args.descriptors,
+    );
+    let r = rpc::run(&spec, |channel| rls::RlsCaller {
+        client: envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient::new(channel),
+        domain: args.domain.clone(),
+        descriptors: args.descriptors,
+        prefix: l.key_prefix.clone(),
+        keys: keys.clone(),
+        statuses: !args.no_statuses,
+    })
+    .await?;
+    finish(&r, l)
+}
+
+async fn ext_authz_load(args: ExtAuthzArgs) -> anyhow::Result<()> {
+    use authz::Identity;
+    let l = &args.load;
+    let (credential, default_path) = match args.identity {
+        Identity::ApiKey => (vec![("x-api-key".into(), args.api_key.clone())], "/key/x"),
+        Identity::Jwt => {
+            let key = args
+                .jwt_key
+                .as_deref()
+                .ok_or_else(|| anyhow!("--identity jwt needs --jwt-key"))?;
+            let token =
+                authz::sign_jwt(key, &args.jwt_issuer, &args.jwt_audience, &args.jwt_subject)?;
+            (
+                vec![("authorization".into(), format!("Bearer {token}"))],
+                "/jwt/x",
+            )
+        }
+        Identity::None => (Vec::new(), "/public/x"),
+    };
+    let shape = std::sync::Arc::new(authz::Shape {
+        host: args.host.clone(),
+        path: args.path.clone().unwrap_or_else(|| default_path.into()),
+        credential,
+        key_prefix: l.key_prefix.clone(),
+        keys: KeySpace::new(l.distribution, l.keys, l.zipf_s)?,
+        expect_allow: !args.allow_denials,
+    });
+    let label = format!("ext_authz {:?} {}", args.identity, shape.path);
+    let r = rpc::run(&run_spec(l, label, 1), |channel| authz::AuthzCaller {
+        client: envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel),
+        shape: std::sync::Arc::clone(&shape),
+    })
+    .await?;
+    finish(&r, l)
 }
 
 fn suite_config(args: SuiteArgs) -> anyhow::Result<suite::SuiteConfig> {

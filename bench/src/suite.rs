@@ -448,6 +448,85 @@ async fn quorate_cli(cfg: &SuiteConfig, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `quorate-bench nodes` starts: one node or a 3-node cluster with `policy`, the
+/// same way the suite does; prints one `nodes ready:` line with the addresses (leader
+/// first), then holds them up until Ctrl-C or SIGTERM, and stops them all.
+#[derive(Debug, Clone)]
+pub struct NodesConfig {
+    pub quorate: PathBuf,
+    pub policy: PathBuf,
+    pub nodes: usize,
+    pub server_args: Vec<String>,
+    pub work_dir: PathBuf,
+    pub keep: bool,
+}
+
+pub async fn hold_nodes(n: NodesConfig) -> anyhow::Result<()> {
+    ensure!(
+        n.nodes == 1 || n.nodes == 3,
+        "--nodes must be 1 or 3 (got {})",
+        n.nodes
+    );
+    ensure!(
+        n.quorate.is_file(),
+        "no quorate binary at {}",
+        n.quorate.display()
+    );
+    let cfg = SuiteConfig {
+        quorate: n.quorate.clone(),
+        myself: PathBuf::new(),
+        duration: Duration::ZERO,
+        warmup: Duration::ZERO,
+        concurrency: 1,
+        per_channel: 1,
+        keys: 1,
+        distribution: Distribution::Uniform,
+        zipf_s: 1.0,
+        cost: 1,
+        hits_per_request: 1,
+        timeout: Duration::ZERO,
+        rounds: 1,
+        follower: false,
+        server_args: n.server_args.clone(),
+        work_dir: n.work_dir.clone(),
+        keep: n.keep,
+        out: None,
+        command_line: String::new(),
+        notes: Vec::new(),
+        perf: false,
+    };
+    let tmp = TempDir::new(&n.work_dir, n.keep)?;
+    let policy = std::fs::canonicalize(&n.policy)
+        .with_context(|| format!("no policy at {}", n.policy.display()))?;
+    let nodes = if n.nodes == 1 {
+        let mut single = start_node(&cfg, tmp.path(), "single", 1, Some(&policy)).await?;
+        single
+            .proc
+            .wait_line("quorate ready:", READY_TIMEOUT)
+            .await?;
+        vec![single]
+    } else {
+        start_cluster(&cfg, tmp.path(), &policy).await?
+    };
+    let grpc: Vec<String> = nodes.iter().map(|q| q.grpc.to_string()).collect();
+    let http: Vec<String> = nodes.iter().map(|q| q.http.to_string()).collect();
+    let pids: Vec<String> = nodes.iter().map(|q| q.proc.pid().to_string()).collect();
+    println!(
+        "nodes ready: grpc={} http={} pids={}",
+        grpc.join(","),
+        http.join(","),
+        pids.join(",")
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(nodes);
+    Ok(())
+}
+
 // === the report ===
 
 fn median(mut v: Vec<f64>) -> f64 {

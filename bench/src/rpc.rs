@@ -1,0 +1,208 @@
+//! The closed-loop runner shared by the Envoy modes (`rls`, `ext-authz`): the same shape
+//! as [`crate::load`] (C workers, one call in flight each, C/per_channel HTTP/2
+//! connections, nothing recorded during the warm-up), generic over what one call sends and
+//! how its answer is verified.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tonic::transport::Channel;
+
+use crate::load::{code_name, connect, Report};
+
+/// What one call came back with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A verified answer: how many items (descriptors, requests) were allowed / denied.
+    Verified { allowed: u64, denied: u64 },
+    /// The RPC succeeded but the answer was not a valid decision.
+    Bad(String),
+    /// The RPC failed, by gRPC code name.
+    Failed { code: String, message: String },
+}
+
+impl Outcome {
+    /// A failed RPC from a tonic status.
+    pub fn from_status(status: &tonic::Status) -> Outcome {
+        Outcome::Failed {
+            code: code_name(status.code()).to_string(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+/// One worker's caller: makes one call and verifies its answer.
+pub trait Caller: Send + 'static {
+    fn call(&mut self, rng: &mut StdRng) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Where and how long to run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub targets: Vec<String>,
+    pub concurrency: usize,
+    pub per_channel: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub timeout: Duration,
+    pub seed: u64,
+    /// What the report names in its "limit" field (e.g. `rls bench1 ×3`).
+    pub label: String,
+    /// Items decided per request (descriptors), for the report.
+    pub items_per_request: usize,
+}
+
+struct Tally {
+    ok: u64,
+    allowed: u64,
+    denied: u64,
+    errors: BTreeMap<String, u64>,
+    bad: u64,
+    first_problem: Option<String>,
+    warmup_errors: u64,
+    last_answer: Option<Instant>,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+fn new_histogram() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+        .context("cannot build a latency histogram")
+}
+
+/// Runs `spec.concurrency` workers, each with a caller made by `make` from its channel.
+pub async fn run<C, F>(spec: &RunSpec, make: F) -> anyhow::Result<Report>
+where
+    C: Caller,
+    F: Fn(Channel) -> C,
+{
+    ensure!(spec.concurrency > 0, "--concurrency must be at least 1");
+    ensure!(spec.per_channel > 0, "--per-connection must be at least 1");
+    let connections = spec.concurrency.div_ceil(spec.per_channel);
+    let channels = connect(&spec.targets, connections).await?;
+    let started = Instant::now();
+    let measure_from = started + spec.warmup;
+    let stop_at = measure_from + spec.duration;
+    let spec_arc = Arc::new(spec.clone());
+    let mut workers = Vec::with_capacity(spec.concurrency);
+    for i in 0..spec.concurrency {
+        let caller = make(channels[i % channels.len()].clone());
+        let histogram = new_histogram()?;
+        let spec = Arc::clone(&spec_arc);
+        workers.push(tokio::spawn(worker(
+            caller,
+            spec,
+            i as u64,
+            measure_from,
+            stop_at,
+            histogram,
+        )));
+    }
+    let mut report = Report {
+        targets: spec.targets.clone(),
+        concurrency: spec.concurrency,
+        connections,
+        limit: spec.label.clone(),
+        hits_per_request: spec.items_per_request,
+        elapsed: Duration::ZERO,
+        ok: 0,
+        allowed_hits: 0,
+        denied_hits: 0,
+        errors: BTreeMap::new(),
+        bad_answers: 0,
+        first_problem: None,
+        warmup_errors: 0,
+        latency: new_histogram()?,
+    };
+    let mut last_answer = measure_from;
+    for w in workers {
+        let t = w.await.context("a load worker panicked")?;
+        report.ok += t.ok;
+        report.allowed_hits += t.allowed;
+        report.denied_hits += t.denied;
+        report.bad_answers += t.bad;
+        report.warmup_errors += t.warmup_errors;
+        for (code, n) in t.errors {
+            *report.errors.entry(code).or_default() += n;
+        }
+        if report.first_problem.is_none() {
+            report.first_problem = t.first_problem;
+        }
+        if let Some(at) = t.last_answer {
+            last_answer = last_answer.max(at);
+        }
+        report
+            .latency
+            .add(&t.latency)
+            .context("cannot merge latency histograms")?;
+    }
+    report.elapsed = last_answer.saturating_duration_since(measure_from);
+    Ok(report)
+}
+
+async fn worker<C: Caller>(
+    mut caller: C,
+    spec: Arc<RunSpec>,
+    index: u64,
+    measure_from: Instant,
+    stop_at: Instant,
+    latency: hdrhistogram::Histogram<u64>,
+) -> Tally {
+    let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_add(index));
+    let mut t = Tally {
+        ok: 0,
+        allowed: 0,
+        denied: 0,
+        errors: BTreeMap::new(),
+        bad: 0,
+        first_problem: None,
+        warmup_errors: 0,
+        last_answer: None,
+        latency,
+    };
+    loop {
+        let sent = Instant::now();
+        if sent >= stop_at {
+            break;
+        }
+        let outcome = match tokio::time::timeout(spec.timeout, caller.call(&mut rng)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Failed {
+                code: "DEADLINE_EXCEEDED".into(),
+                message: "client-side timeout".into(),
+            },
+        };
+        let answered = Instant::now();
+        if sent < measure_from {
+            if !matches!(outcome, Outcome::Verified { .. }) {
+                t.warmup_errors += 1;
+            }
+            continue;
+        }
+        t.last_answer = Some(answered);
+        match outcome {
+            Outcome::Verified { allowed, denied } => {
+                t.ok += 1;
+                t.allowed += allowed;
+                t.denied += denied;
+                let us = u64::try_from(answered.duration_since(sent).as_micros())
+                    .unwrap_or(u64::MAX);
+                t.latency.saturating_record(us.max(1));
+            }
+            Outcome::Bad(why) => {
+                t.bad += 1;
+                t.first_problem.get_or_insert(format!("bad answer: {why}"));
+            }
+            Outcome::Failed { code, message } => {
+                *t.errors.entry(code.clone()).or_default() += 1;
+                t.first_problem
+                    .get_or_insert_with(|| format!("{code}: {message}"));
+            }
+        }
+    }
+    t
+}
