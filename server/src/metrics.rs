@@ -11,6 +11,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// Decisions by outcome (`allowed`, `over_limit`, `cost_exceeds_limit`, `store_full`).
     pub decisions: IntCounterVec,
+    /// `decisions` for each outcome, in `observe_decision`'s order.
+    decision_outcomes: [IntCounter; 4],
     /// Hits naming a limit the live policy does not have.
     pub unknown_limits: IntCounter,
     /// Requests that got `UNAVAILABLE` because their batch did not commit in time.
@@ -78,14 +80,18 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new_custom(Some("quorate".into()), None)?;
         let r = &registry;
-        Ok(Metrics {
-            decisions: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new("decisions_total", "Decisions by outcome"),
-                    &["outcome"],
-                )?,
+        let decisions = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("decisions_total", "Decisions by outcome"),
+                &["outcome"],
             )?,
+        )?;
+        let decision_outcomes = ["allowed", "over_limit", "cost_exceeds_limit", "store_full"]
+            .map(|o| decisions.with_label_values(&[o]));
+        Ok(Metrics {
+            decisions,
+            decision_outcomes,
             unknown_limits: counter(r, "unknown_limit_total", "Hits naming an unknown limit")?,
             decision_timeouts: counter(
                 r,
@@ -203,13 +209,16 @@ impl Metrics {
     }
 
     pub fn observe_decision(&self, d: &Decision) {
-        let outcome = match d.denied {
-            None => "allowed",
-            Some(quorate_algorithms::DenyReason::OverLimit) => "over_limit",
-            Some(quorate_algorithms::DenyReason::CostExceedsLimit) => "cost_exceeds_limit",
-            Some(quorate_algorithms::DenyReason::StoreFull) => "store_full",
-        };
-        self.decisions.with_label_values(&[outcome]).inc();
+        // Resolved once at startup: `with_label_values` hashes and locks per call, and
+        // this runs for every hit.
+        let [allowed, over, cost, full] = &self.decision_outcomes;
+        match d.denied {
+            None => allowed,
+            Some(quorate_algorithms::DenyReason::OverLimit) => over,
+            Some(quorate_algorithms::DenyReason::CostExceedsLimit) => cost,
+            Some(quorate_algorithms::DenyReason::StoreFull) => full,
+        }
+        .inc();
     }
 
     pub fn observe_rls(&self, over_limit: bool) {
