@@ -114,8 +114,12 @@ impl Caller for AuthzCaller {
 pub fn sign_jwt(key_pem: &Path, iss: &str, aud: &str, sub: &str) -> anyhow::Result<String> {
     let pem = std::fs::read(key_pem)
         .with_context(|| format!("cannot read the JWT signing key {}", key_pem.display()))?;
-    let key = jsonwebtoken::EncodingKey::from_ed_pem(&pem)
-        .map_err(|e| anyhow!("{} is not an Ed25519 private key PEM: {e}", key_pem.display()))?;
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(&pem).map_err(|e| {
+        anyhow!(
+            "{} is not an Ed25519 private key PEM: {e}",
+            key_pem.display()
+        )
+    })?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("clock before 1970")?

@@ -304,8 +304,7 @@ async fn main() -> anyhow::Result<()> {
             out,
         } => {
             let frame = rls::grpc_frame(&rls::request(&domain, descriptors, &key_prefix, key));
-            std::fs::write(&out, frame)
-                .with_context(|| format!("cannot write {}", out.display()))
+            std::fs::write(&out, frame).with_context(|| format!("cannot write {}", out.display()))
         }
         Command::Rls(args) => rls_load(args).await,
         Command::ExtAuthz(args) => ext_authz_load(args).await,

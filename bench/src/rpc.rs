@@ -189,8 +189,8 @@ async fn worker<C: Caller>(
                 t.ok += 1;
                 t.allowed += allowed;
                 t.denied += denied;
-                let us = u64::try_from(answered.duration_since(sent).as_micros())
-                    .unwrap_or(u64::MAX);
+                let us =
+                    u64::try_from(answered.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
                 t.latency.saturating_record(us.max(1));
             }
             Outcome::Bad(why) => {
