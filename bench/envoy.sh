@@ -12,6 +12,7 @@
 #              this repository); unset = no Limitador rows
 #   DURATION   measured seconds per case (default 10), WARMUP (default 2), C (default 64)
 #   ROUNDS     times the whole sequence runs (default 1)
+#   QUORATE_ALT  a second quorate binary, measured as extra rows (q1x, q3x)
 #
 # Starts: quorate-bench null-rls; one quorate node and a 3-node cluster (quorate-bench
 # nodes, the suite's machinery) with bench/envoy/policy.yaml; redis-server on loopback;
@@ -71,6 +72,21 @@ line=$(wait_line "$OUT/cluster.out" "nodes ready:")
 GRPC[q3]=$(sed -E 's/.*grpc=([^,]*),.*/\1/' <<<"$line"); HTTP[q3]=$(sed -E 's/.*http=([^,]*),.*/\1/' <<<"$line")
 SERVERS=(null q1 q3)
 
+# Optional: a second quorate build measured in the same run (rows q1x / q3x), e.g. a
+# candidate fix; QUORATE_ALT is its binary.
+if [[ -n "${QUORATE_ALT:-}" ]]; then
+  for n in 1 3; do
+    "$QB/quorate-bench" nodes --quorate "$QUORATE_ALT" --policy "$HERE/envoy/policy.yaml" --nodes $n \
+      --work-dir "$OUT" >"$OUT/alt$n.out" 2>"$OUT/alt$n.err" &
+    PIDS+=($!)
+  done
+  line=$(wait_line "$OUT/alt1.out" "nodes ready:")
+  GRPC[q1x]=$(sed -E 's/.*grpc=([^ ]*).*/\1/' <<<"$line"); HTTP[q1x]=$(sed -E 's/.*http=([^ ]*).*/\1/' <<<"$line")
+  line=$(wait_line "$OUT/alt3.out" "nodes ready:")
+  GRPC[q3x]=$(sed -E 's/.*grpc=([^,]*),.*/\1/' <<<"$line"); HTTP[q3x]=$(sed -E 's/.*http=([^,]*),.*/\1/' <<<"$line")
+  SERVERS+=(q1x q3x)
+fi
+
 if [[ -n "${LIMITADOR:-}" && -x "${LIMITADOR:-}" ]]; then
   REDIS_PORT=$(free_port)
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
@@ -123,7 +139,7 @@ rls_case() { # round server d
 h2load_case() { # round server d
   local url="http://${GRPC[$2]}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
   local before=0 after=0 http=""
-  [[ $2 == q1 || $2 == q3 ]] && http=${HTTP[$2]} && before=$(rls_ok_total "$http")
+  [[ $2 == q1* || $2 == q3* ]] && http=${HTTP[$2]} && before=$(rls_ok_total "$http")
   local log="$OUT/h2load-$1-$2-$3.txt"
   h2load -c 8 -m 16 -t 1 -D "$DURATION" -d "$OUT/frame$3.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' "$url" >"$log" 2>&1 || true
@@ -147,7 +163,7 @@ out = {
     "mean_us": us(m.group(5), m.group(6)) if m else None,
     "max_us": us(m.group(3), m.group(4)) if m else None,
 }
-if server in ("q1", "q3"):
+if server.startswith(("q1", "q3")):
     out["server_rls_answers"] = int(after) - int(before)
     out["verified"] = out["server_rls_answers"] == out["succeeded"]
 print(json.dumps(out))
@@ -155,13 +171,13 @@ EOF
   echo "round $1 $2 d=$3 h2load: $(tail -1 "$RES")" >&2
 }
 
-authz_case() { # round identity
+authz_case() { # round server identity
   local j
-  j=$("$QB/quorate-bench" ext-authz --target "http://${GRPC[q1]}" --identity "$2" \
+  j=$("$QB/quorate-bench" ext-authz --target "http://${GRPC[$2]}" --identity "$3" \
     --jwt-key "$REPO/server/src/authz/testdata/ed1.key" \
     --concurrency "$C" --duration "${DURATION}s" --warmup "${WARMUP}s" --json --allow-errors)
-  record "$j" "{\"round\":$1,\"server\":\"q1\",\"client\":\"ext-authz\",\"identity\":\"$2\"}"
-  echo "round $1 ext-authz $2: $j" >&2
+  record "$j" "{\"round\":$1,\"server\":\"$2\",\"client\":\"ext-authz\",\"identity\":\"$3\"}"
+  echo "round $1 $2 ext-authz $3: $j" >&2
 }
 
 for s in "${SERVERS[@]}"; do for d in 1 3; do sample "$s" "$d"; done; done
@@ -173,10 +189,16 @@ for r in $(seq "$ROUNDS"); do
       h2load_case "$r" "$s" "$d"
     done
   done
-  # ext_authz next to the pure rate-limit decision (RLS, one descriptor, same limit).
-  rls_case "$r" q1 1
-  sed -i '$ s/"client": "quorate-bench"/"client": "rls-reference"/' "$RES"
-  for id in none api-key jwt; do authz_case "$r" "$id"; done
+  # ext_authz next to the pure rate-limit decision (RLS, one descriptor, same limit),
+  # serially (c=1: p50 is the service time) and at C.
+  AUTHZ_SERVERS=(q1); [[ -n "${GRPC[q1x]:-}" ]] && AUTHZ_SERVERS+=(q1x)
+  for s in "${AUTHZ_SERVERS[@]}"; do
+    for ac in 1 "$C"; do
+      C=$ac rls_case "$r" "$s" 1
+      sed -i '$ s/"client": "quorate-bench"/"client": "rls-reference"/' "$RES"
+      for id in none api-key jwt; do C=$ac authz_case "$r" "$s" "$id"; done
+    done
+  done
 done
 echo "load after: $(cat /proc/loadavg)" | tee -a "$OUT/meta.txt"
 echo "results: $RES"

@@ -12,10 +12,12 @@ NAMES = {
     "null": "do-nothing tonic RLS server (`quorate-bench null-rls`)",
     "q1": "quorate, 1 node, strict",
     "q3": "quorate, 3 nodes, strict (via leader)",
+    "q1x": "quorate ALT build, 1 node, strict",
+    "q3x": "quorate ALT build, 3 nodes, strict (via leader)",
     "lim_mem": "Limitador, in-memory counters",
     "lim_redis": "Limitador, Redis counters",
 }
-ORDER = ["null", "q1", "q3", "lim_mem", "lim_redis"]
+ORDER = ["null", "q1", "q3", "q1x", "q3x", "lim_mem", "lim_redis"]
 # h2load keeps 8 connections x 16 streams; requests still in flight when it stops are
 # answered by the server but not counted by h2load.
 IN_FLIGHT = 8 * 16
@@ -53,7 +55,7 @@ def main(path):
             t = med(qb, "throughput_rps")
             ht = med(h2, "throughput_rps")
             errs = sum(sum(r["errors"].values()) + r["bad_answers"] for r in qb)
-            if s in ("q1", "q3"):
+            if s.startswith(("q1", "q3")):
                 ok = all(0 <= r["server_rls_answers"] - r["succeeded"] <= IN_FLIGHT
                          and r["failed"] == 0 and r["errored"] == 0 for r in h2)
                 ver = "yes (metrics)" if ok else "NO"
@@ -65,23 +67,27 @@ def main(path):
                   f"| {errs} | {fmt(ht)} | {fmt(ht / null_h2 if ht and null_h2 else None, 2)} "
                   f"| {fmt(med(h2, 'mean_us'))} | {ver} |")
 
-    ref = by[("rls-reference", "q1", 1, None)]
-    if ref:
+    refs = sorted({(r["server"], r["concurrency"]) for r in rows if r["client"] == "rls-reference"})
+    if refs:
         print("\n### ext_authz Check (single node) vs the pure rate-limit decision\n")
-        print("| call | req/s | p50 µs | p99 µs | p999 µs | Δ p50 vs RLS µs | errors / bad |")
-        print("|---|---:|---:|---:|---:|---:|---|")
+        print("| server | c | call | req/s | p50 µs | p99 µs | p999 µs | Δ p50 vs RLS µs | Δ p50 vs identity none µs | errors / bad |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    for srv, c in refs:
+        ref = [r for r in by[("rls-reference", srv, 1, None)] if r["concurrency"] == c]
         base = med(ref, "p50_us")
         cases = [("RLS ShouldRateLimit, 1 descriptor (reference)", ref)]
         for ident in ("none", "api-key", "jwt"):
-            cases.append((f"ext_authz, identity {ident}", by[("ext-authz", "q1", None, ident)]))
+            rs = [r for r in by[("ext-authz", srv, None, ident)] if r["concurrency"] == c]
+            cases.append((f"ext_authz, identity {ident}", rs))
+        public = med(cases[1][1], "p50_us")
         for name, rs in cases:
             if not rs:
                 continue
             errs = sum(sum(r["errors"].values()) + r["bad_answers"] for r in rs)
             p50 = med(rs, "p50_us")
-            print(f"| {name} | {fmt(med(rs, 'throughput_rps'))} | {fmt(p50)} | {fmt(med(rs, 'p99_us'))} "
-                  f"| {fmt(med(rs, 'p999_us'))} | {fmt(p50 - base if p50 is not None else None)} | {errs} |")
-
+            dn = p50 - public if "api-key" in name or "jwt" in name else None
+            print(f"| {srv} | {c} | {name} | {fmt(med(rs, 'throughput_rps'))} | {fmt(p50)} | {fmt(med(rs, 'p99_us'))} "
+                  f"| {fmt(med(rs, 'p999_us'))} | {fmt(p50 - base)} | {fmt(dn)} | {errs} |")
 
 if __name__ == "__main__":
     main(sys.argv[1])
