@@ -29,6 +29,8 @@ pub struct Metrics {
     pub raft_members: IntGauge,
     pub counters: IntGauge,
     pub policy_version: IntGauge,
+    /// fsync/fdatasync calls of this node's Raft log store since it opened (set on scrape).
+    pub raft_log_fsyncs: IntGauge,
     /// Policy file reloads by result (`applied`, `refused`).
     pub policy_reloads: IntCounterVec,
     /// Envoy RLS answers by overall code (`ok`, `over_limit`).
@@ -120,6 +122,11 @@ impl Metrics {
             raft_members: gauge(r, "raft_voters", "Voting members")?,
             counters: gauge(r, "counters", "Live counters in the state machine")?,
             policy_version: gauge(r, "policy_version", "Live policy version (0 if none)")?,
+            raft_log_fsyncs: gauge(
+                r,
+                "raft_log_fsyncs_total",
+                "fsync calls of the Raft log store since the process started",
+            )?,
             policy_reloads: register(
                 r,
                 IntCounterVec::new(

@@ -72,6 +72,8 @@ pub struct NodeContext {
     pub raft: Raft,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
+    /// A handle on the Raft log store, for its fsync count on `/metrics`.
+    pub log_store: LogStore,
     pub admin_token: Option<String>,
     pub http: reqwest::Client,
     /// Authorization decisions (ext_authz and forward-auth).
@@ -136,7 +138,7 @@ pub async fn run(
         config.id,
         Arc::new(raft_config),
         Network,
-        log_store,
+        log_store.clone(),
         state_machine,
     )
     .await
@@ -169,6 +171,7 @@ pub async fn run(
         raft: raft.clone(),
         engine: Arc::clone(&engine),
         metrics: Arc::clone(&metrics),
+        log_store,
         admin_token: config.admin_token.clone(),
         http: http_client,
         authz: Arc::clone(&authz),

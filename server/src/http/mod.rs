@@ -43,5 +43,8 @@ async fn metrics(State(ctx): State<NodeContext>) -> String {
             .as_ref()
             .map_or(0, |v| i64::try_from(v.version).unwrap_or(i64::MAX)),
     );
+    ctx.metrics
+        .raft_log_fsyncs
+        .set(i64::try_from(ctx.log_store.fsync_count()).unwrap_or(i64::MAX));
     ctx.metrics.render()
 }
