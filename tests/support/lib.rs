@@ -15,6 +15,7 @@
 //!   learners, then promoted), leader discovery through `/admin/v1/cluster/status`.
 //! - [`net`]: a fault-injecting TCP proxy in front of each node's gRPC port, so a test can
 //!   cut a node off from its peers (both directions) while still reaching it directly.
+//! - [`load`]: concurrent clients on every node, tallied around a leader kill.
 //! - [`api`]: gRPC `Check` helpers, the admin status document, and [`eventually`], the
 //!   one way tests wait: poll a condition until a deadline, never sleep and hope.
 //!
@@ -27,11 +28,13 @@
 pub mod api;
 pub mod bin;
 pub mod cluster;
+pub mod load;
 pub mod net;
 pub mod node;
 
 pub use api::{eventually, hit, Check, Member, Status};
 pub use cluster::Cluster;
+pub use load::{FailoverLoad, Tally};
 pub use net::Net;
 pub use node::{NodeOptions, TestNode};
 pub use quorate_proto::v1 as pb;

@@ -5,11 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use quorate_e2e::{api, eventually, policy, Check, Cluster, NodeOptions};
+use quorate_e2e::{policy, Check, Cluster, FailoverLoad, NodeOptions};
 
 /// How soon after the leader dies a new one must serve (issue 3: "within 2 s").
 const FAILOVER_BOUND: Duration = Duration::from_secs(2);
@@ -79,16 +78,6 @@ async fn three_nodes_elect_one_leader_and_decide_consistently_through_every_node
     assert!(counters.iter().all(|c| *c == 2), "{counters:?}");
 }
 
-/// What the load clients saw.
-#[derive(Debug, Default)]
-struct Tally {
-    allowed: AtomicU64,
-    denied: AtomicU64,
-    errors: AtomicU64,
-    /// Denials from requests sent after the kill.
-    denied_after_kill: AtomicU64,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_under_load_fails_over_fast_and_never_overshoots_a_strict_limit() {
     const L: u64 = 500;
@@ -102,76 +91,15 @@ async fn leader_killed_under_load_fails_over_fast_and_never_overshoots_a_strict_
     .unwrap();
     let old_leader = cluster.wait_leader(&[1, 2, 3]).await.unwrap();
 
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    // When the leader was killed, and the first decision for a request sent after it.
-    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let served_after_kill: Arc<Mutex<Option<(Instant, u64)>>> = Arc::default();
-
-    let mut clients = Vec::new();
-    for id in [1, 2, 3] {
-        for _ in 0..CLIENTS_PER_NODE {
-            let mut client = cluster.node(id).client();
-            let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
-            let (killed_at, served) = (Arc::clone(&killed_at), Arc::clone(&served_after_kill));
-            clients.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    let after_kill = killed_at.lock().unwrap().is_some_and(|k| sent > k);
-                    match api::check(&mut client, "strict", "k", None).await {
-                        Ok(d) => {
-                            if d.allowed {
-                                tally.allowed.fetch_add(1, Ordering::SeqCst);
-                            } else {
-                                tally.denied.fetch_add(1, Ordering::SeqCst);
-                                if after_kill {
-                                    tally.denied_after_kill.fetch_add(1, Ordering::SeqCst);
-                                }
-                            }
-                            if after_kill {
-                                let mut s = served.lock().unwrap();
-                                if s.is_none() {
-                                    *s = Some((Instant::now(), id));
-                                }
-                            }
-                        }
-                        Err(_) => {
-                            tally.errors.fetch_add(1, Ordering::SeqCst);
-                            // Back off a little so a dead node's clients don't spin.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-            }));
-        }
-    }
+    let load = FailoverLoad::start(&cluster, &[1, 2, 3], CLIENTS_PER_NODE, "strict");
 
     // Kill the leader mid-window, with a third of the quota used.
-    eventually(
-        Duration::from_secs(30),
-        "a third of the quota to be used",
-        || {
-            let used = tally.allowed.load(Ordering::SeqCst);
-            async move { (used >= L / 3).then_some(()) }
-        },
-    )
-    .await
-    .unwrap();
+    load.wait_allowed(L / 3, Duration::from_secs(30)).await;
     cluster.kill(old_leader);
-    let kill = Instant::now();
-    *killed_at.lock().unwrap() = Some(kill);
+    let kill = load.mark_killed();
 
     // A new leader serves within the election bound.
-    let (served_at, via) = eventually(
-        Duration::from_secs(20),
-        "a decision for a request sent after the kill",
-        || {
-            let s = *served_after_kill.lock().unwrap();
-            async move { s }
-        },
-    )
-    .await
-    .unwrap();
+    let (served_at, via) = load.first_served_after_kill(Duration::from_secs(20)).await;
     let failover = served_at - kill;
     assert!(
         failover <= FAILOVER_BOUND,
@@ -179,20 +107,9 @@ async fn leader_killed_under_load_fails_over_fast_and_never_overshoots_a_strict_
     );
 
     // Keep the load on until the quota is clearly exhausted on the surviving nodes.
-    eventually(
-        Duration::from_secs(30),
-        "denials after the failover",
-        || {
-            let denied = tally.denied_after_kill.load(Ordering::SeqCst);
-            async move { (denied >= 20).then_some(()) }
-        },
-    )
-    .await
-    .unwrap();
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
+    load.wait_denied_after_kill(20, Duration::from_secs(30))
+        .await;
+    let tally = load.stop().await;
 
     let allowed = tally.allowed.load(Ordering::SeqCst);
     let errors = tally.errors.load(Ordering::SeqCst);

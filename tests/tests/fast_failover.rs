@@ -7,11 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use quorate_e2e::{api, eventually, policy, Check, Cluster, NodeOptions};
+use quorate_e2e::{api, policy, Check, Cluster, FailoverLoad, NodeOptions};
 
 /// The fast limit, per hour-long (here: year-long) window.
 const L: u64 = 2000;
@@ -25,16 +24,6 @@ const CONSUMED_QUEUE: u64 = 65_536;
 const CLIENTS_PER_NODE: u64 = 3;
 /// As in `cluster.rs`: failover within about a second.
 const ELECTION_TIMEOUT_MS: u64 = 200;
-
-/// What the load clients saw.
-#[derive(Debug, Default)]
-struct Tally {
-    allowed: AtomicU64,
-    denied: AtomicU64,
-    errors: AtomicU64,
-    /// Denials from requests sent after the kill.
-    denied_after_kill: AtomicU64,
-}
 
 /// `name`'s value in the node's Prometheus exposition, if present.
 async fn metric(http: std::net::SocketAddr, name: &str) -> anyhow::Result<Option<f64>> {
@@ -73,83 +62,19 @@ async fn fast_limit_overshoot_across_a_leader_kill_stays_within_the_unreplicated
     // at most the limit.
     let bound = (BATCH_INFLIGHT * BATCH_MAX_HITS + CONSUMED_QUEUE).min(L);
 
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let served_after_kill: Arc<Mutex<Option<Instant>>> = Arc::default();
-
-    let mut clients = Vec::new();
-    for id in [1, 2, 3] {
-        for _ in 0..CLIENTS_PER_NODE {
-            let mut client = cluster.node(id).client();
-            let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
-            let (killed_at, served) = (Arc::clone(&killed_at), Arc::clone(&served_after_kill));
-            clients.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    let after_kill = killed_at.lock().unwrap().is_some_and(|k| sent > k);
-                    match api::check(&mut client, "fast", "k", None).await {
-                        Ok(d) => {
-                            if d.allowed {
-                                tally.allowed.fetch_add(1, Ordering::SeqCst);
-                            } else {
-                                tally.denied.fetch_add(1, Ordering::SeqCst);
-                                if after_kill {
-                                    tally.denied_after_kill.fetch_add(1, Ordering::SeqCst);
-                                }
-                            }
-                            if after_kill {
-                                served.lock().unwrap().get_or_insert_with(Instant::now);
-                            }
-                        }
-                        Err(_) => {
-                            tally.errors.fetch_add(1, Ordering::SeqCst);
-                            // Back off a little so a dead node's clients don't spin.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-            }));
-        }
-    }
+    let load = FailoverLoad::start(&cluster, &[1, 2, 3], CLIENTS_PER_NODE, "fast");
 
     // Kill the leader mid-window, with a third of the quota granted.
-    eventually(
-        Duration::from_secs(10),
-        "a third of the quota to be granted",
-        || {
-            let used = tally.allowed.load(Ordering::SeqCst);
-            async move { (used >= L / 3).then_some(()) }
-        },
-    )
-    .await
-    .unwrap();
+    load.wait_allowed(L / 3, Duration::from_secs(10)).await;
     cluster.kill(old_leader);
-    let kill = Instant::now();
-    *killed_at.lock().unwrap() = Some(kill);
-    let allowed_at_kill = tally.allowed.load(Ordering::SeqCst);
+    let kill = load.mark_killed();
+    let allowed_at_kill = load.tally.allowed.load(Ordering::SeqCst);
 
     // A new leader serves, then the quota runs out on the survivors.
-    let served_at = eventually(
-        Duration::from_secs(5),
-        "a decision for a request sent after the kill",
-        || {
-            let s = *served_after_kill.lock().unwrap();
-            async move { s }
-        },
-    )
-    .await
-    .unwrap();
-    eventually(Duration::from_secs(5), "denials after the failover", || {
-        let denied = tally.denied_after_kill.load(Ordering::SeqCst);
-        async move { (denied >= 20).then_some(()) }
-    })
-    .await
-    .unwrap();
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
+    let (served_at, _) = load.first_served_after_kill(Duration::from_secs(5)).await;
+    load.wait_denied_after_kill(20, Duration::from_secs(5))
+        .await;
+    let tally = load.stop().await;
 
     let allowed = tally.allowed.load(Ordering::SeqCst);
     let denied = tally.denied.load(Ordering::SeqCst);
