@@ -104,19 +104,69 @@ impl Report {
 }
 
 /// One worker's tally, merged into the [`Report`].
-struct Tally {
-    ok: u64,
-    allowed_hits: u64,
-    denied_hits: u64,
-    errors: BTreeMap<String, u64>,
-    bad_answers: u64,
-    first_problem: Option<String>,
-    warmup_errors: u64,
-    last_answer: Option<Instant>,
-    latency: Histogram<u64>,
+pub(crate) struct Tally {
+    pub(crate) ok: u64,
+    pub(crate) allowed_hits: u64,
+    pub(crate) denied_hits: u64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) bad_answers: u64,
+    pub(crate) first_problem: Option<String>,
+    pub(crate) warmup_errors: u64,
+    pub(crate) last_answer: Option<Instant>,
+    pub(crate) latency: Histogram<u64>,
 }
 
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+impl Tally {
+    /// An empty tally recording latencies into `latency`.
+    pub(crate) fn new(latency: Histogram<u64>) -> Tally {
+        Tally {
+            ok: 0,
+            allowed_hits: 0,
+            denied_hits: 0,
+            errors: BTreeMap::new(),
+            bad_answers: 0,
+            first_problem: None,
+            warmup_errors: 0,
+            last_answer: None,
+            latency,
+        }
+    }
+}
+
+impl Report {
+    /// Adds every worker's tally; `elapsed` runs from `measure_from` to the last answer.
+    pub(crate) async fn collect(
+        &mut self,
+        workers: Vec<tokio::task::JoinHandle<Tally>>,
+        measure_from: Instant,
+    ) -> anyhow::Result<()> {
+        let mut last_answer = measure_from;
+        for w in workers {
+            let t = w.await.context("a load worker panicked")?;
+            self.ok += t.ok;
+            self.allowed_hits += t.allowed_hits;
+            self.denied_hits += t.denied_hits;
+            self.bad_answers += t.bad_answers;
+            self.warmup_errors += t.warmup_errors;
+            for (code, n) in t.errors {
+                *self.errors.entry(code).or_default() += n;
+            }
+            if self.first_problem.is_none() {
+                self.first_problem = t.first_problem;
+            }
+            if let Some(at) = t.last_answer {
+                last_answer = last_answer.max(at);
+            }
+            self.latency
+                .add(&t.latency)
+                .context("cannot merge latency histograms")?;
+        }
+        self.elapsed = last_answer.saturating_duration_since(measure_from);
+        Ok(())
+    }
+}
+
+pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     // 1 µs to 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).context("cannot build a latency histogram")
 }
@@ -204,29 +254,7 @@ where
         warmup_errors: 0,
         latency: new_histogram()?,
     };
-    let mut last_answer = measure_from;
-    for w in workers {
-        let t = w.await.context("a load worker panicked")?;
-        report.ok += t.ok;
-        report.allowed_hits += t.allowed_hits;
-        report.denied_hits += t.denied_hits;
-        report.bad_answers += t.bad_answers;
-        report.warmup_errors += t.warmup_errors;
-        for (code, n) in t.errors {
-            *report.errors.entry(code).or_default() += n;
-        }
-        if report.first_problem.is_none() {
-            report.first_problem = t.first_problem;
-        }
-        if let Some(at) = t.last_answer {
-            last_answer = last_answer.max(at);
-        }
-        report
-            .latency
-            .add(&t.latency)
-            .context("cannot merge latency histograms")?;
-    }
-    report.elapsed = last_answer.saturating_duration_since(measure_from);
+    report.collect(workers, measure_from).await?;
     Ok((report, observed))
 }
 
@@ -239,17 +267,7 @@ async fn worker(
     latency: Histogram<u64>,
 ) -> Tally {
     let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(index));
-    let mut tally = Tally {
-        ok: 0,
-        allowed_hits: 0,
-        denied_hits: 0,
-        errors: BTreeMap::new(),
-        bad_answers: 0,
-        first_problem: None,
-        warmup_errors: 0,
-        last_answer: None,
-        latency,
-    };
+    let mut tally = Tally::new(latency);
     loop {
         let sent = Instant::now();
         if sent >= stop_at {

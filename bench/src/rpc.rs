@@ -8,12 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tonic::transport::Channel;
 
-use crate::load::{code_name, connect, Report};
+use crate::load::{code_name, connect, new_histogram, Report, Tally};
 
 /// What one call came back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,23 +55,6 @@ pub struct RunSpec {
     pub label: String,
     /// Items decided per request (descriptors), for the report.
     pub items_per_request: usize,
-}
-
-struct Tally {
-    ok: u64,
-    allowed: u64,
-    denied: u64,
-    errors: BTreeMap<String, u64>,
-    bad: u64,
-    first_problem: Option<String>,
-    warmup_errors: u64,
-    last_answer: Option<Instant>,
-    latency: hdrhistogram::Histogram<u64>,
-}
-
-fn new_histogram() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
-        .context("cannot build a latency histogram")
 }
 
 /// Runs `spec.concurrency` workers, each with a caller made by `make` from its channel.
@@ -118,29 +101,7 @@ where
         warmup_errors: 0,
         latency: new_histogram()?,
     };
-    let mut last_answer = measure_from;
-    for w in workers {
-        let t = w.await.context("a load worker panicked")?;
-        report.ok += t.ok;
-        report.allowed_hits += t.allowed;
-        report.denied_hits += t.denied;
-        report.bad_answers += t.bad;
-        report.warmup_errors += t.warmup_errors;
-        for (code, n) in t.errors {
-            *report.errors.entry(code).or_default() += n;
-        }
-        if report.first_problem.is_none() {
-            report.first_problem = t.first_problem;
-        }
-        if let Some(at) = t.last_answer {
-            last_answer = last_answer.max(at);
-        }
-        report
-            .latency
-            .add(&t.latency)
-            .context("cannot merge latency histograms")?;
-    }
-    report.elapsed = last_answer.saturating_duration_since(measure_from);
+    report.collect(workers, measure_from).await?;
     Ok(report)
 }
 
@@ -153,17 +114,7 @@ async fn worker<C: Caller>(
     latency: hdrhistogram::Histogram<u64>,
 ) -> Tally {
     let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_add(index));
-    let mut t = Tally {
-        ok: 0,
-        allowed: 0,
-        denied: 0,
-        errors: BTreeMap::new(),
-        bad: 0,
-        first_problem: None,
-        warmup_errors: 0,
-        last_answer: None,
-        latency,
-    };
+    let mut t = Tally::new(latency);
     loop {
         let sent = Instant::now();
         if sent >= stop_at {
@@ -187,14 +138,14 @@ async fn worker<C: Caller>(
         match outcome {
             Outcome::Verified { allowed, denied } => {
                 t.ok += 1;
-                t.allowed += allowed;
-                t.denied += denied;
+                t.allowed_hits += allowed;
+                t.denied_hits += denied;
                 let us =
                     u64::try_from(answered.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
                 t.latency.saturating_record(us.max(1));
             }
             Outcome::Bad(why) => {
-                t.bad += 1;
+                t.bad_answers += 1;
                 t.first_problem.get_or_insert(format!("bad answer: {why}"));
             }
             Outcome::Failed { code, message } => {
