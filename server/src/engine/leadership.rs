@@ -28,8 +28,6 @@ pub struct Leadership {
     node_id: NodeId,
     is_leader: AtomicBool,
     leader: ArcSwapOption<(NodeId, Node)>,
-    /// The latest metrics snapshot, for status pages.
-    latest: ArcSwapOption<RaftMetrics>,
     /// Milliseconds since `epoch` at which the last quorum ack was seen.
     quorum_ack_ms: AtomicU64,
     epoch: Instant,
@@ -46,7 +44,6 @@ impl Leadership {
             node_id,
             is_leader: AtomicBool::new(false),
             leader: ArcSwapOption::empty(),
-            latest: ArcSwapOption::empty(),
             quorum_ack_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
@@ -94,7 +91,6 @@ impl Leadership {
             fast.disable();
         }
         metrics.observe_raft(m);
-        self.latest.store(Some(Arc::new(m.clone())));
     }
 
     fn millis(&self) -> u64 {
@@ -111,10 +107,5 @@ impl Leadership {
 
     pub fn leader_id(&self) -> Option<NodeId> {
         self.leader.load().as_ref().map(|l| l.0)
-    }
-
-    /// The latest Raft metrics this node has seen.
-    pub fn metrics(&self) -> Option<Arc<RaftMetrics>> {
-        self.latest.load_full()
     }
 }

@@ -34,22 +34,3 @@ pub fn decision_to_pb(limit: &str, window: Nanos, d: &Decision) -> pb::Decision 
         window_ms: ms_ceil(window),
     }
 }
-
-/// A decision received from the leader, back into our type.
-pub fn decision_from_pb(d: &pb::Decision) -> Decision {
-    let ms = |v: u64| v.saturating_mul(1_000_000);
-    Decision {
-        allowed: d.allowed,
-        limit: d.limit_value,
-        remaining: d.remaining,
-        reset_after: ms(d.reset_after_ms),
-        retry_after: d.retry_after_ms.map(ms),
-        denied: match pb::DenyReason::try_from(d.reason) {
-            Ok(pb::DenyReason::OverLimit) => Some(DenyReason::OverLimit),
-            Ok(pb::DenyReason::CostExceedsLimit) => Some(DenyReason::CostExceedsLimit),
-            Ok(pb::DenyReason::StoreFull) => Some(DenyReason::StoreFull),
-            _ if !d.allowed => Some(DenyReason::OverLimit),
-            _ => None,
-        },
-    }
-}
