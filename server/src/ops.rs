@@ -20,7 +20,7 @@ async fn call(
     let url = format!("{}/admin/v1{path}", target.node.trim_end_matches('/'));
     let client = reqwest::Client::new();
     let mut request = client.request(method, &url);
-    if let Some(token) = target.token.as_deref().filter(|t| !t.is_empty()) {
+    if let Some(token) = target.token()? {
         request = request.bearer_auth(token);
     }
     if let Some(body) = body {
@@ -69,13 +69,19 @@ pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             id,
             grpc,
             http,
+            peer,
             target,
         } => {
             call(
                 &target,
                 Method::POST,
                 "/cluster/learners",
-                Some(serde_json::to_value(AddLearner { id, grpc, http })?),
+                Some(serde_json::to_value(AddLearner {
+                    id,
+                    grpc,
+                    http,
+                    peer,
+                })?),
             )
             .await?
         }
