@@ -203,7 +203,7 @@ pub fn respond(
                             allowed: d.allowed || l.shadow_mode,
                             ..*d
                         },
-                        window: l.rate.window,
+                        window: l.rate.window(),
                     });
                     let more_restrictive = match &shown {
                         None => true,

@@ -132,7 +132,7 @@ mod tests {
         let p = compile(text).unwrap();
         let plans = plan_rls(&p, "mongo_cps", &[desc(&[("database", "users")])]);
         match &plans[0] {
-            DescriptorPlan::Limited(l) => assert_eq!(l[0].rate.limit, 500),
+            DescriptorPlan::Limited(l) => assert_eq!(l[0].rate.limit(), 500),
             other => panic!("{other:?}"),
         }
     }

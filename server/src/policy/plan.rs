@@ -377,8 +377,8 @@ domains:
         let plans = plan_rls(&p, "rl", &[d]);
         match &plans[0] {
             DescriptorPlan::Limited(l) => {
-                assert_eq!(l[0].rate.limit, 42);
-                assert_eq!(l[0].rate.window, 3_600 * SECOND);
+                assert_eq!(l[0].rate.limit(), 42);
+                assert_eq!(l[0].rate.window(), 3_600 * SECOND);
             }
             other => panic!("{other:?}"),
         }

@@ -355,9 +355,9 @@ fn describe(
             limit: l.limit,
             name: l.shown_name,
             key: l.key.replace('\u{1e}', ", "),
-            algorithm: l.rate.algorithm.as_str(),
-            requests: l.rate.limit,
-            window: window_text(l.rate.window),
+            algorithm: l.rate.algorithm().as_str(),
+            requests: l.rate.limit(),
+            window: window_text(l.rate.window()),
             consistency: match l.consistency {
                 super::Consistency::Strict => "strict",
                 super::Consistency::Fast => "fast",
