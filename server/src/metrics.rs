@@ -158,7 +158,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "rls_detailed_total",
-                        "Decisions per descriptor value (detailed_metric rules)",
+                        "Decisions per metric name of rules whose name holds request values (detailed_metric, value_to_metric)",
                     ),
                     &["limit", "key", "code"],
                 )?,
