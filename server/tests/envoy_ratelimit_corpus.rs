@@ -88,7 +88,8 @@ fn parse_limit(text: &str, at: &str) -> (u32, String) {
         .split_once('/')
         .unwrap_or_else(|| panic!("{at}: limit {text:?} is not N/unit"));
     (
-        n.parse().unwrap_or_else(|_| panic!("{at}: bad count {n:?}")),
+        n.parse()
+            .unwrap_or_else(|_| panic!("{at}: bad count {n:?}")),
         unit.to_ascii_lowercase(),
     )
 }
@@ -292,7 +293,10 @@ fn differs(row: &Row, answer: &Answer, last: bool, check_metric: bool) -> Option
     for (i, (want, got)) in row.statuses.iter().zip(&answer.statuses).enumerate() {
         let (over, limit, remaining, name) = got;
         if want.over != *over {
-            return Some(format!("descriptors[{i}]: over={over}, expected {}", want.over));
+            return Some(format!(
+                "descriptors[{i}]: over={over}, expected {}",
+                want.over
+            ));
         }
         if want.limit != *limit {
             return Some(format!(
@@ -343,9 +347,8 @@ fn domain_of(policy: &PolicySet, case: &str) -> String {
 }
 
 fn check_refusal(case: &str, message: &str, location: &str, reason: &str) -> Option<String> {
-    (!(message.starts_with(&format!("{location}: ")) && message.contains(reason))).then(|| {
-        format!("{case}: refused with {message:?}, expected {location:?} and {reason:?}")
-    })
+    (!(message.starts_with(&format!("{location}: ")) && message.contains(reason)))
+        .then(|| format!("{case}: refused with {message:?}, expected {location:?} and {reason:?}"))
 }
 
 #[test]
@@ -361,9 +364,7 @@ fn corpus_through_policy_test_engine() {
             (Expect::Refused { .. }, Ok(_)) => {
                 failures.push(format!("{}: accepted, expected a refusal", case.name))
             }
-            (Expect::Requests(_), Err(e)) => {
-                failures.push(format!("{}: refused: {e}", case.name))
-            }
+            (Expect::Requests(_), Err(e)) => failures.push(format!("{}: refused: {e}", case.name)),
             (Expect::Requests(rows), Ok((_, policy))) => {
                 // One run per case: its rows share counters, as on a live node.
                 let domain = domain_of(&policy, &case.name);
@@ -380,10 +381,7 @@ fn corpus_through_policy_test_engine() {
                         let report = reports.next().unwrap();
                         let answer = sim_answer(report);
                         if let Some(d) = differs(row, &answer, n + 1 == row.repeat, true) {
-                            failures.push(format!(
-                                "{}:{} (policy test): {d}",
-                                case.name, row.line
-                            ));
+                            failures.push(format!("{}:{} (policy test): {d}", case.name, row.line));
                             break 'rows;
                         }
                     }

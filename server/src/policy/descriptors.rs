@@ -819,6 +819,151 @@ descriptors:
         assert_eq!(limit_of(&d, &[("path", "/static/x")]), None);
     }
 
+    /// A reference matcher: `*` matches any run of characters (by backtracking).
+    fn glob(pattern: &[u8], value: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => value.is_empty(),
+            Some((b'*', rest)) => (0..=value.len()).any(|i| glob(rest, &value[i..])),
+            Some((c, rest)) => value.first() == Some(c) && glob(rest, &value[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn wildcards_match_exactly_what_a_glob_matches(
+            pattern in "[ab*]{0,8}",
+            value in "[ab]{0,10}",
+        ) {
+            proptest::prop_assert_eq!(
+                wildcard_matches(&pattern, &value),
+                glob(pattern.as_bytes(), value.as_bytes()),
+                "pattern {:?} value {:?}", pattern, value
+            );
+        }
+    }
+
+    #[test]
+    fn wildcards_anywhere_and_the_first_in_configuration_order_wins() {
+        let d = domain(
+            r#"
+domain: d
+descriptors:
+  - key: p
+    value: /api/*/action
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: p
+    value: /api/*
+    rate_limit: {unit: hour, requests_per_unit: 2}
+  - key: p
+    value: /api/v1/action
+    rate_limit: {unit: hour, requests_per_unit: 3}
+  - key: p
+    rate_limit: {unit: hour, requests_per_unit: 4}
+  - key: m
+    value: a*b*c
+    rate_limit: {unit: hour, requests_per_unit: 5}
+"#,
+        );
+        let of = |k, v| limit_of(&d, &[(k, v)]);
+        assert_eq!(
+            of("p", "/api/v1/action").as_deref(),
+            Some("d/p=/api/v1/action")
+        );
+        assert_eq!(
+            of("p", "/api/v2/action").as_deref(),
+            Some("d/p=/api/*/action")
+        );
+        assert_eq!(of("p", "/api/v2/other").as_deref(), Some("d/p=/api/*"));
+        assert_eq!(of("p", "/static").as_deref(), Some("d/p"));
+        assert_eq!(of("m", "abc").as_deref(), Some("d/m=a*b*c"));
+        assert_eq!(of("m", "aXbYc").as_deref(), Some("d/m=a*b*c"));
+        assert_eq!(of("m", "acb"), None);
+        // A wildcard is compared with the key exactly, never as `key_value` text.
+        assert_eq!(of("m_a", "bc"), None);
+    }
+
+    fn refusal(yaml: &str) -> (String, String) {
+        let raw: RawDomain = serde_yaml_ng::from_str(yaml).unwrap();
+        raw.compile("").unwrap_err()
+    }
+
+    #[test]
+    fn replaces_refusals_match_upstream() {
+        let rule = |extra: &str| {
+            format!(
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: hour\n      requests_per_unit: 1\n{extra}"
+            )
+        };
+        let (path, reason) = refusal(&rule("      name: me\n      replaces: [{name: me}]\n"));
+        assert_eq!(path, "descriptors[0].rate_limit");
+        assert!(reason.contains("replaces should not contain name of same descriptor"));
+        for empty in ["[{name: }]", "[{name: ''}]", "[{}]"] {
+            let (_, reason) = refusal(&rule(&format!("      replaces: {empty}\n")));
+            assert!(
+                reason.contains("should not have an empty replaces entry"),
+                "{empty}: {reason}"
+            );
+        }
+        let (_, reason) = refusal(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, replaces: [{name: x}]}\n",
+        );
+        assert!(reason.contains("unlimited"), "{reason}");
+        let ok: RawDomain =
+            serde_yaml_ng::from_str(&rule("      replaces: [{name: other}]\n")).unwrap();
+        assert!(ok.compile("").is_ok());
+    }
+
+    #[test]
+    fn share_threshold_needs_a_wildcard_and_quota_mode_a_count() {
+        let (path, reason) = refusal(
+            "domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n",
+        );
+        assert_eq!(path, "descriptors[0]");
+        assert!(reason.contains("share_threshold can only be used with wildcard values"));
+        let (_, reason) = refusal(
+            "domain: d\ndescriptors:\n  - key: k\n    quota_mode: true\n    rate_limit: {unit: hour, requests_per_unit: 0}\n",
+        );
+        assert!(reason.contains("quota_mode"), "{reason}");
+        let (path, reason) = refusal(
+            "domain: d\ndescriptors:\n  - key: k\n    metadata: [1, 2]\n    rate_limit: {unit: hour, requests_per_unit: 1}\n",
+        );
+        assert_eq!(path, "descriptors[0].metadata");
+        assert!(reason.contains("mapping"), "{reason}");
+    }
+
+    #[test]
+    fn an_empty_value_is_a_key_only_descriptor() {
+        let d = domain("domain: d\ndescriptors:\n  - key: k\n    value: ''\n    rate_limit: {unit: hour, requests_per_unit: 1}\n");
+        assert_eq!(limit_of(&d, &[("k", "anything")]).as_deref(), Some("d/k"));
+    }
+
+    #[test]
+    fn warnings_name_inert_replaces_and_returned_metadata() {
+        let d = domain(
+            r#"
+domain: d
+descriptors:
+  - key: a
+    rate_limit: {name: a, unit: hour, requests_per_unit: 1, replaces: [{name: b}, {name: nowhere}]}
+  - key: b
+    rate_limit: {name: b, unit: hour, requests_per_unit: 0}
+  - key: c
+    rate_limit: {unit: hour, requests_per_unit: 1}
+    metadata: {tier: gold}
+"#,
+        );
+        let w = d.warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w
+            .iter()
+            .any(|w| w.contains("\"b\"") && w.contains("no effect")));
+        assert!(w.iter().any(|w| w.contains("\"nowhere\"")));
+        assert!(w
+            .iter()
+            .any(|w| w.starts_with("d/c:") && w.contains("dynamic metadata")));
+        assert!(domain(TREE).warnings().is_empty());
+    }
+
     #[test]
     fn unlimited_and_blocked() {
         let d = domain(TREE);
