@@ -493,3 +493,56 @@ async fn corpus_through_a_live_node_over_rls() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+fn policy_test_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .arg("policy")
+        .arg("test")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `quorate policy test` on an envoyproxy/ratelimit file: deliberate differences are
+/// printed as warnings on load, the dynamic metadata Envoy would get is shown, and a
+/// refused config names its line and upstream's reason.
+#[test]
+fn policy_test_warns_about_differences_and_refuses_with_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rl.yaml");
+    std::fs::write(
+        &config,
+        "domain: rl\ndescriptors:\n  - key: user\n    rate_limit: {name: per_user, unit: hour, requests_per_unit: 2, replaces: [{name: blocked}]}\n    metadata: {tier: gold}\n  - key: ban\n    rate_limit: {name: blocked, unit: hour, requests_per_unit: 0}\n",
+    )
+    .unwrap();
+    let out = policy_test_cli(&[
+        "-f",
+        config.to_str().unwrap(),
+        "--request",
+        r#"{"domain":"rl","descriptors":[[["user","bob"]]]}"#,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("warning: rl/user: replaces \"blocked\"")
+            && stdout.contains("warning: rl/user: metadata is returned"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dynamic_metadata: {"), "{stdout}");
+    assert!(stdout.contains("\"tier\":\"gold\""), "{stdout}");
+    assert!(stdout.contains("metric: rl.user"), "{stdout}");
+
+    let refused = corpus_dir().join("replaces-self/config.yaml");
+    let out = policy_test_cli(&["-f", refused.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 8: ")
+            && stderr.contains("replaces should not contain name of same descriptor"),
+        "{stderr}"
+    );
+}
