@@ -267,11 +267,20 @@ fn request(domain: &str, row: &Row) -> RateLimitRequest {
     }
 }
 
+/// One descriptor status as answered.
+#[derive(Debug)]
+struct Got {
+    over: bool,
+    limit: Option<(u32, String)>,
+    remaining: u32,
+    name: Option<String>,
+}
+
 /// What one answer said, engine-independent.
 #[derive(Debug)]
 struct Answer {
     overall: Code,
-    statuses: Vec<(bool, Option<(u32, String)>, u32, Option<String>)>,
+    statuses: Vec<Got>,
     metrics: Vec<Option<String>>,
     meta: Option<Value>,
 }
@@ -291,7 +300,12 @@ fn differs(row: &Row, answer: &Answer, last: bool, check_metric: bool) -> Option
         ));
     }
     for (i, (want, got)) in row.statuses.iter().zip(&answer.statuses).enumerate() {
-        let (over, limit, remaining, name) = got;
+        let Got {
+            over,
+            limit,
+            remaining,
+            name,
+        } = got;
         if want.over != *over {
             return Some(format!(
                 "descriptors[{i}]: over={over}, expected {}",
@@ -404,13 +418,14 @@ fn sim_answer(report: &simulate::SampleReport) -> Answer {
             .iter()
             .map(|d| {
                 let s = &d.status;
-                (
-                    s.code == "OVER_LIMIT",
-                    s.requests_per_unit
+                Got {
+                    over: s.code == "OVER_LIMIT",
+                    limit: s
+                        .requests_per_unit
                         .map(|n| (n, s.unit.clone().unwrap_or_default().to_ascii_lowercase())),
-                    s.limit_remaining,
-                    s.limit_name.clone(),
-                )
+                    remaining: s.limit_remaining,
+                    name: s.limit_name.clone(),
+                }
             })
             .collect(),
         metrics: report
@@ -464,15 +479,14 @@ async fn corpus_through_a_live_node_over_rls() {
                             statuses: resp
                                 .statuses
                                 .iter()
-                                .map(|s| {
-                                    (
-                                        s.code == Code::OverLimit as i32,
-                                        s.current_limit
-                                            .as_ref()
-                                            .map(|l| (l.requests_per_unit, unit_name(l.unit))),
-                                        s.limit_remaining,
-                                        s.current_limit.as_ref().map(|l| l.name.clone()),
-                                    )
+                                .map(|s| Got {
+                                    over: s.code == Code::OverLimit as i32,
+                                    limit: s
+                                        .current_limit
+                                        .as_ref()
+                                        .map(|l| (l.requests_per_unit, unit_name(l.unit))),
+                                    remaining: s.limit_remaining,
+                                    name: s.current_limit.as_ref().map(|l| l.name.clone()),
                                 })
                                 .collect(),
                             metrics: vec![None; resp.statuses.len()],
