@@ -301,6 +301,11 @@ fn compile_rule(key: &str, raw: RawRateLimit) -> Result<Rule, String> {
         .ok_or_else(|| format!("{what}: `requests_per_unit` is required"))?;
     let unit = RateUnit::for_window(window);
     if requests == 0 {
+        if !replaces.is_empty() {
+            return Err(format!(
+                "{what}: quorate does not apply `replaces` from a `requests_per_unit: 0` rule"
+            ));
+        }
         return Ok(Rule::Blocked { unit });
     }
     let algorithm = raw.algorithm.unwrap_or(Algorithm::FixedWindow);
@@ -680,6 +685,7 @@ impl Domain {
             })
             .collect();
         let mut warnings = Vec::new();
+        collisions(&self.name, &self.root, &mut warnings);
         for (path, node) in &nodes {
             if let Some(Rule::Limited { replaces, .. }) = &node.rule {
                 for r in replaces.iter().filter(|r| !names.contains(r)) {
@@ -700,6 +706,37 @@ impl Domain {
             }
         }
         warnings
+    }
+}
+
+/// Descriptors of one level that envoyproxy/ratelimit, which joins key and value as
+/// `key_value` text, would take for the same one (and refuse as duplicates); quorate keeps
+/// them apart.
+fn collisions(prefix: &str, level: &Level, out: &mut Vec<String>) {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let exact = level
+        .exact
+        .keys()
+        .map(|(k, v)| (format!("{k}_{v}"), format!("{k}={v}")));
+    let wildcard = level.wildcard.iter().map(|w| {
+        (
+            format!("{}_{}", w.key, w.pattern),
+            format!("{}={}", w.key, w.pattern),
+        )
+    });
+    let key_only = level.key_only.keys().map(|k| (k.clone(), k.clone()));
+    for (text, segment) in exact.chain(wildcard).chain(key_only) {
+        if let Some(first) = seen.get(&text) {
+            out.push(format!(
+                "{prefix}/{segment}: envoyproxy/ratelimit reads it and {prefix}/{first} as the \
+                 same descriptor {text:?} (and refuses the config); quorate keeps them apart"
+            ));
+        } else {
+            seen.insert(text, segment);
+        }
+    }
+    for (segment, node) in level.nodes() {
+        collisions(&format!("{prefix}/{segment}"), &node.children, out);
     }
 }
 
@@ -908,6 +945,11 @@ descriptors:
             "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, replaces: [{name: x}]}\n",
         );
         assert!(reason.contains("unlimited"), "{reason}");
+        let (_, reason) = refusal(
+            &rule("      replaces: [{name: x}]\n")
+                .replace("requests_per_unit: 1", "requests_per_unit: 0"),
+        );
+        assert!(reason.contains("requests_per_unit: 0"), "{reason}");
         let ok: RawDomain =
             serde_yaml_ng::from_str(&rule("      replaces: [{name: other}]\n")).unwrap();
         assert!(ok.compile("").is_ok());
@@ -962,6 +1004,12 @@ descriptors:
             .iter()
             .any(|w| w.starts_with("d/c:") && w.contains("dynamic metadata")));
         assert!(domain(TREE).warnings().is_empty());
+        let d = domain(
+            "domain: d\ndescriptors:\n  - key: a_b\n    value: c\n  - key: a\n    value: b_c\n",
+        );
+        let w = d.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("\"a_b_c\""), "{w:?}");
     }
 
     #[test]
