@@ -91,6 +91,12 @@ fn counter_key(entries: &[(String, String)]) -> String {
 /// shares it). A value equal to the pattern matches the pattern, so sharing its counter is
 /// right.
 fn tree_counter_key(entries: &[(String, String)], matched: &Matched<'_>) -> String {
+    let shares = |(step, node): &(Step<'_>, &super::descriptors::Node)| {
+        matches!(step, Step::Wildcard(_)) && node.share_threshold
+    };
+    if !matched.steps.iter().any(shares) {
+        return counter_key(entries);
+    }
     let shared: Vec<(String, String)> = entries
         .iter()
         .zip(&matched.steps)
