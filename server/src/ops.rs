@@ -200,10 +200,12 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
         bail!("at most {} requests per run", simulate::MAX_SAMPLES);
     }
     let reports = simulate::simulate(&policy, &samples);
+    let warnings = policy.warnings();
     let out = if args.json {
         let value = serde_json::json!({
             "file": file,
             "valid": true,
+            "warnings": warnings,
             "format": format.as_str(),
             "domains": policy.domains.keys().collect::<Vec<_>>(),
             "limits": policy.limits.len(),
@@ -217,6 +219,9 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
             policy.domains.len(),
             policy.limits.len()
         );
+        for w in &warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
         if samples.is_empty() {
             out.push_str("no --request or --requests-file given: nothing to evaluate\n");
         }

@@ -126,6 +126,31 @@ impl TestNode {
         }
     }
 
+    /// Submits a policy in `format` through the admin API: the new version, or the
+    /// refusal's HTTP status and error message.
+    pub async fn try_put_policy(
+        &self,
+        http: &reqwest::Client,
+        format: &str,
+        source: &str,
+    ) -> Result<u64, (u16, String)> {
+        let resp = http
+            .put(self.admin_url("/policy"))
+            .json(&serde_json::json!({ "format": format, "source": source }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        if !status.is_success() {
+            let error = body["error"].as_str().unwrap_or_default().to_string();
+            return Err((status.as_u16(), error));
+        }
+        Ok(body["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no version in {body}")))
+    }
+
     /// Replaces the live policy through the admin API; returns the new version.
     pub async fn put_policy(&self, http: &reqwest::Client, source: &str) -> u64 {
         let resp = http
