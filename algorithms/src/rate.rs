@@ -9,13 +9,25 @@ use crate::Nanos;
 /// allowed hit, so its memory is bounded by the limit.
 pub const MAX_SLIDING_LOG_LIMIT: u64 = 10_000;
 
+/// The sliding window's precision when a policy does not give one: the window is cut into
+/// this many sub-windows ([`crate::sliding_slots`]). Chosen by measurement
+/// (`docs/benchmarks.md`, "Sliding window precision"): the smallest precision whose worst
+/// true window stays within 1.1 × the limit on Poisson traffic, at 62 bytes per key.
+pub const DEFAULT_SLIDING_PRECISION: u16 = 10;
+
+/// The largest precision accepted: memory per key grows by 2 bytes per sub-window
+/// (8 beyond 65 535 per sub-window), and 60 already gives one-second slots for a minute.
+pub const MAX_SLIDING_PRECISION: u16 = 60;
+
 /// Which algorithm a counter runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Epoch-aligned fixed windows (envoyproxy/ratelimit, Kong, Limitador).
     FixedWindow,
-    /// Two-window weighted counter (Cloudflare's and Kong's sliding window). Approximate.
+    /// Sliding window counter. With [`Rate::precision`] 1, the two-window weighted counter
+    /// (Cloudflare's and Kong's; [`crate::sliding_window`]); with `N > 1`, `N` sub-windows
+    /// ([`crate::sliding_slots`]). Approximate, with a bound that tightens with `N`.
     SlidingWindow,
     /// Exact sliding log; memory bounded by the limit.
     SlidingLog,
@@ -38,13 +50,83 @@ impl Algorithm {
 /// A validated rate: `limit` hits per `window` nanoseconds, run by `algorithm`.
 ///
 /// For the token bucket, `limit` tokens are refilled evenly over each `window` and the
-/// bucket holds at most `burst` tokens (defaults to `limit`).
+/// bucket holds at most `burst` tokens (defaults to `limit`). For the sliding window,
+/// `precision` is the number of sub-windows (1 = the two-counter form); it is 1 for every
+/// other algorithm.
+///
+/// On the wire (Raft log, peer RPCs) a rate is `(algorithm, limit, window, burst)` where a
+/// sliding window of precision `N > 1` is an extra algorithm variant carrying `N`: a rate
+/// written before precision existed decodes unchanged, as the two-counter form it was
+/// decided with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "WireRate", into = "WireRate")]
 pub struct Rate {
     pub algorithm: Algorithm,
     pub limit: u64,
     pub window: Nanos,
     pub burst: u64,
+    pub precision: u16,
+}
+
+/// [`Rate`] as serialized: the four fields it always had, with the precision folded into
+/// the algorithm so that old encodings stay valid (new variants go last).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename = "Rate")]
+struct WireRate {
+    algorithm: WireAlgorithm,
+    limit: u64,
+    window: Nanos,
+    burst: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireAlgorithm {
+    FixedWindow,
+    SlidingWindow,
+    SlidingLog,
+    TokenBucket,
+    /// A sliding window with this many sub-windows (`> 1`).
+    SlidingWindowPrecision(u16),
+}
+
+impl From<Rate> for WireRate {
+    fn from(rate: Rate) -> WireRate {
+        let algorithm = match rate.algorithm {
+            Algorithm::FixedWindow => WireAlgorithm::FixedWindow,
+            Algorithm::SlidingWindow if rate.precision > 1 => {
+                WireAlgorithm::SlidingWindowPrecision(rate.precision)
+            }
+            Algorithm::SlidingWindow => WireAlgorithm::SlidingWindow,
+            Algorithm::SlidingLog => WireAlgorithm::SlidingLog,
+            Algorithm::TokenBucket => WireAlgorithm::TokenBucket,
+        };
+        WireRate {
+            algorithm,
+            limit: rate.limit,
+            window: rate.window,
+            burst: rate.burst,
+        }
+    }
+}
+
+impl From<WireRate> for Rate {
+    fn from(wire: WireRate) -> Rate {
+        let (algorithm, precision) = match wire.algorithm {
+            WireAlgorithm::FixedWindow => (Algorithm::FixedWindow, 1),
+            WireAlgorithm::SlidingWindow => (Algorithm::SlidingWindow, 1),
+            WireAlgorithm::SlidingLog => (Algorithm::SlidingLog, 1),
+            WireAlgorithm::TokenBucket => (Algorithm::TokenBucket, 1),
+            WireAlgorithm::SlidingWindowPrecision(n) => (Algorithm::SlidingWindow, n),
+        };
+        Rate {
+            algorithm,
+            limit: wire.limit,
+            window: wire.window,
+            burst: wire.burst,
+            precision,
+        }
+    }
 }
 
 /// Why a [`Rate`] cannot be built.
@@ -58,6 +140,15 @@ pub enum RateError {
     ZeroBurst,
     #[error("burst is only meaningful for token_bucket, not {0}")]
     BurstNotSupported(&'static str),
+    #[error("precision is only meaningful for sliding_window, not {0}")]
+    PrecisionNotSupported(&'static str),
+    #[error("precision must be 1 to {max}, got {precision}")]
+    PrecisionOutOfRange { precision: u64, max: u16 },
+    #[error(
+        "precision {precision} does not cut the window ({window} ns) into whole nanoseconds: \
+         pick a precision that divides the window"
+    )]
+    PrecisionDoesNotDivideWindow { precision: u16, window: Nanos },
     #[error(
         "sliding_log keeps one entry per allowed hit, so its limit is capped at {max}; \
          limit {limit} is too large: use sliding_window (the two-counter approximation) instead"
@@ -98,7 +189,42 @@ impl Rate {
             limit,
             window,
             burst,
+            precision: 1,
         })
+    }
+
+    /// Builds a rate with an explicit sliding-window `precision` (sub-windows per window);
+    /// `None` means 1 for every algorithm (the two-counter form for `sliding_window`).
+    /// Policies pass [`DEFAULT_SLIDING_PRECISION`] themselves when none is written.
+    ///
+    /// Refused: a precision for another algorithm, outside `1..=`[`MAX_SLIDING_PRECISION`],
+    /// or one that does not divide the window into whole nanoseconds.
+    pub fn with_precision(
+        algorithm: Algorithm,
+        limit: u64,
+        window: Nanos,
+        burst: Option<u64>,
+        precision: Option<u64>,
+    ) -> Result<Rate, RateError> {
+        let mut rate = Rate::new(algorithm, limit, window, burst)?;
+        let Some(precision) = precision else {
+            return Ok(rate);
+        };
+        if algorithm != Algorithm::SlidingWindow {
+            return Err(RateError::PrecisionNotSupported(algorithm.as_str()));
+        }
+        let precision = u16::try_from(precision)
+            .ok()
+            .filter(|p| (1..=MAX_SLIDING_PRECISION).contains(p))
+            .ok_or(RateError::PrecisionOutOfRange {
+                precision,
+                max: MAX_SLIDING_PRECISION,
+            })?;
+        if !window.is_multiple_of(u64::from(precision)) {
+            return Err(RateError::PrecisionDoesNotDivideWindow { precision, window });
+        }
+        rate.precision = precision;
+        Ok(rate)
     }
 
     /// The quota a fresh counter starts with: `burst` for token buckets, else `limit`.
