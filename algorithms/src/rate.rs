@@ -235,3 +235,47 @@ impl Rate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Rate` as it was serialized before precision existed.
+    #[derive(Serialize)]
+    struct OldRate {
+        algorithm: Algorithm,
+        limit: u64,
+        window: Nanos,
+        burst: u64,
+    }
+
+    #[test]
+    fn old_encodings_decode_as_precision_one() {
+        for algorithm in [
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+            Algorithm::SlidingLog,
+            Algorithm::TokenBucket,
+        ] {
+            let old = OldRate {
+                algorithm,
+                limit: 7,
+                window: 60,
+                burst: 7,
+            };
+            let bytes = postcard::to_stdvec(&old).unwrap();
+            let rate: Rate = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(rate, Rate::new(algorithm, 7, 60, None).unwrap());
+            // And a precision-1 rate still encodes exactly as before.
+            assert_eq!(postcard::to_stdvec(&rate).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn precision_round_trips() {
+        let rate =
+            Rate::with_precision(Algorithm::SlidingWindow, 100, 60, None, Some(10)).unwrap();
+        let bytes = postcard::to_stdvec(&rate).unwrap();
+        assert_eq!(postcard::from_bytes::<Rate>(&bytes).unwrap(), rate);
+    }
+}
