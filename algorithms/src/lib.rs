@@ -10,7 +10,8 @@
 //!   token buckets a `burst`. [`Rate::validate`] refuses configurations an algorithm
 //!   cannot honour.
 //! - [`CounterState`] is the per-key state of one limit; one module per algorithm:
-//!   [`fixed_window`], [`sliding_window`], [`sliding_log`], [`token_bucket`].
+//!   [`fixed_window`], [`sliding_window`] (precision 1: two counters) and
+//!   [`sliding_slots`] (precision N: N sub-windows), [`sliding_log`], [`token_bucket`].
 //!   The leaky bucket (gubernator's queue-less meter) is the same machine as the token
 //!   bucket; see [`token_bucket`] for the equivalence.
 //! - [`CounterStore`] maps counter keys to states, expires idle keys and caps memory.
@@ -33,6 +34,7 @@ pub mod decision;
 pub mod fixed_window;
 pub mod rate;
 pub mod sliding_log;
+pub mod sliding_slots;
 pub mod sliding_window;
 pub mod state;
 pub mod store;
@@ -40,8 +42,9 @@ pub mod token_bucket;
 
 pub use decision::{Decision, DenyReason};
 pub use fixed_window::FixedWindow;
-pub use rate::{Algorithm, Rate, RateError};
+pub use rate::{Algorithm, Rate, RateError, DEFAULT_SLIDING_PRECISION, MAX_SLIDING_PRECISION};
 pub use sliding_log::SlidingLog;
+pub use sliding_slots::SlidingSlots;
 pub use sliding_window::SlidingWindow;
 pub use state::CounterState;
 pub use store::{CounterStore, StoreError, StoredCounter};

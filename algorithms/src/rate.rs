@@ -9,13 +9,25 @@ use crate::Nanos;
 /// allowed hit, so its memory is bounded by the limit.
 pub const MAX_SLIDING_LOG_LIMIT: u64 = 10_000;
 
+/// The sliding window's precision when a policy does not give one: the window is cut into
+/// this many sub-windows ([`crate::sliding_slots`]). Chosen by measurement
+/// (`docs/benchmarks.md`, "Sliding window precision"): the smallest precision whose worst
+/// true window stays within 1.1 × the limit on Poisson traffic, at 62 bytes per key.
+pub const DEFAULT_SLIDING_PRECISION: u16 = 10;
+
+/// The largest precision accepted: memory per key grows by 2 bytes per sub-window
+/// (8 beyond 65 535 per sub-window), and 60 already gives one-second slots for a minute.
+pub const MAX_SLIDING_PRECISION: u16 = 60;
+
 /// Which algorithm a counter runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Epoch-aligned fixed windows (envoyproxy/ratelimit, Kong, Limitador).
     FixedWindow,
-    /// Two-window weighted counter (Cloudflare's and Kong's sliding window). Approximate.
+    /// Sliding window counter. With [`Rate::precision`] 1, the two-window weighted counter
+    /// (Cloudflare's and Kong's; [`crate::sliding_window`]); with `N > 1`, `N` sub-windows
+    /// ([`crate::sliding_slots`]). Approximate, with a bound that tightens with `N`.
     SlidingWindow,
     /// Exact sliding log; memory bounded by the limit.
     SlidingLog,
@@ -38,40 +50,90 @@ impl Algorithm {
 /// A validated rate: `limit` hits per `window` nanoseconds, run by `algorithm`.
 ///
 /// For the token bucket, `limit` tokens are refilled evenly over each `window` and the
-/// bucket holds at most `burst` tokens (defaults to `limit`).
+/// bucket holds at most `burst` tokens (defaults to `limit`). For the sliding window,
+/// `precision` is the number of sub-windows (1 = the two-counter form); it is 1 for every
+/// other algorithm.
+///
+/// On the wire (Raft log, peer RPCs) a rate is `(algorithm, limit, window, burst)` where a
+/// sliding window of precision `N > 1` is an extra algorithm variant carrying `N`: a rate
+/// written before precision existed decodes unchanged, as the two-counter form it was
+/// decided with.
 ///
 /// The fields are private to this crate and every decoded `Rate` goes through
-/// [`Rate::new`] (serde `try_from`): a rate that arrives from the network (a peer's log
-/// entry, snapshot or forwarded hit) cannot skip the checks, e.g. a zero window.
+/// [`Rate::with_precision`] (serde `try_from`): a rate that arrives from the network (a
+/// peer's log entry, snapshot or forwarded hit) cannot skip the checks, e.g. a zero window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "RawRate")]
+#[serde(try_from = "WireRate", into = "WireRate")]
 pub struct Rate {
     pub(crate) algorithm: Algorithm,
     pub(crate) limit: u64,
     pub(crate) window: Nanos,
     pub(crate) burst: u64,
+    pub(crate) precision: u16,
 }
 
-/// A [`Rate`] as encoded, before validation.
-#[derive(Deserialize)]
-struct RawRate {
-    algorithm: Algorithm,
+/// [`Rate`] as serialized: the four fields it always had, with the precision folded into
+/// the algorithm so that old encodings stay valid (new variants go last).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename = "Rate")]
+struct WireRate {
+    algorithm: WireAlgorithm,
     limit: u64,
     window: Nanos,
     burst: u64,
 }
 
-impl TryFrom<RawRate> for Rate {
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireAlgorithm {
+    FixedWindow,
+    SlidingWindow,
+    SlidingLog,
+    TokenBucket,
+    /// A sliding window with this many sub-windows (`> 1`).
+    SlidingWindowPrecision(u16),
+}
+
+impl From<Rate> for WireRate {
+    fn from(rate: Rate) -> WireRate {
+        let algorithm = match rate.algorithm {
+            Algorithm::FixedWindow => WireAlgorithm::FixedWindow,
+            Algorithm::SlidingWindow if rate.precision > 1 => {
+                WireAlgorithm::SlidingWindowPrecision(rate.precision)
+            }
+            Algorithm::SlidingWindow => WireAlgorithm::SlidingWindow,
+            Algorithm::SlidingLog => WireAlgorithm::SlidingLog,
+            Algorithm::TokenBucket => WireAlgorithm::TokenBucket,
+        };
+        WireRate {
+            algorithm,
+            limit: rate.limit,
+            window: rate.window,
+            burst: rate.burst,
+        }
+    }
+}
+
+impl TryFrom<WireRate> for Rate {
     type Error = RateError;
 
-    fn try_from(raw: RawRate) -> Result<Rate, RateError> {
+    fn try_from(wire: WireRate) -> Result<Rate, RateError> {
+        let (algorithm, precision) = match wire.algorithm {
+            WireAlgorithm::FixedWindow => (Algorithm::FixedWindow, None),
+            WireAlgorithm::SlidingWindow => (Algorithm::SlidingWindow, None),
+            WireAlgorithm::SlidingLog => (Algorithm::SlidingLog, None),
+            WireAlgorithm::TokenBucket => (Algorithm::TokenBucket, None),
+            WireAlgorithm::SlidingWindowPrecision(n) => {
+                (Algorithm::SlidingWindow, Some(u64::from(n)))
+            }
+        };
         // Only a token bucket has a burst of its own; elsewhere it always equals `limit`.
-        let burst = match raw.algorithm {
-            Algorithm::TokenBucket => Some(raw.burst),
-            _ if raw.burst == raw.limit => None,
+        let burst = match algorithm {
+            Algorithm::TokenBucket => Some(wire.burst),
+            _ if wire.burst == wire.limit => None,
             other => return Err(RateError::BurstNotSupported(other.as_str())),
         };
-        Rate::new(raw.algorithm, raw.limit, raw.window, burst)
+        Rate::with_precision(algorithm, wire.limit, wire.window, burst, precision)
     }
 }
 
@@ -86,6 +148,15 @@ pub enum RateError {
     ZeroBurst,
     #[error("burst is only meaningful for token_bucket, not {0}")]
     BurstNotSupported(&'static str),
+    #[error("precision is only meaningful for sliding_window, not {0}")]
+    PrecisionNotSupported(&'static str),
+    #[error("precision must be 1 to {max}, got {precision}")]
+    PrecisionOutOfRange { precision: u64, max: u16 },
+    #[error(
+        "precision {precision} does not cut the window ({window} ns) into whole nanoseconds: \
+         pick a precision that divides the window"
+    )]
+    PrecisionDoesNotDivideWindow { precision: u16, window: Nanos },
     #[error(
         "sliding_log keeps one entry per allowed hit, so its limit is capped at {max}; \
          limit {limit} is too large: use sliding_window (the two-counter approximation) instead"
@@ -126,7 +197,42 @@ impl Rate {
             limit,
             window,
             burst,
+            precision: 1,
         })
+    }
+
+    /// Builds a rate with an explicit sliding-window `precision` (sub-windows per window);
+    /// `None` means 1 for every algorithm (the two-counter form for `sliding_window`).
+    /// Policies pass [`DEFAULT_SLIDING_PRECISION`] themselves when none is written.
+    ///
+    /// Refused: a precision for another algorithm, outside `1..=`[`MAX_SLIDING_PRECISION`],
+    /// or one that does not divide the window into whole nanoseconds.
+    pub fn with_precision(
+        algorithm: Algorithm,
+        limit: u64,
+        window: Nanos,
+        burst: Option<u64>,
+        precision: Option<u64>,
+    ) -> Result<Rate, RateError> {
+        let mut rate = Rate::new(algorithm, limit, window, burst)?;
+        let Some(precision) = precision else {
+            return Ok(rate);
+        };
+        if algorithm != Algorithm::SlidingWindow {
+            return Err(RateError::PrecisionNotSupported(algorithm.as_str()));
+        }
+        let precision = u16::try_from(precision)
+            .ok()
+            .filter(|p| (1..=MAX_SLIDING_PRECISION).contains(p))
+            .ok_or(RateError::PrecisionOutOfRange {
+                precision,
+                max: MAX_SLIDING_PRECISION,
+            })?;
+        if !window.is_multiple_of(u64::from(precision)) {
+            return Err(RateError::PrecisionDoesNotDivideWindow { precision, window });
+        }
+        rate.precision = precision;
+        Ok(rate)
     }
 
     /// The algorithm that runs counters of this rate.
@@ -149,6 +255,11 @@ impl Rate {
         self.burst
     }
 
+    /// Sub-windows of a sliding window (1 = the two-counter form); 1 for other algorithms.
+    pub fn precision(&self) -> u16 {
+        self.precision
+    }
+
     /// The quota a fresh counter starts with: `burst` for token buckets, else `limit`.
     pub fn capacity(&self) -> u64 {
         match self.algorithm {
@@ -161,6 +272,44 @@ impl Rate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Rate` as it was serialized before precision existed.
+    #[derive(Serialize)]
+    struct OldRate {
+        algorithm: Algorithm,
+        limit: u64,
+        window: Nanos,
+        burst: u64,
+    }
+
+    #[test]
+    fn old_encodings_decode_as_precision_one() {
+        for algorithm in [
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+            Algorithm::SlidingLog,
+            Algorithm::TokenBucket,
+        ] {
+            let old = OldRate {
+                algorithm,
+                limit: 7,
+                window: 60,
+                burst: 7,
+            };
+            let bytes = postcard::to_stdvec(&old).unwrap();
+            let rate: Rate = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(rate, Rate::new(algorithm, 7, 60, None).unwrap());
+            // And a precision-1 rate still encodes exactly as before.
+            assert_eq!(postcard::to_stdvec(&rate).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn precision_round_trips() {
+        let rate = Rate::with_precision(Algorithm::SlidingWindow, 100, 60, None, Some(10)).unwrap();
+        let bytes = postcard::to_stdvec(&rate).unwrap();
+        assert_eq!(postcard::from_bytes::<Rate>(&bytes).unwrap(), rate);
+    }
 
     /// The wire form of a rate, with any field values: what a hostile peer can send.
     #[derive(Serialize)]
@@ -190,9 +339,21 @@ mod tests {
         let fixed = Rate::new(Algorithm::FixedWindow, 10, 1_000, None).unwrap();
         assert_eq!(decode(Algorithm::FixedWindow, 10, 1_000, 10), Some(fixed));
 
-        assert_eq!(decode(Algorithm::FixedWindow, 10, 0, 10), None, "zero window");
-        assert_eq!(decode(Algorithm::FixedWindow, 0, 1_000, 0), None, "zero limit");
-        assert_eq!(decode(Algorithm::TokenBucket, 10, 1_000, 0), None, "zero burst");
+        assert_eq!(
+            decode(Algorithm::FixedWindow, 10, 0, 10),
+            None,
+            "zero window"
+        );
+        assert_eq!(
+            decode(Algorithm::FixedWindow, 0, 1_000, 0),
+            None,
+            "zero limit"
+        );
+        assert_eq!(
+            decode(Algorithm::TokenBucket, 10, 1_000, 0),
+            None,
+            "zero burst"
+        );
         assert_eq!(
             decode(Algorithm::SlidingWindow, 10, 1_000, 99),
             None,

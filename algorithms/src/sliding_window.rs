@@ -121,7 +121,7 @@ impl View {
 
 /// The least `e ∈ [0, window]` with `⌊count · (window − e) / window⌋ ≤ room`:
 /// that floor is `≤ room` iff `count·(window − e) ≤ (room + 1)·window − 1`.
-fn elapsed_needed(count: u64, room: u64, window: Nanos) -> Nanos {
+pub(crate) fn elapsed_needed(count: u64, room: u64, window: Nanos) -> Nanos {
     if count == 0 {
         return 0;
     }

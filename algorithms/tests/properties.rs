@@ -11,7 +11,7 @@
 use proptest::prelude::*;
 use quorate_algorithms::{
     Algorithm, CounterState, CounterStore, Decision, DenyReason, Nanos, Rate, SlidingLog,
-    SlidingWindow,
+    SlidingSlots, SlidingWindow, MAX_SLIDING_PRECISION,
 };
 
 const ALGORITHMS: [Algorithm; 4] = [
@@ -42,8 +42,31 @@ fn rate_for(algorithm: Algorithm) -> impl Strategy<Value = Rate> {
     })
 }
 
+/// A sliding window with precision N > 1: `N` slots of 1 to 40 ns each.
+fn slots_rate() -> impl Strategy<Value = Rate> {
+    (
+        1u64..=12,
+        prop::sample::select(vec![2u64, 3, 4, 5, 8, 10]),
+        1u64..=40,
+    )
+        .prop_map(|(limit, precision, slot)| {
+            Rate::with_precision(
+                Algorithm::SlidingWindow,
+                limit,
+                precision * slot,
+                None,
+                Some(precision),
+            )
+            .unwrap()
+        })
+}
+
+/// Every algorithm, the sliding window at precision 1 (two counters) and above.
 fn any_rate() -> impl Strategy<Value = Rate> {
-    prop::sample::select(ALGORITHMS.to_vec()).prop_flat_map(rate_for)
+    prop_oneof![
+        4 => prop::sample::select(ALGORITHMS.to_vec()).prop_flat_map(rate_for),
+        1 => slots_rate(),
+    ]
 }
 
 /// A start instant and steps `(dt, cost)`; `dt` may be negative (time going backwards).
@@ -52,6 +75,21 @@ fn steps(backwards: bool) -> impl Strategy<Value = (Nanos, Vec<(i64, u64)>)> {
     (
         0u64..10_000,
         prop::collection::vec((min_dt..=60i64, 0u64..=16), 1..160),
+    )
+}
+
+/// Bursty traffic: runs of hits a few ns apart, separated by gaps of up to two windows;
+/// time may step back inside a burst.
+fn bursty_steps() -> impl Strategy<Value = (Nanos, Vec<(i64, u64)>)> {
+    (
+        0u64..10_000,
+        prop::collection::vec(
+            prop_oneof![
+                6 => (-3i64..=3, 1u64..=3),
+                1 => (20i64..=400, 1u64..=4),
+            ],
+            1..200,
+        ),
     )
 }
 
@@ -253,6 +291,176 @@ fn sliding_window_matches_sliding_log_on_uniform_traffic() {
     }
 }
 
+// === Sliding window with precision N > 1 ===
+
+/// Checks the documented bound at every allowed hit: the true window `(t − W, t]` holds at
+/// most `limit + ⌈c·e/L⌉ ≤ limit + c`, `c` being the cost of the slot that straddles its
+/// start and `e` how far `t` is into its own slot. Slots are read from the exact log of
+/// allowed hits at their effective instants.
+fn check_slot_bound(rate: &Rate, allowed: &[Hit]) -> Result<(), TestCaseError> {
+    let n = u64::from(rate.precision);
+    let slot = rate.window / n;
+    let limit = u128::from(rate.limit);
+    for (j, sum) in sliding_sums(allowed, rate.window).into_iter().enumerate() {
+        let t = allowed[j].at;
+        let straddling = (t / slot).checked_sub(n);
+        let c: u128 = allowed[..=j]
+            .iter()
+            .filter(|h| Some(h.at / slot) == straddling)
+            .map(|h| u128::from(h.cost))
+            .sum();
+        let e = u128::from(t % slot);
+        let tight = limit + (c * e).div_ceil(u128::from(slot));
+        prop_assert!(
+            sum <= tight,
+            "window ending {t}: {sum} > {limit} + ⌈{c}·{e}/{slot}⌉"
+        );
+        prop_assert!(sum <= limit + c);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn sliding_slots_exceed_the_limit_by_at_most_one_slot(
+        rate in slots_rate(),
+        (start, steps) in steps(true),
+    ) {
+        let (_, allowed) = run(&rate, &instants(start, &steps));
+        check_slot_bound(&rate, &allowed)?;
+    }
+
+    #[test]
+    fn sliding_slots_bound_holds_on_bursty_traffic(
+        rate in slots_rate(),
+        (start, steps) in bursty_steps(),
+    ) {
+        let (_, allowed) = run(&rate, &instants(start, &steps));
+        check_slot_bound(&rate, &allowed)?;
+    }
+
+    /// The other direction: a denial means the exact count plus the straddling slot's
+    /// weighted share leaves no room, so the counter denies at most what that share hides.
+    #[test]
+    fn sliding_slots_deny_only_what_the_straddling_share_explains(
+        rate in slots_rate(),
+        (start, steps) in bursty_steps(),
+    ) {
+        let n = u64::from(rate.precision);
+        let slot = rate.window / n;
+        let mut state = CounterState::new(&rate);
+        let mut log: Vec<Hit> = Vec::new();
+        let mut latest = 0;
+        for (now, cost) in instants(start, &steps) {
+            let decision = state.check(&rate, now, cost);
+            if cost == 0 || cost > rate.limit {
+                continue;
+            }
+            // The instant the counter decided at: clamped to its newest slot.
+            let t = now.max(latest - latest % slot);
+            if decision.allowed {
+                latest = latest.max(now);
+                log.push(Hit { at: latest, cost });
+                continue;
+            }
+            let exact: u128 = log
+                .iter()
+                .filter(|h| h.at + rate.window > t.max(latest))
+                .map(|h| u128::from(h.cost))
+                .sum();
+            let straddling = (t / slot).checked_sub(n);
+            let c: u128 = log
+                .iter()
+                .filter(|h| Some(h.at / slot) == straddling)
+                .map(|h| u128::from(h.cost))
+                .sum();
+            let share = c * u128::from(slot - t % slot) / u128::from(slot);
+            prop_assert!(exact + share + u128::from(cost) > u128::from(rate.limit));
+        }
+    }
+
+    /// Precision 1 through the sub-window code is the two-counter form, decision for
+    /// decision; and a policy's `precision: 1` runs the two-counter state itself.
+    #[test]
+    fn precision_one_is_the_two_counter_form(
+        limit in 1u64..=12,
+        window in 1u64..=200,
+        (start, steps) in steps(true),
+    ) {
+        let one = Rate::with_precision(Algorithm::SlidingWindow, limit, window, None, Some(1))
+            .unwrap();
+        prop_assert_eq!(one, Rate::new(Algorithm::SlidingWindow, limit, window, None).unwrap());
+        let mut pair = CounterState::new(&one);
+        prop_assert!(matches!(pair, CounterState::SlidingWindow(_)));
+        let mut slots = SlidingSlots::default();
+        for (now, cost) in instants(start, &steps) {
+            prop_assert_eq!(pair.check(&one, now, cost), slots.check(&one, now, cost));
+        }
+    }
+}
+
+/// On evenly spaced traffic at 0.9× to 3× the limit, every precision admits what the exact
+/// log admits: both pass `limit` per window under steady overload.
+#[test]
+fn sliding_slots_match_sliding_log_on_uniform_traffic() {
+    // 1.2 s: every precision measured divides it. Spacings are ⌈window / k⌉ for k = 90,
+    // 105, 150, 300 (and 3 000): with a spacing a little short of that, the log would wait
+    // one extra arrival per cycle for its oldest entry to expire, and fall below `limit`
+    // per window for reasons of its own discreteness.
+    let window = 1_200_000_000;
+    for precision in [2, 4, 10, 20, 60] {
+        for (limit, spacing) in [
+            (100, 13_333_334),
+            (100, 11_428_572),
+            (100, 8_000_000),
+            (100, 4_000_000),
+            (1_000, 400_000),
+        ] {
+            let slots_rate = Rate::with_precision(
+                Algorithm::SlidingWindow,
+                limit,
+                window,
+                None,
+                Some(precision),
+            )
+            .unwrap();
+            let log_rate = Rate::new(Algorithm::SlidingLog, limit, window, None).unwrap();
+            let (mut slots, mut log) = (CounterState::new(&slots_rate), SlidingLog::default());
+            let (mut slots_allowed, mut log_allowed) = (0u64, 0u64);
+            let mut now = 0;
+            while now < 200 * window {
+                slots_allowed += u64::from(slots.check(&slots_rate, now, 1).allowed);
+                log_allowed += u64::from(log.check(&log_rate, now, 1).allowed);
+                now += spacing;
+            }
+            println!(
+                "precision {precision}, limit {limit}, spacing {spacing} ns: \
+                 allowed {slots_allowed} vs log {log_allowed}"
+            );
+            assert_eq!(slots_allowed, log_allowed, "precision {precision}");
+        }
+    }
+}
+
+#[test]
+fn precision_is_validated() {
+    let sw = Algorithm::SlidingWindow;
+    assert!(Rate::with_precision(sw, 10, 60, None, Some(0)).is_err());
+    assert!(Rate::with_precision(sw, 10, 61, None, Some(60)).is_err());
+    let max = u64::from(MAX_SLIDING_PRECISION);
+    assert!(Rate::with_precision(sw, 10, 60 * max, None, Some(max)).is_ok());
+    assert!(Rate::with_precision(sw, 10, 60 * (max + 1), None, Some(max + 1)).is_err());
+    assert!(Rate::with_precision(Algorithm::FixedWindow, 10, 60, None, Some(2)).is_err());
+    assert_eq!(
+        Rate::with_precision(sw, 10, 60, None, None)
+            .unwrap()
+            .precision,
+        1
+    );
+}
+
 // === Consistency of the numbers a decision reports ===
 
 proptest! {
@@ -409,11 +617,17 @@ fn hostile_rate() -> impl Strategy<Value = Rate> {
         hostile_u64(),
         hostile_u64(),
         hostile_u64(),
+        prop_oneof![Just(0u16), Just(1), Just(2), Just(u16::MAX), any::<u16>()],
     )
-        .prop_filter_map("Rate::new refuses it", |(algorithm, limit, window, burst)| {
-            let burst = (algorithm == Algorithm::TokenBucket).then_some(burst);
-            Rate::new(algorithm, limit, window, burst).ok()
-        })
+        .prop_filter_map(
+            "Rate::with_precision refuses it",
+            |(algorithm, limit, window, burst, precision)| {
+                let burst = (algorithm == Algorithm::TokenBucket).then_some(burst);
+                let precision =
+                    (algorithm == Algorithm::SlidingWindow).then_some(u64::from(precision));
+                Rate::with_precision(algorithm, limit, window, burst, precision).ok()
+            },
+        )
 }
 
 proptest! {

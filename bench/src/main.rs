@@ -11,11 +11,14 @@
 //! - `ext-authz`: drive Envoy ext_authz `Check` (API key, JWT or no identity);
 //! - `nodes`: start one node or a 3-node cluster (as `suite` does) and hold it up, for
 //!   scripts that measure other clients or servers next to quorate (`bench/envoy.sh`).
+//! - `sliding-accuracy`: generated Poisson and bursty traffic through the sliding window
+//!   at several precisions and the exact sliding log, in process ([`accuracy`]).
 //!
 //! Modules: [`keys`] (key distributions), [`load`] (the generator and answer checks),
 //! [`report`] (human and JSON output), [`null_server`], [`procs`] (child processes,
 //! `/proc` CPU time, `/metrics`), [`suite`].
 
+mod accuracy;
 mod authz;
 mod keys;
 mod load;
@@ -80,6 +83,26 @@ enum Command {
     },
     /// Drive Envoy ext_authz v3 `Check` and report throughput and latency.
     ExtAuthz(ExtAuthzArgs),
+    /// How far sliding windows overshoot their limit in true windows, against the exact
+    /// log, on generated traffic (in process; no server).
+    SlidingAccuracy {
+        /// Keys; key i runs at 0.2 + 2.8·i/(keys−1) times the limit's rate.
+        #[arg(long, default_value_t = 4_000)]
+        keys: usize,
+        /// Traffic per key (e.g. 30m).
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// The window, in seconds.
+        #[arg(long, default_value_t = 60)]
+        window_secs: u64,
+        /// Sliding-window precisions to measure (1 = the two-counter form).
+        #[arg(long, default_value = "1,4,10,20,60", value_delimiter = ',')]
+        precisions: Vec<u16>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Start one quorate node or a 3-node cluster with a policy and hold it up.
     Nodes {
         #[arg(long, default_value = "target/release/quorate")]
@@ -307,6 +330,25 @@ async fn main() -> anyhow::Result<()> {
             std::fs::write(&out, frame).with_context(|| format!("cannot write {}", out.display()))
         }
         Command::Rls(args) => rls_load(args).await,
+        Command::SlidingAccuracy {
+            keys,
+            duration,
+            limit,
+            window_secs,
+            precisions,
+            seed,
+        } => {
+            let config = accuracy::AccuracyConfig {
+                keys,
+                duration,
+                limit,
+                window: window_secs.saturating_mul(quorate_algorithms::SECOND),
+                precisions,
+                seed,
+            };
+            print!("{}", accuracy::run(&config)?);
+            Ok(())
+        }
         Command::ExtAuthz(args) => ext_authz_load(args).await,
         Command::Nodes {
             quorate,

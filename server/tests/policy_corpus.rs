@@ -116,8 +116,28 @@ const CORPUS: &[Bad] = &[
         "max_counters: must be at least 1",
     ),
     bad("q_unknown_algorithm.yaml", 3, "unknown variant `leaky`"),
+    bad(
+        "q_precision_out_of_range.yaml",
+        2,
+        "limits[0]: limit \"smooth\": precision must be 1 to 60, got 61",
+    ),
+    bad(
+        "q_precision_not_sliding.yaml",
+        7,
+        "precision is only meaningful for sliding_window, not fixed_window",
+    ),
+    bad(
+        "q_precision_does_not_divide.yaml",
+        6,
+        "precision 7 does not cut the window (1000000000 ns) into whole nanoseconds",
+    ),
     // envoyproxy/ratelimit config files
     bad("e_unknown_unit.yaml", 6, "unknown unit \"decade\""),
+    bad(
+        "e_precision_zero.yaml",
+        6,
+        "precision must be 1 to 60, got 0",
+    ),
     bad(
         "e_negative_requests.yaml",
         7,

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::matching::{HostPattern, PathPattern};
 use super::template::Template;
-use crate::policy::{parse_window, Consistency, LimitDef, PolicyError};
+use crate::policy::{parse_window, policy_rate, Consistency, LimitDef, PolicyError};
 
 /// Longest identity, route, consumer or limit name.
 pub const MAX_NAME: usize = 128;
@@ -221,6 +221,8 @@ struct RawLimit {
     algorithm: Option<Algorithm>,
     #[serde(default)]
     burst: Option<u64>,
+    #[serde(default)]
+    precision: Option<u64>,
     #[serde(default)]
     consistency: Option<Consistency>,
     #[serde(default)]
@@ -1185,10 +1187,11 @@ fn compile_limit(
             || raw.window.is_some()
             || raw.algorithm.is_some()
             || raw.burst.is_some()
+            || raw.precision.is_some()
             || raw.consistency.is_some()
         {
             return Err(
-                "`use` refers to a named limit: do not also give limit, window, algorithm, burst or consistency"
+                "`use` refers to a named limit: do not also give limit, window, algorithm, burst, precision or consistency"
                     .into(),
             );
         }
@@ -1215,13 +1218,8 @@ fn compile_limit(
         return Err(format!("limit name {full:?} is too long"));
     }
     let window = parse_window(&window)?;
-    let rate = Rate::new(
-        raw.algorithm.unwrap_or(Algorithm::FixedWindow),
-        limit,
-        window,
-        raw.burst,
-    )
-    .map_err(|e| format!("limit {shown:?}: {e}"))?;
+    let rate = policy_rate(raw.algorithm, limit, window, raw.burst, raw.precision)
+        .map_err(|e| format!("limit {shown:?}: {e}"))?;
     if limits.contains_key(&full) {
         return Err(format!("duplicate limit name {full:?}"));
     }

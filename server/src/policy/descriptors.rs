@@ -16,7 +16,7 @@
 //! carried to the plan (see [`super::plan`]).
 //!
 //! Our extras on `rate_limit`: `algorithm`, `window` (N×unit windows such as `10s`),
-//! `burst` and `consistency`.
+//! `burst`, `precision` (sliding window sub-windows) and `consistency`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use quorate_algorithms::{Algorithm, Rate, SECOND};
 use serde::Deserialize;
 
 use super::conditions::ConditionalLimit;
-use super::limits::{Consistency, LimitDef};
+use super::limits::{policy_rate, Consistency, LimitDef};
 use super::parse_window;
 
 /// One domain: its descriptor tree and its conditional limits.
@@ -225,6 +225,8 @@ struct RawRateLimit {
     #[serde(default)]
     burst: Option<u64>,
     #[serde(default)]
+    precision: Option<u64>,
+    #[serde(default)]
     consistency: Consistency,
 }
 
@@ -308,9 +310,8 @@ fn compile_rule(key: &str, raw: RawRateLimit) -> Result<Rule, String> {
         }
         return Ok(Rule::Blocked { unit });
     }
-    let algorithm = raw.algorithm.unwrap_or(Algorithm::FixedWindow);
-    let rate =
-        Rate::new(algorithm, requests, window, raw.burst).map_err(|e| format!("{what}: {e}"))?;
+    let rate = policy_rate(raw.algorithm, requests, window, raw.burst, raw.precision)
+        .map_err(|e| format!("{what}: {e}"))?;
     if let Some(name) = &raw.name {
         if name.is_empty() || name.len() > MAX_TEXT {
             return Err(format!("{what}: name must be 1 to {MAX_TEXT} bytes"));

@@ -1,6 +1,6 @@
 //! Named limits: a rate, its algorithm and its consistency mode.
 
-use quorate_algorithms::{Algorithm, Rate};
+use quorate_algorithms::{Algorithm, Nanos, Rate, RateError, DEFAULT_SLIDING_PRECISION};
 use serde::{Deserialize, Serialize};
 
 use super::parse_window;
@@ -53,9 +53,35 @@ pub(super) struct LimitDoc {
     #[serde(default)]
     burst: Option<u64>,
     #[serde(default)]
+    precision: Option<u64>,
+    #[serde(default)]
     consistency: Consistency,
     #[serde(default)]
     shadow_mode: bool,
+}
+
+/// Builds the rate a policy writes, with the policy defaults: `fixed_window` when no
+/// algorithm is named, and for `sliding_window` without `precision`,
+/// [`DEFAULT_SLIDING_PRECISION`] sub-windows (the largest precision up to it that divides
+/// the window; every window a policy can write is a whole number of milliseconds, which
+/// the default divides). `precision: 1` is the two-counter form policies got before
+/// precision existed. Shared by every policy format.
+pub(crate) fn policy_rate(
+    algorithm: Option<Algorithm>,
+    limit: u64,
+    window: Nanos,
+    burst: Option<u64>,
+    precision: Option<u64>,
+) -> Result<Rate, RateError> {
+    let algorithm = algorithm.unwrap_or(Algorithm::FixedWindow);
+    let precision = match (algorithm, precision) {
+        (Algorithm::SlidingWindow, None) => (1..=DEFAULT_SLIDING_PRECISION)
+            .rev()
+            .map(u64::from)
+            .find(|p| window.is_multiple_of(*p)),
+        (_, given) => given,
+    };
+    Rate::with_precision(algorithm, limit, window, burst, precision)
 }
 
 impl LimitDoc {
@@ -75,8 +101,7 @@ impl LimitDoc {
             ));
         }
         let window = parse_window(&doc.window).map_err(|e| format!("limit {:?}: {e}", doc.name))?;
-        let algorithm = doc.algorithm.unwrap_or(Algorithm::FixedWindow);
-        let rate = Rate::new(algorithm, doc.limit, window, doc.burst)
+        let rate = policy_rate(doc.algorithm, doc.limit, window, doc.burst, doc.precision)
             .map_err(|e| format!("limit {:?}: {e}", doc.name))?;
         Ok(LimitDef {
             name: doc.name,
@@ -85,5 +110,161 @@ impl LimitDoc {
             display_name: None,
             shadow_mode: doc.shadow_mode,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quorate_algorithms::{CounterState, SlidingWindow, SECOND};
+
+    use super::*;
+    use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+
+    fn compile(format: PolicyFormat, text: &str) -> PolicySet {
+        PolicySet::compile(&PolicySource {
+            format,
+            text: text.to_string(),
+        })
+        .unwrap()
+    }
+
+    fn rate_of(text: &str, name: &str) -> Rate {
+        compile(PolicyFormat::Quorate, text).limits[name].rate
+    }
+
+    /// A policy file written before `precision` existed.
+    const OLD_POLICY: &str = "
+limits:
+  - name: fixed
+    limit: 10
+    window: 1s
+  - name: sliding
+    algorithm: sliding_window
+    limit: 10
+    window: 1s
+  - name: log
+    algorithm: sliding_log
+    limit: 10
+    window: 1s
+  - name: bucket
+    algorithm: token_bucket
+    limit: 10
+    window: 1s
+    burst: 20
+";
+
+    #[test]
+    fn old_policies_load_unchanged_except_the_sliding_window_default() {
+        let policy = compile(PolicyFormat::Quorate, OLD_POLICY);
+        let rate = |name: &str| policy.limits[name].rate;
+        // What these compiled to before precision existed: precision 1, same numbers.
+        assert_eq!(
+            rate("fixed"),
+            Rate::new(Algorithm::FixedWindow, 10, SECOND, None).unwrap()
+        );
+        assert_eq!(
+            rate("log"),
+            Rate::new(Algorithm::SlidingLog, 10, SECOND, None).unwrap()
+        );
+        assert_eq!(
+            rate("bucket"),
+            Rate::new(Algorithm::TokenBucket, 10, SECOND, Some(20)).unwrap()
+        );
+        // The documented change: `sliding_window` without `precision` now runs the default
+        // number of sub-windows instead of the two-counter form.
+        let sliding = rate("sliding");
+        assert_eq!(sliding.algorithm(), Algorithm::SlidingWindow);
+        assert_eq!(sliding.precision(), DEFAULT_SLIDING_PRECISION);
+        assert!(matches!(
+            CounterState::new(&sliding),
+            CounterState::SlidingSlots(_)
+        ));
+    }
+
+    #[test]
+    fn precision_one_is_exactly_what_old_policies_ran() {
+        let text = "limits:\n  - name: s\n    algorithm: sliding_window\n    limit: 10\n    window: 1s\n    precision: 1\n";
+        let rate = rate_of(text, "s");
+        assert_eq!(
+            rate,
+            Rate::new(Algorithm::SlidingWindow, 10, SECOND, None).unwrap()
+        );
+        assert!(matches!(
+            CounterState::new(&rate),
+            CounterState::SlidingWindow(_)
+        ));
+    }
+
+    /// What the change means: 10 hits at the end of one second, then half a second later.
+    /// The two-counter form assumes the 10 were spread over the first second and lets 5
+    /// more through (15 within 0.51 s); the default precision knows they are all in the
+    /// last tenth and lets none through until they slide out.
+    #[test]
+    fn the_default_precision_holds_the_limit_where_two_counters_did_not() {
+        let default = rate_of(OLD_POLICY, "sliding");
+        let two_counter = Rate::new(Algorithm::SlidingWindow, 10, SECOND, None).unwrap();
+        let mut old = SlidingWindow::default();
+        let mut new = CounterState::new(&default);
+        let burst_at = 990_000_000;
+        assert!(old.check(&two_counter, burst_at, 10).allowed);
+        assert!(new.check(&default, burst_at, 10).allowed);
+        let later = 1_500_000_000;
+        assert_eq!(old.check(&two_counter, later, 0).remaining, 5);
+        assert_eq!(new.check(&default, later, 0).remaining, 0);
+        // The slot [0.9 s, 1.0 s) straddles the window from 1.9 s and is gone at 2.0 s.
+        assert_eq!(new.check(&default, 2_000_000_000, 0).remaining, 10);
+    }
+
+    #[test]
+    fn descriptor_rules_take_precision() {
+        let text = "
+domains:
+  - domain: edge
+    descriptors:
+      - key: user
+        rate_limit: {unit: minute, requests_per_unit: 100, algorithm: sliding_window, precision: 20}
+      - key: ip
+        rate_limit: {unit: minute, requests_per_unit: 100, algorithm: sliding_window}
+      - key: path
+        rate_limit: {unit: minute, requests_per_unit: 100}
+";
+        for (format, text) in [
+            (PolicyFormat::Quorate, text.to_string()),
+            // envoyproxy/ratelimit's format: one domain per document, same rule syntax.
+            (
+                PolicyFormat::EnvoyRatelimit,
+                text.replace(
+                    "domains:\n  - domain: edge\n    descriptors:",
+                    "domain: edge\ndescriptors:",
+                )
+                .replace("\n      ", "\n  "),
+            ),
+        ] {
+            let policy = compile(format, &text);
+            let precision = |key: &str| {
+                let found: Vec<_> = policy
+                    .limits
+                    .values()
+                    .filter(|l| l.name.contains(key))
+                    .collect();
+                assert_eq!(found.len(), 1, "{key}: {found:?}");
+                (found[0].rate.algorithm(), found[0].rate.precision())
+            };
+            assert_eq!(precision("user"), (Algorithm::SlidingWindow, 20));
+            assert_eq!(
+                precision("ip"),
+                (Algorithm::SlidingWindow, DEFAULT_SLIDING_PRECISION)
+            );
+            assert_eq!(precision("path"), (Algorithm::FixedWindow, 1));
+        }
+    }
+
+    #[test]
+    fn the_default_precision_divides_every_window_a_policy_can_write() {
+        for window in ["1ms", "7ms", "1s", "13s", "1m", "1h", "1d", "month", "year"] {
+            let w = crate::policy::parse_window(window).unwrap();
+            let rate = policy_rate(Some(Algorithm::SlidingWindow), 5, w, None, None).unwrap();
+            assert_eq!(rate.precision(), DEFAULT_SLIDING_PRECISION, "{window}");
+        }
     }
 }

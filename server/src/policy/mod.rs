@@ -31,6 +31,7 @@ use thiserror::Error;
 pub use conditions::{CompareOp, Comparison, ConditionalLimit, ConditionalRule, EntryRef};
 pub use descriptors::{wildcard_matches, Domain, EnvoyUnit, RateUnit, Rule, RuleSpec};
 pub use duration::parse_window;
+pub(crate) use limits::policy_rate;
 pub use limits::{Consistency, LimitDef};
 pub use plan::{plan_rls, DescriptorPlan, LimitedPlan, RequestDescriptor};
 
