@@ -1,6 +1,9 @@
 //! Prometheus metrics: one registry per node, served at `GET /metrics`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
 use quorate_algorithms::Decision;
 
 use crate::raft::typ::RaftMetrics;
@@ -53,9 +56,35 @@ pub struct Metrics {
     pub authz_jwks_fetches: IntCounterVec,
     /// Verified-token cache lookups (`hit`, `miss`).
     pub authz_jwt_cache: IntCounterVec,
+    /// Time to answer a decision request, by surface (`quorate_v1`, `rls`, `ext_authz`,
+    /// `http_authz`).
+    pub decision_seconds: HistogramVec,
+    /// Time from proposing a strict batch to its decisions (leader side).
+    pub batch_commit_seconds: Histogram,
+    /// Entries each follower trails the leader by (leader side; labels are node ids).
+    pub raft_replication_lag_entries: IntGaugeVec,
+    /// How long ago the leader first held an entry each follower still lacks.
+    pub raft_replication_lag_seconds: GaugeVec,
+    /// Each configured limit's value (requests per window), set on scrape.
+    pub limit_value: IntGaugeVec,
+    /// Each configured limit's window in seconds, set on scrape.
+    pub limit_window_seconds: GaugeVec,
+    /// Decisions per surface and outcome, per second, for the dashboard (not exported).
+    pub traffic: crate::dashboard::traffic::Traffic,
+    /// The hottest counter keys, for the dashboard (not exported).
+    pub hot_keys: crate::dashboard::hotkeys::HotKeys,
     /// Label sets created in `rls_detailed`; capped so clients cannot grow it forever.
     detailed_series: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Latency buckets (seconds) of the decision and commit histograms: 50 µs to 2.5 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5,
+];
+
+/// Most limits given their own `limit_value` series (a policy can name many).
+pub const MAX_LIMIT_GAUGES: usize = 1_000;
 
 /// Most distinct `rls_detailed` series; later values are counted under `key="(other)"`.
 const MAX_DETAILED_SERIES: usize = 10_000;
@@ -210,6 +239,63 @@ impl Metrics {
                     &["result"],
                 )?,
             )?,
+            decision_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "decision_duration_seconds",
+                        "Time to answer a decision request, by surface",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["surface"],
+                )?,
+            )?,
+            batch_commit_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "batch_commit_duration_seconds",
+                        "Time from proposing a strict batch to its decisions",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            raft_replication_lag_entries: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "raft_replication_lag_entries",
+                        "Entries each follower trails the leader by (leader only)",
+                    ),
+                    &["follower"],
+                )?,
+            )?,
+            raft_replication_lag_seconds: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "raft_replication_lag_seconds",
+                        "Age of the oldest entry each follower lacks (leader only)",
+                    ),
+                    &["follower"],
+                )?,
+            )?,
+            limit_value: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("limit_value", "Each configured limit's value per window"),
+                    &["limit"],
+                )?,
+            )?,
+            limit_window_seconds: register(
+                r,
+                GaugeVec::new(
+                    Opts::new("limit_window_seconds", "Each configured limit's window"),
+                    &["limit"],
+                )?,
+            )?,
+            traffic: Default::default(),
+            hot_keys: Default::default(),
             detailed_series: std::sync::Mutex::new(std::collections::HashSet::new()),
             registry,
         })
@@ -270,6 +356,36 @@ impl Metrics {
         self.raft_members.set(i(
             m.membership_config.membership().voter_ids().count() as u64
         ));
+    }
+
+    /// Counts one answered decision request for the dashboard and the latency histogram.
+    pub fn observe_surface(
+        &self,
+        surface: crate::dashboard::traffic::Surface,
+        outcome: crate::dashboard::traffic::Outcome,
+        started: std::time::Instant,
+    ) {
+        self.traffic.record(surface, outcome);
+        if let Ok(h) = self
+            .decision_seconds
+            .get_metric_with_label_values(&[surface.as_str()])
+        {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Sets the per-limit gauges from the live policy.
+    pub fn observe_policy(&self, policy: &crate::policy::PolicySet) {
+        self.limit_value.reset();
+        self.limit_window_seconds.reset();
+        for (name, def) in policy.limits.iter().take(MAX_LIMIT_GAUGES) {
+            self.limit_value
+                .with_label_values(&[name])
+                .set(i64::try_from(def.rate.limit).unwrap_or(i64::MAX));
+            self.limit_window_seconds
+                .with_label_values(&[name])
+                .set(def.rate.window as f64 / 1e9);
+        }
     }
 
     /// The text exposition of every metric.

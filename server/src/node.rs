@@ -77,6 +77,8 @@ pub struct NodeContext {
     pub http: reqwest::Client,
     /// Authorization decisions (ext_authz and forward-auth).
     pub authz: Arc<crate::decision::Authorizer>,
+    /// The operations dashboard's node-local state.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -172,9 +174,15 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         log_store,
         admin_token: config.admin_token.clone(),
-        http: http_client,
+        http: http_client.clone(),
         authz: Arc::clone(&authz),
+        dashboard: Arc::new(crate::dashboard::Dashboard::new(
+            config.data_dir.clone(),
+            Arc::clone(engine.shared()),
+            http_client.clone(),
+        )?),
     };
+    crate::dashboard::start(&ctx);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -334,6 +342,12 @@ async fn become_ready(
             match ctx.raft.client_write(command).await {
                 Ok(r) => match r.data {
                     CommandResponse::Policy(Ok(v)) => {
+                        let origin = if startup_policy.is_some() {
+                            crate::dashboard::PolicyOrigin::File
+                        } else {
+                            crate::dashboard::PolicyOrigin::Example
+                        };
+                        ctx.dashboard.note_policy(v, origin);
                         tracing::info!(version = v, "startup policy is live")
                     }
                     other => tracing::error!(?other, "startup policy refused"),

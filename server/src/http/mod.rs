@@ -1,5 +1,5 @@
 //! HTTP surfaces on the node's HTTP port: health, Prometheus metrics, the admin API,
-//! forward-auth (`/authz`).
+//! forward-auth (`/authz`), and the dashboard (`/` and `/dashboard/...`).
 
 pub mod admin;
 pub mod forward_auth;
@@ -18,6 +18,8 @@ pub fn router(ctx: NodeContext) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/admin/v1", admin::router(ctx.clone()))
+        .nest("/dashboard/api", crate::dashboard::api::router(ctx.clone()))
+        .merge(crate::dashboard::assets::router())
         .merge(forward_auth::router())
         .with_state(ctx)
 }
@@ -36,6 +38,7 @@ async fn metrics(State(ctx): State<NodeContext>) -> String {
     ctx.metrics
         .counters
         .set(i64::try_from(shared.counters.load().len()).unwrap_or(i64::MAX));
+    ctx.metrics.observe_policy(&ctx.engine.policy().set);
     ctx.metrics.policy_version.set(
         ctx.engine
             .policy()
