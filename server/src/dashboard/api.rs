@@ -227,7 +227,7 @@ fn how(ctx: &NodeContext, version: u64, rollback_of: Option<u64>) -> &'static st
         Some(PolicyOrigin::Admin) => "admin",
         Some(PolicyOrigin::Example) => "example",
         // Applied through another node (the leader at the time).
-        None => "file or admin (applied through another node)",
+        None => "file or admin, through another node",
     }
 }
 

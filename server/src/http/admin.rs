@@ -157,6 +157,12 @@ async fn forward_to_leader(
         return AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader elected yet")
             .into_response();
     };
+    // Inside `nest("/admin/v1", ..)` the request's URI lost its prefix; forward the
+    // original one.
+    let original = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|o| o.0.clone());
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -164,7 +170,8 @@ async fn forward_to_leader(
             return AdminError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
         }
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = original.unwrap_or_else(|| parts.uri.clone());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("http://{}{path}", leader.http);
     let mut forwarded = ctx
         .http
