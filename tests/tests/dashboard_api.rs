@@ -89,7 +89,7 @@ async fn endpoints_show_known_traffic_and_keep_their_bounds() {
     let (addr, grpc) = (n.http, n.grpc);
 
     // Known traffic: LIMIT + 3 hits on one key (LIMIT allowed, 3 denied), 2 on another.
-    let mut client = quorate_e2e::client(grpc);
+    let mut client = quorate_e2e::api::client(grpc);
     for _ in 0..LIMIT + 3 {
         check(&mut client, "fixed", "hot-user", None).await.ok();
     }
@@ -333,7 +333,7 @@ async fn endpoints_show_known_traffic_and_keep_their_bounds() {
 async fn explain_answers_from_live_counters_without_spending() {
     let cluster = node().await;
     let n = cluster.node(1);
-    let mut client = quorate_e2e::client(n.grpc);
+    let mut client = quorate_e2e::api::client(n.grpc);
     for _ in 0..LIMIT - 1 {
         check(&mut client, "fixed", "k", None).await.unwrap();
     }
@@ -595,7 +595,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 async fn metrics_parse_and_match_known_traffic() {
     let cluster = node().await;
     let n = cluster.node(1);
-    let mut client = quorate_e2e::client(n.grpc);
+    let mut client = quorate_e2e::api::client(n.grpc);
     for _ in 0..LIMIT + 2 {
         check(&mut client, "fixed", "m", None).await.unwrap();
     }

@@ -163,7 +163,11 @@ async fn build_cluster_view(ctx: &NodeContext) -> ClusterView {
         .nodes()
         .map(|(id, n)| {
             let info = infos.get(id).cloned().flatten();
-            let rep = leader_view.as_ref().and_then(|l| l.replication.get(id));
+            // Lag is known once the leader has matched something on that member.
+            let rep = leader_view
+                .as_ref()
+                .and_then(|l| l.replication.get(id))
+                .filter(|r| r.matched_index.is_some());
             MemberView {
                 id: *id,
                 grpc: n.grpc,

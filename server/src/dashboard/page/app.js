@@ -81,7 +81,8 @@ function drawChart(canvas, series, opts) {
   const left = 48, right = 10, top = 18, bottom = 20;
   const pw = w - left - right, ph = hgt - top - bottom;
   const n = Math.max(1, ...series.map((s) => s.values.length));
-  const slots = opts.slots || n;
+  // The x axis spans the data, at least 2 minutes and at most the 15 kept.
+  const slots = Math.min(opts.slots || n, Math.max(120, n));
   let max = 0;
   if (opts.stacked) {
     for (let i = 0; i < n; i++) { let sum = 0; for (const s of series) sum += s.values[i] || 0; max = Math.max(max, sum); }
@@ -96,12 +97,13 @@ function drawChart(canvas, series, opts) {
     g.beginPath(); g.moveTo(left, y); g.lineTo(left + pw, y); g.stroke();
     const label = (max * k) / 4; g.fillText(label >= 100 ? Math.round(label) : +label.toFixed(2), 4, y + 4);
   }
-  // x labels: minutes ago.
+  // x labels: time ago, at most about 6 ticks.
   const xAt = (i) => left + pw - ((n - 1 - i) / Math.max(1, slots - 1)) * pw;
-  for (let m = 0; m <= 15; m += 5) {
-    const i = n - 1 - m * 60; if (i < 0 && m > 0) continue;
-    const x = left + pw - (m * 60 / Math.max(1, slots - 1)) * pw;
-    g.fillText(m === 0 ? "now" : "-" + m + " min", Math.max(left, x - 14), hgt - 5);
+  const step = [30, 60, 120, 300].find((s) => slots / s <= 6) || 300;
+  for (let ago = 0; ago < slots; ago += step) {
+    const x = left + pw - (ago / Math.max(1, slots - 1)) * pw;
+    const label = ago === 0 ? "now" : ago < 60 ? "-" + ago + " s" : "-" + ago / 60 + " min";
+    g.fillText(label, Math.max(left, x - 14), hgt - 5);
   }
   const base = new Array(n).fill(0);
   // A stacked series that is zero throughout would draw its line on top of the others.
