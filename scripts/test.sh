@@ -28,3 +28,6 @@ bash tests/python/run.sh
 
 echo "== proxies end-to-end (real nginx and Caddy in front of quorate's forward-auth)"
 bash tests/proxies/run.sh
+
+echo "== dashboard in headless Chromium (WebDriver) against a live 3-node cluster"
+bash tests/dashboard/run.sh

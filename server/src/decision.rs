@@ -449,6 +449,15 @@ impl Authorizer {
         self.metrics
             .authz_decision_seconds
             .observe(started.elapsed().as_secs_f64());
+        let surface = match req.surface {
+            Surface::ExtAuthz => crate::dashboard::traffic::Surface::ExtAuthz,
+            Surface::ForwardAuth => crate::dashboard::traffic::Surface::HttpAuthz,
+        };
+        self.metrics.observe_surface(
+            surface,
+            crate::dashboard::traffic::Outcome::from_authz(outcome),
+            started,
+        );
         match &verdict {
             Verdict::Deny(d) => tracing::debug!(
                 surface = req.surface.as_str(),

@@ -189,6 +189,45 @@ impl Engine {
         hits: Vec<ResolvedHit>,
         forwarded: bool,
     ) -> Result<Vec<Decision>, EngineError> {
+        // The dashboard's per-limit traffic and hot keys count each hit once, on the node
+        // that received it (a forwarded request was counted by its sender).
+        let counted: Option<Vec<(String, String)>> = (!forwarded).then(|| {
+            hits.iter()
+                .map(|h| (h.hit.limit.clone(), h.hit.key.clone()))
+                .collect()
+        });
+        let result = self.check_here_or_at_leader(hits, forwarded).await;
+        if let (Some(counted), Ok(decisions)) = (counted, &result) {
+            let now_ms = wall_nanos() / 1_000_000;
+            self.metrics.traffic.record_limits(
+                counted
+                    .iter()
+                    .zip(decisions)
+                    .map(|((limit, _), d)| (limit.as_str(), d.allowed)),
+            );
+            for ((limit, key), d) in counted.iter().zip(decisions) {
+                self.metrics.hot_keys.record(
+                    limit,
+                    key,
+                    d.allowed,
+                    d.remaining,
+                    now_ms.saturating_add(d.reset_after / 1_000_000),
+                );
+            }
+        }
+        result
+    }
+
+    /// The metrics registry this engine reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    async fn check_here_or_at_leader(
+        &self,
+        hits: Vec<ResolvedHit>,
+        forwarded: bool,
+    ) -> Result<Vec<Decision>, EngineError> {
         if !self.leadership.is_leader() {
             if forwarded {
                 return Err(EngineError::unavailable(

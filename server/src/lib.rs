@@ -18,6 +18,7 @@
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod decision;
 pub mod engine;
 pub mod error;

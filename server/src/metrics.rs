@@ -1,6 +1,9 @@
 //! Prometheus metrics: one registry per node, served at `GET /metrics`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
 use quorate_algorithms::Decision;
 
 use crate::raft::typ::RaftMetrics;
@@ -29,8 +32,9 @@ pub struct Metrics {
     pub raft_members: IntGauge,
     pub counters: IntGauge,
     pub policy_version: IntGauge,
-    /// fsync/fdatasync calls of this node's Raft log store since it opened (set on scrape).
-    pub raft_log_fsyncs: IntGauge,
+    /// fsync/fdatasync calls of this node's Raft log store since it opened (brought up to
+    /// date on scrape).
+    pub raft_log_fsyncs: IntCounter,
     /// Policy file reloads by result (`applied`, `refused`).
     pub policy_reloads: IntCounterVec,
     /// Envoy RLS answers by overall code (`ok`, `over_limit`).
@@ -53,9 +57,39 @@ pub struct Metrics {
     pub authz_jwks_fetches: IntCounterVec,
     /// Verified-token cache lookups (`hit`, `miss`).
     pub authz_jwt_cache: IntCounterVec,
+    /// Time to answer a decision request, by surface (`quorate_v1`, `rls`, `ext_authz`,
+    /// `http_authz`).
+    pub decision_seconds: HistogramVec,
+    /// Time from proposing a strict batch to its decisions (leader side).
+    pub batch_commit_seconds: Histogram,
+    /// Entries each follower trails the leader by (leader side; labels are node ids).
+    pub raft_replication_lag_entries: IntGaugeVec,
+    /// How long ago the leader first held an entry each follower still lacks.
+    pub raft_replication_lag_seconds: GaugeVec,
+    /// Each configured limit's value (requests per window), set on scrape.
+    pub limit_value: IntGaugeVec,
+    /// Each configured limit's window in seconds, set on scrape.
+    pub limit_window_seconds: GaugeVec,
+    /// Snapshots this node built, the last one's size and build time (set on scrape).
+    pub snapshots_built: IntCounter,
+    pub snapshot_bytes: IntGauge,
+    pub snapshot_build_seconds: prometheus::Gauge,
+    /// Decisions per surface and outcome, per second, for the dashboard (not exported).
+    pub traffic: crate::dashboard::traffic::Traffic,
+    /// The hottest counter keys, for the dashboard (not exported).
+    pub hot_keys: crate::dashboard::hotkeys::HotKeys,
     /// Label sets created in `rls_detailed`; capped so clients cannot grow it forever.
     detailed_series: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Latency buckets (seconds) of the decision and commit histograms: 50 µs to 2.5 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5,
+];
+
+/// Most limits given their own `limit_value` series (a policy can name many).
+pub const MAX_LIMIT_GAUGES: usize = 1_000;
 
 /// Most distinct `rls_detailed` series; later values are counted under `key="(other)"`.
 const MAX_DETAILED_SERIES: usize = 10_000;
@@ -126,7 +160,7 @@ impl Metrics {
             raft_members: gauge(r, "raft_voters", "Voting members")?,
             counters: gauge(r, "counters", "Live counters in the state machine")?,
             policy_version: gauge(r, "policy_version", "Live policy version (0 if none)")?,
-            raft_log_fsyncs: gauge(
+            raft_log_fsyncs: counter(
                 r,
                 "raft_log_fsyncs_total",
                 "fsync calls of the Raft log store since the process started",
@@ -214,6 +248,72 @@ impl Metrics {
                     &["result"],
                 )?,
             )?,
+            decision_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "decision_duration_seconds",
+                        "Time to answer a decision request, by surface",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["surface"],
+                )?,
+            )?,
+            batch_commit_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "batch_commit_duration_seconds",
+                        "Time from proposing a strict batch to its decisions",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            raft_replication_lag_entries: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "raft_replication_lag_entries",
+                        "Entries each follower trails the leader by (leader only)",
+                    ),
+                    &["follower"],
+                )?,
+            )?,
+            raft_replication_lag_seconds: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "raft_replication_lag_seconds",
+                        "Age of the oldest entry each follower lacks (leader only)",
+                    ),
+                    &["follower"],
+                )?,
+            )?,
+            limit_value: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("limit_value", "Each configured limit's value per window"),
+                    &["limit"],
+                )?,
+            )?,
+            limit_window_seconds: register(
+                r,
+                GaugeVec::new(
+                    Opts::new("limit_window_seconds", "Each configured limit's window"),
+                    &["limit"],
+                )?,
+            )?,
+            snapshots_built: counter(r, "snapshots_built_total", "Snapshots this node built")?,
+            snapshot_bytes: gauge(r, "snapshot_bytes", "Size of the last snapshot built")?,
+            snapshot_build_seconds: register(
+                r,
+                prometheus::Gauge::new(
+                    "snapshot_build_seconds",
+                    "Time the last snapshot took to serialize and write",
+                )?,
+            )?,
+            traffic: Default::default(),
+            hot_keys: Default::default(),
             detailed_series: std::sync::Mutex::new(std::collections::HashSet::new()),
             registry,
         })
@@ -277,6 +377,36 @@ impl Metrics {
         ));
     }
 
+    /// Counts one answered decision request for the dashboard and the latency histogram.
+    pub fn observe_surface(
+        &self,
+        surface: crate::dashboard::traffic::Surface,
+        outcome: crate::dashboard::traffic::Outcome,
+        started: std::time::Instant,
+    ) {
+        self.traffic.record(surface, outcome);
+        if let Ok(h) = self
+            .decision_seconds
+            .get_metric_with_label_values(&[surface.as_str()])
+        {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Sets the per-limit gauges from the live policy.
+    pub fn observe_policy(&self, policy: &crate::policy::PolicySet) {
+        self.limit_value.reset();
+        self.limit_window_seconds.reset();
+        for (name, def) in policy.limits.iter().take(MAX_LIMIT_GAUGES) {
+            self.limit_value
+                .with_label_values(&[name])
+                .set(i64::try_from(def.rate.limit).unwrap_or(i64::MAX));
+            self.limit_window_seconds
+                .with_label_values(&[name])
+                .set(def.rate.window as f64 / 1e9);
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new()
@@ -288,6 +418,58 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// examples/grafana/quorate.json queries only metrics this registry exports.
+    #[test]
+    fn the_grafana_dashboard_uses_only_exported_metrics() {
+        let m = Metrics::new().unwrap();
+        // Vectors appear in the exposition once they have a child.
+        for vec in [
+            &m.decisions,
+            &m.policy_reloads,
+            &m.rls_responses,
+            &m.rls_unmatched,
+            &m.authz_jwks_fetches,
+            &m.authz_jwt_cache,
+        ] {
+            vec.with_label_values(&["x"]).inc();
+        }
+        m.authz_decisions.with_label_values(&["x", "x", "x"]).inc();
+        m.decision_seconds.with_label_values(&["x"]).observe(0.1);
+        m.raft_replication_lag_entries
+            .with_label_values(&["2"])
+            .set(1);
+        m.raft_replication_lag_seconds
+            .with_label_values(&["2"])
+            .set(1.0);
+        m.limit_value.with_label_values(&["x"]).set(1);
+        m.limit_window_seconds.with_label_values(&["x"]).set(1.0);
+        let exported: std::collections::BTreeSet<String> = m
+            .render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        let dashboard = include_str!("../../examples/grafana/quorate.json");
+        let mut used = 0;
+        for (i, _) in dashboard.match_indices("quorate_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| exported.contains(*f)))
+                .unwrap_or(&name);
+            assert!(
+                exported.contains(family),
+                "the dashboard queries {name}, which is not exported"
+            );
+            used += 1;
+        }
+        assert!(used > 20);
+    }
 
     #[test]
     fn every_metric_registers_and_renders() {

@@ -92,8 +92,12 @@ pub struct NodeContext {
     pub admin_token: String,
     /// This node's peer credentials (admin writes are forwarded over the peer channel).
     pub peer_auth: crate::raft::peer_auth::PeerAuth,
+    /// Outbound HTTP (the dashboard asks every member for its own view).
+    pub http: reqwest::Client,
     /// Authorization decisions (ext_authz and forward-auth).
     pub authz: Arc<crate::decision::Authorizer>,
+    /// The operations dashboard's node-local state.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -184,7 +188,7 @@ pub async fn run(
     let authz = Arc::new(crate::decision::Authorizer::new(
         Arc::clone(&engine) as Arc<dyn crate::decision::Counter>,
         Arc::clone(&metrics),
-        http_client,
+        http_client.clone(),
         crate::authz::jwt::JwtSettings::default(),
     ));
     let ctx = NodeContext {
@@ -196,8 +200,15 @@ pub async fn run(
         log_store,
         admin_token,
         peer_auth: config.peer_auth.clone(),
+        http: http_client.clone(),
         authz: Arc::clone(&authz),
+        dashboard: Arc::new(crate::dashboard::Dashboard::new(
+            config.data_dir.clone(),
+            Arc::clone(engine.shared()),
+            http_client.clone(),
+        )?),
     };
+    crate::dashboard::start(&ctx);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -371,6 +382,12 @@ async fn become_ready(
             match ctx.raft.client_write(command).await {
                 Ok(r) => match r.data {
                     CommandResponse::Policy(Ok(v)) => {
+                        let origin = if startup_policy.is_some() {
+                            crate::dashboard::PolicyOrigin::File
+                        } else {
+                            crate::dashboard::PolicyOrigin::Example
+                        };
+                        ctx.dashboard.note_policy(v, origin);
                         tracing::info!(version = v, "startup policy is live")
                     }
                     other => tracing::error!(?other, "startup policy refused"),

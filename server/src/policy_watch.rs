@@ -42,6 +42,7 @@ pub async fn watch(
                 let message = e.to_string();
                 if last_error.as_deref() != Some(message.as_str()) {
                     tracing::error!(error = %message, "policy file refused; the live policy is unchanged");
+                    ctx.dashboard.note_rejected(&path, &message);
                     ctx.metrics
                         .policy_reloads
                         .with_label_values(&["refused"])
@@ -72,6 +73,8 @@ pub async fn watch(
             Ok(r) => match r.data {
                 CommandResponse::Policy(Ok(version)) => {
                     tracing::info!(version, path = %path.display(), "policy file reloaded");
+                    ctx.dashboard
+                        .note_policy(version, crate::dashboard::PolicyOrigin::File);
                     ctx.metrics
                         .policy_reloads
                         .with_label_values(&["applied"])

@@ -127,6 +127,7 @@ async fn run(
         metrics.batch_hits.observe(total as f64);
         let raft = raft.clone();
         let ts = clock.now();
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let mut hits = Vec::with_capacity(total);
             let mut replies = Vec::with_capacity(batch.len());
@@ -136,7 +137,11 @@ async fn run(
                 hits.extend(p.hits);
                 guards.extend(p.guards);
             }
+            let proposed = std::time::Instant::now();
             let result = raft.client_write(Command::Hits { ts, hits }).await;
+            metrics
+                .batch_commit_seconds
+                .observe(proposed.elapsed().as_secs_f64());
             drop(guards);
             drop(slot);
             match result {

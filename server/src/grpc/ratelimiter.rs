@@ -60,6 +60,27 @@ impl RateLimiter for RateLimiterService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
+        use crate::dashboard::traffic::{Outcome, Surface};
+        let started = std::time::Instant::now();
+        let answer = self.answer(request).await;
+        let outcome = match &answer {
+            Ok(r) if r.get_ref().allowed => Outcome::Allowed,
+            Ok(_) => Outcome::Denied,
+            Err(s) if s.code() == tonic::Code::NotFound => Outcome::Unmatched,
+            Err(_) => Outcome::Error,
+        };
+        self.engine
+            .metrics()
+            .observe_surface(Surface::QuorateV1, outcome, started);
+        answer
+    }
+}
+
+impl RateLimiterService {
+    async fn answer(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
         let named = validate(request.into_inner()).map_err(to_status)?;
         let hits = self.engine.resolve_named(named).map_err(to_status)?;
         let shape: Vec<(String, u64)> = hits

@@ -22,6 +22,7 @@ use envoy_types::pb::google::protobuf::{
 use quorate_algorithms::{Decision, Nanos};
 use tonic::{Request, Response, Status};
 
+use crate::dashboard::traffic::Outcome;
 use crate::engine::{Engine, EngineError, ResolvedHit};
 use crate::error::to_status;
 use crate::headers::{rate_limit_headers, LimitState};
@@ -371,6 +372,23 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        let started = std::time::Instant::now();
+        let (answer, outcome) = match self.answer(request).await {
+            Ok((response, outcome)) => (Ok(Response::new(response)), outcome),
+            Err(status) => (Err(status), Outcome::Error),
+        };
+        self.metrics
+            .observe_surface(crate::dashboard::traffic::Surface::Rls, outcome, started);
+        answer
+    }
+}
+
+impl RlsService {
+    /// Decides one request; the outcome is the dashboard's summary of the answer.
+    async fn answer(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<(RateLimitResponse, Outcome), Status> {
         let request = validate(request.into_inner()).map_err(to_status)?;
         let policy = self.engine.policy();
         let plans = plan_rls(&policy.set, &request.domain, &request.descriptors);
@@ -397,6 +415,7 @@ impl RateLimitService for RlsService {
         } else {
             self.engine.check(hits, false).await.map_err(to_status)?
         };
+        let mut shadowed = false;
         for (plan, d) in plans
             .iter()
             .flat_map(|p| match p {
@@ -407,6 +426,7 @@ impl RateLimitService for RlsService {
         {
             if plan.shadow_mode && !d.allowed {
                 self.metrics.shadow_mode_over_limit.inc();
+                shadowed = true;
             }
             if plan.value_in_metric {
                 self.metrics
@@ -415,9 +435,22 @@ impl RateLimitService for RlsService {
         }
         let mut response = respond(&plans, &decisions, policy.set.headers);
         response.dynamic_metadata = dynamic_metadata(&request, &plans, &response);
-        self.metrics
-            .observe_rls(response.overall_code == Code::OverLimit as i32);
-        Ok(Response::new(response))
+        let over_limit = response.overall_code == Code::OverLimit as i32;
+        self.metrics.observe_rls(over_limit);
+        let outcome = if over_limit {
+            Outcome::Denied
+        } else if shadowed {
+            Outcome::Shadow
+        } else if decisions.is_empty()
+            && plans
+                .iter()
+                .all(|p| matches!(p, DescriptorPlan::NoRule { .. }))
+        {
+            Outcome::Unmatched
+        } else {
+            Outcome::Allowed
+        };
+        Ok((response, outcome))
     }
 }
 

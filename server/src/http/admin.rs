@@ -61,6 +61,7 @@ pub fn router(ctx: NodeContext) -> Router<NodeContext> {
         .route("/cluster/status", get(status))
         .route("/policy", get(get_policy))
         .route("/policy/history", get(history))
+        .route("/cluster/snapshot", post(snapshot))
         .merge(leader_writes)
         .layer(middleware::from_fn_with_state(ctx, authorize))
 }
@@ -129,7 +130,11 @@ fn write_error(e: RaftError<ClientWriteError>) -> AdminError {
 
 /// Admits a call only with the admin token, compared in constant time. The caller's
 /// address is never a credential.
-async fn authorize(State(ctx): State<NodeContext>, request: Request, next: Next) -> Response {
+pub(crate) async fn authorize(
+    State(ctx): State<NodeContext>,
+    request: Request,
+    next: Next,
+) -> Response {
     let allowed = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -617,7 +622,40 @@ async fn put_policy(State(ctx): State<NodeContext>, body: Bytes) -> Result<Respo
         })
         .await
         .map_err(write_error)?;
+    if let CommandResponse::Policy(Ok(version)) = &resp.data {
+        ctx.dashboard
+            .note_policy(*version, crate::dashboard::PolicyOrigin::Admin);
+    }
     policy_response(resp.data)
+}
+
+/// `POST /cluster/snapshot`: builds a snapshot on this node now and waits (up to 30 s)
+/// until it covers everything applied when asked.
+async fn snapshot(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value>, AdminError> {
+    let applied = ctx
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |l| l.index);
+    ctx.raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let m = ctx
+        .raft
+        .wait(Some(std::time::Duration::from_secs(30)))
+        .metrics(
+            move |m| m.snapshot.is_some_and(|s| s.index >= applied),
+            "snapshot built",
+        )
+        .await
+        .map_err(|e| AdminError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()))?;
+    Ok(Json(serde_json::json!({
+        "node": ctx.id,
+        "snapshot_index": m.snapshot.map(|s| s.index),
+    })))
 }
 
 fn policy_response(data: CommandResponse) -> Result<Response, AdminError> {

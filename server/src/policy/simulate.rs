@@ -259,6 +259,19 @@ fn code_name(code: i32) -> String {
 /// Evaluates samples in order against `policy` with private, initially empty counters.
 pub fn simulate(policy: &PolicySet, samples: &[RlsRequest]) -> Vec<SampleReport> {
     let store = CounterStore::new(MAX_SAMPLES.saturating_mul(64).max(1));
+    simulate_with(policy, samples, &|limit, key, rate, cost| {
+        store.check(&format!("{limit}\u{1f}{key}"), rate, NOW, cost)
+    })
+}
+
+/// Evaluates samples in order against `policy`, deciding each counted limit with
+/// `decide(limit, key, rate, cost)` (the dashboard's explain passes the live counters,
+/// read without spending anything).
+pub fn simulate_with(
+    policy: &PolicySet,
+    samples: &[RlsRequest],
+    decide: &dyn Fn(&str, &str, &quorate_algorithms::Rate, u64) -> Decision,
+) -> Vec<SampleReport> {
     samples
         .iter()
         .enumerate()
@@ -270,8 +283,7 @@ pub fn simulate(policy: &PolicySet, samples: &[RlsRequest]) -> Vec<SampleReport>
                 let mut these = Vec::new();
                 if let DescriptorPlan::Limited(limits) = plan {
                     for l in limits {
-                        let key = format!("{}\u{1f}{}", l.limit, l.key);
-                        let d = store.check(&key, &l.rate, NOW, *cost);
+                        let d = decide(&l.limit, &l.key, &l.rate, *cost);
                         decisions.push(d);
                         these.push((l.clone(), d));
                     }

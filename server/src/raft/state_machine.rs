@@ -73,6 +73,16 @@ pub struct SharedState {
     pub counters: ArcSwap<CounterStore>,
     pub policy: ArcSwap<LivePolicy>,
     history: Mutex<Vec<PolicyVersion>>,
+    /// Snapshots this node built (for `/metrics`).
+    pub snapshots: SnapshotStats,
+}
+
+/// Counts of the snapshots a node built, read by the metrics scrape.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    pub built: std::sync::atomic::AtomicU64,
+    pub last_bytes: std::sync::atomic::AtomicU64,
+    pub last_build_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl SharedState {
@@ -125,6 +135,7 @@ impl StateMachine {
                 )),
                 policy: ArcSwap::from_pointee(LivePolicy::default()),
                 history: Mutex::new(Vec::new()),
+                snapshots: SnapshotStats::default(),
             }),
             last_applied: None,
             membership: StoredMembership::default(),
@@ -336,6 +347,7 @@ pub struct SnapshotBuilder {
     dir: PathBuf,
     slot: Arc<Mutex<Option<StoredSnapshot>>>,
     id: String,
+    shared: Arc<SharedState>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -349,6 +361,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id: self.id.clone(),
         };
         let dir = self.dir.clone();
+        let started = std::time::Instant::now();
         // Serializing millions of counters and fsyncing is blocking work.
         let stored = tokio::task::spawn_blocking(move || -> std::io::Result<StoredSnapshot> {
             let data = postcard::to_stdvec(&body).map_err(invalid_data)?;
@@ -361,6 +374,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?
         .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "built snapshot");
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = &self.shared.snapshots;
+            stats.built.fetch_add(1, Relaxed);
+            stats.last_bytes.store(stored.data.len() as u64, Relaxed);
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            stats.last_build_nanos.store(nanos, Relaxed);
+        }
         let snapshot = Snapshot {
             meta: stored.meta.clone(),
             snapshot: Box::new(Cursor::new(stored.data.clone())),
@@ -409,6 +430,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             dir: self.dir.clone(),
             slot: Arc::clone(&self.current_snapshot),
             id,
+            shared: Arc::clone(&self.shared),
         }
     }
 
