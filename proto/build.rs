@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["proto"])?;
     let public = protox::compile([files[0]], ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("quorate_v1_descriptor.bin"), public.encode_to_vec())?;
+    std::fs::write(
+        out.join("quorate_v1_descriptor.bin"),
+        public.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .bytes(".quorate.raft.v1")
         .compile_fds(fds)?;

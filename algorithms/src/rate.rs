@@ -190,9 +190,21 @@ mod tests {
         let fixed = Rate::new(Algorithm::FixedWindow, 10, 1_000, None).unwrap();
         assert_eq!(decode(Algorithm::FixedWindow, 10, 1_000, 10), Some(fixed));
 
-        assert_eq!(decode(Algorithm::FixedWindow, 10, 0, 10), None, "zero window");
-        assert_eq!(decode(Algorithm::FixedWindow, 0, 1_000, 0), None, "zero limit");
-        assert_eq!(decode(Algorithm::TokenBucket, 10, 1_000, 0), None, "zero burst");
+        assert_eq!(
+            decode(Algorithm::FixedWindow, 10, 0, 10),
+            None,
+            "zero window"
+        );
+        assert_eq!(
+            decode(Algorithm::FixedWindow, 0, 1_000, 0),
+            None,
+            "zero limit"
+        );
+        assert_eq!(
+            decode(Algorithm::TokenBucket, 10, 1_000, 0),
+            None,
+            "zero burst"
+        );
         assert_eq!(
             decode(Algorithm::SlidingWindow, 10, 1_000, 99),
             None,

@@ -410,10 +410,13 @@ fn hostile_rate() -> impl Strategy<Value = Rate> {
         hostile_u64(),
         hostile_u64(),
     )
-        .prop_filter_map("Rate::new refuses it", |(algorithm, limit, window, burst)| {
-            let burst = (algorithm == Algorithm::TokenBucket).then_some(burst);
-            Rate::new(algorithm, limit, window, burst).ok()
-        })
+        .prop_filter_map(
+            "Rate::new refuses it",
+            |(algorithm, limit, window, burst)| {
+                let burst = (algorithm == Algorithm::TokenBucket).then_some(burst);
+                Rate::new(algorithm, limit, window, burst).ok()
+            },
+        )
 }
 
 proptest! {

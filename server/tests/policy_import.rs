@@ -38,7 +38,11 @@ async fn apply(node: &TestNode, path: PathBuf) -> anyhow::Result<()> {
 async fn live(node: &TestNode) -> Value {
     reqwest::Client::new()
         .get(format!("http://{}/admin/v1/policy", node.http))
-        .bearer_auth(std::fs::read_to_string(node.admin_token_file()).unwrap().trim())
+        .bearer_auth(
+            std::fs::read_to_string(node.admin_token_file())
+                .unwrap()
+                .trim(),
+        )
         .send()
         .await
         .unwrap()
@@ -73,7 +77,11 @@ async fn imported_policies_decide_and_bad_ones_leave_the_live_policy_alone() {
     let http = reqwest::Client::new();
     let resp = http
         .put(format!("http://{}/admin/v1/policy", node.http))
-        .bearer_auth(std::fs::read_to_string(node.admin_token_file()).unwrap().trim())
+        .bearer_auth(
+            std::fs::read_to_string(node.admin_token_file())
+                .unwrap()
+                .trim(),
+        )
         .json(&serde_json::json!({"format": bad.format.as_str(), "source": bad.text}))
         .send()
         .await

@@ -108,7 +108,13 @@ impl TestNode {
         advertise_peer: Option<SocketAddr>,
     ) -> anyhow::Result<TestNode> {
         let addrs = free_addrs(3);
-        Self::spawn_on(id, dir, options, [addrs[0], addrs[1], addrs[2]], advertise_peer)
+        Self::spawn_on(
+            id,
+            dir,
+            options,
+            [addrs[0], addrs[1], addrs[2]],
+            advertise_peer,
+        )
     }
 
     /// Like [`TestNode::spawn`], on given ports: gRPC, HTTP and peer.

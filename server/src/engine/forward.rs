@@ -83,10 +83,9 @@ pub const MAX_FORWARDED_LIMIT_LEN: usize = 4 * 1024;
 /// The longest counter key a forwarded hit may carry: an RLS key joins up to
 /// `MAX_ENTRIES` descriptor entries of up to `MAX_TEXT` bytes each (key and value); an
 /// authorization key is bounded by the request's header bytes.
-pub const MAX_FORWARDED_KEY_LEN: usize = 2
-    * crate::grpc::rls::MAX_ENTRIES
-    * (2 * crate::grpc::rls::MAX_TEXT + 2)
-    + crate::authz::MAX_HEADER_BYTES;
+pub const MAX_FORWARDED_KEY_LEN: usize =
+    2 * crate::grpc::rls::MAX_ENTRIES * (2 * crate::grpc::rls::MAX_TEXT + 2)
+        + crate::authz::MAX_HEADER_BYTES;
 
 /// The caps client hits get, applied to hits a follower forwarded: a peer's hits are
 /// decoded as if hostile, like a client's. (Each hit's `Rate` was already validated by

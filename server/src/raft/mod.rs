@@ -79,7 +79,11 @@ impl Default for Node {
 
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "grpc={} http={} peer={}", self.grpc, self.http, self.peer)
+        write!(
+            f,
+            "grpc={} http={} peer={}",
+            self.grpc, self.http, self.peer
+        )
     }
 }
 

@@ -166,10 +166,8 @@ impl RaftService for PeerService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let hits: Vec<ResolvedHit> = decode(request)?;
-        let result: ForwardResult = match check_forwarded(&hits) {
-            Ok(()) => self.engine.check(hits, true).await,
-            Err(e) => Err(e),
-        };
+        check_forwarded(&hits).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let result: ForwardResult = self.engine.check(hits, true).await;
         encode(&result)
     }
 
