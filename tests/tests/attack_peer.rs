@@ -176,8 +176,8 @@ fn payload(rpc: Rpc) -> Vec<u8> {
         Rpc::Forward => ForgedHit::encode(&[ForgedHit::new("strict", "k", WINDOW_NS)]),
         Rpc::Admin => postcard::to_stdvec(&(
             "PUT",
-            "/admin/v1/policy",
-            br#"{"source":"limits: []\nunmatched: allow\n"}"#.to_vec(),
+            "/policy",
+            br#"{"source":"limits: []\ndefaults:\n  unmatched: allow\n"}"#.to_vec(),
         ))
         .unwrap(),
     }
@@ -429,7 +429,7 @@ async fn admin_needs_the_token_even_from_loopback() {
     let before = state(node).await;
     let http = api::http();
     let url = |path: &str| format!("http://{}/admin/v1{path}", node.http);
-    let open_policy = serde_json::json!({"source": "limits: []\nunmatched: allow\n"});
+    let open_policy = serde_json::json!({"source": "limits: []\ndefaults:\n  unmatched: allow\n"});
 
     for token in [None, Some("wrong"), Some("")] {
         let mut get = http.get(url("/cluster/status"));

@@ -46,12 +46,10 @@ fn leader_writes(ctx: NodeContext) -> Router<NodeContext> {
 }
 
 /// The admin calls a follower may forward over the peer channel: leader writes only, at
-/// the same paths as on the HTTP port. The peer listener already authenticated the
-/// caller as a cluster member.
+/// their paths under `/admin/v1`. The peer listener already authenticated the caller as a
+/// cluster member.
 pub fn peer_router(ctx: NodeContext) -> Router {
-    Router::new()
-        .nest("/admin/v1", leader_writes(ctx.clone()))
-        .with_state(ctx)
+    leader_writes(ctx.clone()).with_state(ctx)
 }
 
 pub fn router(ctx: NodeContext) -> Router<NodeContext> {
@@ -195,6 +193,7 @@ struct ForwardedByPeer;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardedAdmin {
     pub method: String,
+    /// The path under `/admin/v1` (e.g. `/policy`).
     pub path: String,
     pub body: Vec<u8>,
 }
@@ -236,6 +235,7 @@ async fn forward_to_leader(
             return AdminError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
         }
     };
+    // Inside the `/admin/v1` nest the URI is already relative to it.
     let call = ForwardedAdmin {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
