@@ -8,6 +8,9 @@
 //! the node still serves; where it can, the same call with the right credentials shows
 //! that the attack would have worked without the defence, so each test can fail.
 
+// Test code: a failed expectation is a test failure, reported with its line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;

@@ -69,7 +69,7 @@ pub struct AdminError {
     status: StatusCode,
     message: String,
     line: Option<usize>,
-    leader: Option<Node>,
+    leader_http: Option<SocketAddr>,
 }
 
 impl AdminError {
@@ -78,7 +78,7 @@ impl AdminError {
             status,
             message: message.into(),
             line: None,
-            leader: None,
+            leader_http: None,
         }
     }
 }
@@ -98,7 +98,7 @@ impl IntoResponse for AdminError {
         let body = ErrorBody {
             error: self.message,
             line: self.line,
-            leader_http: self.leader.map(|n| n.http),
+            leader_http: self.leader_http,
         };
         (self.status, Json(body)).into_response()
     }
@@ -114,7 +114,7 @@ fn write_error(e: RaftError<ClientWriteError>) -> AdminError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "this node is not the leader; retry at the leader".into(),
             line: None,
-            leader: f.leader_node,
+            leader_http: f.leader_node.map(|n| n.http),
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             AdminError::new(StatusCode::CONFLICT, c.to_string())
@@ -246,7 +246,7 @@ async fn forward_to_leader(
             status: StatusCode::BAD_GATEWAY,
             message: format!("forwarding to the leader failed: {message}"),
             line: None,
-            leader: Some(leader),
+            leader_http: Some(leader.http),
         }
         .into_response()
     };
@@ -605,7 +605,7 @@ async fn put_policy(State(ctx): State<NodeContext>, body: Bytes) -> Result<Respo
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message: e.to_string(),
             line: e.line,
-            leader: None,
+            leader_http: None,
         });
     }
     let resp = ctx

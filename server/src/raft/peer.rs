@@ -76,7 +76,7 @@ impl PeerService {
     /// buffer up to the offset).
     fn admit_chunk(&self, rpc: &InstallSnapshotRequest<TypeConfig>) -> Result<(), Status> {
         let len = u64::try_from(rpc.data.len()).unwrap_or(u64::MAX);
-        let end = rpc.offset.checked_add(len).unwrap_or(u64::MAX);
+        let end = rpc.offset.saturating_add(len);
         if end > self.max_snapshot_bytes {
             return Err(Status::resource_exhausted(format!(
                 "snapshot chunk ends at byte {end}, beyond this node's cap of {} bytes \
