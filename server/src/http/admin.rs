@@ -46,12 +46,10 @@ fn leader_writes(ctx: NodeContext) -> Router<NodeContext> {
 }
 
 /// The admin calls a follower may forward over the peer channel: leader writes only, at
-/// the same paths as on the HTTP port. The peer listener already authenticated the
-/// caller as a cluster member.
+/// their paths under `/admin/v1`. The peer listener already authenticated the caller as a
+/// cluster member.
 pub fn peer_router(ctx: NodeContext) -> Router {
-    Router::new()
-        .nest("/admin/v1", leader_writes(ctx.clone()))
-        .with_state(ctx)
+    leader_writes(ctx.clone()).with_state(ctx)
 }
 
 pub fn router(ctx: NodeContext) -> Router<NodeContext> {
@@ -72,7 +70,7 @@ pub struct AdminError {
     status: StatusCode,
     message: String,
     line: Option<usize>,
-    leader: Option<Node>,
+    leader_http: Option<SocketAddr>,
 }
 
 impl AdminError {
@@ -81,7 +79,7 @@ impl AdminError {
             status,
             message: message.into(),
             line: None,
-            leader: None,
+            leader_http: None,
         }
     }
 }
@@ -101,7 +99,7 @@ impl IntoResponse for AdminError {
         let body = ErrorBody {
             error: self.message,
             line: self.line,
-            leader_http: self.leader.map(|n| n.http),
+            leader_http: self.leader_http,
         };
         (self.status, Json(body)).into_response()
     }
@@ -117,7 +115,7 @@ fn write_error(e: RaftError<ClientWriteError>) -> AdminError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "this node is not the leader; retry at the leader".into(),
             line: None,
-            leader: f.leader_node,
+            leader_http: f.leader_node.map(|n| n.http),
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             AdminError::new(StatusCode::CONFLICT, c.to_string())
@@ -200,6 +198,7 @@ struct ForwardedByPeer;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardedAdmin {
     pub method: String,
+    /// The path under `/admin/v1` (e.g. `/policy`).
     pub path: String,
     pub body: Vec<u8>,
 }
@@ -241,6 +240,7 @@ async fn forward_to_leader(
             return AdminError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
         }
     };
+    // Inside the `/admin/v1` nest the URI is already relative to it.
     let call = ForwardedAdmin {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -251,7 +251,7 @@ async fn forward_to_leader(
             status: StatusCode::BAD_GATEWAY,
             message: format!("forwarding to the leader failed: {message}"),
             line: None,
-            leader: Some(leader),
+            leader_http: Some(leader.http),
         }
         .into_response()
     };
@@ -610,7 +610,7 @@ async fn put_policy(State(ctx): State<NodeContext>, body: Bytes) -> Result<Respo
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message: e.to_string(),
             line: e.line,
-            leader: None,
+            leader_http: None,
         });
     }
     let resp = ctx

@@ -76,7 +76,7 @@ impl PeerService {
     /// buffer up to the offset).
     fn admit_chunk(&self, rpc: &InstallSnapshotRequest<TypeConfig>) -> Result<(), Status> {
         let len = u64::try_from(rpc.data.len()).unwrap_or(u64::MAX);
-        let end = rpc.offset.checked_add(len).unwrap_or(u64::MAX);
+        let end = rpc.offset.saturating_add(len);
         if end > self.max_snapshot_bytes {
             return Err(Status::resource_exhausted(format!(
                 "snapshot chunk ends at byte {end}, beyond this node's cap of {} bytes \
@@ -166,10 +166,8 @@ impl RaftService for PeerService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let hits: Vec<ResolvedHit> = decode(request)?;
-        let result: ForwardResult = match check_forwarded(&hits) {
-            Ok(()) => self.engine.check(hits, true).await,
-            Err(e) => Err(e),
-        };
+        check_forwarded(&hits).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let result: ForwardResult = self.engine.check(hits, true).await;
         encode(&result)
     }
 
@@ -177,5 +175,239 @@ impl RaftService for PeerService {
         let call: ForwardedAdmin = decode(request)?;
         let reply: AdminReply = crate::http::admin::serve_forwarded(&self.admin, call).await;
         encode(&reply)
+    }
+}
+
+/// Fuzzes the postcard decoders of every peer RPC payload, both directions: random bytes
+/// and mutations of valid payloads must decode to an error or to a valid value, never
+/// panic. [`FUZZ_CASES`] cases per decoder and input family.
+#[cfg(test)]
+mod fuzz {
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotResponse, VoteRequest,
+        VoteResponse,
+    };
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, SnapshotMeta, Vote};
+    use proptest::prelude::*;
+    use quorate_algorithms::{Algorithm, Rate};
+
+    use super::*;
+    use crate::engine::EngineError;
+    use crate::policy::Consistency;
+    use crate::raft::typ::RaftError;
+    use crate::raft::{Command, Hit, NodeId};
+
+    /// Cases per property.
+    const FUZZ_CASES: u32 = 2_048;
+
+    fn rate() -> Rate {
+        Rate::new(Algorithm::TokenBucket, 10, 1_000, Some(4)).unwrap()
+    }
+
+    fn hit() -> Hit {
+        Hit {
+            limit: "per_minute".into(),
+            key: "user=alice".into(),
+            cost: 1,
+            rate: rate(),
+        }
+    }
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(3, 1), index)
+    }
+
+    /// One valid encoding of every payload a peer sends or answers.
+    fn valid_payloads() -> Vec<(&'static str, Vec<u8>)> {
+        let enc = |v: &dyn erased::Encode| v.encode();
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(4)),
+            entries: vec![
+                openraft::Entry {
+                    log_id: log_id(5),
+                    payload: EntryPayload::Normal(Command::Hits {
+                        ts: 7,
+                        hits: vec![hit(), hit()],
+                    }),
+                },
+                openraft::Entry {
+                    log_id: log_id(6),
+                    payload: EntryPayload::Normal(Command::SetPolicy {
+                        ts: 8,
+                        format: "quorate".into(),
+                        source: "limits: []\n".into(),
+                    }),
+                },
+            ],
+            leader_commit: Some(log_id(5)),
+        };
+        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(6)),
+                last_membership: Default::default(),
+                snapshot_id: "3-6-1".into(),
+            },
+            offset: 0,
+            data: vec![1, 2, 3, 4],
+            done: true,
+        };
+        let forward = vec![ResolvedHit {
+            hit: hit(),
+            consistency: Consistency::Fast,
+        }];
+        let forward_result: ForwardResult = Err(EngineError::InvalidArgument("x".into()));
+        let vote_result: Result<VoteResponse<NodeId>, RaftError> =
+            Ok(VoteResponse::new(Vote::new(3, 1), Some(log_id(6)), true));
+        let append_result: Result<AppendEntriesResponse<NodeId>, RaftError> =
+            Ok(AppendEntriesResponse::Success);
+        let snapshot_result: Result<
+            InstallSnapshotResponse<NodeId>,
+            RaftError<openraft::error::InstallSnapshotError>,
+        > = Ok(InstallSnapshotResponse {
+            vote: Vote::new(3, 1),
+        });
+        vec![
+            (
+                "vote",
+                enc(&VoteRequest::new(Vote::new(3, 1), Some(log_id(6)))),
+            ),
+            ("append", enc(&append)),
+            ("snapshot", enc(&snapshot)),
+            ("forward", enc(&forward)),
+            (
+                "admin",
+                enc(&ForwardedAdmin {
+                    method: "PUT".into(),
+                    path: "/policy".into(),
+                    body: b"{}".to_vec(),
+                }),
+            ),
+            ("forward_result", enc(&forward_result)),
+            ("vote_result", enc(&vote_result)),
+            ("append_result", enc(&append_result)),
+            ("snapshot_result", enc(&snapshot_result)),
+            (
+                "admin_reply",
+                enc(&AdminReply {
+                    status: 200,
+                    body: b"{}".to_vec(),
+                }),
+            ),
+        ]
+    }
+
+    mod erased {
+        pub trait Encode {
+            fn encode(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Encode for T {
+            fn encode(&self) -> Vec<u8> {
+                postcard::to_stdvec(self).unwrap()
+            }
+        }
+    }
+
+    /// A decoded rate is one `Rate::new` accepts.
+    fn rate_is_valid(r: &Rate) -> bool {
+        let burst = (r.algorithm() == Algorithm::TokenBucket).then_some(r.burst());
+        Rate::new(r.algorithm(), r.limit(), r.window(), burst).as_ref() == Ok(r)
+    }
+
+    /// Decodes `bytes` as every payload type; panics only if a decoder does, or if a
+    /// decoded value breaks an invariant.
+    fn decode_all(bytes: &[u8]) {
+        let _ = decode_payload::<VoteRequest<NodeId>>(bytes);
+        if let Ok(append) = decode_payload::<AppendEntriesRequest<TypeConfig>>(bytes) {
+            for entry in &append.entries {
+                if let EntryPayload::Normal(Command::Hits { hits, .. })
+                | EntryPayload::Normal(Command::Consumed { hits, .. }) = &entry.payload
+                {
+                    assert!(hits.iter().all(|h| rate_is_valid(&h.rate)));
+                }
+            }
+        }
+        let _ = decode_payload::<InstallSnapshotRequest<TypeConfig>>(bytes);
+        if let Ok(hits) = decode_payload::<Vec<ResolvedHit>>(bytes) {
+            assert!(hits.iter().all(|h| rate_is_valid(&h.hit.rate)));
+            let _ = check_forwarded(&hits);
+        }
+        let _ = decode_payload::<ForwardedAdmin>(bytes);
+        let _ = decode_payload::<ForwardResult>(bytes);
+        let _ = decode_payload::<Result<VoteResponse<NodeId>, RaftError>>(bytes);
+        let _ = decode_payload::<Result<AppendEntriesResponse<NodeId>, RaftError>>(bytes);
+        let _ = decode_payload::<
+            Result<
+                InstallSnapshotResponse<NodeId>,
+                RaftError<openraft::error::InstallSnapshotError>,
+            >,
+        >(bytes);
+        let _ = decode_payload::<AdminReply>(bytes);
+    }
+
+    #[test]
+    fn every_valid_payload_round_trips() {
+        for (name, bytes) in valid_payloads() {
+            decode_all(&bytes);
+            assert!(!bytes.is_empty(), "{name}");
+        }
+        let forward = &valid_payloads()[3].1;
+        let hits: Vec<ResolvedHit> = decode_payload(forward).unwrap();
+        assert_eq!(hits[0].hit, hit());
+    }
+
+    /// A mutation of a valid payload: overwrite, insert or delete bytes, or truncate.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Set(usize, u8),
+        Insert(usize, u8),
+        Delete(usize),
+        Truncate(usize),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            any::<usize>().prop_map(Mutation::Delete),
+            any::<usize>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    fn mutate(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+        for m in mutations {
+            let n = bytes.len().max(1);
+            match *m {
+                Mutation::Set(i, b) if !bytes.is_empty() => bytes[i % n] = b,
+                Mutation::Insert(i, b) => bytes.insert(i % (bytes.len() + 1), b),
+                Mutation::Delete(i) if !bytes.is_empty() => {
+                    bytes.remove(i % n);
+                }
+                Mutation::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
+                _ => {}
+            }
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(FUZZ_CASES))]
+
+        #[test]
+        fn random_bytes_never_panic_a_peer_decoder(
+            bytes in prop::collection::vec(any::<u8>(), 0..512),
+        ) {
+            decode_all(&bytes);
+        }
+
+        #[test]
+        fn mutated_payloads_never_panic_a_peer_decoder(
+            which in 0usize..10,
+            mutations in prop::collection::vec(mutation(), 1..8),
+        ) {
+            let (_, valid) = valid_payloads().swap_remove(which);
+            decode_all(&mutate(valid, &mutations));
+        }
     }
 }
