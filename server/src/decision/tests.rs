@@ -179,6 +179,7 @@ fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> AuthzRequest
         ),
         peer: Some("192.0.2.1".parse().unwrap()),
         route: None,
+        forwarded_by: None,
         malformed: None,
     }
 }
