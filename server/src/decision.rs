@@ -720,6 +720,35 @@ fn client_address(policy: &AuthzPolicy, req: &AuthzRequest) -> Option<IpAddr> {
     client_ip_via(xff, req.peer, nets)
 }
 
+/// Which route a request would take, as `quorate policy test --authz` shows it: the
+/// canonical target and the route's name (`None`: unmatched), or why the target is
+/// refused. The same functions [`Authorizer::decide`] runs.
+pub fn route_for(
+    policy: &AuthzPolicy,
+    method: &str,
+    host: &str,
+    target: &str,
+) -> Result<(CanonicalTarget, Option<String>), String> {
+    let req = AuthzRequest {
+        surface: Surface::ExtAuthz,
+        method: method.to_string(),
+        target: target.to_string(),
+        host: host.to_string(),
+        headers: RequestHeaders::default(),
+        peer: None,
+        route: None,
+        forwarded_by: None,
+        malformed: None,
+    };
+    check_bounds(&req)?;
+    let canonical = canonical_target(&req)?;
+    let route = match select_route(policy, &req, &canonical) {
+        Selected::Route(r) => Some(r.name.clone()),
+        _ => None,
+    };
+    Ok((canonical, route))
+}
+
 fn select_route<'p>(
     policy: &'p AuthzPolicy,
     req: &AuthzRequest,
