@@ -143,7 +143,7 @@ fn spell(c: &str, choice: u8) -> String {
     let b = c.as_bytes();
     let raw_ok = c != "%";
     let escape_ok = b[0] >= 0x80 || !is_kept_raw(b[0]) || is_unreserved(b[0]);
-    if raw_ok && (!escape_ok || choice % 3 == 0) {
+    if raw_ok && (!escape_ok || choice.is_multiple_of(3)) {
         return c.to_string();
     }
     b.iter()
