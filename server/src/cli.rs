@@ -282,6 +282,12 @@ pub struct PolicyTestArgs {
     /// (entries may also be written as ["user","bob"] pairs).
     #[arg(long = "request", value_name = "JSON")]
     pub requests: Vec<String>,
+    /// A sample HTTP request for the authz routes (repeatable), e.g.
+    /// '{"method":"GET","host":"api.example.com","path":"/api/%2e%2e/admin"}': shows its
+    /// canonical form and the route it matches, or why it is refused, exactly as
+    /// ext_authz and forward-auth decide it.
+    #[arg(long = "authz", value_name = "JSON")]
+    pub authz: Vec<String>,
     /// A file of sample requests, one JSON per line (blank and `#` lines skipped).
     #[arg(long, value_name = "FILE")]
     pub requests_file: Option<PathBuf>,

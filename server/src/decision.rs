@@ -34,12 +34,13 @@ use thiserror::Error;
 
 use crate::authz::credential::{self, Found};
 use crate::authz::jwt::{Claims, JwtError, JwtSettings, JwtVerifier};
-use crate::authz::matching::{normalize_host, normalize_path, route_matches};
-use crate::authz::net::{client_ip, in_any};
+use crate::authz::matching::route_matches;
+use crate::authz::net::{client_ip, client_ip_via, in_any};
 use crate::authz::policy::{
     Acl, AuthzPolicy, CredentialSource, FailureMode, IdentityKind, KeyPart, Mode, Route,
     RouteLimit, Unmatched,
 };
+use crate::authz::request_target::{canonical_host, canonical_path};
 use crate::authz::template::{claim_text, Context};
 use crate::authz::{RequestHeaders, MAX_HEADERS, MAX_HEADER_BYTES};
 use crate::engine::{wall_nanos, Engine, EngineError, ResolvedHit};
@@ -85,6 +86,9 @@ pub struct AuthzRequest {
     pub peer: Option<IpAddr>,
     /// A route named by the proxy; skips matching.
     pub route: Option<String>,
+    /// The forwarded header that described this request for someone else
+    /// (`x-original-uri`, ...), when one did: believed only from a trusted proxy.
+    pub forwarded_by: Option<String>,
     /// Set by a surface that could not read the request faithfully (a header that is
     /// not UTF-8, conflicting forwarded headers): the request is denied with 400.
     pub malformed: Option<String>,
@@ -256,18 +260,30 @@ impl Authorizer {
         let scope = live.version.as_ref().map_or(0, |v| v.version);
         let mut meta = Metadata::default();
 
-        // 1. Bounds.
-        if let Err(reason) = check_bounds(&req) {
+        // 1. Bounds, and who may describe a request for someone else.
+        if let Err(reason) = check_bounds(&req).and_then(|()| check_forwarder(policy, &req)) {
             let denial = Denial::new(DenyKind::BadRequest, 400, reason);
             return Ok(self.finish(&req, None, meta, Verdict::Deny(denial), started));
         }
 
-        // 2. Route.
-        let route = match select_route(policy, &req) {
+        // 2. Route, matched on the canonical target; one that cannot be put in canonical
+        // form is refused here, before any identity or quota is looked at.
+        let target = match canonical_target(&req) {
+            Ok(t) => t,
+            Err(reason) => {
+                let denial = Denial::new(DenyKind::BadRequest, 400, reason);
+                return Ok(self.finish(&req, None, meta, Verdict::Deny(denial), started));
+            }
+        };
+        let route = match select_route(policy, &req, &target) {
             Selected::Route(r) => r,
             Selected::Unmatched => {
                 let verdict = match policy.defaults.unmatched {
-                    Unmatched::Allow => Verdict::Allow(Allowed::default()),
+                    // Nobody recognised: no identity header may reach the upstream.
+                    Unmatched::Allow => Verdict::Allow(Allowed {
+                        remove_headers: policy.identity_headers.clone(),
+                        ..Allowed::default()
+                    }),
                     Unmatched::Deny => Verdict::Deny(Denial::new(
                         DenyKind::NoRoute,
                         policy.defaults.deny_status,
@@ -286,11 +302,7 @@ impl Authorizer {
             }
         };
         meta.route = Some(route.name.clone());
-        let ip = client_ip(
-            req.headers.get("x-forwarded-for"),
-            req.peer,
-            policy.defaults.trusted_proxies,
-        );
+        let ip = client_address(policy, &req);
 
         // 3. Authenticate.
         let principal = match self.authenticate(policy, route, scope, &req).await {
@@ -432,13 +444,13 @@ impl Authorizer {
                     .with_label_values(&[route_name, d.kind.as_str()])
                     .inc();
                 outcome = "dry_run";
-                let mut allowed = Allowed::default();
                 // Never let a client-sent identity header through for a caller we did
                 // not recognise.
-                for (name, _) in &r.upstream_headers {
-                    allowed.remove_headers.push(name.clone());
-                }
-                Verdict::Allow(allowed)
+                let policy = &self.engine.policy().set.authz;
+                Verdict::Allow(Allowed {
+                    remove_headers: policy.identity_headers.clone(),
+                    ..Allowed::default()
+                })
             }
             (v, _) => v,
         };
@@ -578,19 +590,38 @@ impl Authorizer {
                         Some(v @ serde_json::Value::Number(_)) => v.to_string(),
                         _ => return Err(invalid(&identity.name, "token lacks the consumer claim")),
                     };
+                    // It becomes the x-consumer-id header: no list separator, no CR/LF.
                     if consumer.is_empty()
                         || consumer.len() > crate::authz::policy::MAX_NAME * 2
-                        || consumer.chars().any(char::is_control)
+                        || consumer.chars().any(|c| c.is_control() || c == ',')
                     {
                         return Err(invalid(&identity.name, "unusable consumer claim"));
                     }
                     let record = policy.consumers.get(&consumer);
+                    // A consumer record belongs to the issuers it lists (or, listing none,
+                    // to the policy's only issuer): another issuer's token naming it is
+                    // refused, never mapped onto its groups, limits and ACL entries.
+                    if let Some(r) = record {
+                        let bound = if r.issuers.is_empty() {
+                            policy.jwt_issuers == 1
+                        } else {
+                            r.issuers.contains(&jwt.issuer)
+                        };
+                        if !bound {
+                            return Err(invalid(
+                                &identity.name,
+                                "consumer belongs to another issuer",
+                            ));
+                        }
+                    }
                     if jwt.require_consumer && record.is_none() {
                         return Err(invalid(&identity.name, "unknown consumer"));
                     }
                     let mut groups = record.map(|c| c.groups.clone()).unwrap_or_default();
                     if let Some(claim) = &jwt.groups_claim {
-                        for g in token_groups(verified.claims.get(claim)) {
+                        let from_token = token_groups(verified.claims.get(claim))
+                            .map_err(|why| invalid(&identity.name, why))?;
+                        for g in from_token {
                             if !groups.contains(&g) {
                                 groups.push(g);
                             }
@@ -650,7 +681,88 @@ fn check_bounds(req: &AuthzRequest) -> Result<(), String> {
     Ok(())
 }
 
-fn select_route<'p>(policy: &'p AuthzPolicy, req: &AuthzRequest) -> Selected<'p> {
+/// The request's canonical host and path ([`crate::authz::request_target`]).
+#[derive(Debug)]
+pub struct CanonicalTarget {
+    pub host: String,
+    pub path: String,
+}
+
+/// Puts the request's host and path in canonical form, or names why it cannot be.
+/// Checked even when the proxy names the route: the upstream serves the path either way.
+pub fn canonical_target(req: &AuthzRequest) -> Result<CanonicalTarget, String> {
+    let path = canonical_path(&req.target).map_err(|e| format!("refused request path: {e}"))?;
+    let host = canonical_host(&req.host).map_err(|e| format!("refused host: {e}"))?;
+    Ok(CanonicalTarget { host, path })
+}
+
+/// A forward-auth request described by `X-Forwarded-*` / `X-Original-*` headers must
+/// come from a trusted proxy: anyone else could make quorate decide a request other
+/// than the one the proxy will serve.
+fn check_forwarder(policy: &AuthzPolicy, req: &AuthzRequest) -> Result<(), String> {
+    let trusted = &policy.defaults.trusted_proxies;
+    let Some(header) = &req.forwarded_by else {
+        return Ok(());
+    };
+    if trusted.legacy_hops.is_some() || req.peer.is_some_and(|p| in_any(p, &trusted.forward_auth)) {
+        return Ok(());
+    }
+    let peer = req
+        .peer
+        .map_or("an unknown peer".to_string(), |p| p.to_string());
+    Err(format!(
+        "{header} sent by {peer}, which is not in defaults.trusted_proxies.forward_auth"
+    ))
+}
+
+/// The client address ([`crate::authz::net`]), by the surface's trusted proxies.
+fn client_address(policy: &AuthzPolicy, req: &AuthzRequest) -> Option<IpAddr> {
+    let trusted = &policy.defaults.trusted_proxies;
+    let xff = req.headers.get("x-forwarded-for");
+    if let Some(hops) = trusted.legacy_hops {
+        return client_ip(xff, req.peer, hops);
+    }
+    let nets = match req.surface {
+        Surface::ForwardAuth => &trusted.forward_auth,
+        Surface::ExtAuthz => &trusted.ext_authz,
+    };
+    client_ip_via(xff, req.peer, nets)
+}
+
+/// Which route a request would take, as `quorate policy test --authz` shows it: the
+/// canonical target and the route's name (`None`: unmatched), or why the target is
+/// refused. The same functions [`Authorizer::decide`] runs.
+pub fn route_for(
+    policy: &AuthzPolicy,
+    method: &str,
+    host: &str,
+    target: &str,
+) -> Result<(CanonicalTarget, Option<String>), String> {
+    let req = AuthzRequest {
+        surface: Surface::ExtAuthz,
+        method: method.to_string(),
+        target: target.to_string(),
+        host: host.to_string(),
+        headers: RequestHeaders::default(),
+        peer: None,
+        route: None,
+        forwarded_by: None,
+        malformed: None,
+    };
+    check_bounds(&req)?;
+    let canonical = canonical_target(&req)?;
+    let route = match select_route(policy, &req, &canonical) {
+        Selected::Route(r) => Some(r.name.clone()),
+        _ => None,
+    };
+    Ok((canonical, route))
+}
+
+fn select_route<'p>(
+    policy: &'p AuthzPolicy,
+    req: &AuthzRequest,
+    target: &CanonicalTarget,
+) -> Selected<'p> {
     if let Some(name) = req.route.as_deref().filter(|n| !n.is_empty()) {
         return match policy.route(name) {
             Some(r) => Selected::Route(r),
@@ -658,12 +770,10 @@ fn select_route<'p>(policy: &'p AuthzPolicy, req: &AuthzRequest) -> Selected<'p>
         };
     }
     let method = req.method.to_ascii_uppercase();
-    let host = normalize_host(&req.host);
-    let path = normalize_path(&req.target);
     policy
         .routes
         .iter()
-        .find(|r| route_matches(r, &method, &host, &path))
+        .find(|r| route_matches(r, &method, &target.host, &target.path))
         .map_or(Selected::Unmatched, Selected::Route)
 }
 
@@ -698,8 +808,10 @@ fn authorize(
 }
 
 /// Groups from a token claim: an array of strings or a space/comma-separated string.
-fn token_groups(v: Option<&serde_json::Value>) -> Vec<String> {
-    match v {
+/// A group that would smuggle a separator into `x-consumer-groups` (a `,` inside an array
+/// item, a control character such as CR/LF) refuses the token.
+fn token_groups(v: Option<&serde_json::Value>) -> Result<Vec<String>, &'static str> {
+    let groups: Vec<String> = match v {
         Some(serde_json::Value::Array(items)) => items
             .iter()
             .filter_map(|i| i.as_str())
@@ -713,7 +825,13 @@ fn token_groups(v: Option<&serde_json::Value>) -> Vec<String> {
             .take(64)
             .collect(),
         _ => Vec::new(),
+    };
+    if groups.iter().any(|g| {
+        g.len() > crate::authz::policy::MAX_NAME || g.chars().any(|c| c.is_control() || c == ',')
+    }) {
+        return Err("groups claim holds a separator or control character");
     }
+    Ok(groups)
 }
 
 /// The `WWW-Authenticate` value: one challenge per identity kind of the route.
@@ -883,6 +1001,15 @@ fn allowed(
                 CredentialSource::Query(q) => out.remove_query.push(q.clone()),
                 CredentialSource::Cookie(_) => {}
             }
+        }
+    }
+    // Every identity header not set above goes too (a public route, a route with its own
+    // header names, a consumer without groups): only quorate writes them.
+    for name in &policy.identity_headers {
+        if !out.upstream_headers.iter().any(|(n, _)| n == name)
+            && !out.remove_headers.contains(name)
+        {
+            out.remove_headers.push(name.clone());
         }
     }
     for (name, template) in &route.client_headers {

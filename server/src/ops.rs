@@ -199,6 +199,10 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
     if samples.len() > simulate::MAX_SAMPLES {
         bail!("at most {} requests per run", simulate::MAX_SAMPLES);
     }
+    let mut authz = Vec::new();
+    for (i, json) in args.authz.iter().enumerate() {
+        authz.push(authz_sample(&policy, json).map_err(|e| anyhow!("--authz #{}: {e}", i + 1))?);
+    }
     let reports = simulate::simulate(&policy, &samples);
     let warnings = policy.warnings();
     let out = if args.json {
@@ -210,6 +214,7 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
             "domains": policy.domains.keys().collect::<Vec<_>>(),
             "limits": policy.limits.len(),
             "requests": reports,
+            "authz": authz,
         });
         format!("{value:#}\n")
     } else {
@@ -222,14 +227,55 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
         for w in &warnings {
             out.push_str(&format!("warning: {w}\n"));
         }
-        if samples.is_empty() {
+        if samples.is_empty() && authz.is_empty() {
             out.push_str("no --request or --requests-file given: nothing to evaluate\n");
+        }
+        for a in &authz {
+            let line = match (&a["refused"], &a["route"]) {
+                (serde_json::Value::String(why), _) => format!("refused (400): {why}"),
+                (_, serde_json::Value::String(r)) => format!("route {r}"),
+                _ => "no route (defaults.unmatched applies)".to_string(),
+            };
+            out.push_str(&format!(
+                "authz {} {} {}: canonical {} -> {line}\n",
+                a["method"].as_str().unwrap_or(""),
+                a["host"].as_str().unwrap_or(""),
+                a["path"].as_str().unwrap_or(""),
+                a["canonical_path"].as_str().unwrap_or("-"),
+            ));
         }
         out.push_str(&simulate::render_text(&reports));
         out
     };
     emit(&out);
     Ok(())
+}
+
+/// One `--authz` sample: `{"method", "host", "path"}` → its canonical form and route.
+fn authz_sample(policy: &PolicySet, json: &str) -> Result<serde_json::Value, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    let field = |name: &str, default: &str| match v.get(name) {
+        None => Ok(default.to_string()),
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(format!("`{name}` must be a string, got {other}")),
+    };
+    let method = field("method", "GET")?;
+    let host = field("host", "")?;
+    let path = v
+        .get("path")
+        .and_then(|p| p.as_str())
+        .ok_or("`path` (a string) is required")?
+        .to_string();
+    let mut out = serde_json::json!({"method": method, "host": host, "path": path});
+    match crate::decision::route_for(&policy.authz, &method, &host, &path) {
+        Ok((canonical, route)) => {
+            out["canonical_path"] = canonical.path.into();
+            out["canonical_host"] = canonical.host.into();
+            out["route"] = route.into();
+        }
+        Err(why) => out["refused"] = why.into(),
+    }
+    Ok(out)
 }
 
 /// Writes a report to stdout; a closed pipe (`| head`) is not an error worth a panic.

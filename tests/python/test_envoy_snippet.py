@@ -37,6 +37,15 @@ def test_envoy_snippet_is_a_valid_bootstrap_wired_to_quorate():
 
     hcm = http_connection_manager_pb2.HttpConnectionManager()
     assert bootstrap.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    # The source ext_authz sees is the connection's address, and Envoy serves the path
+    # in the form quorate matched (dots resolved, slashes merged, %2F refused).
+    assert hcm.use_remote_address.value is True
+    assert hcm.normalize_path.value is True
+    assert hcm.merge_slashes is True
+    assert (
+        hcm.path_with_escaped_slashes_action
+        == http_connection_manager_pb2.HttpConnectionManager.REJECT_REQUEST
+    )
     names = [f.name for f in hcm.http_filters]
     assert names == [
         "envoy.filters.http.ext_authz",

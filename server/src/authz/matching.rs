@@ -1,12 +1,13 @@
-//! Route matching: host patterns, path patterns and the path normalisation that keeps
-//! `/v1/../admin` from matching a `/v1/` route while the upstream serves `/admin`.
+//! Route matching: host patterns and path patterns, compared against the canonical
+//! request target of [`super::request_target`] (which keeps `/v1/../admin` and
+//! `/v1/%2e%2e/admin` from matching a `/v1/` route while the upstream serves `/admin`).
 //!
-//! Routes are tried in document order and the first match wins. Hosts compare
-//! case-insensitively and without the port. Paths are matched after removing the query,
-//! resolving `.` and `..` segments and merging repeated slashes; percent-encoding is left
-//! as is (so `%2F` is not a separator here, as it is not for most upstreams).
+//! Routes are tried in document order and the first match wins. Path patterns are
+//! themselves put in canonical form when the policy is compiled, so `/%7Euser/` and
+//! `/~user/` are one pattern.
 
 use super::policy::Route;
+use super::request_target::canonical_path;
 
 /// A host a route answers for: exact, or `*.example.com` (one or more labels).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +42,7 @@ impl HostPattern {
         ))
     }
 
-    /// Whether `host` (already lower-cased, without port) matches.
+    /// Whether a canonical `host` (lower-cased, without port) matches.
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Any => true,
@@ -64,26 +65,25 @@ pub enum PathPattern {
     Glob(Vec<String>),
 }
 
-fn check_path(p: &str) -> Result<(), String> {
-    if !p.starts_with('/') || p.len() > 2048 || p.chars().any(char::is_control) {
-        return Err(format!("path {p:?} must start with '/'"));
+/// A pattern in canonical form; `?` (a query) is not part of a pattern.
+fn check_path(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') || p.len() > 2048 || p.contains('?') {
+        return Err(format!("path {p:?} must start with '/' and have no query"));
     }
-    Ok(())
+    canonical_path(p).map_err(|e| format!("path {p:?}: {e}"))
 }
 
 impl PathPattern {
     pub fn exact(p: &str) -> Result<PathPattern, String> {
-        check_path(p)?;
-        Ok(PathPattern::Exact(normalize_path(p)))
+        Ok(PathPattern::Exact(check_path(p)?))
     }
 
     pub fn prefix(p: &str) -> Result<PathPattern, String> {
-        check_path(p)?;
-        Ok(PathPattern::Prefix(p.to_string()))
+        Ok(PathPattern::Prefix(check_path(p)?))
     }
 
     pub fn glob(p: &str) -> Result<PathPattern, String> {
-        check_path(p)?;
+        let p = &check_path(p)?;
         let segments: Vec<String> = p[1..].split('/').map(str::to_string).collect();
         if let Some(pos) = segments.iter().position(|s| s == "**") {
             if pos + 1 != segments.len() {
@@ -99,7 +99,7 @@ impl PathPattern {
         Ok(PathPattern::Glob(segments))
     }
 
-    /// Whether a normalised path (no query) matches.
+    /// Whether a canonical path (no query) matches.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Any => true,
@@ -131,52 +131,7 @@ impl PathPattern {
     }
 }
 
-/// The path part of a request target, without query or fragment, with `.` and `..`
-/// resolved and repeated slashes merged. Always starts with `/`.
-pub fn normalize_path(target: &str) -> String {
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    let mut out: Vec<&str> = Vec::new();
-    for seg in path.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let trailing =
-        path.len() > 1 && (path.ends_with('/') || path.ends_with("/.") || path.ends_with("/.."));
-    let mut s = String::with_capacity(path.len() + 1);
-    for seg in &out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if s.is_empty() || trailing {
-        s.push('/');
-    }
-    s
-}
-
-/// The host without port, lower-cased (`API.example.com:8443` → `api.example.com`,
-/// `[::1]:80` → `[::1]`).
-pub fn normalize_host(host: &str) -> String {
-    let h = host.trim();
-    let without_port = if h.starts_with('[') {
-        match h.find(']') {
-            Some(end) => &h[..=end],
-            None => h,
-        }
-    } else {
-        match h.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => h,
-        }
-    };
-    without_port.to_ascii_lowercase()
-}
-
-/// Whether `route` takes this request (method upper-case, host and path normalised).
+/// Whether `route` takes this request (method upper-case, host and path canonical).
 pub fn route_matches(route: &Route, method: &str, host: &str, path: &str) -> bool {
     (route.hosts.is_empty() || route.hosts.iter().any(|h| h.matches(host)))
         && (route.methods.is_empty() || route.methods.iter().any(|m| m == method))
@@ -186,22 +141,12 @@ pub fn route_matches(route: &Route, method: &str, host: &str, path: &str) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalises_paths() {
-        assert_eq!(normalize_path("/v1/items?x=1"), "/v1/items");
-        assert_eq!(normalize_path("/v1/../admin"), "/admin");
-        assert_eq!(normalize_path("//v1///items/"), "/v1/items/");
-        assert_eq!(normalize_path("/../../etc"), "/etc");
-        assert_eq!(normalize_path(""), "/");
-        assert_eq!(normalize_path("/a/./b/."), "/a/b/");
-        assert_eq!(normalize_path("relative"), "/relative");
-    }
+    use crate::authz::request_target::canonical_host;
 
     #[test]
     fn hosts() {
         let exact = HostPattern::parse("API.example.com").unwrap();
-        assert!(exact.matches(&normalize_host("api.EXAMPLE.com:443")));
+        assert!(exact.matches(&canonical_host("api.EXAMPLE.com.:443").unwrap()));
         assert!(!exact.matches("x.api.example.com"));
         let wild = HostPattern::parse("*.example.com").unwrap();
         assert!(wild.matches("a.example.com"));
@@ -210,7 +155,6 @@ mod tests {
         assert!(!wild.matches("badexample.com"));
         assert!(HostPattern::parse("a b").is_err());
         assert!(HostPattern::parse("*").unwrap().matches("anything"));
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     }
 
     #[test]
@@ -240,12 +184,16 @@ mod tests {
         assert!(PathPattern::glob("/a/**/b").is_err());
         assert!(PathPattern::glob("/a/b*").is_err());
         assert!(PathPattern::glob("no-slash").is_err());
+        // Patterns are canonical too, and refused where a request would be.
+        assert_eq!(PathPattern::glob("/%76%31/*"), PathPattern::glob("/v1/*"));
+        assert!(PathPattern::prefix("/a%2fb/").is_err());
+        assert!(PathPattern::prefix("/a;b/").is_err());
     }
 
     #[test]
     fn exact_paths_are_normalised_too() {
         let p = PathPattern::exact("/login").unwrap();
-        assert!(p.matches(&normalize_path("/x/../login?next=/")));
+        assert!(p.matches(&canonical_path("/x/../login?next=/").unwrap()));
         assert!(!p.matches("/login/"));
     }
 }

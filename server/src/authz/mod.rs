@@ -3,6 +3,8 @@
 //!
 //! - [`policy`]: the `identities`, `consumers`, `routes` and `defaults` sections of the
 //!   replicated policy document, validated with line numbers.
+//! - [`request_target`]: the one canonical form of a request's path and host that routes
+//!   are matched on, and the targets refused outright.
 //! - [`matching`]: which route a request belongs to.
 //! - [`credential`]: finding credentials in a request; API keys checked by SHA-256.
 //! - [`jwt`]: JWT verification with pinned algorithms, node-local JWKS and verified-token
@@ -19,6 +21,7 @@ pub mod jwt;
 pub mod matching;
 pub mod net;
 pub mod policy;
+pub mod request_target;
 pub mod template;
 
 pub use policy::{AuthzPolicy, FailureMode, Mode, Unmatched};
@@ -27,6 +30,21 @@ pub use policy::{AuthzPolicy, FailureMode, Mode, Unmatched};
 pub const MAX_HEADERS: usize = 256;
 /// Most header bytes (names and values) a decision looks at; more is a 400.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Whether `count` headers of `bytes` total (names and values, as received) are within
+/// [`MAX_HEADERS`] and [`MAX_HEADER_BYTES`]; the message names the cap that was passed.
+/// The surfaces check this before any per-header work.
+pub fn within_caps(count: usize, bytes: usize) -> Result<(), String> {
+    if count > MAX_HEADERS {
+        return Err(format!("more than {MAX_HEADERS} request headers"));
+    }
+    if bytes > MAX_HEADER_BYTES {
+        return Err(format!(
+            "request headers larger than {MAX_HEADER_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
 
 /// A request's headers with lower-cased names, as both surfaces deliver them. Repeated
 /// headers are joined (`, `, or `; ` for `cookie`) like Envoy does.
@@ -47,16 +65,24 @@ impl std::fmt::Debug for RequestHeaders {
 
 impl RequestHeaders {
     /// Builds from (name, value) pairs; names are lower-cased, repeats joined.
+    /// Linear in the number of pairs (an index finds repeats), though the surfaces cap
+    /// count and size before calling this ([`within_caps`]).
     pub fn new(pairs: Vec<(String, String)>) -> RequestHeaders {
         let mut entries: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        let mut index: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::with_capacity(pairs.len());
         for (name, value) in pairs {
             let name = name.to_ascii_lowercase();
-            match entries.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, existing)) => {
+            match index.get(&name) {
+                Some(&i) => {
+                    let existing = &mut entries[i].1;
                     existing.push_str(if name == "cookie" { "; " } else { ", " });
                     existing.push_str(&value);
                 }
-                None => entries.push((name, value)),
+                None => {
+                    index.insert(name.clone(), entries.len());
+                    entries.push((name, value));
+                }
             }
         }
         RequestHeaders { entries }

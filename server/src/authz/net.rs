@@ -2,10 +2,12 @@
 //! `X-Forwarded-For`.
 //!
 //! Each proxy appends the address it received the request from, so the rightmost entries
-//! are the trustworthy ones and anything to their left may be forged by the client. With
-//! `trusted_proxies: N` the client is the N-th entry from the right (N = 1: the proxy
-//! right in front of us — nginx, Caddy, Envoy — wrote it). With 0, `X-Forwarded-For` is
-//! ignored and the peer address is the client.
+//! are the trustworthy ones and anything to their left may be forged by the client.
+//! [`client_ip_via`] (the `trusted_proxies: {forward_auth: [...], ext_authz: [...]}` form)
+//! reads the header only when the peer is a trusted proxy, then walks it from the right,
+//! skipping trusted addresses: the first untrusted one is the client. [`client_ip`] is
+//! the deprecated hop count (`trusted_proxies: N`): the N-th entry from the right, with
+//! 0 meaning the peer.
 
 use std::net::IpAddr;
 
@@ -57,6 +59,31 @@ pub fn client_ip(
     parse_entry(entries[index]).or(peer)
 }
 
+/// The client address when `trusted` lists the proxies we believe: the peer itself if it
+/// is not one of them; else the rightmost `X-Forwarded-For` entry that is not trusted;
+/// else (every hop trusted) the leftmost entry. An unparsable entry stops the walk at
+/// the last trusted hop: nothing to its left can be believed.
+pub fn client_ip_via(xff: Option<&str>, peer: Option<IpAddr>, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer_ip = peer?;
+    if !in_any(peer_ip, trusted) {
+        return peer;
+    }
+    let Some(xff) = xff else {
+        return peer;
+    };
+    let mut current = peer_ip;
+    for entry in xff.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some(ip) = parse_entry(entry) else {
+            return Some(current);
+        };
+        current = ip;
+        if !in_any(ip, trusted) {
+            return Some(ip);
+        }
+    }
+    Some(current)
+}
+
 /// Whether `ip` lies in any of `nets` (IPv4-mapped IPv6 addresses count as IPv4).
 pub fn in_any(ip: IpAddr, nets: &[IpNet]) -> bool {
     let ip = match ip {
@@ -99,6 +126,51 @@ mod tests {
         );
         assert_eq!(
             client_ip(Some("[2001:db8::1]:80"), peer, 1),
+            Some(ip("2001:db8::1"))
+        );
+    }
+
+    #[test]
+    fn walks_from_the_right_skipping_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = Some("6.6.6.6, 1.2.3.4, 10.0.0.3");
+        // An untrusted peer: its X-Forwarded-For is ignored.
+        assert_eq!(
+            client_ip_via(xff, Some(ip("8.8.8.8")), &trusted),
+            Some(ip("8.8.8.8"))
+        );
+        // A trusted peer: skip trusted hops, the first untrusted one is the client (the
+        // forged 6.6.6.6 further left is never read).
+        assert_eq!(
+            client_ip_via(xff, Some(ip("10.0.0.1")), &trusted),
+            Some(ip("1.2.3.4"))
+        );
+        assert_eq!(
+            client_ip_via(Some("10.0.0.9, 10.0.0.3"), Some(ip("10.0.0.1")), &trusted),
+            Some(ip("10.0.0.9"))
+        );
+        assert_eq!(
+            client_ip_via(
+                Some("6.6.6.6, garbage, 10.0.0.3"),
+                Some(ip("10.0.0.1")),
+                &trusted
+            ),
+            Some(ip("10.0.0.3"))
+        );
+        assert_eq!(
+            client_ip_via(None, Some(ip("10.0.0.1")), &trusted),
+            Some(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            client_ip_via(xff, Some(ip("10.0.0.1")), &[]),
+            Some(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            client_ip_via(
+                Some("[2001:db8::1]:443"),
+                Some(ip("::ffff:10.0.0.1")),
+                &trusted
+            ),
             Some(ip("2001:db8::1"))
         );
     }

@@ -133,6 +133,9 @@ pub struct RawConsumer {
     id: String,
     #[serde(default)]
     groups: Vec<String>,
+    /// JWT issuers whose tokens may map to this consumer.
+    #[serde(default)]
+    issuers: Vec<String>,
     #[serde(default)]
     credentials: Vec<RawCredential>,
     #[serde(default)]
@@ -264,9 +267,28 @@ pub struct RawDefaults {
     #[serde(default)]
     failure_mode: Option<FailureMode>,
     #[serde(default)]
-    trusted_proxies: Option<usize>,
+    trusted_proxies: Option<RawTrustedProxies>,
     #[serde(default)]
     realm: Option<String>,
+}
+
+/// `trusted_proxies:` as written: CIDR lists per surface, or (deprecated) a hop count.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTrustedProxies {
+    Hops(usize),
+    Lists(RawProxyLists),
+    /// Anything else, refused with the expected shape.
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxyLists {
+    #[serde(default)]
+    forward_auth: Vec<String>,
+    #[serde(default)]
+    ext_authz: Vec<String>,
 }
 
 // === compiled ===
@@ -313,6 +335,12 @@ pub struct AuthzPolicy {
     /// Routes in document order: the first match wins.
     pub routes: Vec<Route>,
     pub defaults: Defaults,
+    /// Every header quorate may set upstream (`x-consumer-id`, `x-consumer-groups`,
+    /// `x-quorate-failure-mode` and each route's `headers.upstream`): removed from every
+    /// allowed request that does not get it from us, so a client cannot forge them.
+    pub identity_headers: Vec<String>,
+    /// How many distinct JWT issuers the identities name.
+    pub jwt_issuers: usize,
 }
 
 impl AuthzPolicy {
@@ -329,8 +357,8 @@ pub struct Defaults {
     pub deny_status: u16,
     pub unmatched: Unmatched,
     pub failure_mode: FailureMode,
-    /// X-Forwarded-For hops (from the right) added by proxies we trust; 0 = use the peer.
-    pub trusted_proxies: usize,
+    /// The proxies whose `X-Forwarded-*` / `X-Original-*` headers are believed.
+    pub trusted_proxies: TrustedProxies,
     /// The realm in `WWW-Authenticate` challenges.
     pub realm: String,
 }
@@ -341,10 +369,31 @@ impl Default for Defaults {
             deny_status: 403,
             unmatched: Unmatched::Deny,
             failure_mode: FailureMode::Closed,
-            trusted_proxies: 0,
+            trusted_proxies: TrustedProxies::default(),
             realm: "quorate".into(),
         }
     }
+}
+
+/// Which peers may describe a request for someone else, per surface.
+///
+/// - `forward_auth`: a forward-auth call carrying `X-Forwarded-Method/-Uri/-Host` or
+///   `X-Original-Method/-URI/-Host` is refused unless the connection comes from one of
+///   these networks; `X-Forwarded-For` is read only then.
+/// - `ext_authz`: `X-Forwarded-For` is read only when the source address Envoy reports is
+///   in one of these (Envoy itself describes the request; with `use_remote_address` the
+///   source is the real client and this list stays empty).
+///
+/// The client address is then found by walking `X-Forwarded-For` from the right, skipping
+/// trusted addresses. Both lists are empty by default: trust nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    pub forward_auth: Vec<IpNet>,
+    pub ext_authz: Vec<IpNet>,
+    /// The deprecated `trusted_proxies: N`, meaning kept: the client is the N-th
+    /// `X-Forwarded-For` entry from the right, whoever the peer is (0: the peer), and
+    /// forward-auth takes the forwarded request headers from any peer.
+    pub legacy_hops: Option<usize>,
 }
 
 /// How a caller is recognised.
@@ -459,6 +508,9 @@ impl fmt::Debug for InlineKey {
 pub struct Consumer {
     pub id: String,
     pub groups: Vec<String>,
+    /// The JWT issuers whose tokens may become this consumer. Empty: tokens of the
+    /// policy's only issuer may; with several issuers, none may.
+    pub issuers: Vec<String>,
     /// Limits that follow this consumer on every route.
     pub limits: Vec<RouteLimit>,
 }
@@ -564,6 +616,26 @@ pub fn compile(
     for (i, raw) in raw.consumers.into_iter().enumerate() {
         let path = format!("consumers[{i}]");
         check_name(&raw.id, "consumer id").map_err(|r| at(&path, r))?;
+        for g in &raw.groups {
+            check_name(g, "group").map_err(|r| at(&format!("{path}.groups"), r))?;
+            if g.contains(',') {
+                return Err(at(
+                    &format!("{path}.groups"),
+                    format!("group {g:?} contains ',', the separator of x-consumer-groups"),
+                ));
+            }
+        }
+        for iss in &raw.issuers {
+            if !identities
+                .iter()
+                .any(|i| matches!(&i.kind, IdentityKind::Jwt(j) if &j.issuer == iss))
+            {
+                return Err(at(
+                    &format!("{path}.issuers"),
+                    format!("no jwt identity has issuer {iss:?}"),
+                ));
+            }
+        }
         if consumers.contains_key(&raw.id) {
             return Err(at(&path, format!("duplicate consumer {:?}", raw.id)));
         }
@@ -599,6 +671,7 @@ pub fn compile(
             Consumer {
                 id: raw.id,
                 groups: raw.groups,
+                issuers: raw.issuers,
                 limits: compiled,
             },
         );
@@ -614,12 +687,34 @@ pub fn compile(
         routes.push(route);
     }
 
+    let mut identity_headers: Vec<String> = [
+        "x-consumer-id",
+        "x-consumer-groups",
+        crate::decision::FAILURE_MODE_HEADER,
+    ]
+    .map(str::to_string)
+    .to_vec();
+    for (name, _) in routes.iter().flat_map(|r| &r.upstream_headers) {
+        if !identity_headers.contains(name) {
+            identity_headers.push(name.clone());
+        }
+    }
+    let jwt_issuers = identities
+        .iter()
+        .filter_map(|i| match &i.kind {
+            IdentityKind::Jwt(j) => Some(j.issuer.as_str()),
+            _ => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .len();
     Ok(AuthzPolicy {
         identities,
         consumers,
         api_keys,
         routes,
         defaults,
+        identity_headers,
+        jwt_issuers,
     })
 }
 
@@ -651,13 +746,40 @@ fn compile_defaults(raw: RawDefaults) -> Result<Defaults, Located> {
         Some(s) => check_status(s).map_err(|r| ("defaults.deny_status".to_string(), r))?,
         None => base.deny_status,
     };
-    let trusted_proxies = raw.trusted_proxies.unwrap_or(0);
-    if trusted_proxies > 16 {
-        return Err((
-            "defaults.trusted_proxies".into(),
-            "at most 16 proxy hops can be trusted".into(),
-        ));
-    }
+    let trusted_proxies = match raw.trusted_proxies {
+        None => TrustedProxies::default(),
+        Some(RawTrustedProxies::Hops(n)) if n > 16 => {
+            return Err((
+                "defaults.trusted_proxies".into(),
+                "at most 16 proxy hops can be trusted (and a hop count is deprecated: \
+                 write {forward_auth: [CIDR, ...], ext_authz: [CIDR, ...]})"
+                    .into(),
+            ));
+        }
+        Some(RawTrustedProxies::Hops(n)) => TrustedProxies {
+            legacy_hops: Some(n),
+            ..TrustedProxies::default()
+        },
+        Some(RawTrustedProxies::Other(_)) => {
+            return Err((
+                "defaults.trusted_proxies".into(),
+                "expected {forward_auth: [CIDR, ...], ext_authz: [CIDR, ...]}".into(),
+            ));
+        }
+        Some(RawTrustedProxies::Lists(lists)) => {
+            let nets = |list: Vec<String>, field: &str| {
+                list.iter()
+                    .map(|c| parse_cidr(c))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|r| (format!("defaults.trusted_proxies.{field}"), r))
+            };
+            TrustedProxies {
+                forward_auth: nets(lists.forward_auth, "forward_auth")?,
+                ext_authz: nets(lists.ext_authz, "ext_authz")?,
+                legacy_hops: None,
+            }
+        }
+    };
     let realm = raw.realm.unwrap_or(base.realm);
     if realm.is_empty()
         || realm.len() > MAX_NAME
@@ -1126,18 +1248,22 @@ fn compile_route(
     })
 }
 
+/// A CIDR, or a bare address as a /32 or /128.
+fn parse_cidr(c: &str) -> Result<IpNet, String> {
+    let net: IpNet = match c.parse() {
+        Ok(n) => n,
+        Err(_) => c
+            .parse::<std::net::IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| format!("{c:?} is not a CIDR (e.g. 10.0.0.0/8) or an address"))?,
+    };
+    Ok(net.trunc())
+}
+
 fn compile_acl(raw: RawAcl) -> Result<Acl, String> {
     let mut cidrs = Vec::new();
     for c in raw.cidrs {
-        let net: IpNet = match c.parse() {
-            Ok(n) => n,
-            // A bare address is a /32 or /128.
-            Err(_) => c
-                .parse::<std::net::IpAddr>()
-                .map(IpNet::from)
-                .map_err(|_| format!("{c:?} is not a CIDR (e.g. 10.0.0.0/8) or an address"))?,
-        };
-        cidrs.push(net.trunc());
+        cidrs.push(parse_cidr(&c)?);
     }
     Ok(Acl {
         groups: raw.groups.into_iter().collect(),

@@ -179,6 +179,7 @@ fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> AuthzRequest
         ),
         peer: Some("192.0.2.1".parse().unwrap()),
         route: None,
+        forwarded_by: None,
         malformed: None,
     }
 }
@@ -735,4 +736,287 @@ async fn inline_jwk_keys_verify_and_leeway_can_be_zero() {
     // A JWK with private parts is refused.
     let e = compile(&text.replace("\"kty\"", "\"d\": \"c2VjcmV0\", \"kty\"")).unwrap_err();
     assert!(e.reason.contains("private"), "{e}");
+}
+
+// === issue 8: one canonical request, decided as it will be served ===
+
+/// The probes of issue 8: an `/admin/` route for `staff` and an `/api/` route for any key
+/// holder; a non-staff key asking for encoded dot segments is never allowed as `/api/`
+/// and spends no quota.
+#[tokio::test]
+async fn encoded_paths_never_reach_the_api_route_and_spend_nothing() {
+    let text = format!(
+        "identities:\n  - name: keys\n    api_key: {{header: x-api-key}}\nconsumers:\n  - id: bob\n    groups: [free]\n    credentials:\n      - api_key_sha256: \"{}\"\nroutes:\n  - name: admin\n    match: {{path_prefix: /admin/}}\n    identities: [keys]\n    allow: {{groups: [staff]}}\n  - name: api\n    match: {{path_prefix: /api/}}\n    identities: [keys]\n    limits:\n      - {{name: per_consumer, limit: 100, window: hour}}\n",
+        hash_key_hex(BOB_KEY)
+    );
+    let (a, counter, _) = authorizer_with(&text);
+    let key = [("x-api-key", BOB_KEY)];
+    for (target, status, reason) in [
+        ("/api/%2e%2e/admin/users", 403, "not in an allowed group"),
+        ("/api/.%2E/admin/users", 403, "not in an allowed group"),
+        (
+            "/api/%2E%2e/%2e/admin/users?x=1",
+            403,
+            "not in an allowed group",
+        ),
+        ("/api/..%2fadmin/users", 400, "encoded '/'"),
+        ("/api/..%5cadmin/users", 400, "or %5C"),
+        ("/api/..;/admin/users", 400, "';' path parameter"),
+        ("/api/%2e%2e%3fadmin", 400, "encoded '?'"),
+        ("/api/%00/x", 400, "control byte"),
+        ("/api/%ff", 400, "UTF-8"),
+        ("/api/%zz", 400, "bad percent-escape"),
+        ("/api/../../admin", 400, "climb above the root"),
+        ("/api//../admin/users", 400, "after '//'"),
+    ] {
+        let d = a.decide(request("GET", target, &key)).await.unwrap();
+        let denial = denied(&d);
+        assert_eq!(denial.status, status, "{target}: {denial:?}");
+        assert!(denial.reason.contains(reason), "{target}: {denial:?}");
+        if status == 400 {
+            assert_eq!(denial.kind, DenyKind::BadRequest);
+            assert!(denial.body().contains("refused request path"), "{target}");
+        } else {
+            assert_eq!(d.metadata.route.as_deref(), Some("admin"), "{target}");
+        }
+    }
+    assert!(counter.hits.lock().unwrap().is_empty(), "no quota spent");
+    // The canonical spelling of an /api/ path still works and counts.
+    let d = a
+        .decide(request("GET", "/%61pi//v1/./items", &key))
+        .await
+        .unwrap();
+    allowed(&d);
+    assert_eq!(d.metadata.route.as_deref(), Some("api"));
+    assert_eq!(counter.hits.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn hosts_match_case_port_and_trailing_dot_insensitively() {
+    let (a, _, _) = authorizer();
+    for host in [
+        "api.example.com",
+        "API.Example.COM",
+        "api.example.com.",
+        "api.example.com:8443",
+        "api.example.com.:443",
+    ] {
+        let mut r = request("GET", "/v1/items", &[("x-api-key", ALICE_KEY)]);
+        r.host = host.into();
+        let d = a.decide(r).await.unwrap();
+        assert_eq!(d.metadata.route.as_deref(), Some("limited"), "{host}");
+    }
+    for host in ["evil.com@api.example.com", "api.example.com,evil", "[::1"] {
+        let mut r = request("GET", "/v1/items", &[("x-api-key", ALICE_KEY)]);
+        r.host = host.into();
+        let d = a.decide(r).await.unwrap();
+        let denial = denied(&d);
+        assert_eq!(denial.status, 400, "{host}");
+        assert!(denial.reason.contains("refused host"), "{host}");
+    }
+}
+
+#[tokio::test]
+async fn unmatched_allow_and_public_routes_strip_every_identity_header() {
+    let text = "routes:\n  - name: public\n    match: {path_prefix: /public/}\n    identities: []\n  - name: custom\n    match: {path_prefix: /custom/}\n    identities: []\n    headers:\n      upstream: {x-tenant-id: \"{claim:tenant}\"}\ndefaults:\n  unmatched: allow\n";
+    let (a, _, _) = authorizer_with(text);
+    let want = [
+        "x-consumer-id",
+        "x-consumer-groups",
+        FAILURE_MODE_HEADER,
+        "x-tenant-id",
+    ];
+    for target in ["/public/x", "/custom/x", "/elsewhere"] {
+        let d = a.decide(request("GET", target, &[])).await.unwrap();
+        let ok = allowed(&d);
+        for h in want {
+            assert!(ok.remove_headers.iter().any(|r| r == h), "{target}: {h}");
+        }
+        assert!(ok.upstream_headers.is_empty(), "{target}");
+    }
+}
+
+fn trusted_policy(trusted: &str) -> String {
+    policy_text().replace(
+        "defaults:\n  trusted_proxies: 1\n",
+        &format!("defaults:\n  trusted_proxies: {trusted}\n"),
+    )
+}
+
+#[tokio::test]
+async fn forwarded_headers_count_only_from_trusted_proxies() {
+    let (a, _, _) = authorizer_with(&trusted_policy(
+        "{forward_auth: [192.0.2.0/24], ext_authz: [10.9.0.0/16]}",
+    ));
+    // A trusted forward-auth peer: the first untrusted X-Forwarded-For hop from the
+    // right is the client.
+    let mut r = request(
+        "GET",
+        "/internal/x",
+        &[("x-forwarded-for", "6.6.6.6, 10.1.2.3")],
+    );
+    r.forwarded_by = Some("x-original-uri".into());
+    allowed(&a.decide(r).await.unwrap());
+    // An untrusted peer: its X-Forwarded-For is ignored...
+    let mut r = request("GET", "/internal/x", &[("x-forwarded-for", "10.1.2.3")]);
+    r.peer = Some("198.51.100.7".parse().unwrap());
+    assert_eq!(denied(&a.decide(r).await.unwrap()).status, 403);
+    // ...and it may not describe a request at all.
+    let mut r = request("GET", "/public/x", &[]);
+    r.peer = Some("198.51.100.7".parse().unwrap());
+    r.forwarded_by = Some("x-forwarded-uri".into());
+    let d = a.decide(r).await.unwrap();
+    let denial = denied(&d);
+    assert_eq!(denial.status, 400);
+    assert!(denial
+        .reason
+        .contains("x-forwarded-uri sent by 198.51.100.7"));
+    assert!(denial.reason.contains("trusted_proxies.forward_auth"));
+    // ext_authz has its own list: the forward-auth one does not apply.
+    let mut r = request("GET", "/internal/x", &[("x-forwarded-for", "10.1.2.3")]);
+    r.surface = Surface::ExtAuthz;
+    assert_eq!(denied(&a.decide(r).await.unwrap()).status, 403);
+    let mut r = request("GET", "/internal/x", &[("x-forwarded-for", "10.1.2.3")]);
+    r.surface = Surface::ExtAuthz;
+    r.peer = Some("10.9.0.1".parse().unwrap());
+    allowed(&a.decide(r).await.unwrap());
+}
+
+#[tokio::test]
+async fn trusted_proxies_default_to_nobody_and_the_hop_count_still_loads() {
+    // Absent: no forwarded description is believed.
+    let (a, _, _) =
+        authorizer_with(&policy_text().replace("defaults:\n  trusted_proxies: 1\n", ""));
+    let mut r = request("GET", "/public/x", &[]);
+    r.forwarded_by = Some("x-original-uri".into());
+    assert_eq!(denied(&a.decide(r).await.unwrap()).status, 400);
+    // The deprecated hop count keeps its meaning: any peer, N-th entry from the right.
+    let (a, _, _) = authorizer_with(&trusted_policy("1"));
+    let mut r = request(
+        "GET",
+        "/internal/x",
+        &[("x-forwarded-for", "6.6.6.6, 10.1.2.3")],
+    );
+    r.peer = Some("198.51.100.7".parse().unwrap());
+    r.forwarded_by = Some("x-original-uri".into());
+    allowed(&a.decide(r).await.unwrap());
+    // Bad shapes are refused with the expected one.
+    for bad in [
+        "[10.0.0.0/8]",
+        "{forward_auth: [nope]}",
+        "{proxies: []}",
+        "17",
+    ] {
+        let err = compile(&trusted_policy(bad)).unwrap_err().to_string();
+        assert!(err.contains("defaults.trusted_proxies"), "{bad}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_jwt_consumer_is_scoped_by_issuer_and_claims_cannot_smuggle_separators() {
+    use crate::authz::jwt::tests::{sign, EC1_KEY, EC1_PUB, ED1_KEY, ED1_PUB};
+    use jsonwebtoken::Algorithm;
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n            ");
+    let text = format!(
+        "identities:\n  - name: a\n    jwt:\n      issuer: A\n      algorithms: [ES256]\n      groups_claim: groups\n      keys:\n        - pem: |\n            {}\n  - name: b\n    jwt:\n      issuer: B\n      algorithms: [EdDSA]\n      keys:\n        - pem: |\n            {}\nconsumers:\n  - id: root\n    groups: [admins]\n    issuers: [B]\n  - id: legacy\n    groups: [admins]\nroutes:\n  - name: r\n    identities: [a, b]\n",
+        indent(EC1_PUB),
+        indent(ED1_PUB)
+    );
+    let (a, _, _) = authorizer_with(&text);
+    let exp = crate::authz::jwt::unix_now() + 600;
+    let from_a = |claims: serde_json::Value| {
+        let mut c = claims;
+        c["iss"] = "A".into();
+        c["exp"] = exp.into();
+        format!("Bearer {}", sign(Algorithm::ES256, EC1_KEY, None, &c))
+    };
+    let from_b = |sub: &str| {
+        let c = serde_json::json!({"iss": "B", "sub": sub, "exp": exp});
+        format!("Bearer {}", sign(Algorithm::EdDSA, ED1_KEY, None, &c))
+    };
+    let decide = |token: String| {
+        let a = &a;
+        async move {
+            a.decide(request("GET", "/", &[("authorization", &token)]))
+                .await
+                .unwrap()
+        }
+    };
+    // B's consumer is B's.
+    let d = decide(from_b("root")).await;
+    assert_eq!(d.metadata.consumer.as_deref(), Some("root"));
+    assert_eq!(d.metadata.groups, vec!["admins".to_string()]);
+    // A's token naming B's consumer, or a record bound to no issuer when there are two.
+    for sub in ["root", "legacy"] {
+        let d = decide(from_a(serde_json::json!({"sub": sub}))).await;
+        let denial = denied(&d);
+        assert_eq!(denial.status, 401, "{sub}");
+        assert!(
+            denial.reason.contains("another issuer"),
+            "{sub}: {denial:?}"
+        );
+    }
+    // A's own users pass, with their token groups.
+    let d = decide(from_a(
+        serde_json::json!({"sub": "carol", "groups": ["dev"]}),
+    ))
+    .await;
+    assert_eq!(d.metadata.consumer.as_deref(), Some("carol"));
+    assert_eq!(d.metadata.groups, vec!["dev".to_string()]);
+    // Separators and control characters in what becomes a header are refused.
+    for claims in [
+        serde_json::json!({"sub": "carol", "groups": ["dev,admins"]}),
+        serde_json::json!({"sub": "carol", "groups": ["dev\r\nx-consumer-id: root"]}),
+        serde_json::json!({"sub": "carol,root"}),
+        serde_json::json!({"sub": "carol\nroot"}),
+    ] {
+        let d = decide(from_a(claims.clone())).await;
+        assert_eq!(denied(&d).status, 401, "{claims}");
+    }
+    // A space/comma-separated string claim is a list, split as such.
+    let d = decide(from_a(
+        serde_json::json!({"sub": "carol", "groups": "dev ops,qa"}),
+    ))
+    .await;
+    assert_eq!(d.metadata.groups, vec!["dev", "ops", "qa"]);
+    // A consumer may only list an issuer some identity has; group names are checked.
+    let err = compile(&text.replace("issuers: [B]", "issuers: [Z]"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no jwt identity has issuer"), "{err}");
+    let err = compile(&text.replace(
+        "groups: [admins]\n    issuers",
+        "groups: [\"a,b\"]\n    issuers",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("separator"), "{err}");
+}
+
+#[tokio::test]
+async fn a_single_issuer_still_maps_unbound_consumer_records() {
+    use crate::authz::jwt::tests::{sign, EC1_KEY, EC1_PUB};
+    use jsonwebtoken::Algorithm;
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n            ");
+    let text = format!(
+        "identities:\n  - name: a\n    jwt:\n      issuer: A\n      algorithms: [ES256]\n      keys:\n        - pem: |\n            {}\nconsumers:\n  - id: alice\n    groups: [admins]\nroutes:\n  - name: r\n    identities: [a]\n",
+        indent(EC1_PUB)
+    );
+    let (a, _, _) = authorizer_with(&text);
+    let exp = crate::authz::jwt::unix_now() + 600;
+    let token = sign(
+        Algorithm::ES256,
+        EC1_KEY,
+        None,
+        &serde_json::json!({"iss": "A", "sub": "alice", "exp": exp}),
+    );
+    let d = a
+        .decide(request(
+            "GET",
+            "/",
+            &[("authorization", &format!("Bearer {token}"))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(d.metadata.groups, vec!["admins".to_string()]);
 }

@@ -10,6 +10,10 @@
 //! PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...) and `denied_response` with the HTTP status,
 //! headers and a short JSON body. Only a failure to decide at all is an RPC error, which
 //! Envoy's `failure_mode_allow` then governs.
+//!
+//! Header count and bytes are capped before any per-header work: over the caps is a
+//! denial (INVALID_ARGUMENT, HTTP 431) — an answer, not an RPC error, so
+//! `failure_mode_allow` cannot turn a header flood into an allow.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,8 +33,10 @@ use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
-use crate::authz::RequestHeaders;
-use crate::decision::{Authorizer, AuthzDecision, AuthzRequest, Metadata, Surface, Verdict};
+use crate::authz::{within_caps, RequestHeaders};
+use crate::decision::{
+    Authorizer, AuthzDecision, AuthzRequest, Denial, DenyKind, Metadata, Surface, Verdict,
+};
 use crate::error::{authz_status, deny_code};
 
 /// The `context_extensions` key naming the route (set per Envoy route or vhost).
@@ -47,9 +53,34 @@ impl ExtAuthzService {
     }
 }
 
-/// The surface-neutral request. Never fails: what is missing or unreadable makes the
-/// decision deny with 400.
-pub fn to_request(check: CheckRequest) -> AuthzRequest {
+/// Header count and bytes of a check, counted without copying anything: both the
+/// `headers` map and the raw `header_map` count.
+fn header_caps(check: &CheckRequest) -> Result<(), String> {
+    let Some(http) = check
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    else {
+        return Ok(());
+    };
+    let mut count = http.headers.len();
+    let mut bytes: usize = http.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if let Some(map) = &http.header_map {
+        count += map.headers.len();
+        bytes += map
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len() + h.raw_value.len())
+            .sum::<usize>();
+    }
+    within_caps(count, bytes)
+}
+
+/// The surface-neutral request, or the cap a request is over. Otherwise never fails:
+/// what is missing or unreadable makes the decision deny with 400.
+pub fn to_request(check: CheckRequest) -> Result<AuthzRequest, String> {
+    header_caps(&check)?;
     let attributes = check.attributes.unwrap_or_default();
     let peer: Option<IpAddr> = attributes
         .source
@@ -89,7 +120,7 @@ pub fn to_request(check: CheckRequest) -> AuthzRequest {
         target.push('?');
         target.push_str(&http.query);
     }
-    AuthzRequest {
+    Ok(AuthzRequest {
         surface: Surface::ExtAuthz,
         method: http.method,
         target,
@@ -97,8 +128,9 @@ pub fn to_request(check: CheckRequest) -> AuthzRequest {
         headers: RequestHeaders::new(pairs),
         peer,
         route,
+        forwarded_by: None,
         malformed,
-    }
+    })
 }
 
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
@@ -217,7 +249,21 @@ impl Authorization for ExtAuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let request = to_request(request.into_inner());
+        let request = match to_request(request.into_inner()) {
+            Ok(r) => r,
+            Err(reason) => {
+                let denial = Denial {
+                    kind: DenyKind::BadRequest,
+                    status: 431,
+                    reason,
+                    headers: Vec::new(),
+                };
+                return Ok(Response::new(to_response(AuthzDecision {
+                    verdict: Verdict::Deny(denial),
+                    metadata: Metadata::default(),
+                })));
+            }
+        };
         let decision = self.authz.decide(request).await.map_err(authz_status)?;
         Ok(Response::new(to_response(decision)))
     }

@@ -10,12 +10,17 @@
 //! If both families are present they must agree, or the request is a 400: nginx passes
 //! the client's own headers to the subrequest and Caddy its own, so a client could
 //! otherwise add the family its proxy does not set and steer route matching.
+//! These headers are believed only from a peer in `defaults.trusted_proxies.forward_auth`
+//! (checked by the decision, which names the header it refused).
 //! When neither URI header is present the call is Envoy's HTTP-service mode: the
-//! original path is `/<rest>` (Envoy appends it to `/authz`), with our own method, query
-//! and `Host`. Otherwise `rest`, when given, names the route.
+//! original path is what follows `/authz` in our own request target, taken raw (not
+//! percent-decoded, so it is put in canonical form exactly once), with our own method,
+//! query and `Host`. Otherwise `rest`, when given, names the route.
+//!
+//! Header count and size are capped before any per-header work: over the caps is a 431.
 //!
 //! Credentials come from the forwarded request's own headers (the proxy copies them).
-//! The client IP is the peer's unless `defaults.trusted_proxies` says to read
+//! The client IP is the peer's unless the peer is a trusted proxy; then it is read from
 //! `X-Forwarded-For`.
 //!
 //! Answers: 200 with the headers to copy upstream (`x-consumer-id`, ...) and the client
@@ -31,7 +36,7 @@ use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 
-use crate::authz::RequestHeaders;
+use crate::authz::{within_caps, RequestHeaders};
 use crate::decision::{AuthzRequest, Surface, Verdict};
 use crate::error::authz_status;
 use crate::node::NodeContext;
@@ -65,16 +70,46 @@ async fn with_rest(
     handle(ctx, peer, method, uri, headers, Some(rest)).await
 }
 
-/// Reads one of the two header families; `Err` when both are set and disagree.
+/// Reads one of the two header families; `Err` when both are set and disagree. `Ok`
+/// carries the value and the name of the header it came from.
 fn forwarded<'h>(
     headers: &'h RequestHeaders,
-    caddy: &str,
-    nginx: &str,
-) -> Result<Option<&'h str>, String> {
+    caddy: &'static str,
+    nginx: &'static str,
+) -> Result<Option<(&'h str, &'static str)>, String> {
     match (headers.get(caddy), headers.get(nginx)) {
         (Some(a), Some(b)) if a != b => Err(format!("conflicting {caddy} and {nginx} headers")),
-        (a, b) => Ok(a.or(b)),
+        (Some(a), _) => Ok(Some((a, caddy))),
+        (None, Some(b)) => Ok(Some((b, nginx))),
+        (None, None) => Ok(None),
     }
+}
+
+/// The request target after the `/authz` prefix, raw: Envoy's HTTP-service mode puts the
+/// original path there.
+fn raw_rest(uri: &Uri) -> String {
+    let path = uri.path();
+    let rest = path.strip_prefix("/authz").unwrap_or(path);
+    let mut t = if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    };
+    if let Some(q) = uri.query() {
+        t.push('?');
+        t.push_str(q);
+    }
+    t
+}
+
+/// The 431 for a request over the header caps, before anything else is read.
+fn too_large(reason: &str) -> Response {
+    let body = serde_json::json!({"error": "bad_request", "reason": reason});
+    respond(
+        431,
+        &[("content-type".into(), "application/json".into())],
+        body.to_string(),
+    )
 }
 
 /// The surface-neutral request.
@@ -94,28 +129,27 @@ pub fn to_request(
         }
     }
     let headers = RequestHeaders::new(pairs);
-    let mut read = |caddy: &str, nginx: &str| match forwarded(&headers, caddy, nginx) {
-        Ok(v) => v.map(str::to_string),
-        Err(why) => {
-            malformed = Some(why);
-            None
-        }
-    };
+    let mut forwarded_by = None;
+    let mut read =
+        |caddy: &'static str, nginx: &'static str| match forwarded(&headers, caddy, nginx) {
+            Ok(Some((v, from))) => {
+                forwarded_by.get_or_insert(from);
+                Some(v.to_string())
+            }
+            Ok(None) => None,
+            Err(why) => {
+                malformed = Some(why);
+                None
+            }
+        };
     let fwd_method = read("x-forwarded-method", "x-original-method");
     let fwd_uri = read("x-forwarded-uri", "x-original-uri");
     let fwd_host = read("x-forwarded-host", "x-original-host");
     let own_host = headers.get("host").unwrap_or_default().to_string();
     let (target, route) = match fwd_uri {
         Some(u) => (u, rest.filter(|r| !r.is_empty())),
-        None => {
-            // Envoy HTTP-service mode: the original path follows our prefix.
-            let mut t = format!("/{}", rest.unwrap_or_default());
-            if let Some(q) = uri.query() {
-                t.push('?');
-                t.push_str(q);
-            }
-            (t, None)
-        }
+        // Envoy HTTP-service mode: the original path follows our prefix.
+        None => (raw_rest(uri), None),
     };
     AuthzRequest {
         surface: Surface::ForwardAuth,
@@ -125,6 +159,7 @@ pub fn to_request(
         headers,
         peer: Some(peer.ip()),
         route,
+        forwarded_by: forwarded_by.map(str::to_string),
         malformed,
     }
 }
@@ -150,6 +185,13 @@ async fn handle(
     headers: HeaderMap,
     rest: Option<String>,
 ) -> Response {
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if let Err(reason) = within_caps(headers.len(), bytes) {
+        return too_large(&reason);
+    }
     let request = to_request(peer, &method, &uri, &headers, rest);
     match ctx.authz.decide(request).await {
         Ok(decision) => match decision.verdict {
