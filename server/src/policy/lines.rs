@@ -222,3 +222,23 @@ mod tests {
         assert_eq!(FileLines::build("domain: a\n").locate(1), (None, 1));
     }
 }
+
+/// The line a YAML error is at: the parser's position, or for a document that holds
+/// several YAML documents (which a single-document format refuses without a position)
+/// the line where the second one starts.
+pub(super) fn yaml_error_line(text: &str, e: &serde_yaml_ng::Error) -> Option<usize> {
+    e.location().map(|l| l.line()).or_else(|| {
+        let mut content = false;
+        for (i, line) in text.lines().enumerate() {
+            let starts_document = line.starts_with("---") || line.starts_with("...");
+            if starts_document && content {
+                return Some(i + 1);
+            }
+            let trimmed = line.trim();
+            if !trimmed.is_empty() && !trimmed.starts_with('#') && !trimmed.starts_with('%') {
+                content = true;
+            }
+        }
+        None
+    })
+}

@@ -31,7 +31,7 @@ use thiserror::Error;
 pub use conditions::{CompareOp, Comparison, ConditionalLimit, ConditionalRule, EntryRef};
 pub use descriptors::{Domain, EnvoyUnit, RateUnit, Rule, RuleSpec};
 pub use duration::parse_window;
-pub use limits::{Consistency, LimitDef};
+pub use limits::{assign_key_caps, Consistency, KeyCapDoc, LimitDef};
 pub use plan::{plan_rls, DescriptorPlan, LimitedPlan, RequestDescriptor};
 
 /// The default cap on live counters across the cluster. Part of the policy (not a node
@@ -143,6 +143,9 @@ pub struct PolicySet {
     pub headers: HeaderSettings,
     /// The most counters the cluster keeps; new keys beyond it are refused.
     pub max_counters: usize,
+    /// The key cap of a limit this policy does not have (a hit resolved under an older
+    /// policy): an equal share, `refuse`. See [`limits::assign_key_caps`].
+    pub retired_key_cap: quorate_algorithms::KeyCap,
     /// Identities, consumers, routes and their defaults (ext_authz and forward-auth).
     pub authz: crate::authz::AuthzPolicy,
 }
@@ -155,6 +158,10 @@ impl Default for PolicySet {
             domains: BTreeMap::new(),
             headers: HeaderSettings::default(),
             max_counters: DEFAULT_MAX_COUNTERS,
+            retired_key_cap: quorate_algorithms::KeyCap {
+                max_keys: DEFAULT_MAX_COUNTERS,
+                on_full: quorate_algorithms::OnFull::Refuse,
+            },
             authz: Default::default(),
         }
     }
@@ -211,24 +218,40 @@ impl PolicySet {
     /// Parses and validates a document. Deterministic: the same text always compiles to
     /// the same policy or the same error.
     pub fn compile(source: &PolicySource) -> Result<PolicySet, PolicyError> {
-        match source.format {
+        let mut set = match source.format {
             PolicyFormat::Quorate => compile_quorate(&source.text),
             PolicyFormat::EnvoyRatelimit => envoy::compile(&source.text),
             PolicyFormat::Limitador => limitador::compile(&source.text),
-        }
+        }?;
+        set.retired_key_cap = assign_key_caps(&mut set.limits, set.max_counters)
+            .map_err(|reason| PolicyError::new(None, reason))?;
+        Ok(set)
     }
 
     /// Looks up a named limit.
     pub fn limit(&self, name: &str) -> Option<&LimitDef> {
         self.limits.get(name)
     }
+
+    /// Looks up a limit quorate.v1 clients may address: `None` for limits that belong to
+    /// authorization routes and consumers or to RLS descriptor rules, unless the policy
+    /// opts them in with `expose: true` (indistinguishable from an unknown limit, so
+    /// their existence is not revealed either).
+    pub fn exposed_limit(&self, name: &str) -> Option<&LimitDef> {
+        self.limits.get(name).filter(|l| l.exposed)
+    }
+
+    /// The key cap counters of limit `name` live under.
+    pub fn key_cap(&self, name: &str) -> quorate_algorithms::KeyCap {
+        self.limits
+            .get(name)
+            .map_or(self.retired_key_cap, |l| l.key_cap)
+    }
 }
 
 fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
-    let doc: Document = serde_yaml_ng::from_str(text).map_err(|e| {
-        let line = e.location().map(|l| l.line());
-        PolicyError::new(line, e.to_string())
-    })?;
+    let doc: Document = serde_yaml_ng::from_str(text)
+        .map_err(|e| PolicyError::new(lines::yaml_error_line(text, &e), e.to_string()))?;
     let lines = lines::LineMap::build(text);
     let at = |path: &str, reason: String| {
         PolicyError::new(lines.line(path), format!("{path}: {reason}"))
@@ -271,6 +294,7 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
         headers: doc.headers,
         max_counters,
         authz,
+        ..PolicySet::default()
     })
 }
 
