@@ -355,4 +355,99 @@ mod tests {
         let err = compile("limitz: []\n").unwrap_err();
         assert!(err.reason.contains("limitz"), "{err}");
     }
+
+    #[test]
+    fn limits_without_max_keys_share_what_the_explicit_ones_leave() {
+        let policy = compile(
+            "max_counters: 100\nlimits:\n  - {name: a, limit: 1, window: 1s, max_keys: 40, on_full: evict_idlest}\n  - {name: b, limit: 1, window: 1s}\n  - {name: c, limit: 1, window: 1s}\n",
+        )
+        .unwrap();
+        let cap = |name: &str| policy.key_cap(name);
+        assert_eq!(cap("a").max_keys, 40);
+        assert_eq!(cap("a").on_full, quorate_algorithms::OnFull::EvictIdlest);
+        assert_eq!(cap("b").max_keys, 30);
+        assert_eq!(cap("c").on_full, quorate_algorithms::OnFull::Refuse);
+        assert_eq!(cap("retired").max_keys, 30);
+    }
+
+    #[test]
+    fn key_caps_that_cannot_fit_the_store_are_refused() {
+        let over = compile(
+            "max_counters: 10\nlimits:\n  - {name: a, limit: 1, window: 1s, max_keys: 6}\n  - {name: b, limit: 1, window: 1s, max_keys: 6}\n",
+        )
+        .unwrap_err();
+        assert!(over.reason.contains("add up to 12"), "{over}");
+        let none_left = compile(
+            "max_counters: 10\nlimits:\n  - {name: a, limit: 1, window: 1s, max_keys: 10}\n  - {name: b, limit: 1, window: 1s}\n",
+        )
+        .unwrap_err();
+        assert!(none_left.reason.contains("leaves no keys"), "{none_left}");
+        let zero = compile("limits:\n  - {name: a, limit: 1, window: 1s, max_keys: 0}\n").unwrap_err();
+        assert_eq!(zero.line, Some(2), "{zero}");
+        let bad = compile("limits:\n  - {name: a, limit: 1, window: 1s, on_full: drop}\n").unwrap_err();
+        assert!(bad.reason.contains("on_full") || bad.reason.contains("drop"), "{bad}");
+    }
+
+    #[test]
+    fn only_quorate_v1_limits_and_opted_in_ones_are_exposed() {
+        let policy = compile(
+            r#"
+limits:
+  - {name: mine, limit: 1, window: 1s}
+  - {name: used, limit: 1, window: 1s}
+  - {name: used_exposed, limit: 1, window: 1s, expose: true}
+  - {name: hidden, limit: 1, window: 1s, expose: false}
+domains:
+  - domain: d
+    descriptors:
+      - key: k
+        rate_limit: {unit: second, requests_per_unit: 1}
+      - key: e
+        rate_limit: {unit: second, requests_per_unit: 1, expose: true}
+identities:
+  - {name: anon, anonymous: {consumer: x}}
+consumers:
+  - id: alice
+    limits: [{name: daily, limit: 1, window: day}]
+routes:
+  - name: r
+    match: {path_prefix: /}
+    identities: [anon]
+    limits:
+      - {name: inline, limit: 1, window: 1s}
+      - {name: inline_exposed, limit: 1, window: 1s, expose: true}
+      - {use: used}
+      - {use: used_exposed}
+"#,
+        )
+        .unwrap();
+        let exposed: Vec<&str> = policy
+            .limits
+            .keys()
+            .filter(|name| policy.exposed_limit(name).is_some())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            exposed,
+            ["d/e", "mine", "route/r/inline_exposed", "used_exposed"]
+        );
+        assert!(policy.limit("consumer/alice/daily").is_some());
+
+        let limitador = PolicySet::compile(&PolicySource {
+            format: PolicyFormat::Limitador,
+            text: "- {namespace: n, max_value: 1, seconds: 1, conditions: [], variables: [u]}\n".into(),
+        })
+        .unwrap();
+        assert!(limitador.limits.values().all(|l| !l.exposed));
+    }
+
+    #[test]
+    fn a_second_yaml_document_is_refused_with_its_line() {
+        let err = compile("limits: []\n---\nlimits: []\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        // Found by the fuzz test: an indented first line makes the parser see two
+        // documents without saying where; line 3 is where the second one starts.
+        let err = compile("  limits:\n# c\nmax_counters: 5\n").unwrap_err();
+        assert!(err.line.is_some(), "{err}");
+    }
 }

@@ -715,4 +715,31 @@ mod tests {
         assert_eq!(live.set.limit("l").map(|l| l.rate.limit), Some(3));
         assert_eq!(live.version.as_ref().and_then(|v| v.rollback_of), Some(1));
     }
+
+    #[tokio::test]
+    async fn a_full_limit_refuses_only_its_own_new_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let two_keys = "limits:\n  - {name: l, limit: 3, window: minute, max_keys: 2}\n  - {name: m, limit: 3, window: minute, max_keys: 2}\n";
+        let r = sm
+            .apply(vec![
+                entry(1, policy(two_keys)),
+                entry(2, hits(SECOND, "l", "a", 1)),
+                entry(3, hits(SECOND, "l", "b", 1)),
+                entry(4, hits(SECOND, "l", "c", 1)),
+                entry(5, hits(SECOND, "l", "a", 1)),
+                entry(6, hits(SECOND, "m", "c", 1)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(allowed(&r[3]), 0, "a third key of l");
+        match &r[3] {
+            CommandResponse::Decisions(d) => {
+                assert_eq!(d[0].denied, Some(DenyReason::LimitKeysFull))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(allowed(&r[4]), 1, "a key l already counts");
+        assert_eq!(allowed(&r[5]), 1, "another limit");
+    }
 }
