@@ -366,12 +366,11 @@ impl CounterStore {
         drop(partitions);
         // Forget empty limits (a policy change may have retired them). Only a partition
         // nobody else holds is dropped: holders clone it under the map's shard lock, which
-        // `remove_if` holds, and `try_lock` never waits while holding that shard lock.
+        // `retain` holds, and `try_lock` never waits while holding that shard lock.
         self.partitions.retain(|_, partition| {
-            Arc::strong_count(partition) > 1
-                || partition
-                    .try_lock()
-                    .map_or(true, |index| !index.by_idle.is_empty())
+            let unused_and_empty =
+                matches!(partition.try_lock(), Ok(index) if index.by_idle.is_empty());
+            Arc::strong_count(partition) > 1 || !unused_and_empty
         });
         removed
     }

@@ -163,9 +163,10 @@ impl Engine {
         &self,
         hits: Vec<(String, String, u64)>,
     ) -> Result<Vec<ResolvedHit>, EngineError> {
-        let policy = self.shared.policy.load();
+        let live = self.shared.policy.load();
+        let set = &live.set;
         hits.into_iter()
-            .map(|(limit, key, cost)| match policy.set.exposed_limit(&limit) {
+            .map(|(limit, key, cost)| match set.exposed_limit(&limit) {
                 Some(def) => Ok(ResolvedHit {
                     hit: Hit {
                         rate: def.rate,

@@ -107,7 +107,7 @@ impl Metrics {
             "store_full",
             "limit_keys_full",
         ]
-            .map(|o| decisions.with_label_values(&[o]));
+        .map(|o| decisions.with_label_values(&[o]));
         Ok(Metrics {
             decisions,
             decision_outcomes,
@@ -395,8 +395,14 @@ mod tests {
             m.observe_key_cap(&format!("l{i}"), true, i % 2 == 0);
         }
         let text = m.render();
-        assert!(text.contains("quorate_counters_refused_total{limit=\"l0\"} 1"), "{text}");
-        assert!(text.contains("quorate_counters_evicted_total{limit=\"l0\"} 1"), "{text}");
+        assert!(
+            text.contains("quorate_counters_refused_total{limit=\"l0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quorate_counters_evicted_total{limit=\"l0\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("limit=\"(other)\""), "{text}");
     }
 

@@ -116,7 +116,10 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<prop::sample::Index>(), 1usize..40).prop_map(|(i, n)| Mutation::Delete(i, n)),
-        (any::<prop::sample::Index>(), proptest::sample::select(FRAGMENTS))
+        (
+            any::<prop::sample::Index>(),
+            proptest::sample::select(FRAGMENTS)
+        )
             .prop_map(|(i, f)| Mutation::Insert(i, f)),
         any::<prop::sample::Index>().prop_map(Mutation::DuplicateLine),
         (any::<prop::sample::Index>(), any::<prop::sample::Index>())

@@ -127,7 +127,11 @@ async fn a_flood_of_unique_keys_fills_only_its_own_limit() {
 
     let decisions = flood(node, "flooded", "attacker", FLOOD).await;
     let allowed = decisions.iter().filter(|d| d.allowed).count();
-    assert_eq!(allowed, MAX_KEYS - 1, "the limit's cap, less the victim's key");
+    assert_eq!(
+        allowed,
+        MAX_KEYS - 1,
+        "the limit's cap, less the victim's key"
+    );
     for d in decisions.iter().filter(|d| !d.allowed) {
         assert_eq!(reason(d), pb::DenyReason::LimitKeysFull, "{d:?}");
     }
@@ -141,7 +145,10 @@ async fn a_flood_of_unique_keys_fills_only_its_own_limit() {
     assert!(victim.allowed && victim.remaining == 2, "{victim:?}");
     // Other limits: old keys and new keys alike.
     let bystander = one(node, "other", "bystander").await.decided();
-    assert!(bystander.allowed && bystander.remaining == 2, "{bystander:?}");
+    assert!(
+        bystander.allowed && bystander.remaining == 2,
+        "{bystander:?}"
+    );
     for i in 0..50 {
         let d = one(node, "other", &format!("newcomer-{i}")).await.decided();
         assert!(d.allowed, "{d:?}");
@@ -159,8 +166,16 @@ async fn a_flood_of_unique_keys_fills_only_its_own_limit() {
         metric(&text, "quorate_counters_refused_total{limit=\"flooded\"}"),
         (FLOOD - MAX_KEYS + 1) as u64
     );
-    assert!(metric(&text, "quorate_counters_refused_total{limit=\"flooded_fast\"}") > 0);
-    assert_eq!(metric(&text, "quorate_counters_refused_total{limit=\"other\"}"), 0);
+    assert!(
+        metric(
+            &text,
+            "quorate_counters_refused_total{limit=\"flooded_fast\"}"
+        ) > 0
+    );
+    assert_eq!(
+        metric(&text, "quorate_counters_refused_total{limit=\"other\"}"),
+        0
+    );
     eprintln!(
         "refuse flood: {} + {} unique keys in {flood_time:?}; {} counters; RSS {rss_before} → {rss_after} KiB",
         FLOOD,
@@ -185,23 +200,35 @@ async fn a_flood_on_an_evicting_limit_evicts_its_own_counters_only() {
     // Every new key gets room: the limit's idlest counter makes way for it.
     assert!(decisions.iter().all(|d| d.allowed));
     let bystander = one(node, "other", "bystander").await.decided();
-    assert!(bystander.allowed && bystander.remaining == 2, "{bystander:?}");
+    assert!(
+        bystander.allowed && bystander.remaining == 2,
+        "{bystander:?}"
+    );
 
     let status = cluster.status(1).await.unwrap();
-    assert!(status.counters <= MAX_KEYS + 1, "{} counters", status.counters);
+    assert!(
+        status.counters <= MAX_KEYS + 1,
+        "{} counters",
+        status.counters
+    );
     let text = metrics(node.http).await;
     assert_eq!(
         metric(&text, "quorate_counters_evicted_total{limit=\"evicting\"}"),
         (FLOOD - MAX_KEYS) as u64
     );
-    assert_eq!(metric(&text, "quorate_counters_evicted_total{limit=\"other\"}"), 0);
+    assert_eq!(
+        metric(&text, "quorate_counters_evicted_total{limit=\"other\"}"),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_and_descriptor_limits_are_not_addressable_through_quorate_v1() {
     let cluster = node().await;
     let node = cluster.node(1);
-    let unknown = one(node, "no_such_limit", "consumer=alice").await.unwrap_err();
+    let unknown = one(node, "no_such_limit", "consumer=alice")
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
     for limit in [

@@ -48,9 +48,7 @@ struct RawLimit {
 /// Compiles a Limitador limits file.
 pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
     let raw: Option<Vec<RawLimit>> = serde_yaml_ng::from_str(text)
-        .map_err(|e| {
-            PolicyError::new(super::lines::yaml_error_line(text, &e), e.to_string())
-        })?;
+        .map_err(|e| PolicyError::new(super::lines::yaml_error_line(text, &e), e.to_string()))?;
     let lines = LineMap::build(text);
     let at = |path: &str, reason: String| {
         PolicyError::new(lines.line(path), format!("{path}: {reason}"))

@@ -104,7 +104,12 @@ pub fn assign_key_caps(
 impl LimitDef {
     /// A limit with no name yet: `cap` as written, exposed to quorate.v1 when `cap.expose`
     /// says so, else when `exposed_by_default`.
-    pub fn new(rate: Rate, consistency: Consistency, cap: KeyCapDoc, exposed_by_default: bool) -> LimitDef {
+    pub fn new(
+        rate: Rate,
+        consistency: Consistency,
+        cap: KeyCapDoc,
+        exposed_by_default: bool,
+    ) -> LimitDef {
         LimitDef {
             name: String::new(),
             rate,

@@ -382,10 +382,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(none_left.reason.contains("leaves no keys"), "{none_left}");
-        let zero = compile("limits:\n  - {name: a, limit: 1, window: 1s, max_keys: 0}\n").unwrap_err();
+        let zero =
+            compile("limits:\n  - {name: a, limit: 1, window: 1s, max_keys: 0}\n").unwrap_err();
         assert_eq!(zero.line, Some(2), "{zero}");
-        let bad = compile("limits:\n  - {name: a, limit: 1, window: 1s, on_full: drop}\n").unwrap_err();
-        assert!(bad.reason.contains("on_full") || bad.reason.contains("drop"), "{bad}");
+        let bad =
+            compile("limits:\n  - {name: a, limit: 1, window: 1s, on_full: drop}\n").unwrap_err();
+        assert!(
+            bad.reason.contains("on_full") || bad.reason.contains("drop"),
+            "{bad}"
+        );
     }
 
     #[test]
@@ -435,7 +440,8 @@ routes:
 
         let limitador = PolicySet::compile(&PolicySource {
             format: PolicyFormat::Limitador,
-            text: "- {namespace: n, max_value: 1, seconds: 1, conditions: [], variables: [u]}\n".into(),
+            text: "- {namespace: n, max_value: 1, seconds: 1, conditions: [], variables: [u]}\n"
+                .into(),
         })
         .unwrap();
         assert!(limitador.limits.values().all(|l| !l.exposed));
