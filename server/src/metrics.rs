@@ -367,7 +367,7 @@ pub fn redacted_key(key: &str) -> String {
                     let _ = write!(out, "{byte:02x}");
                 }
             }
-            None => out.push_str("#"),
+            None => out.push('#'),
         }
     }
     out
