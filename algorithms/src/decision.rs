@@ -32,6 +32,9 @@ pub enum DenyReason {
     CostExceedsLimit,
     /// The counter store is at its key cap and this key is new (fail closed).
     StoreFull,
+    /// This key's limit holds its most keys (`max_keys`, `on_full: refuse`) and this key
+    /// is new; keys already counted, and other limits, are unaffected.
+    LimitKeysFull,
 }
 
 impl DenyReason {
@@ -41,6 +44,9 @@ impl DenyReason {
             DenyReason::OverLimit => "over limit",
             DenyReason::CostExceedsLimit => "cost exceeds the limit: it can never pass",
             DenyReason::StoreFull => "counter store is full: new keys are refused",
+            DenyReason::LimitKeysFull => {
+                "this limit holds its most keys (max_keys): new keys are refused"
+            }
         }
     }
 }
@@ -100,6 +106,14 @@ impl Decision {
             reset_after: 0,
             retry_after: None,
             denied: Some(DenyReason::StoreFull),
+        }
+    }
+
+    /// Like [`Decision::store_full`], for a new key of a limit at its own key cap.
+    pub(crate) fn limit_keys_full(limit: u64) -> Decision {
+        Decision {
+            denied: Some(DenyReason::LimitKeysFull),
+            ..Decision::store_full(limit)
         }
     }
 }

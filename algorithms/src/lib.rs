@@ -14,7 +14,8 @@
 //!   [`sliding_slots`] (precision N: N sub-windows), [`sliding_log`], [`token_bucket`].
 //!   The leaky bucket (gubernator's queue-less meter) is the same machine as the token
 //!   bucket; see [`token_bucket`] for the equivalence.
-//! - [`CounterStore`] maps counter keys to states, expires idle keys and caps memory.
+//! - [`CounterStore`] maps counter keys to states, expires idle keys and caps memory, per
+//!   limit ([`KeyCap`]: refuse new keys or evict the idlest) and store-wide.
 //!
 //! # Time going backwards
 //! A new Raft leader may have a slower clock than the old one. Every algorithm clamps:
@@ -47,7 +48,10 @@ pub use sliding_log::SlidingLog;
 pub use sliding_slots::SlidingSlots;
 pub use sliding_window::SlidingWindow;
 pub use state::CounterState;
-pub use store::{CounterStore, StoreError, StoredCounter};
+pub use store::{
+    counter_key, limit_of, Checked, CounterStore, KeyCap, OnFull, StoreError, StoredCounter,
+    KEY_SEPARATOR,
+};
 pub use token_bucket::TokenBucket;
 
 /// Nanoseconds since the Unix epoch (UTC). `u64` lasts until the year 2554.

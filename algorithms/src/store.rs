@@ -1,24 +1,38 @@
-//! The keyed counter store: counter key → [`CounterState`], with idle expiry and a key cap.
+//! The keyed counter store: counter key → [`CounterState`], with idle expiry, a key cap
+//! per limit and a global key cap.
 //!
-//! [`CounterStore`] is a concurrent map (dashmap, sharded `RwLock`s) that many request
-//! tasks may use at once, and that the Raft state machine drives with the leader's
-//! timestamps. Every method is synchronous and short: a shard lock is held only while one
-//! counter is checked or updated (nanoseconds), or while [`CounterStore::expire`],
-//! [`CounterStore::clear`] or [`CounterStore::export`] walk one shard.
+//! [`CounterStore`] is a concurrent map that many request tasks may use at once, and that
+//! the Raft state machine drives with the leader's timestamps. Every method is synchronous
+//! and short.
 //!
-//! # The key cap (memory bound)
-//! The store holds at most `max_keys` keys, and it **fails closed** when full:
-//! - a hit on a key that is already stored is always served;
-//! - a hit on a *new* key first sweeps idle keys ([`CounterStore::expire`] at the hit's
-//!   `now`); if the store is still full, the hit is denied with
-//!   [`DenyReason::StoreFull`] (`retry_after: None`) and nothing is inserted;
-//!   [`CounterStore::force`] returns [`StoreError::Full`] in the same case;
-//! - a peek (`cost == 0`) on a new key answers as a fresh counter would and inserts
-//!   nothing, and so does a hit that is denied anyway (cost above the capacity): a key is
-//!   only stored once it holds consumption.
+//! # Limits (partitions)
+//! A key's *limit* is the text before its first [`KEY_SEPARATOR`] (the server stores
+//! `limit␟key`, see [`counter_key`]); a key without one belongs to the limit `""`. Each
+//! limit keeps an index of its counters ordered by `(idle_at, key)`, guarded by that
+//! limit's mutex: calls on keys of one limit are serialized, calls on different limits
+//! run in parallel. The index makes expiry and eviction O(log n) per key touched —
+//! nothing ever walks the whole store on a hit.
 //!
-//! The cap is exact under concurrency: a slot is reserved (atomic counter) before a new
-//! key is inserted, so a flood of unique keys from many threads never exceeds `max_keys`.
+//! # Key caps (memory bound)
+//! [`CounterStore::check_capped`] takes the limit's [`KeyCap`]: at most `max_keys` keys
+//! for that limit, and what to do when a hit brings a new key to a full limit:
+//! - [`OnFull::Refuse`]: the hit is denied with [`DenyReason::LimitKeysFull`]; keys of
+//!   that limit already stored keep working, other limits are untouched;
+//! - [`OnFull::EvictIdlest`]: the counter with the smallest `(idle_at, key)` of that
+//!   limit is dropped to make room. It is the counter that would have become fresh
+//!   soonest, so dropping it loses the least; but it does lose something: if that counter
+//!   was not idle yet, its key starts afresh on its next hit and may be granted up to
+//!   one more full quota within the current window.
+//!
+//! Before refusing or evicting, the limit's idle counters are swept (they behave like
+//! fresh ones, so dropping them changes nothing). The store-wide `max_keys` stays as the
+//! last line: a new key is refused with [`DenyReason::StoreFull`] when the whole store
+//! is full even after sweeping idle keys. Whatever the cap, a hit on a key that is
+//! already stored is always served, and a peek (`cost == 0`) or a hit that is denied
+//! anyway stores nothing.
+//!
+//! The caps are exact under concurrency: a limit's count is only changed under its mutex,
+//! and a global slot is reserved (atomic counter) before a new key is inserted.
 //!
 //! # Expiry
 //! Each stored counter carries `idle_at` (see [`CounterState::idle_at`]), recomputed after
@@ -31,14 +45,23 @@
 //! `max(clock, last stamp)`).
 //!
 //! # Determinism
-//! Decisions depend only on the sequence of calls, never on the hasher's (random) seed
-//! or on iteration order; [`CounterStore::export`] sorts by key so snapshots are byte-identical
-//! across replicas.
+//! Decisions, refusals and evictions depend only on the stored counters and the call's
+//! arguments, never on the hasher's (random) seed or on iteration order: eviction picks
+//! by `(idle_at, key)`, which a snapshot carries. [`CounterStore::export`] sorts by key so
+//! snapshots are byte-identical across replicas, and [`CounterStore::import`] rebuilds the
+//! same indexes, so a replica restored from a snapshot evicts exactly as one that replayed
+//! the log. (Sweeps of *other* limits when the whole store is full are skipped for a limit
+//! another thread holds at that moment; only concurrent callers — never the single-threaded
+//! state machine — can see that.)
+//!
+//! [`DenyReason::LimitKeysFull`]: crate::DenyReason::LimitKeysFull
+//! [`DenyReason::StoreFull`]: crate::DenyReason::StoreFull
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -49,6 +72,69 @@ use crate::{CounterState, Decision, Nanos, Rate};
 /// keys cannot aim them at one bucket without knowing the seed. Decisions never depend on
 /// the seed (only iteration order does, and [`CounterStore::export`] sorts).
 type KeyHasher = foldhash::fast::RandomState;
+
+/// Separates a limit name from a counter key inside the store. A unit separator cannot
+/// appear in limit names (the server validates them), so keys of different limits never
+/// collide and a key's limit is the text before the first separator.
+pub const KEY_SEPARATOR: char = '\u{1f}';
+
+/// The store key of counter `key` under limit `limit`.
+pub fn counter_key(limit: &str, key: &str) -> String {
+    let mut k = String::with_capacity(limit.len() + 1 + key.len());
+    k.push_str(limit);
+    k.push(KEY_SEPARATOR);
+    k.push_str(key);
+    k
+}
+
+/// The limit a store key belongs to: the text before the first [`KEY_SEPARATOR`], or
+/// `""` for a key without one.
+pub fn limit_of(key: &str) -> &str {
+    key.split_once(KEY_SEPARATOR).map_or("", |(limit, _)| limit)
+}
+
+/// What a limit does when it holds its most keys and a hit brings a new one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Deny hits on new keys of this limit ([`DenyReason::LimitKeysFull`](crate::DenyReason::LimitKeysFull)).
+    #[default]
+    Refuse,
+    /// Drop the limit's idlest counter (smallest `idle_at`, then smallest key).
+    EvictIdlest,
+}
+
+impl OnFull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFull::Refuse => "refuse",
+            OnFull::EvictIdlest => "evict_idlest",
+        }
+    }
+}
+
+/// The cap on one limit's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCap {
+    pub max_keys: usize,
+    pub on_full: OnFull,
+}
+
+impl KeyCap {
+    /// No cap of its own: only the store-wide one applies.
+    pub const NONE: KeyCap = KeyCap {
+        max_keys: usize::MAX,
+        on_full: OnFull::Refuse,
+    };
+}
+
+/// The outcome of [`CounterStore::check_capped`]: the decision, and whether a counter of
+/// the same limit was evicted to make room for this key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub decision: Decision,
+    pub evicted: bool,
+}
 
 /// One stored counter and the instant it becomes idle (droppable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,14 +150,35 @@ pub enum StoreError {
         "counter store is full ({max_keys} keys): new keys are refused until idle ones expire"
     )]
     Full { max_keys: usize },
+    #[error(
+        "this limit holds its most keys ({max_keys}): new keys are refused until idle ones expire"
+    )]
+    LimitFull { max_keys: usize },
 }
+
+/// Why a new key could not be stored.
+enum NoRoom {
+    Limit(usize),
+    Store,
+}
+
+/// One limit's counters, ordered by `(idle_at, key)`: the sweep and eviction order.
+#[derive(Debug, Default)]
+struct Partition {
+    by_idle: BTreeSet<(Nanos, Arc<str>)>,
+}
+
+type SharedPartition = Arc<Mutex<Partition>>;
 
 /// Concurrent map from counter key to counter state. `Send + Sync`; share it by reference
 /// or `Arc`.
 pub struct CounterStore {
-    /// Keys are boxed `str` (two words, no spare capacity) and looked up by `&str`, so a hit
-    /// on a stored key allocates nothing.
-    counters: DashMap<Box<str>, StoredCounter, KeyHasher>,
+    /// Keys are shared with their limit's index and looked up by `&str`, so a hit on a
+    /// stored key allocates nothing. Only changed while the key's limit mutex is held.
+    counters: DashMap<Arc<str>, StoredCounter, KeyHasher>,
+    /// Each limit's index (created on its first key, dropped by [`CounterStore::expire`]
+    /// once empty).
+    partitions: DashMap<Box<str>, SharedPartition, KeyHasher>,
     /// Keys stored plus slots reserved by inserts in flight; never above `max_keys`. This,
     /// not `counters.len()`, enforces the cap, so racing inserts cannot overshoot it.
     slots_taken: AtomicUsize,
@@ -89,11 +196,20 @@ impl fmt::Debug for CounterStore {
     }
 }
 
+/// Locks a partition. A panic while it was held cannot leave the index half-updated in a
+/// way later calls could not live with (it only ever lags the map), so poisoning is ignored.
+fn lock(partition: &Mutex<Partition>) -> MutexGuard<'_, Partition> {
+    partition
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl CounterStore {
     /// An empty store holding at most `max_keys` keys.
     pub fn new(max_keys: usize) -> CounterStore {
         CounterStore {
             counters: DashMap::with_hasher(KeyHasher::default()),
+            partitions: DashMap::with_hasher(KeyHasher::default()),
             slots_taken: AtomicUsize::new(0),
             max_keys,
         }
@@ -104,7 +220,7 @@ impl CounterStore {
         self.max_keys
     }
 
-    /// How many keys are stored (idle ones included until [`CounterStore::expire`]).
+    /// How many keys are stored (idle ones included until they are swept).
     pub fn len(&self) -> usize {
         self.counters.len()
     }
@@ -114,86 +230,148 @@ impl CounterStore {
         self.counters.is_empty()
     }
 
+    /// How many keys of `limit` are stored.
+    pub fn len_of(&self, limit: &str) -> usize {
+        self.partitions
+            .get(limit)
+            .map(|p| Arc::clone(p.value()))
+            .map_or(0, |p| lock(&p).by_idle.len())
+    }
+
     /// Checks a hit of `cost` on `key` at `now` (see [`CounterState::check`]), creating the
-    /// counter if needed. A new key is refused with [`DenyReason::StoreFull`] when the store
-    /// is full even after sweeping idle keys; see the module docs.
-    ///
-    /// [`DenyReason::StoreFull`]: crate::DenyReason::StoreFull
+    /// counter if needed, with only the store-wide cap. See [`CounterStore::check_capped`].
     pub fn check(&self, key: &str, rate: &Rate, now: Nanos, cost: u64) -> Decision {
+        self.check_capped(key, KeyCap::NONE, rate, now, cost)
+            .decision
+    }
+
+    /// Checks a hit of `cost` on `key` at `now` (see [`CounterState::check`]), creating the
+    /// counter if needed. A new key of a limit that holds `cap.max_keys` keys is refused or
+    /// evicts that limit's idlest counter, as `cap.on_full` says; a new key is refused
+    /// with [`DenyReason::StoreFull`](crate::DenyReason::StoreFull) when the whole store
+    /// is full. See the module docs.
+    pub fn check_capped(
+        &self,
+        key: &str,
+        cap: KeyCap,
+        rate: &Rate,
+        now: Nanos,
+        cost: u64,
+    ) -> Checked {
+        let partition = self.partition(limit_of(key));
+        let mut index = lock(&partition);
         if let Some(mut stored) = self.counters.get_mut(key) {
-            return stored.check(rate, now, cost);
+            let before = stored.idle_at;
+            let decision = stored.check(rate, now, cost);
+            if stored.idle_at != before {
+                let key = Arc::clone(stored.key());
+                reindex(&mut index, before, stored.idle_at, key);
+            }
+            return Checked {
+                decision,
+                evicted: false,
+            };
         }
         // Decide on a fresh counter before taking a slot: a peek or a hit that can never
         // pass leaves nothing to store, so it must not be refused for lack of room.
         let mut fresh = CounterState::new(rate);
         let decision = fresh.check(rate, now, cost);
         if !decision.allowed || cost == 0 {
-            return decision;
+            return Checked {
+                decision,
+                evicted: false,
+            };
         }
-        if !self.reserve_slot(now) {
-            return Decision::store_full(rate.capacity());
-        }
-        match self.counters.entry(Box::from(key)) {
-            Entry::Occupied(mut raced) => {
-                // Another thread inserted the key since our lookup: use its counter.
-                self.release_slot();
-                raced.get_mut().check(rate, now, cost)
+        let evicted = match self.make_room(&partition, &mut index, cap, now) {
+            Ok(evicted) => evicted,
+            Err(NoRoom::Limit(_)) => {
+                return Checked {
+                    decision: Decision::limit_keys_full(rate.capacity()),
+                    evicted: false,
+                }
             }
-            Entry::Vacant(vacant) => {
-                let idle_at = fresh.idle_at(rate);
-                vacant.insert(StoredCounter {
-                    state: fresh,
-                    idle_at,
-                });
-                decision
+            Err(NoRoom::Store) => {
+                return Checked {
+                    decision: Decision::store_full(rate.capacity()),
+                    evicted: false,
+                }
             }
-        }
+        };
+        let idle_at = fresh.idle_at(rate);
+        self.insert(&mut index, key, fresh, idle_at);
+        Checked { decision, evicted }
     }
 
     /// Records `cost` on `key` at `now` without asking (see [`CounterState::force`]),
-    /// creating the counter if needed. Fails only when `key` is new and the store is full
-    /// even after sweeping idle keys. `cost == 0` changes nothing.
+    /// creating the counter if needed, with only the store-wide cap.
     pub fn force(&self, key: &str, rate: &Rate, now: Nanos, cost: u64) -> Result<(), StoreError> {
+        self.force_capped(key, KeyCap::NONE, rate, now, cost)
+            .map(|_| ())
+    }
+
+    /// Records `cost` on `key` at `now` without asking, creating the counter if needed;
+    /// returns whether a counter was evicted for it. Fails only when `key` is new and
+    /// there is no room for it under `cap` or the store-wide cap (the same rules as
+    /// [`CounterStore::check_capped`]). `cost == 0` changes nothing.
+    pub fn force_capped(
+        &self,
+        key: &str,
+        cap: KeyCap,
+        rate: &Rate,
+        now: Nanos,
+        cost: u64,
+    ) -> Result<bool, StoreError> {
+        let partition = self.partition(limit_of(key));
+        let mut index = lock(&partition);
         if let Some(mut stored) = self.counters.get_mut(key) {
+            let before = stored.idle_at;
             stored.force(rate, now, cost);
-            return Ok(());
+            if stored.idle_at != before {
+                let key = Arc::clone(stored.key());
+                reindex(&mut index, before, stored.idle_at, key);
+            }
+            return Ok(false);
         }
         if cost == 0 {
-            return Ok(());
+            return Ok(false);
         }
-        if !self.reserve_slot(now) {
-            return Err(StoreError::Full {
-                max_keys: self.max_keys,
-            });
-        }
-        match self.counters.entry(Box::from(key)) {
-            Entry::Occupied(mut raced) => {
-                self.release_slot();
-                raced.get_mut().force(rate, now, cost);
-            }
-            Entry::Vacant(vacant) => {
-                let mut state = CounterState::new(rate);
-                state.force(rate, now, cost);
-                let idle_at = state.idle_at(rate);
-                vacant.insert(StoredCounter { state, idle_at });
-            }
-        }
-        Ok(())
+        let evicted = self
+            .make_room(&partition, &mut index, cap, now)
+            .map_err(|no_room| match no_room {
+                NoRoom::Limit(max_keys) => StoreError::LimitFull { max_keys },
+                NoRoom::Store => StoreError::Full {
+                    max_keys: self.max_keys,
+                },
+            })?;
+        let mut state = CounterState::new(rate);
+        state.force(rate, now, cost);
+        let idle_at = state.idle_at(rate);
+        self.insert(&mut index, key, state, idle_at);
+        Ok(evicted)
     }
 
     /// Removes every counter with `idle_at <= now` and returns how many were removed.
     ///
-    /// Locks one shard at a time while walking it.
+    /// Locks one limit at a time; costs O(limits + removed × log n).
     pub fn expire(&self, now: Nanos) -> usize {
+        let partitions: Vec<SharedPartition> = self
+            .partitions
+            .iter()
+            .map(|p| Arc::clone(p.value()))
+            .collect();
         let mut removed = 0;
-        self.counters.retain(|_, stored| {
-            let keep = stored.idle_at > now;
-            if !keep {
-                removed += 1;
-            }
-            keep
+        for partition in &partitions {
+            removed += self.sweep(&mut lock(partition), now);
+        }
+        drop(partitions);
+        // Forget empty limits (a policy change may have retired them). Only a partition
+        // nobody else holds is dropped: holders clone it under the map's shard lock, which
+        // `retain` holds, and `try_lock` never waits while holding that shard lock.
+        self.partitions.retain(|_, partition| {
+            let unused_and_empty =
+                matches!(partition.try_lock(), Ok(index) if index.by_idle.is_empty());
+            Arc::strong_count(partition) > 1 || !unused_and_empty
         });
-        self.slots_taken.fetch_sub(removed, Ordering::AcqRel);
         removed
     }
 
@@ -204,40 +382,45 @@ impl CounterStore {
 
     /// Stores `counter` under `key` unless the key is already stored or the store is full;
     /// returns whether it was stored. Seeds a leader's fast-mode store from the replicated
-    /// one without ever overwriting a counter that is already being used.
+    /// one without ever overwriting a counter that is already being used. Seeding ignores
+    /// per-limit caps: the seeded counter is one the replicated store (which enforces
+    /// them) already holds.
     pub fn seed(&self, key: &str, counter: StoredCounter) -> bool {
+        let partition = self.partition(limit_of(key));
+        let mut index = lock(&partition);
         if self.counters.contains_key(key) || !self.try_reserve_slot() {
             return false;
         }
-        match self.counters.entry(Box::from(key)) {
-            Entry::Occupied(_) => {
-                self.release_slot();
-                false
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(counter);
-                true
-            }
-        }
+        let StoredCounter { state, idle_at } = counter;
+        self.insert(&mut index, key, state, idle_at);
+        true
     }
 
     /// Removes `key`, returning its counter if it was stored.
     pub fn remove(&self, key: &str) -> Option<StoredCounter> {
-        let (_, stored) = self.counters.remove(key)?;
-        self.release_slot();
+        let partition = self.partition(limit_of(key));
+        let mut index = lock(&partition);
+        let (key, stored) = self.counters.remove(key)?;
+        index.by_idle.remove(&(stored.idle_at, key));
+        self.release_slots(1);
         Some(stored)
     }
 
     /// Removes every key.
     pub fn clear(&self) {
-        let mut removed = 0;
-        // `retain` rather than `DashMap::clear`, to count exactly what this call removed
-        // while other threads may be inserting.
-        self.counters.retain(|_, _| {
-            removed += 1;
-            false
-        });
-        self.slots_taken.fetch_sub(removed, Ordering::AcqRel);
+        let partitions: Vec<SharedPartition> = self
+            .partitions
+            .iter()
+            .map(|p| Arc::clone(p.value()))
+            .collect();
+        for partition in &partitions {
+            let mut index = lock(partition);
+            let removed = index.by_idle.len();
+            for (_, key) in std::mem::take(&mut index.by_idle) {
+                self.counters.remove(&key);
+            }
+            self.release_slots(removed);
+        }
     }
 
     /// Every stored counter, sorted by key: a deterministic snapshot.
@@ -255,24 +438,109 @@ impl CounterStore {
     }
 
     /// Rebuilds a store from [`CounterStore::export`]'s output. Every entry is kept, even
-    /// beyond `max_keys` (dropping a counter would hand its quota out again); new keys are
-    /// then refused until enough expire. A key given twice keeps its last counter.
+    /// beyond `max_keys` or a limit's cap (dropping a counter would hand its quota out
+    /// again); new keys are then refused (or evict) until enough expire. A key given twice
+    /// keeps its last counter.
     pub fn import(entries: Vec<(String, StoredCounter)>, max_keys: usize) -> CounterStore {
-        let counters = DashMap::with_capacity_and_hasher(entries.len(), KeyHasher::default());
+        let store = CounterStore::new(max_keys);
         for (key, stored) in entries {
-            counters.insert(key.into_boxed_str(), stored);
+            let partition = store.partition(limit_of(&key));
+            let mut index = lock(&partition);
+            let key: Arc<str> = Arc::from(key);
+            let idle_at = stored.idle_at;
+            if let Some(old) = store.counters.insert(Arc::clone(&key), stored) {
+                index.by_idle.remove(&(old.idle_at, Arc::clone(&key)));
+            }
+            index.by_idle.insert((idle_at, key));
         }
-        let slots_taken = AtomicUsize::new(counters.len());
-        CounterStore {
-            counters,
-            slots_taken,
-            max_keys,
+        store
+            .slots_taken
+            .store(store.counters.len(), Ordering::Release);
+        store
+    }
+
+    /// The index of `limit`, created if needed. The map's shard lock is released before
+    /// the caller locks the partition.
+    fn partition(&self, limit: &str) -> SharedPartition {
+        if let Some(partition) = self.partitions.get(limit) {
+            return Arc::clone(partition.value());
+        }
+        Arc::clone(self.partitions.entry(Box::from(limit)).or_default().value())
+    }
+
+    /// Makes room for one new key of the limit whose index is `index` (locked): sweeps its
+    /// idle counters if it is at `cap`, then refuses or evicts; then takes a store-wide
+    /// slot, sweeping idle counters of other limits once if the store is full. Returns
+    /// whether a counter was evicted.
+    fn make_room(
+        &self,
+        own: &SharedPartition,
+        index: &mut Partition,
+        cap: KeyCap,
+        now: Nanos,
+    ) -> Result<bool, NoRoom> {
+        let mut evicted = false;
+        if index.by_idle.len() >= cap.max_keys {
+            self.sweep(index, now);
+        }
+        if index.by_idle.len() >= cap.max_keys {
+            if cap.on_full == OnFull::Refuse || cap.max_keys == 0 {
+                return Err(NoRoom::Limit(cap.max_keys));
+            }
+            // Usually one; more after a policy change lowered the cap.
+            while index.by_idle.len() >= cap.max_keys {
+                let Some((_, key)) = index.by_idle.pop_first() else {
+                    break;
+                };
+                self.counters.remove(&key);
+                self.release_slots(1);
+            }
+            evicted = true;
+        }
+        if self.try_reserve_slot() {
+            return Ok(evicted);
+        }
+        let mut swept = self.sweep(index, now);
+        let others: Vec<SharedPartition> = self
+            .partitions
+            .iter()
+            .map(|p| Arc::clone(p.value()))
+            .collect();
+        for partition in others.iter().filter(|p| !Arc::ptr_eq(p, own)) {
+            // Never wait for another limit while holding this one (lock order).
+            if let Ok(mut other) = partition.try_lock() {
+                swept += self.sweep(&mut other, now);
+            }
+        }
+        if swept > 0 && self.try_reserve_slot() {
+            Ok(evicted)
+        } else {
+            Err(NoRoom::Store)
         }
     }
 
-    /// Takes a slot for a new key, sweeping idle keys once if the store is full.
-    fn reserve_slot(&self, now: Nanos) -> bool {
-        self.try_reserve_slot() || (self.expire(now) > 0 && self.try_reserve_slot())
+    /// Drops the idle counters (`idle_at <= now`) of one limit; returns how many.
+    fn sweep(&self, index: &mut Partition, now: Nanos) -> usize {
+        let mut removed = 0;
+        while index
+            .by_idle
+            .first()
+            .is_some_and(|(idle_at, _)| *idle_at <= now)
+        {
+            if let Some((_, key)) = index.by_idle.pop_first() {
+                self.counters.remove(&key);
+                removed += 1;
+            }
+        }
+        self.release_slots(removed);
+        removed
+    }
+
+    /// Stores a new counter whose slot is already reserved.
+    fn insert(&self, index: &mut Partition, key: &str, state: CounterState, idle_at: Nanos) {
+        let key: Arc<str> = Arc::from(key);
+        index.by_idle.insert((idle_at, Arc::clone(&key)));
+        self.counters.insert(key, StoredCounter { state, idle_at });
     }
 
     fn try_reserve_slot(&self) -> bool {
@@ -283,9 +551,17 @@ impl CounterStore {
             .is_ok()
     }
 
-    fn release_slot(&self) {
-        self.slots_taken.fetch_sub(1, Ordering::AcqRel);
+    fn release_slots(&self, n: usize) {
+        if n > 0 {
+            self.slots_taken.fetch_sub(n, Ordering::AcqRel);
+        }
     }
+}
+
+/// Moves `key` in its limit's index from `before` to `after`.
+fn reindex(index: &mut Partition, before: Nanos, after: Nanos, key: Arc<str>) {
+    index.by_idle.remove(&(before, Arc::clone(&key)));
+    index.by_idle.insert((after, key));
 }
 
 // === impl StoredCounter ===

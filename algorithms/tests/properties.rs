@@ -10,8 +10,8 @@
 
 use proptest::prelude::*;
 use quorate_algorithms::{
-    Algorithm, CounterState, CounterStore, Decision, DenyReason, Nanos, Rate, SlidingLog,
-    SlidingSlots, SlidingWindow, MAX_SLIDING_PRECISION,
+    counter_key, Algorithm, CounterState, CounterStore, Decision, DenyReason, KeyCap, Nanos,
+    OnFull, Rate, SlidingLog, SlidingSlots, SlidingWindow, MAX_SLIDING_PRECISION,
 };
 
 const ALGORITHMS: [Algorithm; 4] = [
@@ -298,10 +298,10 @@ fn sliding_window_matches_sliding_log_on_uniform_traffic() {
 /// start and `e` how far `t` is into its own slot. Slots are read from the exact log of
 /// allowed hits at their effective instants.
 fn check_slot_bound(rate: &Rate, allowed: &[Hit]) -> Result<(), TestCaseError> {
-    let n = u64::from(rate.precision);
-    let slot = rate.window / n;
-    let limit = u128::from(rate.limit);
-    for (j, sum) in sliding_sums(allowed, rate.window).into_iter().enumerate() {
+    let n = u64::from(rate.precision());
+    let slot = rate.window() / n;
+    let limit = u128::from(rate.limit());
+    for (j, sum) in sliding_sums(allowed, rate.window()).into_iter().enumerate() {
         let t = allowed[j].at;
         let straddling = (t / slot).checked_sub(n);
         let c: u128 = allowed[..=j]
@@ -348,14 +348,14 @@ proptest! {
         rate in slots_rate(),
         (start, steps) in bursty_steps(),
     ) {
-        let n = u64::from(rate.precision);
-        let slot = rate.window / n;
+        let n = u64::from(rate.precision());
+        let slot = rate.window() / n;
         let mut state = CounterState::new(&rate);
         let mut log: Vec<Hit> = Vec::new();
         let mut latest = 0;
         for (now, cost) in instants(start, &steps) {
             let decision = state.check(&rate, now, cost);
-            if cost == 0 || cost > rate.limit {
+            if cost == 0 || cost > rate.limit() {
                 continue;
             }
             // The instant the counter decided at: clamped to its newest slot.
@@ -367,7 +367,7 @@ proptest! {
             }
             let exact: u128 = log
                 .iter()
-                .filter(|h| h.at + rate.window > t.max(latest))
+                .filter(|h| h.at + rate.window() > t.max(latest))
                 .map(|h| u128::from(h.cost))
                 .sum();
             let straddling = (t / slot).checked_sub(n);
@@ -377,7 +377,7 @@ proptest! {
                 .map(|h| u128::from(h.cost))
                 .sum();
             let share = c * u128::from(slot - t % slot) / u128::from(slot);
-            prop_assert!(exact + share + u128::from(cost) > u128::from(rate.limit));
+            prop_assert!(exact + share + u128::from(cost) > u128::from(rate.limit()));
         }
     }
 
@@ -456,7 +456,7 @@ fn precision_is_validated() {
     assert_eq!(
         Rate::with_precision(sw, 10, 60, None, None)
             .unwrap()
-            .precision,
+            .precision(),
         1
     );
 }
@@ -837,4 +837,233 @@ fn switching_algorithm_starts_a_fresh_counter() {
         store.get("k").unwrap().state,
         CounterState::TokenBucket(_)
     ));
+}
+
+// === Per-limit key caps ===
+
+/// One call of a per-limit flood: time step, limit index, key number, cost, forced.
+type CapCall = (u64, u8, u16, u64, bool);
+
+fn cap_calls() -> impl Strategy<Value = Vec<CapCall>> {
+    prop::collection::vec(
+        (0u64..40, 0u8..3, 0u16..400, 0u64..=6, any::<bool>()),
+        1..400,
+    )
+}
+
+fn caps() -> impl Strategy<Value = [KeyCap; 3]> {
+    let cap = (0usize..12, any::<bool>()).prop_map(|(max_keys, evict)| KeyCap {
+        max_keys,
+        on_full: if evict {
+            OnFull::EvictIdlest
+        } else {
+            OnFull::Refuse
+        },
+    });
+    [cap.clone(), cap.clone(), cap]
+}
+
+const LIMITS: [&str; 3] = ["a", "b", "c"];
+
+/// Plays `calls` on `store`; returns every decision (or force outcome) in order.
+fn play(
+    store: &mut CounterStore,
+    caps: &[KeyCap; 3],
+    calls: &[CapCall],
+    cut: Option<usize>,
+) -> Vec<String> {
+    let rate = store_rate();
+    let mut now = 0;
+    let mut out = Vec::new();
+    for (i, &(dt, limit, key, cost, forced)) in calls.iter().enumerate() {
+        if Some(i) == cut {
+            let bytes = postcard::to_stdvec(&store.export()).unwrap();
+            *store = CounterStore::import(postcard::from_bytes(&bytes).unwrap(), store.max_keys());
+        }
+        now += dt;
+        let cap = caps[usize::from(limit)];
+        let key = counter_key(LIMITS[usize::from(limit)], &format!("k{key}"));
+        if forced {
+            out.push(format!(
+                "{:?}",
+                store.force_capped(&key, cap, &rate, now, cost)
+            ));
+        } else {
+            out.push(format!(
+                "{:?}",
+                store.check_capped(&key, cap, &rate, now, cost)
+            ));
+        }
+        if i % 7 == 0 {
+            store.expire(now);
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(cases(128))]
+
+    /// No limit ever holds more keys than its cap (eviction included), and the store never
+    /// more than its own cap.
+    #[test]
+    fn limit_caps_hold_under_floods(caps in caps(), calls in cap_calls(), max_keys in 0usize..40) {
+        let rate = store_rate();
+        let store = CounterStore::new(max_keys);
+        let mut now = 0;
+        for (dt, limit, key, cost, forced) in calls {
+            now += dt;
+            let (name, cap) = (LIMITS[usize::from(limit)], caps[usize::from(limit)]);
+            let key = counter_key(name, &format!("k{key}"));
+            let before = store.len_of(name);
+            if forced {
+                let _ = store.force_capped(&key, cap, &rate, now, cost);
+            } else {
+                let checked = store.check_capped(&key, cap, &rate, now, cost);
+                if checked.evicted {
+                    prop_assert_eq!(cap.on_full, OnFull::EvictIdlest);
+                    prop_assert!(before >= cap.max_keys);
+                }
+                if checked.decision.denied == Some(DenyReason::LimitKeysFull) {
+                    // A limit capped at zero keys has nothing to evict.
+                    prop_assert!(cap.on_full == OnFull::Refuse || cap.max_keys == 0);
+                    prop_assert!(store.get(&key).is_none());
+                }
+            }
+            for (name, cap) in LIMITS.iter().zip(caps) {
+                prop_assert!(store.len_of(name) <= cap.max_keys, "{} over its cap", name);
+            }
+            prop_assert!(store.len() <= max_keys);
+        }
+    }
+
+    /// A flood of unique keys on limit "a" never denies limit "b" anything a store holding
+    /// only "b" would allow, as long as the caps fit in the store (what the server's
+    /// policy check guarantees).
+    #[test]
+    fn a_flood_on_one_limit_never_denies_another(
+        caps in caps(),
+        flood in prop::collection::vec((0u64..5, 0u16..u16::MAX), 1..300),
+        other in prop::collection::vec((0u64..40, 0u16..8, 0u64..=6), 1..60),
+    ) {
+        let rate = store_rate();
+        let (cap_a, cap_b) = (caps[0], caps[1]);
+        let max_keys = cap_a.max_keys + cap_b.max_keys;
+        let shared = CounterStore::new(max_keys);
+        let alone = CounterStore::new(max_keys);
+        // Interleave: each hit on "b" follows a slice of the flood on "a".
+        let per = flood.len() / other.len() + 1;
+        let mut flood = flood.into_iter();
+        let mut now = 0;
+        for (dt, key, cost) in other {
+            for (step, unique) in flood.by_ref().take(per) {
+                now += step;
+                shared.check_capped(&counter_key("a", &format!("flood{unique}")), cap_a, &rate, now, 1);
+            }
+            now += dt;
+            let key = counter_key("b", &format!("k{key}"));
+            let with_flood = shared.check_capped(&key, cap_b, &rate, now, cost);
+            let without = alone.check_capped(&key, cap_b, &rate, now, cost);
+            prop_assert_eq!(with_flood, without);
+        }
+    }
+
+    /// Replicas that play the same calls hold the same store and answered the same, even
+    /// when one of them restarted from a snapshot midway (eviction order survives it).
+    #[test]
+    fn caps_and_eviction_replay_deterministically(
+        caps in caps(),
+        calls in cap_calls(),
+        cut in any::<prop::sample::Index>(),
+        max_keys in 0usize..40,
+    ) {
+        let cut = cut.index(calls.len());
+        let mut replayed = CounterStore::new(max_keys);
+        let mut restored = CounterStore::new(max_keys);
+        let a = play(&mut replayed, &caps, &calls, None);
+        let b = play(&mut restored, &caps, &calls, Some(cut));
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(replayed.export(), restored.export());
+    }
+}
+
+#[test]
+fn refuse_denies_new_keys_of_that_limit_only() {
+    let rate = store_rate();
+    let store = CounterStore::new(100);
+    let cap = KeyCap {
+        max_keys: 2,
+        on_full: OnFull::Refuse,
+    };
+    for key in ["x", "y"] {
+        assert!(
+            store
+                .check_capped(&counter_key("a", key), cap, &rate, 0, 1)
+                .decision
+                .allowed
+        );
+    }
+    let refused = store.check_capped(&counter_key("a", "z"), cap, &rate, 1, 1);
+    assert_eq!(refused.decision.denied, Some(DenyReason::LimitKeysFull));
+    assert_eq!(refused.decision.retry_after, None);
+    assert!(
+        store
+            .check_capped(&counter_key("a", "x"), cap, &rate, 1, 1)
+            .decision
+            .allowed
+    );
+    assert!(
+        store
+            .check_capped(&counter_key("b", "z"), cap, &rate, 1, 1)
+            .decision
+            .allowed
+    );
+    assert_eq!(
+        store.force_capped(&counter_key("a", "z"), cap, &rate, 1, 1),
+        Err(quorate_algorithms::StoreError::LimitFull { max_keys: 2 })
+    );
+}
+
+#[test]
+fn evict_drops_the_counter_that_idles_first() {
+    let rate = store_rate();
+    let store = CounterStore::new(100);
+    let cap = KeyCap {
+        max_keys: 2,
+        on_full: OnFull::EvictIdlest,
+    };
+    // "old" spends 5 at 0 (idle at 100), "busy" spends 5 at 30 (idle at 130).
+    store.check_capped(&counter_key("a", "old"), cap, &rate, 0, 5);
+    store.check_capped(&counter_key("a", "busy"), cap, &rate, 30, 5);
+    let checked = store.check_capped(&counter_key("a", "new"), cap, &rate, 40, 1);
+    assert!(checked.decision.allowed);
+    assert!(checked.evicted);
+    assert!(store.get(&counter_key("a", "old")).is_none());
+    assert!(store.get(&counter_key("a", "busy")).is_some());
+    assert_eq!(store.len_of("a"), 2);
+    // A sweep of idle keys makes room without evicting.
+    let checked = store.check_capped(&counter_key("a", "later"), cap, &rate, 200, 1);
+    assert!(checked.decision.allowed && !checked.evicted);
+}
+
+#[test]
+fn store_wide_cap_is_the_last_line() {
+    let rate = store_rate();
+    let store = CounterStore::new(2);
+    let cap = KeyCap {
+        max_keys: 10,
+        on_full: OnFull::EvictIdlest,
+    };
+    store.check_capped(&counter_key("a", "1"), cap, &rate, 0, 1);
+    store.check_capped(&counter_key("b", "1"), cap, &rate, 0, 1);
+    let checked = store.check_capped(&counter_key("a", "2"), cap, &rate, 1, 1);
+    assert_eq!(checked.decision.denied, Some(DenyReason::StoreFull));
+    // Once "b"'s counter is idle, the full store sweeps it for "a".
+    assert!(
+        store
+            .check_capped(&counter_key("a", "2"), cap, &rate, 100, 1)
+            .decision
+            .allowed
+    );
+    assert_eq!(store.len_of("b"), 0);
 }

@@ -152,6 +152,7 @@ fn request(path: &str, credential: Option<(&str, &str)>, key: u64) -> AuthzReque
         peer: Some("192.0.2.1".parse().unwrap()),
         route: None,
         malformed: None,
+        forwarded_by: None,
     }
 }
 

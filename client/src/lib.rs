@@ -71,6 +71,8 @@ pub enum DenyReason {
     CostExceedsLimit,
     /// The cluster's counter store is full and this key is new.
     StoreFull,
+    /// The limit holds its most keys (`max_keys`) and this key is new.
+    LimitKeysFull,
 }
 
 /// The answer for one hit.
@@ -100,6 +102,7 @@ impl From<pb::Decision> for Decision {
             Ok(pb::DenyReason::OverLimit) => Some(DenyReason::OverLimit),
             Ok(pb::DenyReason::CostExceedsLimit) => Some(DenyReason::CostExceedsLimit),
             Ok(pb::DenyReason::StoreFull) => Some(DenyReason::StoreFull),
+            Ok(pb::DenyReason::LimitKeysFull) => Some(DenyReason::LimitKeysFull),
             _ if !d.allowed => Some(DenyReason::OverLimit),
             _ => None,
         };

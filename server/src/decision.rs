@@ -910,7 +910,9 @@ fn counter_key(
                 "consumer={}",
                 principal.map_or("-".to_string(), |p| key_value(&p.consumer, false))
             ),
-            KeyPart::Ip => format!("ip={}", ip.map_or("-".to_string(), |ip| ip.to_string())),
+            KeyPart::Ip(prefix) => {
+                format!("ip={}", ip.map_or("-".to_string(), |ip| prefix.key_of(ip)))
+            }
             KeyPart::Route => format!("route={}", route.name),
             KeyPart::Identity => format!(
                 "identity={}",

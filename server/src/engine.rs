@@ -157,14 +157,17 @@ impl Engine {
     }
 
     /// Resolves named hits (the `quorate.v1` API) against the live policy; fails on the
-    /// first unknown limit.
+    /// first unknown limit. Limits that belong to authorization routes and consumers or
+    /// to RLS descriptor rules count as unknown unless the policy exposes them
+    /// ([`PolicySet::exposed_limit`](crate::policy::PolicySet::exposed_limit)).
     pub fn resolve_named(
         &self,
         hits: Vec<(String, String, u64)>,
     ) -> Result<Vec<ResolvedHit>, EngineError> {
-        let policy = self.shared.policy.load();
+        let live = self.shared.policy.load();
+        let set = &live.set;
         hits.into_iter()
-            .map(|(limit, key, cost)| match policy.set.limit(&limit) {
+            .map(|(limit, key, cost)| match set.exposed_limit(&limit) {
                 Some(def) => Ok(ResolvedHit {
                     hit: Hit {
                         rate: def.rate,

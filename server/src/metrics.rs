@@ -12,10 +12,18 @@ use crate::raft::typ::RaftMetrics;
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
-    /// Decisions by outcome (`allowed`, `over_limit`, `cost_exceeds_limit`, `store_full`).
+    /// Decisions by outcome (`allowed`, `over_limit`, `cost_exceeds_limit`, `store_full`,
+    /// `limit_keys_full`).
     pub decisions: IntCounterVec,
     /// `decisions` for each outcome, in `observe_decision`'s order.
-    decision_outcomes: [IntCounter; 4],
+    decision_outcomes: [IntCounter; 5],
+    /// New keys refused because their limit held `max_keys` (`on_full: refuse`), by limit.
+    pub counters_refused: IntCounterVec,
+    /// Counters evicted to make room for a new key (`on_full: evict_idlest`), by limit.
+    pub counters_evicted: IntCounterVec,
+    /// Limit names seen in `counters_refused`/`counters_evicted`; capped like
+    /// `detailed_series` (names come from the policy, but policies change).
+    key_cap_series: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Hits naming a limit the live policy does not have.
     pub unknown_limits: IntCounter,
     /// Requests that got `UNAVAILABLE` because their batch did not commit in time.
@@ -98,6 +106,9 @@ const MAX_DETAILED_SERIES: usize = 10_000;
 /// counted under `key="(other)"`.
 const MAX_DETAILED_KEY: usize = 512;
 
+/// Most distinct limits in the key-cap metrics; later ones count under `limit="(other)"`.
+const MAX_KEY_CAP_SERIES: usize = 1_000;
+
 fn register<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: T,
@@ -127,8 +138,14 @@ impl Metrics {
                 &["outcome"],
             )?,
         )?;
-        let decision_outcomes = ["allowed", "over_limit", "cost_exceeds_limit", "store_full"]
-            .map(|o| decisions.with_label_values(&[o]));
+        let decision_outcomes = [
+            "allowed",
+            "over_limit",
+            "cost_exceeds_limit",
+            "store_full",
+            "limit_keys_full",
+        ]
+        .map(|o| decisions.with_label_values(&[o]));
         Ok(Metrics {
             decisions,
             decision_outcomes,
@@ -314,6 +331,27 @@ impl Metrics {
             )?,
             traffic: Default::default(),
             hot_keys: Default::default(),
+            counters_refused: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "counters_refused_total",
+                        "New keys refused because their limit held max_keys (on_full: refuse)",
+                    ),
+                    &["limit"],
+                )?,
+            )?,
+            counters_evicted: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "counters_evicted_total",
+                        "Counters evicted for a new key of their limit (on_full: evict_idlest)",
+                    ),
+                    &["limit"],
+                )?,
+            )?,
+            key_cap_series: std::sync::Mutex::new(std::collections::HashSet::new()),
             detailed_series: std::sync::Mutex::new(std::collections::HashSet::new()),
             registry,
         })
@@ -322,14 +360,36 @@ impl Metrics {
     pub fn observe_decision(&self, d: &Decision) {
         // Resolved once at startup: `with_label_values` hashes and locks per call, and
         // this runs for every hit.
-        let [allowed, over, cost, full] = &self.decision_outcomes;
+        let [allowed, over, cost, full, limit_full] = &self.decision_outcomes;
         match d.denied {
             None => allowed,
             Some(quorate_algorithms::DenyReason::OverLimit) => over,
             Some(quorate_algorithms::DenyReason::CostExceedsLimit) => cost,
             Some(quorate_algorithms::DenyReason::StoreFull) => full,
+            Some(quorate_algorithms::DenyReason::LimitKeysFull) => limit_full,
         }
         .inc();
+    }
+
+    /// Counts what a limit's key cap did to a hit: a refused new key or an eviction.
+    pub fn observe_key_cap(&self, limit: &str, refused: bool, evicted: bool) {
+        if !refused && !evicted {
+            return;
+        }
+        let tracked = match self.key_cap_series.lock() {
+            Ok(mut known) => {
+                known.contains(limit)
+                    || (known.len() < MAX_KEY_CAP_SERIES && known.insert(limit.to_string()))
+            }
+            Err(_) => false,
+        };
+        let limit = if tracked { limit } else { "(other)" };
+        if refused {
+            self.counters_refused.with_label_values(&[limit]).inc();
+        }
+        if evicted {
+            self.counters_evicted.with_label_values(&[limit]).inc();
+        }
     }
 
     pub fn observe_rls(&self, over_limit: bool) {
@@ -346,8 +406,13 @@ impl Metrics {
         self.rls_unmatched.with_label_values(&[reason]).inc();
     }
 
+    /// Counts a decision of a `detailed_metric` rule. The counter key's descriptor values
+    /// (API keys, user ids, tokens: whatever Envoy was told to send) never become label
+    /// text: each value is replaced by a short digest ([`redacted_key`]).
     pub fn observe_detailed(&self, limit: &str, key: &str, allowed: bool) {
         let code = if allowed { "ok" } else { "over_limit" };
+        let key = redacted_key(key);
+        let key = key.as_str();
         let series = format!("{limit}\u{1f}{key}");
         let tracked = key.len() <= MAX_DETAILED_KEY
             && match self.detailed_series.lock() {
@@ -400,10 +465,10 @@ impl Metrics {
         for (name, def) in policy.limits.iter().take(MAX_LIMIT_GAUGES) {
             self.limit_value
                 .with_label_values(&[name])
-                .set(i64::try_from(def.rate.limit).unwrap_or(i64::MAX));
+                .set(i64::try_from(def.rate.limit()).unwrap_or(i64::MAX));
             self.limit_window_seconds
                 .with_label_values(&[name])
-                .set(def.rate.window as f64 / 1e9);
+                .set(def.rate.window() as f64 / 1e9);
         }
     }
 
@@ -413,6 +478,34 @@ impl Metrics {
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
     }
+}
+
+/// A counter key with every `=value` replaced by `=#` and the first 12 hex digits of the
+/// value's SHA-256: the descriptor keys stay readable, series stay distinct per value,
+/// and a credential sent as a descriptor value never reaches `/metrics`.
+pub fn redacted_key(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let mut out = String::with_capacity(key.len().min(256));
+    // Entries are separated by a character that cannot appear in header values (see
+    // `policy::plan`); each is `name=value`, or `[i]name=value` for a position.
+    for (i, entry) in key.split('\u{1e}').enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        match entry.split_once('=') {
+            Some((name, value)) => {
+                let digest = Sha256::digest(value.as_bytes());
+                out.push_str(name);
+                out.push_str("=#");
+                for byte in &digest[..6] {
+                    let _ = write!(out, "{byte:02x}");
+                }
+            }
+            None => out.push('#'),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -469,6 +562,35 @@ mod tests {
             used += 1;
         }
         assert!(used > 20);
+    }
+
+    #[test]
+    fn detailed_labels_never_carry_descriptor_values() {
+        let m = Metrics::new().unwrap();
+        m.observe_detailed("d/api_key", "api_key=sk_live_SECRET\u{1e}user=alice", true);
+        let text = m.render();
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(!text.contains("alice"), "{text}");
+        assert!(text.contains("api_key=#"), "{text}");
+        assert_ne!(redacted_key("k=a"), redacted_key("k=b"));
+    }
+
+    #[test]
+    fn key_cap_metrics_are_labelled_by_limit_and_capped() {
+        let m = Metrics::new().unwrap();
+        for i in 0..MAX_KEY_CAP_SERIES + 5 {
+            m.observe_key_cap(&format!("l{i}"), true, i % 2 == 0);
+        }
+        let text = m.render();
+        assert!(
+            text.contains("quorate_counters_refused_total{limit=\"l0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quorate_counters_evicted_total{limit=\"l0\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("limit=\"(other)\""), "{text}");
     }
 
     #[test]

@@ -135,12 +135,14 @@ pub async fn run(
         source: Box::new(e),
     })?;
     let sm_dir = config.data_dir.join("state");
-    let state_machine = StateMachine::open(&sm_dir).map_err(|e| NodeError::Storage {
-        path: sm_dir.display().to_string(),
-        source: Box::new(e),
-    })?;
-    let shared = state_machine.shared();
     let metrics = Arc::new(Metrics::new()?);
+    let state_machine = StateMachine::open(&sm_dir)
+        .map_err(|e| NodeError::Storage {
+            path: sm_dir.display().to_string(),
+            source: Box::new(e),
+        })?
+        .with_metrics(Arc::clone(&metrics));
+    let shared = state_machine.shared();
 
     let raft_config = openraft::Config {
         cluster_name: "quorate".into(),

@@ -230,6 +230,12 @@ struct RawLimit {
     consistency: Option<Consistency>,
     #[serde(default)]
     cost: Option<u64>,
+    #[serde(default)]
+    max_keys: Option<usize>,
+    #[serde(default)]
+    on_full: Option<quorate_algorithms::OnFull>,
+    #[serde(default)]
+    expose: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +251,17 @@ enum RawKeyPart {
     Word(String),
     Header { header: String },
     Claim { claim: String },
+    Ip { ip: RawIpPrefix },
+}
+
+/// `{ip: {ipv4_prefix: 24, ipv6_prefix: 56}}`: the client address, masked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIpPrefix {
+    #[serde(default)]
+    ipv4_prefix: Option<u8>,
+    #[serde(default)]
+    ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -557,7 +574,10 @@ pub struct Acl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPart {
     Consumer,
-    Ip,
+    /// The client address, masked to its network: one counter per IPv4 address (/32)
+    /// and per IPv6 /64 by default, since one IPv6 host usually holds a whole /64 and
+    /// could otherwise mint 2^64 keys.
+    Ip(IpPrefix),
     Route,
     Identity,
     Header(String),
@@ -1272,16 +1292,59 @@ fn compile_acl(raw: RawAcl) -> Result<Acl, String> {
     })
 }
 
+/// The prefix lengths a client address is masked to in an `ip` key part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl Default for IpPrefix {
+    fn default() -> Self {
+        IpPrefix { v4: 32, v6: 64 }
+    }
+}
+
+impl IpPrefix {
+    /// The key text of `ip`: the address itself at a full-length prefix, else its network
+    /// (`2001:db8:1:2::/64`). IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn key_of(self, ip: std::net::IpAddr) -> String {
+        let ip = ip.to_canonical();
+        let (prefix, full) = match ip {
+            std::net::IpAddr::V4(_) => (self.v4, 32),
+            std::net::IpAddr::V6(_) => (self.v6, 128),
+        };
+        if prefix >= full {
+            return ip.to_string();
+        }
+        match IpNet::new(ip, prefix) {
+            Ok(net) => net.trunc().to_string(),
+            Err(_) => ip.to_string(),
+        }
+    }
+}
+
 fn compile_key_part(raw: RawKeyPart) -> Result<KeyPart, String> {
     Ok(match raw {
+        RawKeyPart::Ip { ip } => {
+            let base = IpPrefix::default();
+            let prefix = IpPrefix {
+                v4: ip.ipv4_prefix.unwrap_or(base.v4),
+                v6: ip.ipv6_prefix.unwrap_or(base.v6),
+            };
+            if prefix.v4 > 32 || prefix.v6 > 128 {
+                return Err("ipv4_prefix is 0 to 32 and ipv6_prefix 0 to 128".into());
+            }
+            KeyPart::Ip(prefix)
+        }
         RawKeyPart::Word(w) => match w.as_str() {
             "consumer" => KeyPart::Consumer,
-            "ip" => KeyPart::Ip,
+            "ip" => KeyPart::Ip(IpPrefix::default()),
             "route" => KeyPart::Route,
             "identity" => KeyPart::Identity,
             other => {
                 return Err(format!(
-                    "unknown key {other:?} (consumer, ip, route, identity, {{header: NAME}} or {{claim: NAME}})"
+                    "unknown key {other:?} (consumer, ip, route, identity, {{header: NAME}}, {{claim: NAME}} or {{ip: {{ipv4_prefix: N, ipv6_prefix: N}}}})"
                 ))
             }
         },
@@ -1315,15 +1378,23 @@ fn compile_limit(
             || raw.burst.is_some()
             || raw.precision.is_some()
             || raw.consistency.is_some()
+            || raw.max_keys.is_some()
+            || raw.on_full.is_some()
+            || raw.expose.is_some()
         {
             return Err(
-                "`use` refers to a named limit: do not also give limit, window, algorithm, burst, precision or consistency"
+                "`use` refers to a named limit: do not also give limit, window, algorithm, burst, precision, consistency, max_keys, on_full or expose"
                     .into(),
             );
         }
         let def = limits
-            .get(&name)
+            .get_mut(&name)
             .ok_or_else(|| format!("unknown limit {name:?} in use"))?;
+        // Its counters now hold route/consumer quota (keys like `consumer=alice`):
+        // quorate.v1 clients may no longer address it unless it says `expose: true`.
+        if def.expose.is_none() {
+            def.exposed = false;
+        }
         return Ok(RouteLimit {
             limit: def.name.clone(),
             shown: raw.name.unwrap_or_else(|| def.shown_name().to_string()),
@@ -1350,14 +1421,20 @@ fn compile_limit(
         return Err(format!("duplicate limit name {full:?}"));
     }
     let consistency = raw.consistency.unwrap_or_default();
+    let cap = crate::policy::KeyCapDoc {
+        max_keys: raw.max_keys,
+        on_full: raw.on_full.unwrap_or_default(),
+        expose: raw.expose,
+    };
+    cap.validate()?;
     limits.insert(
         full.clone(),
         LimitDef {
             name: full.clone(),
-            rate,
-            consistency,
             display_name: Some(shown.clone()),
-            shadow_mode: false,
+            // Route and consumer limits are keyed by who calls: never addressable via
+            // quorate.v1 unless the policy says `expose: true`.
+            ..LimitDef::new(rate, consistency, cap, false)
         },
     );
     Ok(RouteLimit {

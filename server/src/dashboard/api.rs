@@ -250,9 +250,9 @@ async fn policy(State(ctx): State<NodeContext>) -> Json<Value> {
         .take(1_000)
         .map(|d| LimitView {
             name: d.name.clone(),
-            algorithm: d.rate.algorithm.as_str(),
-            requests: d.rate.limit,
-            window: crate::policy::simulate::window_text(d.rate.window),
+            algorithm: d.rate.algorithm().as_str(),
+            requests: d.rate.limit(),
+            window: crate::policy::simulate::window_text(d.rate.window()),
             consistency: match d.consistency {
                 crate::policy::Consistency::Strict => "strict",
                 crate::policy::Consistency::Fast => "fast",

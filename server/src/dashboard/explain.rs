@@ -131,6 +131,7 @@ pub async fn explain(
                 peer,
                 route: None,
                 malformed: None,
+                forwarded_by: None,
             };
             let decision = authorizer
                 .decide(request)
@@ -174,9 +175,9 @@ pub async fn explain(
             Ok(serde_json::json!({
                 "kind": "quorate",
                 "limit": limit,
-                "algorithm": def.rate.algorithm.as_str(),
-                "requests": def.rate.limit,
-                "window": crate::policy::simulate::window_text(def.rate.window),
+                "algorithm": def.rate.algorithm().as_str(),
+                "requests": def.rate.limit(),
+                "window": crate::policy::simulate::window_text(def.rate.window()),
                 "consistency": match def.consistency {
                     crate::policy::Consistency::Strict => "strict",
                     crate::policy::Consistency::Fast => "fast",

@@ -1020,3 +1020,55 @@ async fn a_single_issuer_still_maps_unbound_consumer_records() {
         .unwrap();
     assert_eq!(d.metadata.groups, vec!["admins".to_string()]);
 }
+
+#[tokio::test]
+async fn ip_keys_mask_ipv6_to_a_64_and_honour_configured_prefixes() {
+    let text = r#"
+identities:
+  - name: anon
+    anonymous: {consumer: anonymous}
+routes:
+  - name: public
+    match: {path_prefix: /}
+    identities: [anon]
+    limits:
+      - {name: per_ip, key: ip, limit: 100, window: hour}
+      - {name: per_net, key: {ip: {ipv4_prefix: 24, ipv6_prefix: 48}}, limit: 100, window: hour}
+"#;
+    let (a, counter, _) = authorizer_with(text);
+    let key_for = |peer: &str| {
+        let mut req = request("GET", "/x", &[]);
+        req.peer = Some(peer.parse().unwrap());
+        req
+    };
+    let mut keys = Vec::new();
+    for peer in [
+        "2001:db8:1:2::a",
+        "2001:db8:1:2:ffff:ffff:ffff:ffff",
+        "2001:db8:1:3::1",
+        "192.0.2.7",
+        "::ffff:192.0.2.8",
+    ] {
+        allowed(&a.decide(key_for(peer)).await.unwrap());
+        let hits = std::mem::take(&mut *counter.hits.lock().unwrap());
+        keys.push((hits[0].key.clone(), hits[1].key.clone()));
+    }
+    // One IPv6 host holds a whole /64: it gets one counter, not 2^64.
+    assert_eq!(keys[0].0, "ip=2001:db8:1:2::/64");
+    assert_eq!(keys[1].0, keys[0].0);
+    assert_eq!(keys[2].0, "ip=2001:db8:1:3::/64");
+    // IPv4 stays per address by default; a mapped IPv6 address counts as IPv4.
+    assert_eq!(keys[3].0, "ip=192.0.2.7");
+    assert_eq!(keys[4].0, "ip=192.0.2.8");
+    // Configured prefixes.
+    assert_eq!(keys[0].1, "ip=2001:db8:1::/48");
+    assert_eq!(keys[2].1, keys[0].1);
+    assert_eq!(keys[3].1, "ip=192.0.2.0/24");
+    assert_eq!(keys[4].1, keys[3].1);
+
+    let bad = compile(
+        "routes:\n  - name: r\n    match: {path_prefix: /}\n    identities: []\n    limits:\n      - {limit: 1, window: hour, key: {ip: {ipv6_prefix: 129}}}\n",
+    )
+    .unwrap_err();
+    assert!(bad.reason.contains("ipv6_prefix"), "{bad}");
+}

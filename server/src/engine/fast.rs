@@ -211,7 +211,13 @@ impl FastPath {
             }
         }
         let now = self.clock.now();
-        let decision = term.store.check(&key, &hit.rate, now, hit.cost);
+        let cap = self.shared.policy.load().set.key_cap(&hit.limit);
+        let checked = term.store.check_capped(&key, cap, &hit.rate, now, hit.cost);
+        let refused =
+            checked.decision.denied == Some(quorate_algorithms::DenyReason::LimitKeysFull);
+        self.metrics
+            .observe_key_cap(&hit.limit, refused, checked.evicted);
+        let decision = checked.decision;
         if decision.allowed && hit.cost > 0 && self.consumed.try_send((hit.clone(), guard)).is_err()
         {
             self.metrics.fast_hits_unreplicated.inc();

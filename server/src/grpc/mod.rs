@@ -30,6 +30,7 @@ pub fn decision_to_pb(limit: &str, window: Nanos, d: &Decision) -> pb::Decision 
             Some(DenyReason::OverLimit) => pb::DenyReason::OverLimit,
             Some(DenyReason::CostExceedsLimit) => pb::DenyReason::CostExceedsLimit,
             Some(DenyReason::StoreFull) => pb::DenyReason::StoreFull,
+            Some(DenyReason::LimitKeysFull) => pb::DenyReason::LimitKeysFull,
         } as i32,
         window_ms: ms_ceil(window),
     }

@@ -23,11 +23,11 @@ use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 
-use quorate_algorithms::{Algorithm, Rate, SECOND};
+use quorate_algorithms::{Algorithm, OnFull, Rate, SECOND};
 use serde::Deserialize;
 
 use super::conditions::ConditionalLimit;
-use super::limits::{policy_rate, Consistency, LimitDef};
+use super::limits::{policy_rate, Consistency, KeyCapDoc, LimitDef};
 use super::parse_window;
 
 /// One domain: its descriptor tree and its conditional limits.
@@ -124,6 +124,9 @@ pub struct RuleSpec {
     pub rate: Rate,
     pub consistency: Consistency,
     pub unit: RateUnit,
+    /// `max_keys`, `on_full`, `expose` (a rule is not addressable via quorate.v1 unless
+    /// it says `expose: true`).
+    pub cap: KeyCapDoc,
 }
 
 /// How a window is reported to Envoy (`RateLimit.unit`): Envoy only knows whole units, so
@@ -228,6 +231,12 @@ struct RawRateLimit {
     precision: Option<u64>,
     #[serde(default)]
     consistency: Consistency,
+    #[serde(default)]
+    max_keys: Option<usize>,
+    #[serde(default)]
+    on_full: OnFull,
+    #[serde(default)]
+    expose: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,12 +326,19 @@ fn compile_rule(key: &str, raw: RawRateLimit) -> Result<Rule, String> {
             return Err(format!("{what}: name must be 1 to {MAX_TEXT} bytes"));
         }
     }
+    let cap = KeyCapDoc {
+        max_keys: raw.max_keys,
+        on_full: raw.on_full,
+        expose: raw.expose,
+    };
+    cap.validate().map_err(|e| format!("{what}: {e}"))?;
     Ok(Rule::Limited {
         limit: String::new(),
         spec: RuleSpec {
             rate,
             consistency: raw.consistency,
             unit,
+            cap,
         },
         display_name: raw.name,
         replaces,
@@ -648,10 +664,9 @@ impl Domain {
                         path.clone(),
                         LimitDef {
                             name: path.clone(),
-                            rate: spec.rate,
-                            consistency: spec.consistency,
                             display_name: Some(name),
                             shadow_mode: node.shadow_mode,
+                            ..LimitDef::new(spec.rate, spec.consistency, spec.cap, false)
                         },
                     );
                 }

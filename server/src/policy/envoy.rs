@@ -111,6 +111,7 @@ pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
         headers: HeaderSettings::default(),
         max_counters: DEFAULT_MAX_COUNTERS,
         authz: Default::default(),
+        ..PolicySet::default()
     })
 }
 

@@ -48,7 +48,7 @@ struct RawLimit {
 /// Compiles a Limitador limits file.
 pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
     let raw: Option<Vec<RawLimit>> = serde_yaml_ng::from_str(text)
-        .map_err(|e| PolicyError::new(e.location().map(|l| l.line()), e.to_string()))?;
+        .map_err(|e| PolicyError::new(super::lines::yaml_error_line(text, &e), e.to_string()))?;
     let lines = LineMap::build(text);
     let at = |path: &str, reason: String| {
         PolicyError::new(lines.line(path), format!("{path}: {reason}"))
@@ -93,12 +93,11 @@ pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
             }
             limits.insert(
                 limit.limit.clone(),
+                // Limitador limits belong to RLS clients: never addressable via quorate.v1.
                 LimitDef {
                     name: limit.limit.clone(),
-                    rate: spec.rate,
-                    consistency: spec.consistency,
                     display_name: Some(limit.shown_name.clone()),
-                    shadow_mode: false,
+                    ..LimitDef::new(spec.rate, spec.consistency, Default::default(), false)
                 },
             );
         }
@@ -110,6 +109,7 @@ pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
         headers: HeaderSettings::default(),
         max_counters: DEFAULT_MAX_COUNTERS,
         authz: Default::default(),
+        ..PolicySet::default()
     })
 }
 
@@ -182,6 +182,7 @@ fn compile_limit(
                 rate,
                 consistency: Consistency::Strict,
                 unit,
+                cap: Default::default(),
             })
         }
     };

@@ -183,6 +183,36 @@ impl FileLines {
     }
 }
 
+/// The line a YAML error is at: the parser's position, or, for errors without one (a text
+/// holding several YAML documents, which a single-document format refuses), the first line
+/// at which the text read so far stops being one valid document, found by bisection.
+pub(super) fn yaml_error_line(text: &str, e: &serde_yaml_ng::Error) -> Option<usize> {
+    e.location().map(|l| l.line()).or_else(|| {
+        let ends: Vec<usize> = text
+            .match_indices('\n')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(text.len()))
+            .collect();
+        let fails = |lines: usize| {
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text[..ends[lines - 1]]).is_err()
+        };
+        // Invariant: the first `good` lines parse (0 trivially), the first `bad` do not.
+        let (mut good, mut bad) = (0, ends.len());
+        if !fails(bad) {
+            return None;
+        }
+        while bad - good > 1 {
+            let mid = good + (bad - good) / 2;
+            if fails(mid) {
+                bad = mid;
+            } else {
+                good = mid;
+            }
+        }
+        Some(bad)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ pub use conditions::{CompareOp, Comparison, ConditionalLimit, ConditionalRule, E
 pub use descriptors::{wildcard_matches, Domain, EnvoyUnit, RateUnit, Rule, RuleSpec};
 pub use duration::parse_window;
 pub(crate) use limits::policy_rate;
-pub use limits::{Consistency, LimitDef};
+pub use limits::{assign_key_caps, Consistency, KeyCapDoc, LimitDef};
 pub use plan::{plan_rls, DescriptorPlan, LimitedPlan, RequestDescriptor};
 
 /// The default cap on live counters across the cluster. Part of the policy (not a node
@@ -144,6 +144,9 @@ pub struct PolicySet {
     pub headers: HeaderSettings,
     /// The most counters the cluster keeps; new keys beyond it are refused.
     pub max_counters: usize,
+    /// The key cap of a limit this policy does not have (a hit resolved under an older
+    /// policy): an equal share, `refuse`. See [`limits::assign_key_caps`].
+    pub retired_key_cap: quorate_algorithms::KeyCap,
     /// Identities, consumers, routes and their defaults (ext_authz and forward-auth).
     pub authz: crate::authz::AuthzPolicy,
 }
@@ -156,6 +159,10 @@ impl Default for PolicySet {
             domains: BTreeMap::new(),
             headers: HeaderSettings::default(),
             max_counters: DEFAULT_MAX_COUNTERS,
+            retired_key_cap: quorate_algorithms::KeyCap {
+                max_keys: DEFAULT_MAX_COUNTERS,
+                on_full: quorate_algorithms::OnFull::Refuse,
+            },
             authz: Default::default(),
         }
     }
@@ -212,11 +219,14 @@ impl PolicySet {
     /// Parses and validates a document. Deterministic: the same text always compiles to
     /// the same policy or the same error.
     pub fn compile(source: &PolicySource) -> Result<PolicySet, PolicyError> {
-        match source.format {
+        let mut set = match source.format {
             PolicyFormat::Quorate => compile_quorate(&source.text),
             PolicyFormat::EnvoyRatelimit => envoy::compile(&source.text),
             PolicyFormat::Limitador => limitador::compile(&source.text),
-        }
+        }?;
+        set.retired_key_cap = assign_key_caps(&mut set.limits, set.max_counters)
+            .map_err(|reason| PolicyError::new(None, reason))?;
+        Ok(set)
     }
 
     /// Looks up a named limit.
@@ -229,13 +239,26 @@ impl PolicySet {
     pub fn warnings(&self) -> Vec<String> {
         self.domains.values().flat_map(Domain::warnings).collect()
     }
+
+    /// Looks up a limit quorate.v1 clients may address: `None` for limits that belong to
+    /// authorization routes and consumers or to RLS descriptor rules, unless the policy
+    /// opts them in with `expose: true` (indistinguishable from an unknown limit, so
+    /// their existence is not revealed either).
+    pub fn exposed_limit(&self, name: &str) -> Option<&LimitDef> {
+        self.limits.get(name).filter(|l| l.exposed)
+    }
+
+    /// The key cap counters of limit `name` live under.
+    pub fn key_cap(&self, name: &str) -> quorate_algorithms::KeyCap {
+        self.limits
+            .get(name)
+            .map_or(self.retired_key_cap, |l| l.key_cap)
+    }
 }
 
 fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
-    let doc: Document = serde_yaml_ng::from_str(text).map_err(|e| {
-        let line = e.location().map(|l| l.line());
-        PolicyError::new(line, e.to_string())
-    })?;
+    let doc: Document = serde_yaml_ng::from_str(text)
+        .map_err(|e| PolicyError::new(lines::yaml_error_line(text, &e), e.to_string()))?;
     let lines = lines::LineMap::build(text);
     let at = |path: &str, reason: String| {
         PolicyError::new(lines.line(path), format!("{path}: {reason}"))
@@ -278,6 +301,7 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
         headers: doc.headers,
         max_counters,
         authz,
+        ..PolicySet::default()
     })
 }
 
@@ -337,5 +361,106 @@ mod tests {
     fn unknown_fields_are_refused() {
         let err = compile("limitz: []\n").unwrap_err();
         assert!(err.reason.contains("limitz"), "{err}");
+    }
+
+    #[test]
+    fn limits_without_max_keys_share_what_the_explicit_ones_leave() {
+        let policy = compile(
+            "max_counters: 100\nlimits:\n  - {name: a, limit: 1, window: 1s, max_keys: 40, on_full: evict_idlest}\n  - {name: b, limit: 1, window: 1s}\n  - {name: c, limit: 1, window: 1s}\n",
+        )
+        .unwrap();
+        let cap = |name: &str| policy.key_cap(name);
+        assert_eq!(cap("a").max_keys, 40);
+        assert_eq!(cap("a").on_full, quorate_algorithms::OnFull::EvictIdlest);
+        assert_eq!(cap("b").max_keys, 30);
+        assert_eq!(cap("c").on_full, quorate_algorithms::OnFull::Refuse);
+        assert_eq!(cap("retired").max_keys, 30);
+    }
+
+    #[test]
+    fn key_caps_that_cannot_fit_the_store_are_refused() {
+        let over = compile(
+            "max_counters: 10\nlimits:\n  - {name: a, limit: 1, window: 1s, max_keys: 6}\n  - {name: b, limit: 1, window: 1s, max_keys: 6}\n",
+        )
+        .unwrap_err();
+        assert!(over.reason.contains("add up to 12"), "{over}");
+        let none_left = compile(
+            "max_counters: 10\nlimits:\n  - {name: a, limit: 1, window: 1s, max_keys: 10}\n  - {name: b, limit: 1, window: 1s}\n",
+        )
+        .unwrap_err();
+        assert!(none_left.reason.contains("leaves no keys"), "{none_left}");
+        let zero =
+            compile("limits:\n  - {name: a, limit: 1, window: 1s, max_keys: 0}\n").unwrap_err();
+        assert_eq!(zero.line, Some(2), "{zero}");
+        let bad =
+            compile("limits:\n  - {name: a, limit: 1, window: 1s, on_full: drop}\n").unwrap_err();
+        assert!(
+            bad.reason.contains("on_full") || bad.reason.contains("drop"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn only_quorate_v1_limits_and_opted_in_ones_are_exposed() {
+        let policy = compile(
+            r#"
+limits:
+  - {name: mine, limit: 1, window: 1s}
+  - {name: used, limit: 1, window: 1s}
+  - {name: used_exposed, limit: 1, window: 1s, expose: true}
+  - {name: hidden, limit: 1, window: 1s, expose: false}
+domains:
+  - domain: d
+    descriptors:
+      - key: k
+        rate_limit: {unit: second, requests_per_unit: 1}
+      - key: e
+        rate_limit: {unit: second, requests_per_unit: 1, expose: true}
+identities:
+  - {name: anon, anonymous: {consumer: x}}
+consumers:
+  - id: alice
+    limits: [{name: daily, limit: 1, window: day}]
+routes:
+  - name: r
+    match: {path_prefix: /}
+    identities: [anon]
+    limits:
+      - {name: inline, limit: 1, window: 1s}
+      - {name: inline_exposed, limit: 1, window: 1s, expose: true}
+      - {use: used}
+      - {use: used_exposed}
+"#,
+        )
+        .unwrap();
+        let exposed: Vec<&str> = policy
+            .limits
+            .keys()
+            .filter(|name| policy.exposed_limit(name).is_some())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            exposed,
+            ["d/e", "mine", "route/r/inline_exposed", "used_exposed"]
+        );
+        assert!(policy.limit("consumer/alice/daily").is_some());
+
+        let limitador = PolicySet::compile(&PolicySource {
+            format: PolicyFormat::Limitador,
+            text: "- {namespace: n, max_value: 1, seconds: 1, conditions: [], variables: [u]}\n"
+                .into(),
+        })
+        .unwrap();
+        assert!(limitador.limits.values().all(|l| !l.exposed));
+    }
+
+    #[test]
+    fn a_second_yaml_document_is_refused_with_its_line() {
+        let err = compile("limits: []\n---\nlimits: []\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        // Found by the fuzz test: an indented first line makes the parser see two
+        // documents without saying where; line 3 is where the second one starts.
+        let err = compile("  limits:\n# c\nmax_counters: 5\n").unwrap_err();
+        assert!(err.line.is_some(), "{err}");
     }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{Command, CommandResponse, Hit, TypeConfig};
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
-use quorate_algorithms::Decision;
+use quorate_algorithms::{Decision, DenyReason};
 
 /// How often, in log time, idle counters are swept.
 const SWEEP_INTERVAL: Nanos = SECOND;
@@ -35,18 +35,9 @@ const POLICY_HISTORY: usize = 32;
 /// The file holding the current snapshot inside the state machine's directory.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
-/// Separates a limit name from a counter key inside the store. A unit separator cannot
-/// appear in limit names (validated), so keys of different limits never collide.
-const KEY_SEPARATOR: char = '\u{1f}';
-
-/// The store key of counter `key` under limit `limit`.
-pub fn counter_key(limit: &str, key: &str) -> String {
-    let mut k = String::with_capacity(limit.len() + 1 + key.len());
-    k.push_str(limit);
-    k.push(KEY_SEPARATOR);
-    k.push_str(key);
-    k
-}
+/// The store key of counter `key` under limit `limit` (`limit␟key`: the store caps keys
+/// per limit by that prefix).
+pub use quorate_algorithms::counter_key;
 
 /// One version of the policy, as applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,9 +113,17 @@ pub struct StateMachine {
     dir: PathBuf,
     current_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshots_built: u64,
+    /// Where refused and evicted keys are counted (absent in unit tests).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl StateMachine {
+    /// Counts key-cap refusals and evictions in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> StateMachine {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Opens the state machine kept in `dir`, restoring the snapshot found there.
     pub fn open(dir: &Path) -> Result<StateMachine, std::io::Error> {
         std::fs::create_dir_all(dir)?;
@@ -144,6 +143,7 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             current_snapshot: Arc::new(Mutex::new(None)),
             snapshots_built: 0,
+            metrics: None,
         };
         let path = dir.join(SNAPSHOT_FILE);
         if path.exists() {
@@ -239,18 +239,41 @@ impl StateMachine {
         }
     }
 
+    /// Decides strict hits. Each limit's key cap comes from the live policy (replicated
+    /// state), so refusals and evictions are the same on every replica.
     fn decide(&self, now: Nanos, hits: &[Hit]) -> Vec<Decision> {
         let counters = self.shared.counters.load();
+        let policy = self.shared.policy.load();
         hits.iter()
-            .map(|hit| counters.check(&counter_key(&hit.limit, &hit.key), &hit.rate, now, hit.cost))
+            .map(|hit| {
+                let cap = policy.set.key_cap(&hit.limit);
+                let key = counter_key(&hit.limit, &hit.key);
+                let checked = counters.check_capped(&key, cap, &hit.rate, now, hit.cost);
+                let refused = checked.decision.denied == Some(DenyReason::LimitKeysFull);
+                self.observe_key_cap(&hit.limit, refused, checked.evicted);
+                checked.decision
+            })
             .collect()
     }
 
     fn record_consumed(&self, now: Nanos, hits: &[Hit]) {
         let counters = self.shared.counters.load();
+        let policy = self.shared.policy.load();
         for hit in hits {
-            // At the key cap the leader refused the hit already; nothing to record.
-            let _ = counters.force(&counter_key(&hit.limit, &hit.key), &hit.rate, now, hit.cost);
+            let cap = policy.set.key_cap(&hit.limit);
+            let key = counter_key(&hit.limit, &hit.key);
+            // At a key cap the leader refused the hit already (or evicted for it, as this
+            // replica does now); a refusal here leaves nothing to record.
+            match counters.force_capped(&key, cap, &hit.rate, now, hit.cost) {
+                Ok(evicted) => self.observe_key_cap(&hit.limit, false, evicted),
+                Err(_) => self.observe_key_cap(&hit.limit, true, false),
+            }
+        }
+    }
+
+    fn observe_key_cap(&self, limit: &str, refused: bool, evicted: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_key_cap(limit, refused, evicted);
         }
     }
 
@@ -713,5 +736,32 @@ mod tests {
         let live = sm.shared().policy.load_full();
         assert_eq!(live.set.limit("l").map(|l| l.rate.limit()), Some(3));
         assert_eq!(live.version.as_ref().and_then(|v| v.rollback_of), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_full_limit_refuses_only_its_own_new_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let two_keys = "limits:\n  - {name: l, limit: 3, window: minute, max_keys: 2}\n  - {name: m, limit: 3, window: minute, max_keys: 2}\n";
+        let r = sm
+            .apply(vec![
+                entry(1, policy(two_keys)),
+                entry(2, hits(SECOND, "l", "a", 1)),
+                entry(3, hits(SECOND, "l", "b", 1)),
+                entry(4, hits(SECOND, "l", "c", 1)),
+                entry(5, hits(SECOND, "l", "a", 1)),
+                entry(6, hits(SECOND, "m", "c", 1)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(allowed(&r[3]), 0, "a third key of l");
+        match &r[3] {
+            CommandResponse::Decisions(d) => {
+                assert_eq!(d[0].denied, Some(DenyReason::LimitKeysFull))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(allowed(&r[4]), 1, "a key l already counts");
+        assert_eq!(allowed(&r[5]), 1, "another limit");
     }
 }
