@@ -69,3 +69,25 @@ pub fn authz_status(e: AuthzError) -> Status {
     tracing::error!(error = %e, "authorization could not be decided");
     Status::new(Code::Internal, e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_answers_known_not_counted_carry_the_not_applied_marker() {
+        let marked = to_status(EngineError::not_applied("no leader elected yet", None));
+        assert_eq!(marked.code(), Code::Unavailable);
+        assert_eq!(
+            marked
+                .metadata()
+                .get(NOT_APPLIED_HEADER)
+                .map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
+        let unknown = to_status(EngineError::unavailable("no quorum", None));
+        assert!(unknown.metadata().get(NOT_APPLIED_HEADER).is_none());
+        let bad = to_status(EngineError::InvalidArgument("key".into()));
+        assert!(bad.metadata().get(NOT_APPLIED_HEADER).is_none());
+    }
+}

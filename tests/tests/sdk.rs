@@ -226,10 +226,13 @@ async fn at_most_once_never_counts_a_hit_twice_across_a_leader_kill() {
 
 // ---- the tower layer in a real axum app ----
 
+/// One list member: the name and its integer parameters.
+type SfMember = (String, HashMap<String, u64>);
+
 /// A draft-10 `RateLimit` / `RateLimit-Policy` field: a structured-field list whose
 /// members are sf-string items with integer parameters (RFC 9651). Returns
 /// `(name, params)` per member, or why the text is not one.
-fn parse_sf_list(text: &str) -> Result<Vec<(String, HashMap<String, u64>)>, String> {
+fn parse_sf_list(text: &str) -> Result<Vec<SfMember>, String> {
     let mut out = Vec::new();
     for member in text.split(',') {
         let member = member.trim_start_matches(' ');
@@ -390,7 +393,7 @@ async fn the_tower_layer_limits_a_real_axum_app_with_draft_10_headers() {
         assert!(retry >= 1);
         let (q, w, r, t) = fields(&response);
         assert_eq!((q, w, r), (3, SECONDS_PER_YEAR, 0));
-        assert!(t >= 1 && t <= SECONDS_PER_YEAR, "{t}");
+        assert!((1..=SECONDS_PER_YEAR).contains(&t), "{t}");
     }
     // Forging an address to the left of the real one does not change the key.
     let forged = [("x-forwarded-for", "198.51.100.66, 203.0.113.1")];
