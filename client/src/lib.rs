@@ -189,7 +189,7 @@ impl Default for Builder {
             endpoints: Vec::new(),
             timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(1),
-            max_attempts: 10,
+            max_attempts: 32,
             sdk: options::Options::default(),
         }
     }
@@ -225,7 +225,7 @@ impl Builder {
     }
 
     /// Most attempts per call (leader hops and endpoint failovers together), at least 1
-    /// (default 10); the deadline usually ends a call first.
+    /// (default 32); the deadline usually ends a call first.
     pub fn max_attempts(&mut self, attempts: usize) -> &mut Self {
         self.max_attempts = attempts.max(1);
         self
