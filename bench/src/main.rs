@@ -9,6 +9,8 @@
 //! - `rls`: drive Envoy RLS `ShouldRateLimit` (1..n descriptors), verifying every answer;
 //!   `null-rls`: a do-nothing RLS server; `rls-frame`: write one request as an h2load body;
 //! - `ext-authz`: drive Envoy ext_authz `Check` (API key, JWT or no identity);
+//! - `sdk`: the Rust SDK next to raw gRPC (overhead per call, the deny cache on a hot
+//!   over-limit key), against a node started with `bench/sdk-policy.yaml`;
 //! - `nodes`: start one node or a 3-node cluster (as `suite` does) and hold it up, for
 //!   scripts that measure other clients or servers next to quorate (`bench/envoy.sh`).
 //! - `sliding-accuracy`: generated Poisson and bursty traffic through the sliding window
@@ -27,6 +29,7 @@ mod procs;
 mod report;
 mod rls;
 mod rpc;
+mod sdk;
 mod suite;
 
 use std::net::SocketAddr;
@@ -103,6 +106,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The Rust SDK next to raw gRPC: overhead per call, deny cache on a hot key.
+    Sdk(SdkArgs),
     /// Start one quorate node or a 3-node cluster with a policy and hold it up.
     Nodes {
         #[arg(long, default_value = "target/release/quorate")]
@@ -120,6 +125,22 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct SdkArgs {
+    /// gRPC endpoint of a node started with `bench/sdk-policy.yaml`.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    target: String,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Distinct keys of the allowed-hits cases.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
 }
 
 /// Options shared by the Envoy modes.
@@ -350,6 +371,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::ExtAuthz(args) => ext_authz_load(args).await,
+        Command::Sdk(a) => {
+            sdk::run(sdk::SdkBench {
+                target: a.target,
+                concurrency: a.concurrency,
+                duration: a.duration,
+                warmup: a.warmup,
+                keys: a.keys,
+            })
+            .await
+        }
         Command::Nodes {
             quorate,
             policy,

@@ -3,28 +3,78 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), quorate_client::Error> {
 //! let client = quorate_client::Client::builder()
-//!     .endpoint("http://127.0.0.1:8081")
-//!     .connect()
-//!     .await?;
+//!     .endpoints(["http://10.0.0.1:8081", "http://10.0.0.2:8081", "http://10.0.0.3:8081"])
+//!     .connect().await?;
 //! let decision = client.check("per_minute", "user-42", 1).await?;
-//! if !decision.allowed {
-//!     println!("slow down for {:?}", decision.retry_after);
-//! }
+//! if !decision.allowed { println!("slow down for {:?}", decision.retry_after); }
 //! # Ok(()) }
 //! ```
 //!
-//! # Leaders and failover
-//! Any member answers (followers forward to the leader). When a member says it cannot
-//! (`UNAVAILABLE` with a leader hint), the client goes to the hinted leader directly and
-//! remembers it; when a member cannot be reached it tries the next configured endpoint.
-//! Both are capped by [`Builder::max_attempts`], so a call never loops.
+//! For HTTP servers, [`layer::QuorateLayer`] does this for every request (axum, hyper,
+//! tonic: any tower stack); see `examples/axum_app.rs`.
 //!
-//! A retried `strict` hit may have been counted by the first attempt even though its
-//! answer was lost: retries can only over-count, never grant twice.
+//! # Decisions and errors
+//! A denied hit is an answer, not an error: [`Decision::allowed`] is false and
+//! [`Decision::retry_after`] says when it can pass. [`Error`] is for calls the cluster
+//! could not decide; ask it with `is_*` predicates ([`Error::is_unavailable`],
+//! [`Error::is_invalid_argument`], [`Error::is_unknown_limit`],
+//! [`Error::is_deadline_exceeded`], [`Error::is_unknown_outcome`]).
+//!
+//! # Leaders, failover, deadlines
+//! Give every member as a seed endpoint. Any member answers (followers forward to the
+//! leader). When a member says it cannot (`UNAVAILABLE` with a leader hint), the client
+//! goes to the hinted leader at once and remembers it; when a member cannot be reached or
+//! has no leader, the client tries the next endpoint after a jittered exponential
+//! [`Backoff`]. Everything — hops, retries, waits — fits in one per-call deadline
+//! ([`Builder::timeout`], default 3 s), so no call hangs through an election: it
+//! answers, or fails when the deadline passes.
+//!
+//! # Retries: at most once or at least once
+//! A hit whose answer was lost may or may not have been counted. [`RetryPolicy`] says
+//! what the client does then:
+//! - [`RetryPolicy::AtMostOnce`] never resends such a hit; the call fails with
+//!   [`Error::is_unknown_outcome`]. Hits that certainly were not counted are still
+//!   resent: a refused connection (nothing was sent), and an `UNAVAILABLE` the server
+//!   marks `x-quorate-not-applied` (this node is not the leader, no leader elected yet,
+//!   leadership moved before the entry committed, the leader refused the forward).
+//! - [`RetryPolicy::AtLeastOnce`] (the default) resends until an answer or the
+//!   deadline. A hit may be counted twice across a failover, so a key can run out of
+//!   quota a little early; no policy can make the cluster grant more than the limit.
+//!
+//! Why at-least-once is the default: both policies are safe for the limit (neither ever
+//! over-grants), but at-most-once turns every leader failover into failed calls, and
+//! an application then has to allow (over-granting, which is what a rate limiter
+//! exists to prevent) or deny (refusing users who had quota). Counting a hit twice
+//! during a rare failover costs one unit of quota instead. Choose at-most-once when a
+//! hit stands for something users must not be charged twice for.
+//!
+//! # The local deny cache
+//! Once the cluster denies a key for lack of quota, the client answers later hits on it
+//! "denied" itself, with no network call, until the time the cluster said the hit could
+//! pass ([`Decision::source`] is [`Source::DenyCache`]). It never allows anything and
+//! stops at the reset; see [`deny_cache`] for the argument. On by default, bounded
+//! ([`Builder::deny_cache_capacity`]); [`Client::deny_cache_stats`] gives counters to
+//! export.
+//!
+//! # When the cluster is unreachable
+//! [`Builder::fallback`] chooses: return the error (default), fail open
+//! ([`Fallback::Allow`], marked [`Source::FailOpen`]) or fail closed ([`Fallback::Deny`],
+//! marked [`Source::FailClosed`]).
+//!
+//! # Several limits in one call
+//! [`Client::check_all`] sends several hits in one call and returns one decision per hit.
+//! Each is decided on its own; an all-or-nothing decision needs an engine change and will
+//! come with it.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod check;
+pub mod deny_cache;
 mod error;
+#[cfg(feature = "layer")]
+pub mod layer;
+mod options;
+mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +84,10 @@ use quorate_proto::v1::rate_limiter_client::RateLimiterClient;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+pub use deny_cache::{DenyCache, DenyCacheStats};
 pub use error::Error;
-
-/// Metadata key in which a node names the leader's gRPC address.
-const LEADER_HEADER: &str = "x-quorate-leader";
+pub use options::{Fallback, Source};
+pub use retry::{Backoff, RetryPolicy};
 
 /// One hit to check: the limit, the counter key within it, and the cost (0 peeks).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +123,9 @@ pub enum DenyReason {
     StoreFull,
     /// The limit holds its most keys (`max_keys`) and this key is new.
     LimitKeysFull,
+    /// The cluster could not be asked and the client fails closed
+    /// ([`Fallback::Deny`]).
+    Unavailable,
 }
 
 /// The answer for one hit.
@@ -94,6 +147,8 @@ pub struct Decision {
     pub reason: Option<DenyReason>,
     /// The limit's window.
     pub window: Duration,
+    /// Who decided: the cluster, the local deny cache, or a fallback.
+    pub source: Source,
 }
 
 impl From<pb::Decision> for Decision {
@@ -115,6 +170,7 @@ impl From<pb::Decision> for Decision {
             retry_after: d.retry_after_ms.map(Duration::from_millis),
             reason,
             window: Duration::from_millis(d.window_ms),
+            source: Source::Cluster,
         }
     }
 }
@@ -126,6 +182,8 @@ pub struct Builder {
     timeout: Duration,
     connect_timeout: Duration,
     max_attempts: usize,
+    /// Retries, deny cache, fallback: see `options.rs`.
+    sdk: options::Options,
 }
 
 impl Default for Builder {
@@ -134,7 +192,8 @@ impl Default for Builder {
             endpoints: Vec::new(),
             timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(1),
-            max_attempts: 4,
+            max_attempts: 32,
+            sdk: options::Options::default(),
         }
     }
 }
@@ -146,7 +205,17 @@ impl Builder {
         self
     }
 
-    /// Deadline for one call, including leader hops.
+    /// Adds several members' gRPC addresses: the seeds the client starts from.
+    pub fn endpoints<I, S>(&mut self, uris: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints.extend(uris.into_iter().map(Into::into));
+        self
+    }
+
+    /// Deadline for one call, including leader hops, retries and backoff (default 3 s).
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = timeout;
         self
@@ -158,7 +227,8 @@ impl Builder {
         self
     }
 
-    /// Most attempts per call (leader hops and endpoint failovers together), at least 1.
+    /// Most attempts per call (leader hops and endpoint failovers together), at least 1
+    /// (default 32); the deadline usually ends a call first.
     pub fn max_attempts(&mut self, attempts: usize) -> &mut Self {
         self.max_attempts = attempts.max(1);
         self
@@ -173,12 +243,14 @@ impl Builder {
         for uri in &self.endpoints {
             channels.push((uri.clone(), self.channel(uri)?));
         }
+        let deny_cache = self.sdk.deny_cache();
         Ok(Client {
             inner: Arc::new(Inner {
                 builder: self.clone(),
                 members: channels,
                 current: Mutex::new(0),
                 leader: Mutex::new(None),
+                deny_cache,
             }),
         })
     }
@@ -206,67 +278,15 @@ struct Inner {
     current: Mutex<usize>,
     /// The leader, once a member named it: (address, channel).
     leader: Mutex<Option<(String, RateLimiterClient<Channel>)>>,
+    /// Keys known to be denied; `None` when turned off.
+    deny_cache: Option<DenyCache>,
 }
 
 impl Client {
-    /// A builder with defaults (3 s timeout, 4 attempts).
+    /// A builder with defaults (3 s deadline, at-least-once retries, deny cache on,
+    /// errors returned when the cluster is unreachable).
     pub fn builder() -> Builder {
         Builder::default()
-    }
-
-    /// Checks one hit.
-    pub async fn check(&self, limit: &str, key: &str, cost: u64) -> Result<Decision, Error> {
-        let mut decisions = self.check_many(vec![Hit::new(limit, key, cost)]).await?;
-        decisions
-            .pop()
-            .ok_or_else(|| Error::protocol("the server returned no decision"))
-    }
-
-    /// Checks several hits in one call; one decision each, in order.
-    pub async fn check_many(&self, hits: Vec<Hit>) -> Result<Vec<Decision>, Error> {
-        let request = pb::CheckRequest {
-            hits: hits
-                .into_iter()
-                .map(|h| pb::Hit {
-                    limit: h.limit,
-                    key: h.key,
-                    cost: Some(h.cost),
-                })
-                .collect(),
-        };
-        let expected = request.hits.len();
-        let deadline = tokio::time::Instant::now() + self.inner.builder.timeout;
-        let mut last_error = None;
-        for _ in 0..self.inner.builder.max_attempts {
-            let (target, mut client) = self.pick().await;
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(remaining);
-            match client.check(call).await {
-                Ok(response) => {
-                    let decisions = response.into_inner().decisions;
-                    if decisions.len() != expected {
-                        return Err(Error::protocol(format!(
-                            "expected {expected} decisions, got {}",
-                            decisions.len()
-                        )));
-                    }
-                    return Ok(decisions.into_iter().map(Decision::from).collect());
-                }
-                Err(status) => {
-                    let error = Error::from_status(&status);
-                    if !error.is_unavailable() && !error.is_connect() {
-                        return Err(error);
-                    }
-                    self.fail_over(&target, leader_hint(&status)).await?;
-                    last_error = Some(error);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Error::timeout("deadline passed before an answer")))
     }
 
     /// The member to ask: the known leader, else the current configured member.
@@ -279,7 +299,8 @@ impl Client {
     }
 
     /// After `target` failed: go to the hinted leader, or move to the next member.
-    async fn fail_over(&self, target: &Target, hint: Option<String>) -> Result<(), Error> {
+    /// Returns whether a newly hinted leader is to be tried next.
+    async fn fail_over(&self, target: &Target, hint: Option<String>) -> Result<bool, Error> {
         let mut leader = self.inner.leader.lock().await;
         if let Some(addr) = hint {
             let uri = format!("http://{addr}");
@@ -287,7 +308,7 @@ impl Client {
             if !same {
                 let channel = self.inner.builder.channel(&uri)?;
                 *leader = Some((uri, channel));
-                return Ok(());
+                return Ok(true);
             }
         }
         *leader = None;
@@ -297,7 +318,7 @@ impl Client {
                 *current = (i + 1) % self.inner.members.len();
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -305,12 +326,4 @@ impl Client {
 enum Target {
     Leader(#[allow(dead_code)] String),
     Member(usize),
-}
-
-fn leader_hint(status: &tonic::Status) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }

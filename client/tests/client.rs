@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use quorate_client::{Client, DenyReason, Hit};
+use quorate_client::{Client, DenyReason, Fallback, Hit, RetryPolicy, Source};
 use quorate_server::config::Config;
 use quorate_server::node::{self, Listeners};
 
@@ -66,12 +66,12 @@ async fn allows_up_to_the_limit_then_denies_with_retry_after() {
 }
 
 #[tokio::test]
-async fn check_many_answers_in_order_and_cost_beyond_limit_never_passes() {
+async fn check_all_answers_in_order_and_cost_beyond_limit_never_passes() {
     let (url, _stop, _dir) = start_node().await;
     let client = Client::builder().endpoint(url).connect().await.unwrap();
     ready(&client).await;
     let decisions = client
-        .check_many(vec![
+        .check_all(&[
             Hit::new("bucket", "k", 2),
             Hit::new("three", "k", 4),
             Hit::new("bucket", "k", 1),
@@ -119,4 +119,107 @@ async fn fails_over_to_the_next_endpoint() {
 async fn no_endpoint_is_a_config_error() {
     let e = Client::builder().connect().await.unwrap_err();
     assert!(e.is_config());
+}
+
+#[tokio::test]
+async fn an_over_limit_key_is_denied_locally_until_its_reset() {
+    let (url, _stop, _dir) = start_node().await;
+    let client = Client::builder().endpoint(url).connect().await.unwrap();
+    ready(&client).await;
+    // Burst 2, one token per second: two pass, the third is denied by the cluster.
+    for _ in 0..2 {
+        assert!(client.check("bucket", "hot", 1).await.unwrap().allowed);
+    }
+    let d = client.check("bucket", "hot", 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.source, Source::Cluster);
+    let before = client.deny_cache_stats().unwrap();
+    let d = client.check("bucket", "hot", 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.source, Source::DenyCache);
+    assert!(d.retry_after.unwrap() <= Duration::from_secs(1));
+    let after = client.deny_cache_stats().unwrap();
+    assert_eq!(after.local_denials, before.local_denials + 1);
+    // A token is back within a second: the cache lets the cluster decide again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let d = client.check("bucket", "hot", 1).await.unwrap();
+        if d.allowed {
+            assert_eq!(d.source, Source::Cluster);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never allowed again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A loopback port nothing listens on.
+fn dead_endpoint() -> String {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", dead.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_fails_open_or_closed_as_chosen_and_marks_it() {
+    let open = Client::builder()
+        .endpoint(dead_endpoint())
+        .timeout(Duration::from_millis(300))
+        .fallback(Fallback::Allow)
+        .connect()
+        .await
+        .unwrap();
+    let d = open.check("three", "k", 1).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.source, Source::FailOpen);
+
+    let closed = Client::builder()
+        .endpoint(dead_endpoint())
+        .timeout(Duration::from_millis(300))
+        .fallback(Fallback::Deny)
+        .connect()
+        .await
+        .unwrap();
+    let d = closed.check("three", "k", 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.source, Source::FailClosed);
+    assert_eq!(d.reason, Some(DenyReason::Unavailable));
+
+    // The default returns the error, within the deadline; refused connections are
+    // resent even at most once (nothing was sent), so this is not an unknown outcome.
+    let strict = Client::builder()
+        .endpoint(dead_endpoint())
+        .timeout(Duration::from_millis(300))
+        .retry_policy(RetryPolicy::AtMostOnce)
+        .connect()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = strict.check("three", "k", 1).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!e.is_unknown_outcome(), "{e}");
+    assert!(e.is_unavailable() || e.is_deadline_exceeded(), "{e}");
+}
+
+#[tokio::test]
+async fn bad_requests_are_errors_even_with_a_fallback() {
+    let (url, _stop, _dir) = start_node().await;
+    let client = Client::builder()
+        .endpoint(url)
+        .fallback(Fallback::Allow)
+        .connect()
+        .await
+        .unwrap();
+    ready(&client).await;
+    assert!(client
+        .check("no-such-limit", "k", 1)
+        .await
+        .unwrap_err()
+        .is_unknown_limit());
 }

@@ -52,10 +52,14 @@ pub enum EngineError {
     #[error("unknown limit {0:?}")]
     UnknownLimit(String),
     /// No leader, no quorum, or the leader could not be reached. `leader` is a hint.
+    /// `not_applied` is true only when the hits certainly were not counted (never handed
+    /// to Raft, or truncated uncommitted), so a client may resend them without counting
+    /// them twice; false means the outcome is unknown.
     #[error("{reason}")]
     Unavailable {
         reason: String,
         leader: Option<Node>,
+        not_applied: bool,
     },
     /// Anything else; logged where it happens.
     #[error("internal error: {0}")]
@@ -63,10 +67,34 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Unavailable, and the hits may have been counted.
     pub(crate) fn unavailable(reason: impl Into<String>, leader: Option<Node>) -> EngineError {
         EngineError::Unavailable {
             reason: reason.into(),
             leader,
+            not_applied: false,
+        }
+    }
+
+    /// Unavailable, and the hits were certainly not counted: safe to resend.
+    pub(crate) fn not_applied(reason: impl Into<String>, leader: Option<Node>) -> EngineError {
+        EngineError::Unavailable {
+            reason: reason.into(),
+            leader,
+            not_applied: true,
+        }
+    }
+
+    /// The same error, but no longer claiming the hits were not counted (some other hit
+    /// of the same request was).
+    fn outcome_unknown(self) -> EngineError {
+        match self {
+            EngineError::Unavailable { reason, leader, .. } => EngineError::Unavailable {
+                reason,
+                leader,
+                not_applied: false,
+            },
+            other => other,
         }
     }
 }
@@ -233,7 +261,7 @@ impl Engine {
     ) -> Result<Vec<Decision>, EngineError> {
         if !self.leadership.is_leader() {
             if forwarded {
-                return Err(EngineError::unavailable(
+                return Err(EngineError::not_applied(
                     "this node is not the leader",
                     self.leadership.leader_node(),
                 ));
@@ -241,7 +269,7 @@ impl Engine {
             let leader = self
                 .leadership
                 .leader_node()
-                .ok_or_else(|| EngineError::unavailable("no leader elected yet", None))?;
+                .ok_or_else(|| EngineError::not_applied("no leader elected yet", None))?;
             return self.forwarder.forward(leader, hits, self.timeout).await;
         }
         let decided = tokio::time::timeout(self.timeout, self.decide(hits))
@@ -291,7 +319,16 @@ impl Engine {
             strict_slots.push(i);
         }
         if !strict.is_empty() {
-            let outcomes = self.strict.submit(strict, guards).await?;
+            // Fast hits decided above already took their quota: if the strict ones fail,
+            // this request's outcome is no longer "not counted".
+            let fast_counted = decided.iter().any(Option::is_some);
+            let outcomes = self.strict.submit(strict, guards).await.map_err(|e| {
+                if fast_counted {
+                    e.outcome_unknown()
+                } else {
+                    e
+                }
+            })?;
             for (slot, decision) in strict_slots.into_iter().zip(outcomes) {
                 decided[slot] = Some(decision);
             }

@@ -197,8 +197,10 @@ fn fail_all(replies: Vec<(usize, Reply)>, err: EngineError) {
 /// Maps a failed proposal to what the caller should hear.
 pub(super) fn write_error(e: RaftError<ClientWriteError>) -> EngineError {
     match e {
+        // openraft answers ForwardToLeader before appending, or after truncating the
+        // uncommitted entry: either way the hits were not counted.
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            EngineError::unavailable("leadership moved: retry at the leader", f.leader_node)
+            EngineError::not_applied("leadership moved: retry at the leader", f.leader_node)
         }
         RaftError::APIError(other) => EngineError::Internal(other.to_string()),
         RaftError::Fatal(f) => EngineError::unavailable(format!("raft stopped: {f}"), None),

@@ -59,10 +59,13 @@ impl Forwarder {
         let mut request = tonic::Request::new(RaftPayload { data: data.into() });
         request.set_timeout(timeout);
         let response = client.forward(request).await.map_err(|status| {
-            EngineError::unavailable(
-                format!("forwarding to the leader failed: {}", status.message()),
-                Some(leader),
-            )
+            let reason = format!("forwarding to the leader failed: {}", status.message());
+            // A refused connection never carried the request; anything later might have.
+            if connection_refused(&status) {
+                EngineError::not_applied(reason, Some(leader))
+            } else {
+                EngineError::unavailable(reason, Some(leader))
+            }
         })?;
         let result: ForwardResult =
             postcard::from_bytes(&response.into_inner().data).map_err(|e| {
@@ -111,4 +114,18 @@ pub fn check_forwarded(hits: &[ResolvedHit]) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// Whether `status` is a refused TCP connection: the request was never sent.
+fn connection_refused(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
