@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, RaftTiming, DEFAULT_GRPC, DEFAULT_HTTP, ENV_ADMIN_TOKEN};
 use crate::engine::BatchSettings;
+use crate::tls::TlsFiles;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,6 +85,18 @@ pub struct ServeArgs {
     /// each entry durable (one fsync) before it takes the next (see `engine/batcher.rs`).
     #[arg(long, default_value_t = 1)]
     pub batch_inflight: usize,
+    /// PEM certificate chain (leaf first): serve TLS on the gRPC and HTTP ports. Needs
+    /// --tls-key. The files are re-read every second; a valid change is used by new
+    /// connections without a restart.
+    #[arg(long, env = "QUORATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "QUORATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): with TLS on, clients of both ports must present a
+    /// certificate signed by one of them (mTLS). Reloaded like the certificate.
+    #[arg(long, env = "QUORATE_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -108,6 +121,15 @@ impl ServeArgs {
                 max_inflight: self.batch_inflight.max(1),
                 ..BatchSettings::default()
             },
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: self.client_ca.clone(),
+                }),
+                _ => None,
+            },
+            tls_watch_interval: crate::tls::WATCH_INTERVAL,
         }
     }
 }
@@ -115,7 +137,8 @@ impl ServeArgs {
 /// Where and how to reach a node's admin API.
 #[derive(Debug, Args, Clone)]
 pub struct AdminTarget {
-    /// The node's HTTP address (any member; writes are forwarded to the leader).
+    /// The node's HTTP address (any member; writes are forwarded to the leader);
+    /// `https://...` for a node serving TLS.
     #[arg(
         long,
         global = true,
@@ -126,6 +149,23 @@ pub struct AdminTarget {
     /// Admin bearer token.
     #[arg(long, global = true, env = ENV_ADMIN_TOKEN, hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
+/// How the CLI reaches a node that serves TLS (an `https://` address).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificate(s) to check the node's certificate against (instead of the
+    /// system's roots).
+    #[arg(long, global = true, env = "QUORATE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a node that requires one (--client-ca).
+    #[arg(long, global = true, env = "QUORATE_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for --client-cert.
+    #[arg(long, global = true, env = "QUORATE_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,11 +266,13 @@ pub struct CheckArgs {
     /// The cost (0 peeks).
     #[arg(long, default_value_t = 1)]
     pub cost: u64,
-    /// The node's gRPC address.
+    /// The node's gRPC address (`https://...` for a node serving TLS).
     #[arg(
         long,
         default_value = "http://127.0.0.1:8081",
         env = "QUORATE_GRPC_URL"
     )]
     pub grpc: String,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }

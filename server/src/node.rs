@@ -24,6 +24,8 @@ use crate::raft::peer::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::typ::Raft;
 use crate::raft::{Command, CommandResponse, Node};
+use crate::tls::incoming::{spawn_grpc, spawn_http};
+use crate::tls::{Role, Tls};
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, Error)]
@@ -45,6 +47,8 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The node's bound sockets.
@@ -99,6 +103,11 @@ pub async fn run(
     let node = Node {
         grpc: config.advertise_grpc.unwrap_or(grpc_addr),
         http: config.advertise_http.unwrap_or(http_addr),
+    };
+    // Certificates first: a bad file stops startup before anything is opened.
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(files.clone(), Role::Public)?),
+        None => None,
     };
     let startup_policy = match &config.policy_file {
         Some(path) => Some(read_policy_file(path)?),
@@ -197,7 +206,6 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(RateLimiterService::server(Arc::clone(&engine)))
         .add_service(crate::grpc::rls::RlsService::server(
             Arc::clone(&engine),
@@ -209,23 +217,25 @@ pub async fn run(
         .add_service(PeerService::server(raft.clone(), Arc::clone(&engine)))
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            // tonic ignores `Server::tcp_nodelay` for a listener it did not bind; without
-            // TCP_NODELAY a response written in two segments waits ~40 ms for Nagle.
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            wait_stop(stop_rx.clone()),
-        );
-    let grpc_task = tokio::spawn(grpc);
+        .add_service(reflection_v1alpha);
+    let grpc_task = spawn_grpc(
+        grpc,
+        listeners.grpc,
+        tls.clone(),
+        wait_stop(stop_rx.clone()),
+    );
 
     // HTTP: admin, metrics, health.
     let app = crate::http::router(ctx.clone());
-    let http_server = axum::serve(
+    let http_task = spawn_http(
+        app,
         listeners.http,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(wait_stop(stop_rx.clone()));
-    let http_task = tokio::spawn(async move { http_server.await });
+        tls.clone(),
+        wait_stop(stop_rx.clone()),
+    )?;
+    if let Some(tls) = tls {
+        tokio::spawn(tls.watch(config.tls_watch_interval));
+    }
 
     if config.bootstrap {
         bootstrap_single_node(&raft, config.id, node).await?;

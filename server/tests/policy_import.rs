@@ -23,6 +23,7 @@ fn target(node: &TestNode) -> AdminTarget {
     AdminTarget {
         node: format!("http://{}", node.http),
         token: None,
+        tls: Default::default(),
     }
 }
 
