@@ -1,5 +1,6 @@
 //! Compiles our `.proto` files with protox (pure Rust: no `protoc` needed on the machine)
-//! and generates tonic clients and servers, plus a descriptor set for gRPC reflection.
+//! and generates tonic clients and servers, plus the public API's descriptor set for gRPC
+//! reflection (the peer-only `quorate.raft.v1` is deliberately left out of it).
 
 use std::path::PathBuf;
 
@@ -14,8 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
+    let public = protox::compile([files[0]], ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("quorate_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(out.join("quorate_v1_descriptor.bin"), public.encode_to_vec())?;
     tonic_prost_build::configure()
         .bytes(".quorate.raft.v1")
         .compile_fds(fds)?;

@@ -39,12 +39,40 @@ impl Algorithm {
 ///
 /// For the token bucket, `limit` tokens are refilled evenly over each `window` and the
 /// bucket holds at most `burst` tokens (defaults to `limit`).
+///
+/// The fields are private to this crate and every decoded `Rate` goes through
+/// [`Rate::new`] (serde `try_from`): a rate that arrives from the network (a peer's log
+/// entry, snapshot or forwarded hit) cannot skip the checks, e.g. a zero window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawRate")]
 pub struct Rate {
-    pub algorithm: Algorithm,
-    pub limit: u64,
-    pub window: Nanos,
-    pub burst: u64,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) limit: u64,
+    pub(crate) window: Nanos,
+    pub(crate) burst: u64,
+}
+
+/// A [`Rate`] as encoded, before validation.
+#[derive(Deserialize)]
+struct RawRate {
+    algorithm: Algorithm,
+    limit: u64,
+    window: Nanos,
+    burst: u64,
+}
+
+impl TryFrom<RawRate> for Rate {
+    type Error = RateError;
+
+    fn try_from(raw: RawRate) -> Result<Rate, RateError> {
+        // Only a token bucket has a burst of its own; elsewhere it always equals `limit`.
+        let burst = match raw.algorithm {
+            Algorithm::TokenBucket => Some(raw.burst),
+            _ if raw.burst == raw.limit => None,
+            other => return Err(RateError::BurstNotSupported(other.as_str())),
+        };
+        Rate::new(raw.algorithm, raw.limit, raw.window, burst)
+    }
 }
 
 /// Why a [`Rate`] cannot be built.
@@ -101,11 +129,79 @@ impl Rate {
         })
     }
 
+    /// The algorithm that runs counters of this rate.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Hits allowed per window (tokens refilled per window, for the token bucket).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The window, in nanoseconds (never 0).
+    pub fn window(&self) -> Nanos {
+        self.window
+    }
+
+    /// The token bucket's capacity; `limit` for every other algorithm.
+    pub fn burst(&self) -> u64 {
+        self.burst
+    }
+
     /// The quota a fresh counter starts with: `burst` for token buckets, else `limit`.
     pub fn capacity(&self) -> u64 {
         match self.algorithm {
             Algorithm::TokenBucket => self.burst,
             _ => self.limit,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire form of a rate, with any field values: what a hostile peer can send.
+    #[derive(Serialize)]
+    struct Forged {
+        algorithm: Algorithm,
+        limit: u64,
+        window: Nanos,
+        burst: u64,
+    }
+
+    fn decode(algorithm: Algorithm, limit: u64, window: Nanos, burst: u64) -> Option<Rate> {
+        let bytes = postcard::to_stdvec(&Forged {
+            algorithm,
+            limit,
+            window,
+            burst,
+        })
+        .unwrap();
+        postcard::from_bytes(&bytes).ok()
+    }
+
+    #[test]
+    fn a_decoded_rate_went_through_the_constructor() {
+        let valid = Rate::new(Algorithm::TokenBucket, 10, 1_000, Some(3)).unwrap();
+        let bytes = postcard::to_stdvec(&valid).unwrap();
+        assert_eq!(postcard::from_bytes::<Rate>(&bytes).unwrap(), valid);
+        let fixed = Rate::new(Algorithm::FixedWindow, 10, 1_000, None).unwrap();
+        assert_eq!(decode(Algorithm::FixedWindow, 10, 1_000, 10), Some(fixed));
+
+        assert_eq!(decode(Algorithm::FixedWindow, 10, 0, 10), None, "zero window");
+        assert_eq!(decode(Algorithm::FixedWindow, 0, 1_000, 0), None, "zero limit");
+        assert_eq!(decode(Algorithm::TokenBucket, 10, 1_000, 0), None, "zero burst");
+        assert_eq!(
+            decode(Algorithm::SlidingWindow, 10, 1_000, 99),
+            None,
+            "a burst on an algorithm without one"
+        );
+        assert_eq!(
+            decode(Algorithm::SlidingLog, u64::MAX, 1_000, u64::MAX),
+            None,
+            "a sliding log beyond its memory cap"
+        );
     }
 }

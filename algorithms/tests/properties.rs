@@ -119,8 +119,8 @@ proptest! {
         (start, steps) in steps(true),
     ) {
         let (_, allowed) = run(&rate, &instants(start, &steps));
-        for sum in sliding_sums(&allowed, rate.window) {
-            prop_assert!(sum <= u128::from(rate.limit), "{sum} > {}", rate.limit);
+        for sum in sliding_sums(&allowed, rate.window()) {
+            prop_assert!(sum <= u128::from(rate.limit()), "{sum} > {}", rate.limit());
         }
     }
 
@@ -132,10 +132,10 @@ proptest! {
         let (_, allowed) = run(&rate, &instants(start, &steps));
         let mut per_window = std::collections::BTreeMap::<u64, u64>::new();
         for hit in allowed {
-            *per_window.entry(hit.at / rate.window).or_default() += hit.cost;
+            *per_window.entry(hit.at / rate.window()).or_default() += hit.cost;
         }
         for (window, sum) in per_window {
-            prop_assert!(sum <= rate.limit, "window {window}: {sum} > {}", rate.limit);
+            prop_assert!(sum <= rate.limit(), "window {window}: {sum} > {}", rate.limit());
         }
     }
 
@@ -151,9 +151,9 @@ proptest! {
                 sum += u128::from(allowed[j].cost);
                 let interval = u128::from(allowed[j].at - allowed[i].at);
                 // sum ≤ burst + limit · interval / window, multiplied out by window.
-                let bound = u128::from(rate.burst) * u128::from(rate.window)
-                    + u128::from(rate.limit) * interval;
-                prop_assert!(sum * u128::from(rate.window) <= bound);
+                let bound = u128::from(rate.burst()) * u128::from(rate.window())
+                    + u128::from(rate.limit()) * interval;
+                prop_assert!(sum * u128::from(rate.window()) <= bound);
             }
         }
     }
@@ -165,8 +165,8 @@ proptest! {
         (start, steps) in steps(true),
     ) {
         let (_, allowed) = run(&rate, &instants(start, &steps));
-        for sum in sliding_sums(&allowed, rate.window) {
-            prop_assert!(sum <= 2 * u128::from(rate.limit), "{sum} > 2·{}", rate.limit);
+        for sum in sliding_sums(&allowed, rate.window()) {
+            prop_assert!(sum <= 2 * u128::from(rate.limit()), "{sum} > 2·{}", rate.limit());
         }
     }
 
@@ -178,8 +178,8 @@ proptest! {
         rate in rate_for(Algorithm::SlidingWindow),
         (start, steps) in steps(false),
     ) {
-        let window = u128::from(rate.window);
-        let limit = u128::from(rate.limit);
+        let window = u128::from(rate.window());
+        let limit = u128::from(rate.limit());
         let mut state = SlidingWindow::default();
         let mut log: Vec<Hit> = Vec::new();
         for (now, cost) in instants(start, &steps) {
@@ -190,11 +190,11 @@ proptest! {
             let elapsed = u128::from(now - probe.window_start());
             let exact_before: u128 = log
                 .iter()
-                .filter(|h| now - h.at < rate.window)
+                .filter(|h| now - h.at < rate.window())
                 .map(|h| u128::from(h.cost))
                 .sum();
             let decision = state.check(&rate, now, cost);
-            if cost == 0 || cost > rate.limit {
+            if cost == 0 || cost > rate.limit() {
                 continue;
             }
             if decision.allowed {
@@ -278,7 +278,7 @@ proptest! {
                 // than `before − cost`: its stored debt rounds up to whole nanoseconds.
                 prop_assert_eq!(decision.remaining, state.clone().check(&rate, now, 0).remaining);
                 prop_assert!(decision.remaining <= peek.remaining - cost);
-                if rate.algorithm != Algorithm::TokenBucket {
+                if rate.algorithm() != Algorithm::TokenBucket {
                     prop_assert_eq!(decision.remaining, peek.remaining - cost);
                 }
                 prop_assert!(decision.retry_after.is_none() && decision.denied.is_none());
@@ -401,7 +401,8 @@ fn hostile_u64() -> impl Strategy<Value = u64> {
     ]
 }
 
-/// Any rate, even one [`Rate::new`] would refuse (zero limit or window, huge burst).
+/// Any rate [`Rate::new`] accepts, at its extremes (1, `u64::MAX`, huge bursts). A rate
+/// it refuses cannot exist: its fields are private and decoding goes through it.
 fn hostile_rate() -> impl Strategy<Value = Rate> {
     (
         prop::sample::select(ALGORITHMS.to_vec()),
@@ -409,11 +410,9 @@ fn hostile_rate() -> impl Strategy<Value = Rate> {
         hostile_u64(),
         hostile_u64(),
     )
-        .prop_map(|(algorithm, limit, window, burst)| Rate {
-            algorithm,
-            limit,
-            window,
-            burst,
+        .prop_filter_map("Rate::new refuses it", |(algorithm, limit, window, burst)| {
+            let burst = (algorithm == Algorithm::TokenBucket).then_some(burst);
+            Rate::new(algorithm, limit, window, burst).ok()
         })
 }
 
@@ -498,7 +497,7 @@ proptest! {
             let decision = store.check(&key, &rate, now, cost);
             prop_assert!(store.len() <= max_keys);
             let refused = decision.denied == Some(DenyReason::StoreFull);
-            let needs_slot = !known && cost > 0 && cost <= rate.burst;
+            let needs_slot = !known && cost > 0 && cost <= rate.burst();
             prop_assert_eq!(refused, needs_slot && full);
             if refused {
                 prop_assert!(store.get(&key).is_none());

@@ -94,6 +94,7 @@ pub struct SuiteConfig {
 struct QNode {
     grpc: SocketAddr,
     http: SocketAddr,
+    peer: SocketAddr,
     proc: Proc,
 }
 
@@ -342,6 +343,7 @@ async fn start_node(
 ) -> anyhow::Result<QNode> {
     let grpc = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
     let http = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
+    let peer = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--id".into(),
@@ -350,6 +352,8 @@ async fn start_node(
         grpc.to_string(),
         "--http".into(),
         http.to_string(),
+        "--peer".into(),
+        peer.to_string(),
         "--data-dir".into(),
         root.join(name).display().to_string(),
     ];
@@ -359,7 +363,12 @@ async fn start_node(
     }
     args.extend(cfg.server_args.iter().cloned());
     let proc = Proc::spawn(name, &cfg.quorate, &args, &root.join(format!("{name}.log")))?;
-    Ok(QNode { grpc, http, proc })
+    Ok(QNode {
+        grpc,
+        http,
+        peer,
+        proc,
+    })
 }
 
 /// Node 1 bootstraps with the policy; nodes 2 and 3 join as learners and are promoted.
@@ -376,6 +385,8 @@ async fn start_cluster(
         procs::wait_tcp(node.grpc, READY_TIMEOUT).await?;
         procs::wait_tcp(node.http, READY_TIMEOUT).await?;
         let leader = format!("http://{}", nodes[0].http);
+        // Node 1 generated its admin token into its data directory at startup.
+        let token_file = root.join("node1").join("admin-token").display().to_string();
         let id_s = id.to_string();
         quorate_cli(
             cfg,
@@ -388,8 +399,12 @@ async fn start_cluster(
                 &node.grpc.to_string(),
                 "--http",
                 &node.http.to_string(),
+                "--peer",
+                &node.peer.to_string(),
                 "--node",
                 &leader,
+                "--admin-token-file",
+                &token_file,
             ],
         )
         .await?;
@@ -397,7 +412,16 @@ async fn start_cluster(
         // tens of milliseconds after `add-learner` returns (promote then answers 409).
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
-            let promote = ["cluster", "promote", "--id", &id_s, "--node", &leader];
+            let promote = [
+                "cluster",
+                "promote",
+                "--id",
+                &id_s,
+                "--node",
+                &leader,
+                "--admin-token-file",
+                &token_file,
+            ];
             match quorate_cli(cfg, &promote).await {
                 Ok(()) => break,
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),

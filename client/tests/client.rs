@@ -19,6 +19,7 @@ async fn start_node() -> (String, tokio::sync::oneshot::Sender<()>, tempfile::Te
     let listeners = Listeners::bind(
         "127.0.0.1:0".parse().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
     )
     .await
     .unwrap();

@@ -19,6 +19,8 @@ pub mod raft {
     tonic::include_proto!("quorate.raft.v1");
 }
 
-/// Encoded `FileDescriptorSet` of every quorate `.proto`, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/quorate_descriptor.bin"));
+/// Encoded `FileDescriptorSet` of the public API (`quorate.v1`) only, for gRPC server
+/// reflection on the public port. The peer transport is not in it: reflection must not
+/// advertise a service that port does not serve.
+pub const V1_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/quorate_v1_descriptor.bin"));

@@ -7,9 +7,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, RaftTiming, DEFAULT_GRPC, DEFAULT_HTTP, ENV_ADMIN_TOKEN};
+use anyhow::Context;
+
+use crate::config::{
+    Config, RaftTiming, ADMIN_TOKEN_FILE, DEFAULT_GRPC, DEFAULT_HTTP, DEFAULT_MAX_SNAPSHOT_BYTES,
+    DEFAULT_PEER, ENV_ADMIN_TOKEN, ENV_ADMIN_TOKEN_FILE, ENV_CLUSTER_SECRET_FILE,
+};
 use crate::engine::BatchSettings;
-use crate::tls::TlsFiles;
+use crate::raft::peer_auth::{ClusterSecret, PeerAuth};
+use crate::tls::{Role, Tls, TlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,8 +30,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a node. With no flags: a single-node cluster on 127.0.0.1:8081 (gRPC) and
-    /// 127.0.0.1:8080 (HTTP), data in ./quorate-data, the built-in example policy.
+    /// Run a node. With no flags: a single-node cluster on 127.0.0.1:8081 (gRPC),
+    /// 127.0.0.1:8080 (HTTP) and 127.0.0.1:8071 (peers), data in ./quorate-data, the
+    /// built-in example policy, an admin token generated into ./quorate-data/admin-token.
     Serve(ServeArgs),
     /// Manage cluster membership (talks to any node's HTTP admin API).
     #[command(subcommand)]
@@ -42,18 +49,47 @@ pub struct ServeArgs {
     /// This node's id in the cluster (unique, > 0).
     #[arg(long, default_value_t = 1, env = "QUORATE_NODE_ID")]
     pub id: u64,
-    /// gRPC listen address (decisions, Raft, health, reflection).
+    /// Public gRPC listen address (decisions, RLS, ext_authz, health, reflection).
     #[arg(long, default_value = DEFAULT_GRPC, env = "QUORATE_GRPC")]
     pub grpc: SocketAddr,
-    /// HTTP listen address (admin, metrics).
+    /// HTTP listen address (admin, metrics, forward-auth).
     #[arg(long, default_value = DEFAULT_HTTP, env = "QUORATE_HTTP")]
     pub http: SocketAddr,
-    /// gRPC address peers use to reach this node (default: the bound address).
+    /// Peer listen address: Raft and forwarding between members, nothing else. Off
+    /// loopback it needs peer authentication (`--cluster-secret-file`).
+    #[arg(long, default_value = DEFAULT_PEER, env = "QUORATE_PEER")]
+    pub peer: SocketAddr,
+    /// gRPC address clients are sent to as a leader hint (default: the bound address).
     #[arg(long)]
     pub advertise_grpc: Option<SocketAddr>,
-    /// HTTP address peers use to reach this node (default: the bound address).
+    /// HTTP address the CLI is sent to as a leader hint (default: the bound address).
     #[arg(long)]
     pub advertise_http: Option<SocketAddr>,
+    /// Peer address other members use to reach this node (default: the bound address).
+    #[arg(long)]
+    pub advertise_peer: Option<SocketAddr>,
+    /// A file holding the cluster secret (the same on every member, at least 16
+    /// printable characters), sent with every peer call and required from every peer.
+    #[arg(long, env = ENV_CLUSTER_SECRET_FILE)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// PEM certificate (leaf first) this node presents to peers, for mutual TLS on the
+    /// peer port and on outbound peer calls. Needs --peer-tls-key and --peer-ca; replaces
+    /// --cluster-secret-file. Reloaded when the files change.
+    #[arg(long, env = "QUORATE_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key for --peer-tls-cert.
+    #[arg(long, env = "QUORATE_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM cluster CA: peers must present a certificate it signed, both ways.
+    #[arg(long, env = "QUORATE_PEER_CA", requires = "peer_tls_cert")]
+    pub peer_ca: Option<PathBuf>,
+    /// The name peers' certificates must carry (a DNS SAN). Default: the peer's IP
+    /// address as advertised (an IP SAN).
+    #[arg(long, env = "QUORATE_PEER_SERVER_NAME", requires = "peer_tls_cert")]
+    pub peer_server_name: Option<String>,
+    /// The largest snapshot accepted from a peer, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_SNAPSHOT_BYTES)]
+    pub max_snapshot_bytes: u64,
     /// Where the Raft log, vote and snapshots live.
     #[arg(long, default_value = "./quorate-data", env = "QUORATE_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -64,9 +100,10 @@ pub struct ServeArgs {
     /// added to a cluster with `quorate cluster add-learner`.
     #[arg(long)]
     pub join: bool,
-    /// Bearer token required by admin calls (else loopback only).
-    #[arg(long, env = ENV_ADMIN_TOKEN, hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// A file holding the bearer token admin calls need (else QUORATE_ADMIN_TOKEN, else
+    /// the token generated into `<data-dir>/admin-token` at first start).
+    #[arg(long, env = ENV_ADMIN_TOKEN_FILE)]
+    pub admin_token_file: Option<PathBuf>,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
@@ -100,16 +137,45 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn config(&self) -> Config {
-        Config {
+    /// The node's configuration; reads the secret files named by the flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let peer_auth = match (&self.cluster_secret_file, &self.peer_tls_cert) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "choose one peer authentication: --cluster-secret-file or --peer-tls-cert"
+            ),
+            (Some(path), None) => PeerAuth::Secret(ClusterSecret::from_file(path)?),
+            (None, Some(cert)) => {
+                let files = TlsFiles {
+                    cert: cert.clone(),
+                    key: self.peer_tls_key.clone().unwrap_or_default(),
+                    ca: self.peer_ca.clone(),
+                };
+                let role = Role::Peer {
+                    server_name: self.peer_server_name.clone(),
+                };
+                PeerAuth::MutualTls(Tls::load(files, role)?)
+            }
+            (None, None) => PeerAuth::Unauthenticated,
+        };
+        let admin_token = match &self.admin_token_file {
+            Some(path) => Some(read_token_file(path)?),
+            None => std::env::var(ENV_ADMIN_TOKEN)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        };
+        Ok(Config {
             id: self.id,
             advertise_grpc: self.advertise_grpc,
             advertise_http: self.advertise_http,
+            advertise_peer: self.advertise_peer,
+            peer_auth,
+            max_snapshot_bytes: self.max_snapshot_bytes,
             data_dir: self.data_dir.clone(),
             policy_file: self.policy.clone(),
             policy_watch_interval: crate::policy_watch::WATCH_INTERVAL,
             bootstrap: !self.join,
-            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_token,
             raft: RaftTiming {
                 heartbeat: Duration::from_millis(self.heartbeat_ms),
                 election_min: Duration::from_millis(self.election_timeout_ms),
@@ -130,8 +196,20 @@ impl ServeArgs {
                 _ => None,
             },
             tls_watch_interval: crate::tls::WATCH_INTERVAL,
-        }
+        })
     }
+}
+
+/// Reads a token file: its content without surrounding whitespace, never empty. The
+/// error names the file, never its content.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("the admin token file {} is empty", path.display());
+    }
+    Ok(token.to_string())
 }
 
 /// Where and how to reach a node's admin API.
@@ -146,9 +224,10 @@ pub struct AdminTarget {
         env = "QUORATE_NODE"
     )]
     pub node: String,
-    /// Admin bearer token.
-    #[arg(long, global = true, env = ENV_ADMIN_TOKEN, hide_env_values = true)]
-    pub token: Option<String>,
+    /// A file holding the admin token (else QUORATE_ADMIN_TOKEN, else
+    /// ./quorate-data/admin-token, where a node started with no flags keeps it).
+    #[arg(long, global = true, env = ENV_ADMIN_TOKEN_FILE)]
+    pub admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
 }
@@ -168,6 +247,28 @@ pub struct ClientTlsArgs {
     pub client_key: Option<PathBuf>,
 }
 
+impl AdminTarget {
+    /// The admin token to send: from `--admin-token-file`, QUORATE_ADMIN_TOKEN, or the
+    /// default node's token file if it exists.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.admin_token_file {
+            return read_token_file(path).map(Some);
+        }
+        if let Some(t) = std::env::var(ENV_ADMIN_TOKEN)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+        {
+            return Ok(Some(t));
+        }
+        let default = std::path::Path::new("./quorate-data").join(ADMIN_TOKEN_FILE);
+        if default.exists() {
+            return read_token_file(&default).map(Some);
+        }
+        Ok(None)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Make an uninitialized node (started with --join) a one-member cluster.
@@ -176,12 +277,15 @@ pub enum ClusterCommand {
     AddLearner {
         #[arg(long)]
         id: u64,
-        /// The learner's gRPC address.
+        /// The learner's public gRPC address.
         #[arg(long)]
         grpc: SocketAddr,
         /// The learner's HTTP address.
         #[arg(long)]
         http: SocketAddr,
+        /// The learner's peer address (its `--peer` or `--advertise-peer`).
+        #[arg(long)]
+        peer: SocketAddr,
         #[command(flatten)]
         target: AdminTarget,
     },

@@ -358,7 +358,7 @@ impl Authorizer {
                     allowed: d.allowed || l.shadow_mode,
                     ..*d
                 },
-                window: l.rate.window,
+                window: l.rate.window(),
             });
         }
         let rate_headers: Vec<(String, String)> = rate_limit_headers(&states, live.set.headers)

@@ -32,7 +32,7 @@ use crate::raft::{Hit, Node, NodeId};
 use serde::{Deserialize, Serialize};
 
 pub use batcher::BatchSettings;
-pub use forward::ForwardResult;
+pub use forward::{check_forwarded, ForwardResult};
 pub use leadership::Leadership;
 
 /// A hit resolved against the policy: what goes into the log, and how to decide it.
@@ -113,6 +113,7 @@ impl Engine {
         shared: Arc<SharedState>,
         metrics: Arc<Metrics>,
         settings: BatchSettings,
+        peer_auth: crate::raft::peer_auth::PeerAuth,
     ) -> Engine {
         let clock = Arc::new(LeaderClock::default());
         let fast = Arc::new(fast::FastPath::new(
@@ -134,7 +135,7 @@ impl Engine {
             leadership,
             strict,
             fast,
-            forwarder: forward::Forwarder::default(),
+            forwarder: forward::Forwarder::new(peer_auth),
             metrics,
             timeout: settings.decision_timeout,
         }

@@ -18,10 +18,18 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let config = args.config();
-            let listeners = node::Listeners::bind(args.grpc, args.http)
+            let config = args.config()?;
+            // Refuse before binding: an unauthenticated peer port must never open off
+            // loopback, not even for a moment.
+            config.peer_auth.allows_bind(args.peer)?;
+            let listeners = node::Listeners::bind(args.grpc, args.http, args.peer)
                 .await
-                .with_context(|| format!("cannot bind gRPC {} / HTTP {}", args.grpc, args.http))?;
+                .with_context(|| {
+                    format!(
+                        "cannot bind gRPC {} / HTTP {} / peer {}",
+                        args.grpc, args.http, args.peer
+                    )
+                })?;
             node::run(config, listeners, shutdown_signal()).await?;
             Ok(())
         }

@@ -59,6 +59,10 @@ pub struct Metrics {
 
 /// Most distinct `rls_detailed` series; later values are counted under `key="(other)"`.
 const MAX_DETAILED_SERIES: usize = 10_000;
+/// Longest `rls_detailed` key label kept as is: names hold request values (up to 32 entries
+/// of 1 KiB), so without it 10,000 series could hold hundreds of MB. Longer ones are
+/// counted under `key="(other)"`.
+const MAX_DETAILED_KEY: usize = 512;
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -158,7 +162,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "rls_detailed_total",
-                        "Decisions per descriptor value (detailed_metric rules)",
+                        "Decisions per metric name of rules whose name holds request values (detailed_metric, value_to_metric)",
                     ),
                     &["limit", "key", "code"],
                 )?,
@@ -245,13 +249,14 @@ impl Metrics {
     pub fn observe_detailed(&self, limit: &str, key: &str, allowed: bool) {
         let code = if allowed { "ok" } else { "over_limit" };
         let series = format!("{limit}\u{1f}{key}");
-        let tracked = match self.detailed_series.lock() {
-            Ok(mut known) => {
-                known.contains(&series)
-                    || (known.len() < MAX_DETAILED_SERIES && known.insert(series))
-            }
-            Err(_) => false,
-        };
+        let tracked = key.len() <= MAX_DETAILED_KEY
+            && match self.detailed_series.lock() {
+                Ok(mut known) => {
+                    known.contains(&series)
+                        || (known.len() < MAX_DETAILED_SERIES && known.insert(series))
+                }
+                Err(_) => false,
+            };
         let key = if tracked { key } else { "(other)" };
         self.rls_detailed
             .with_label_values(&[limit, key, code])
@@ -289,5 +294,43 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.unknown_limits.inc();
         assert!(m.render().contains("quorate_unknown_limit_total 1"));
+    }
+
+    /// Metric names built from request values (`detailed_metric`, `value_to_metric`) come
+    /// from clients: neither many distinct values nor huge ones grow the registry beyond
+    /// its caps.
+    #[test]
+    fn per_value_series_are_capped_in_number_and_length() {
+        let m = Metrics::new().unwrap();
+        let huge = format!("d.user_{}", "x".repeat(MAX_DETAILED_KEY));
+        m.observe_detailed("d/other", &huge, false);
+        for i in 0..MAX_DETAILED_SERIES + 500 {
+            m.observe_detailed("d/user", &format!("d.user_{i}"), true);
+        }
+        let families = m.registry.gather();
+        let detailed = families
+            .iter()
+            .find(|f| f.name() == "quorate_rls_detailed_total")
+            .unwrap();
+        let series = detailed.get_metric();
+        assert_eq!(
+            series.len(),
+            MAX_DETAILED_SERIES + 2,
+            "the cap plus two (other) series"
+        );
+        let key_of = |s: &prometheus::proto::Metric| {
+            s.get_label()
+                .iter()
+                .find(|l| l.name() == "key")
+                .map(|l| l.value().to_string())
+                .unwrap()
+        };
+        assert!(series.iter().all(|s| key_of(s).len() <= MAX_DETAILED_KEY));
+        let other: u64 = series
+            .iter()
+            .filter(|s| key_of(s) == "(other)")
+            .map(|s| s.get_counter().value() as u64)
+            .sum();
+        assert_eq!(other, 501);
     }
 }

@@ -1,4 +1,5 @@
-//! Assembles one node: storage, Raft, engine, gRPC and HTTP servers; runs until shutdown.
+//! Assembles one node: storage, Raft, engine, the public gRPC, HTTP and peer servers;
+//! runs until shutdown.
 //!
 //! [`run`] takes already-bound listeners (tests bind port 0 and read the address back)
 //! and any shutdown future (the binary passes Ctrl-C / SIGTERM).
@@ -21,6 +22,7 @@ use crate::policy::{PolicyFormat, PolicySet, PolicySource, EXAMPLE_POLICY};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::peer::PeerService;
+use crate::raft::peer_auth::{PeerAuth, PeerAuthError};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::typ::Raft;
 use crate::raft::{Command, CommandResponse, Node};
@@ -47,6 +49,10 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    PeerAuth(#[from] PeerAuthError),
+    #[error("admin token: {0}")]
+    AdminToken(String),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -54,15 +60,24 @@ pub enum NodeError {
 /// The node's bound sockets.
 #[derive(Debug)]
 pub struct Listeners {
+    /// The public gRPC port: decisions, RLS, ext_authz, health, reflection.
     pub grpc: TcpListener,
+    /// HTTP: admin, metrics, forward-auth.
     pub http: TcpListener,
+    /// Peers only: Raft and forwarding between members.
+    pub peer: TcpListener,
 }
 
 impl Listeners {
-    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> std::io::Result<Listeners> {
+    pub async fn bind(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        peer: SocketAddr,
+    ) -> std::io::Result<Listeners> {
         Ok(Listeners {
             grpc: TcpListener::bind(grpc).await?,
             http: TcpListener::bind(http).await?,
+            peer: TcpListener::bind(peer).await?,
         })
     }
 }
@@ -77,8 +92,10 @@ pub struct NodeContext {
     pub metrics: Arc<Metrics>,
     /// A handle on the Raft log store, for its fsync count on `/metrics`.
     pub log_store: LogStore,
-    pub admin_token: Option<String>,
-    pub http: reqwest::Client,
+    /// The bearer token every admin call needs.
+    pub admin_token: String,
+    /// This node's peer credentials (admin writes are forwarded over the peer channel).
+    pub peer_auth: crate::raft::peer_auth::PeerAuth,
     /// Authorization decisions (ext_authz and forward-auth).
     pub authz: Arc<crate::decision::Authorizer>,
 }
@@ -100,9 +117,12 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
+    let peer_addr = listeners.peer.local_addr()?;
+    config.peer_auth.check_bind(peer_addr)?;
     let node = Node {
         grpc: config.advertise_grpc.unwrap_or(grpc_addr),
         http: config.advertise_http.unwrap_or(http_addr),
+        peer: config.advertise_peer.unwrap_or(peer_addr),
     };
     // Certificates first: a bad file stops startup before anything is opened.
     let tls = match &config.tls {
@@ -145,7 +165,7 @@ pub async fn run(
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
-        Network,
+        Network::new(config.peer_auth.clone()),
         log_store.clone(),
         state_machine,
     )
@@ -158,11 +178,14 @@ pub async fn run(
         shared,
         Arc::clone(&metrics),
         config.batch,
+        config.peer_auth.clone(),
     ));
 
-    if config.admin_token.is_none() {
-        tracing::warn!("no admin token configured: admin calls are accepted from loopback only");
-    }
+    let admin_token = match config.admin_token.clone() {
+        Some(token) => token,
+        None => crate::http::admin::load_or_generate_token(&config.data_dir)
+            .map_err(|e| NodeError::AdminToken(e.to_string()))?,
+    };
     let http_client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -170,7 +193,7 @@ pub async fn run(
     let authz = Arc::new(crate::decision::Authorizer::new(
         Arc::clone(&engine) as Arc<dyn crate::decision::Counter>,
         Arc::clone(&metrics),
-        http_client.clone(),
+        http_client,
         crate::authz::jwt::JwtSettings::default(),
     ));
     let ctx = NodeContext {
@@ -180,8 +203,8 @@ pub async fn run(
         engine: Arc::clone(&engine),
         metrics: Arc::clone(&metrics),
         log_store,
-        admin_token: config.admin_token.clone(),
-        http: http_client,
+        admin_token,
+        peer_auth: config.peer_auth.clone(),
         authz: Arc::clone(&authz),
     };
 
@@ -190,18 +213,18 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    // gRPC: decisions, Raft peers, health, reflection.
+    // Public gRPC: decisions, health, reflection. Never the peer transport.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(quorate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(quorate_proto::V1_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(quorate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(quorate_proto::V1_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
@@ -214,7 +237,6 @@ pub async fn run(
         .add_service(crate::grpc::ext_authz::ExtAuthzService::server(Arc::clone(
             &authz,
         )))
-        .add_service(PeerService::server(raft.clone(), Arc::clone(&engine)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -224,6 +246,29 @@ pub async fn run(
         tls.clone(),
         wait_stop(stop_rx.clone()),
     );
+
+    // Peers: Raft and forwarding, behind the peer credentials check.
+    let peer_service = PeerService::new(
+        raft.clone(),
+        Arc::clone(&engine),
+        crate::http::admin::peer_router(ctx.clone()),
+        config.max_snapshot_bytes,
+    );
+    let peer = tonic::transport::Server::builder()
+        .add_service(peer_service.server(&config.peer_auth));
+    let peer_tls = match &config.peer_auth {
+        PeerAuth::MutualTls(tls) => Some(Arc::clone(tls)),
+        _ => None,
+    };
+    let peer_task = spawn_grpc(
+        peer,
+        listeners.peer,
+        peer_tls.clone(),
+        wait_stop(stop_rx.clone()),
+    );
+    if let Some(tls) = peer_tls {
+        tokio::spawn(tls.watch(config.tls_watch_interval));
+    }
 
     // HTTP: admin, metrics, health.
     let app = crate::http::router(ctx.clone());
@@ -252,8 +297,7 @@ pub async fn run(
         ctx.clone(),
         health,
         startup_policy,
-        grpc_addr,
-        http_addr,
+        [grpc_addr, http_addr, peer_addr],
         config.data_dir.display().to_string(),
     ));
 
@@ -262,6 +306,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = raft.shutdown().await;
     let _ = grpc_task.await;
+    let _ = peer_task.await;
     let _ = http_task.await;
     Ok(())
 }
@@ -303,8 +348,7 @@ async fn become_ready(
     ctx: NodeContext,
     health: tonic_health::server::HealthReporter,
     startup_policy: Option<PolicySource>,
-    grpc: SocketAddr,
-    http: SocketAddr,
+    [grpc, http, peer]: [SocketAddr; 3],
     data_dir: String,
 ) {
     let leadership = Arc::clone(ctx.engine.leadership());
@@ -374,7 +418,7 @@ async fn become_ready(
                 .as_ref()
                 .map_or(0, |v| v.version);
             println!(
-                "quorate ready: node {} grpc={grpc} http={http} data={data_dir} policy_version={version}",
+                "quorate ready: node {} grpc={grpc} http={http} peer={peer} data={data_dir} policy_version={version}",
                 ctx.id
             );
         }

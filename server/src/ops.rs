@@ -83,7 +83,7 @@ async fn call(
     let url = format!("{}/admin/v1{path}", target.node.trim_end_matches('/'));
     let client = admin_client(&target.tls)?;
     let mut request = client.request(method, &url);
-    if let Some(token) = target.token.as_deref().filter(|t| !t.is_empty()) {
+    if let Some(token) = target.token()? {
         request = request.bearer_auth(token);
     }
     if let Some(body) = body {
@@ -132,13 +132,19 @@ pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             id,
             grpc,
             http,
+            peer,
             target,
         } => {
             call(
                 &target,
                 Method::POST,
                 "/cluster/learners",
-                Some(serde_json::to_value(AddLearner { id, grpc, http })?),
+                Some(serde_json::to_value(AddLearner {
+                    id,
+                    grpc,
+                    http,
+                    peer,
+                })?),
             )
             .await?
         }
@@ -257,10 +263,12 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
         bail!("at most {} requests per run", simulate::MAX_SAMPLES);
     }
     let reports = simulate::simulate(&policy, &samples);
+    let warnings = policy.warnings();
     let out = if args.json {
         let value = serde_json::json!({
             "file": file,
             "valid": true,
+            "warnings": warnings,
             "format": format.as_str(),
             "domains": policy.domains.keys().collect::<Vec<_>>(),
             "limits": policy.limits.len(),
@@ -274,6 +282,9 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
             policy.domains.len(),
             policy.limits.len()
         );
+        for w in &warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
         if samples.is_empty() {
             out.push_str("no --request or --requests-file given: nothing to evaluate\n");
         }

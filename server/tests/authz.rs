@@ -30,6 +30,8 @@ use serde_json::json;
 const ALICE_KEY: &str = "ak_live_alice_0123456789abcdef";
 const BOB_KEY: &str = "ak_live_bob_fedcba9876543210";
 const HS_SECRET: &str = "hs-secret-value-never-logged-42";
+/// The admin token the test node is configured with.
+const ADMIN_TOKEN: &str = "authz-test-admin-token";
 const RSA1_KEY: &str = include_str!("../src/authz/testdata/rsa1.key");
 const ISSUER: &str = "https://issuer.test";
 
@@ -167,7 +169,9 @@ impl TestNode {
         config.policy_file = Some(policy_path);
         // Snapshot often, so the no-secrets test sees a snapshot file.
         config.raft.snapshot_every = 5;
+        config.admin_token = Some(ADMIN_TOKEN.into());
         let listeners = Listeners::bind(
+            "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
         )
@@ -198,6 +202,7 @@ impl TestNode {
         loop {
             let ready = match http
                 .get(format!("http://{}/admin/v1/policy", self.http))
+                .bearer_auth(ADMIN_TOKEN)
                 .send()
                 .await
             {
@@ -711,7 +716,10 @@ async fn no_secret_appears_in_logs_metrics_storage_or_policy() {
         metrics.contains("quorate_authz_decisions_total"),
         "{metrics}"
     );
-    let policy = reqwest::get(node.url("/admin/v1/policy"))
+    let policy = reqwest::Client::new()
+        .get(node.url("/admin/v1/policy"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
         .await
         .unwrap()
         .text()

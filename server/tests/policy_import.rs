@@ -22,7 +22,7 @@ fn repo(path: &str) -> PathBuf {
 fn target(node: &TestNode) -> AdminTarget {
     AdminTarget {
         node: format!("http://{}", node.http),
-        token: None,
+        admin_token_file: Some(node.admin_token_file()),
         tls: Default::default(),
     }
 }
@@ -37,7 +37,10 @@ async fn apply(node: &TestNode, path: PathBuf) -> anyhow::Result<()> {
 }
 
 async fn live(node: &TestNode) -> Value {
-    reqwest::get(format!("http://{}/admin/v1/policy", node.http))
+    reqwest::Client::new()
+        .get(format!("http://{}/admin/v1/policy", node.http))
+        .bearer_auth(std::fs::read_to_string(node.admin_token_file()).unwrap().trim())
+        .send()
         .await
         .unwrap()
         .json()
@@ -71,6 +74,7 @@ async fn imported_policies_decide_and_bad_ones_leave_the_live_policy_alone() {
     let http = reqwest::Client::new();
     let resp = http
         .put(format!("http://{}/admin/v1/policy", node.http))
+        .bearer_auth(std::fs::read_to_string(node.admin_token_file()).unwrap().trim())
         .json(&serde_json::json!({"format": bad.format.as_str(), "source": bad.text}))
         .send()
         .await

@@ -14,6 +14,9 @@ fn policy(limit: u64) -> String {
     format!("limits:\n  - name: l\n    limit: {limit}\n    window: minute\n")
 }
 
+/// The admin token the test node is configured with.
+const ADMIN_TOKEN: &str = "policy-reload-test-token";
+
 struct Node {
     http: String,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -23,7 +26,9 @@ async fn start(policy_path: &Path, data: &Path) -> Node {
     let mut config = Config::single_node(data.to_path_buf());
     config.policy_file = Some(policy_path.to_path_buf());
     config.policy_watch_interval = Duration::from_millis(50);
+    config.admin_token = Some(ADMIN_TOKEN.into());
     let listeners = Listeners::bind(
+        "127.0.0.1:0".parse().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     )
@@ -38,7 +43,10 @@ async fn start(policy_path: &Path, data: &Path) -> Node {
 }
 
 async fn live(node: &Node) -> Option<(u64, String)> {
-    let v: Value = reqwest::get(format!("{}/admin/v1/policy", node.http))
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/admin/v1/policy", node.http))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
         .await
         .ok()?
         .json()

@@ -10,6 +10,7 @@ import uuid
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -173,3 +174,30 @@ def test_malformed_requests_are_invalid_argument(rls, domain, descriptors, field
         call(rls, domain, descriptors)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
     assert err.value.details().startswith(field), err.value.details()
+
+
+def test_wildcards_anywhere_share_one_counter_and_return_metadata(rls):
+    bucket = fresh("bucket")
+
+    def ask(path):
+        return call(rls, "py", [descriptor(("bucket", bucket), ("path", path))])
+
+    first = ask("/api/v1/orders/17")
+    assert first.overall_code == OK
+    assert_limit(first.statuses[0], OK, "orders", 2, Unit.HOUR, 1)
+    meta = json_format.MessageToDict(first.dynamic_metadata)
+    assert meta["domain"] == "py"
+    assert meta["descriptors"] == [{"entries": [f"bucket={bucket}", "path=/api/v1/orders/17"]}]
+    assert meta["metadata"] == {"tier": "gold", "quota": {"orders": 2}}
+    # Another value matching the same pattern (each * may match nothing): same counter.
+    second = ask("/api/v2/orders/")
+    assert_limit(second.statuses[0], OK, "orders", 2, Unit.HOUR, 0)
+    third = ask("/api/x/orders/9")
+    assert third.overall_code == OVER_LIMIT
+    # Only descriptors that pass contribute metadata.
+    assert "metadata" not in json_format.MessageToDict(third.dynamic_metadata)
+    # Not the pattern: no rule, no limit, no metadata.
+    other = ask("/api/v1/carts/1")
+    assert other.overall_code == OK
+    assert not other.statuses[0].HasField("current_limit")
+    assert not other.HasField("dynamic_metadata")

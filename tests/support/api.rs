@@ -121,6 +121,7 @@ pub struct Member {
     pub id: u64,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub peer: SocketAddr,
     pub voter: bool,
     pub matched_index: Option<u64>,
     pub lag: Option<u64>,
@@ -141,6 +142,7 @@ pub async fn status(http: SocketAddr) -> anyhow::Result<Status> {
     let url = format!("http://{http}/admin/v1/cluster/status");
     let response = self::http()
         .get(&url)
+        .bearer_auth(crate::node::ADMIN_TOKEN)
         .timeout(Duration::from_secs(2))
         .send()
         .await
@@ -162,6 +164,7 @@ pub async fn admin(
     let url = format!("http://{http}/admin/v1{path}");
     let response = self::http()
         .request(method.clone(), &url)
+        .bearer_auth(crate::node::ADMIN_TOKEN)
         .json(&body)
         .send()
         .await

@@ -92,9 +92,10 @@ impl Cluster {
         let dir = root.join(format!("node{id}"));
         let node = match &self.net {
             Some(net) => {
-                let addrs = crate::node::free_addrs(2);
-                let proxy = net.proxy(id, addrs[0]);
-                TestNode::spawn_on(id, &dir, &options, addrs[0], addrs[1], Some(proxy))?
+                let addrs = crate::node::free_addrs(3);
+                let proxy = net.proxy(id, addrs[2]);
+                let ports = [addrs[0], addrs[1], addrs[2]];
+                TestNode::spawn_on(id, &dir, &options, ports, Some(proxy))?
             }
             None => TestNode::spawn(id, &dir, &options, None)?,
         };
@@ -165,7 +166,12 @@ impl Cluster {
             Method::POST,
             self.node(via).http,
             "/cluster/learners",
-            json!({ "id": id, "grpc": node.advertise_grpc, "http": node.http }),
+            json!({
+                "id": id,
+                "grpc": node.grpc,
+                "http": node.http,
+                "peer": node.advertise_peer,
+            }),
         )
         .await
     }

@@ -13,7 +13,7 @@
 //! - [`cluster`]: a group of nodes ([`Cluster`]): a single node, or three formed through
 //!   the admin API (node 1 bootstraps, the others start with `--join` and are added as
 //!   learners, then promoted), leader discovery through `/admin/v1/cluster/status`.
-//! - [`net`]: a fault-injecting TCP proxy in front of each node's gRPC port, so a test can
+//! - [`net`]: a fault-injecting TCP proxy in front of each node's peer port, so a test can
 //!   cut a node off from its peers (both directions) while still reaching it directly.
 //! - [`load`]: concurrent clients on every node, tallied around a leader kill.
 //! - [`certs`]: test CAs and certificates made in the test (rcgen), and the certificate
@@ -39,7 +39,7 @@ pub use api::{eventually, hit, Check, Member, Status};
 pub use cluster::Cluster;
 pub use load::{FailoverLoad, Tally};
 pub use net::Net;
-pub use node::{NodeOptions, TestNode};
+pub use node::{NodeOptions, TestNode, ADMIN_TOKEN, CLUSTER_SECRET};
 pub use quorate_proto::v1 as pb;
 
 /// A policy document with the given limits, each written as

@@ -1,7 +1,7 @@
-//! A fault-injecting network between nodes: one TCP proxy in front of each node's gRPC port.
+//! A fault-injecting network between nodes: one TCP proxy in front of each node's peer port.
 //!
 //! Peers reach a node only through its proxy (the node advertises the proxy's address
-//! with `--advertise-grpc`), while tests reach it directly on its real port. Raft
+//! with `--advertise-peer`), while tests reach it directly on its real ports. Raft
 //! traffic to node B from node A therefore crosses B's proxy, and follower-to-leader
 //! forwarding does too.
 //!

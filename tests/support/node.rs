@@ -23,6 +23,13 @@ pub const READY_LINE: &str = "quorate ready:";
 /// Log filter for node processes (overridable with `QUORATE_E2E_LOG`).
 const DEFAULT_LOG: &str = "info,openraft=warn";
 
+/// The admin token test nodes are given (in a file, `--admin-token-file`), unless a test
+/// lets the node generate its own.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// The cluster secret test nodes share (in a file, `--cluster-secret-file`).
+pub const CLUSTER_SECRET: &str = "e2e-cluster-secret-0123456789abcdef";
+
 /// How to start a node. The defaults use short Raft timings so that elections and
 /// failovers take a fraction of a second.
 #[derive(Debug, Clone)]
@@ -34,6 +41,12 @@ pub struct NodeOptions {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_every: Option<u64>,
+    /// The cluster secret, written to a file and passed as `--cluster-secret-file`
+    /// (`None`: no peer authentication).
+    pub cluster_secret: Option<String>,
+    /// The admin token, written to a file and passed as `--admin-token-file` (`None`: the
+    /// node generates one into its data directory).
+    pub admin_token: Option<String>,
     /// Any further `quorate serve` flags.
     pub extra_args: Vec<String>,
 }
@@ -46,6 +59,8 @@ impl Default for NodeOptions {
             heartbeat_ms: 50,
             election_timeout_ms: 300,
             snapshot_every: None,
+            cluster_secret: Some(CLUSTER_SECRET.into()),
+            admin_token: Some(ADMIN_TOKEN.into()),
             extra_args: Vec::new(),
         }
     }
@@ -67,12 +82,14 @@ pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
 #[derive(Debug)]
 pub struct TestNode {
     pub id: u64,
-    /// The gRPC port the node listens on (tests call it directly).
+    /// The public gRPC port the node listens on (tests call it directly).
     pub grpc: SocketAddr,
     /// The HTTP port (admin API, health, metrics).
     pub http: SocketAddr,
-    /// The gRPC address peers are told to use: the node's own, or its proxy's.
-    pub advertise_grpc: SocketAddr,
+    /// The peer port (Raft and forwarding between members).
+    pub peer: SocketAddr,
+    /// The peer address other members are told to use: the node's own, or its proxy's.
+    pub advertise_peer: SocketAddr,
     dir: PathBuf,
     args: Vec<OsString>,
     child: Option<Child>,
@@ -83,25 +100,24 @@ pub struct TestNode {
 
 impl TestNode {
     /// Starts node `id` in `dir` (created if needed), data in `dir/data`. Does not wait.
-    /// `advertise_grpc` is where peers should dial it (a proxy), if not its own port.
+    /// `advertise_peer` is where peers should dial it (a proxy), if not its own port.
     pub fn spawn(
         id: u64,
         dir: &Path,
         options: &NodeOptions,
-        advertise_grpc: Option<SocketAddr>,
+        advertise_peer: Option<SocketAddr>,
     ) -> anyhow::Result<TestNode> {
-        let addrs = free_addrs(2);
-        Self::spawn_on(id, dir, options, addrs[0], addrs[1], advertise_grpc)
+        let addrs = free_addrs(3);
+        Self::spawn_on(id, dir, options, [addrs[0], addrs[1], addrs[2]], advertise_peer)
     }
 
-    /// Like [`TestNode::spawn`], on given ports.
+    /// Like [`TestNode::spawn`], on given ports: gRPC, HTTP and peer.
     pub fn spawn_on(
         id: u64,
         dir: &Path,
         options: &NodeOptions,
-        grpc: SocketAddr,
-        http: SocketAddr,
-        advertise_grpc: Option<SocketAddr>,
+        [grpc, http, peer]: [SocketAddr; 3],
+        advertise_peer: Option<SocketAddr>,
     ) -> anyhow::Result<TestNode> {
         std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let mut args: Vec<OsString> = vec![
@@ -112,6 +128,8 @@ impl TestNode {
             grpc.to_string().into(),
             "--http".into(),
             http.to_string().into(),
+            "--peer".into(),
+            peer.to_string().into(),
             "--data-dir".into(),
             dir.join("data").into(),
             "--heartbeat-ms".into(),
@@ -130,15 +148,26 @@ impl TestNode {
         if let Some(n) = options.snapshot_every {
             args.extend(["--snapshot-every".into(), n.to_string().into()]);
         }
-        if let Some(a) = advertise_grpc {
-            args.extend(["--advertise-grpc".into(), a.to_string().into()]);
+        if let Some(a) = advertise_peer {
+            args.extend(["--advertise-peer".into(), a.to_string().into()]);
+        }
+        if let Some(secret) = &options.cluster_secret {
+            let path = dir.join("cluster-secret");
+            std::fs::write(&path, secret)?;
+            args.extend(["--cluster-secret-file".into(), path.into()]);
+        }
+        if let Some(token) = &options.admin_token {
+            let path = dir.join("admin-token");
+            std::fs::write(&path, token)?;
+            args.extend(["--admin-token-file".into(), path.into()]);
         }
         args.extend(options.extra_args.iter().map(OsString::from));
         let mut node = TestNode {
             id,
             grpc,
             http,
-            advertise_grpc: advertise_grpc.unwrap_or(grpc),
+            peer,
+            advertise_peer: advertise_peer.unwrap_or(peer),
             dir: dir.to_path_buf(),
             args,
             child: None,
@@ -162,6 +191,8 @@ impl TestNode {
             .args(&self.args)
             .env("RUST_LOG", log)
             .env_remove("QUORATE_ADMIN_TOKEN")
+            .env_remove("QUORATE_ADMIN_TOKEN_FILE")
+            .env_remove("QUORATE_CLUSTER_SECRET_FILE")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -295,6 +326,17 @@ impl TestNode {
         cost: Option<u64>,
     ) -> Result<quorate_proto::v1::Decision, tonic::Status> {
         api::check(&mut self.client(), limit, key, cost).await
+    }
+
+    /// The file holding the admin token the CLI should use for this node: the one the
+    /// test gave it, or the one it generated in its data directory.
+    pub fn admin_token_file(&self) -> PathBuf {
+        let given = self.dir.join("admin-token");
+        if given.exists() {
+            given
+        } else {
+            self.dir.join("data").join("admin-token")
+        }
     }
 
     /// The base URL of the admin API, as the CLI's `--node` takes it.

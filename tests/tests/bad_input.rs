@@ -204,6 +204,8 @@ async fn invalid_policy_apply_is_refused_with_its_line_and_the_old_policy_stays(
         file.to_str().unwrap(),
         "--node",
         &node.http_url(),
+        "--admin-token-file",
+        node.admin_token_file().to_str().unwrap(),
     ])
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -215,7 +217,16 @@ async fn invalid_policy_apply_is_refused_with_its_line_and_the_old_policy_stays(
     );
 
     // The previous policy is still the live one, and still decides.
-    let out = quorate(&["policy", "get", "--node", &node.http_url()]).await;
+    let token_file = node.admin_token_file();
+    let out = quorate(&[
+        "policy",
+        "get",
+        "--node",
+        &node.http_url(),
+        "--admin-token-file",
+        token_file.to_str().unwrap(),
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

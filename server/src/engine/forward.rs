@@ -1,5 +1,6 @@
 //! Forwarding: a follower hands resolved hits to the leader over the internal
-//! `quorate.raft.v1.Raft/Forward` RPC and relays the leader's decisions.
+//! `quorate.raft.v1.Raft/Forward` RPC (on the leader's peer address, with this node's
+//! peer credentials) and relays the leader's decisions.
 //!
 //! The hits are resolved here, against this node's policy, so a forwarded request is
 //! decided by exactly one policy snapshot, the same as a request the leader received.
@@ -10,9 +11,9 @@ use quorate_algorithms::Decision;
 use quorate_proto::raft::raft_client::RaftClient;
 use quorate_proto::raft::RaftPayload;
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
 
 use super::{EngineError, ResolvedHit};
+use crate::raft::peer_auth::{peer_client, PeerAuth, PeerChannel};
 use crate::raft::Node;
 
 /// What the leader answers to a forwarded request.
@@ -21,22 +22,28 @@ pub type ForwardResult = Result<Vec<Decision>, EngineError>;
 /// A cached channel to the current leader.
 #[derive(Debug, Default)]
 pub struct Forwarder {
-    channel: Mutex<Option<(Node, RaftClient<Channel>)>>,
+    auth: PeerAuth,
+    channel: Mutex<Option<(Node, RaftClient<PeerChannel>)>>,
 }
 
 impl Forwarder {
-    async fn client(&self, leader: Node) -> Result<RaftClient<Channel>, EngineError> {
+    /// Forwards with `auth`'s credentials.
+    pub fn new(auth: PeerAuth) -> Forwarder {
+        Forwarder {
+            auth,
+            channel: Mutex::default(),
+        }
+    }
+
+    async fn client(&self, leader: Node) -> Result<RaftClient<PeerChannel>, EngineError> {
         let mut cached = self.channel.lock().await;
         if let Some((node, client)) = cached.as_ref() {
             if *node == leader {
                 return Ok(client.clone());
             }
         }
-        let endpoint = Endpoint::from_shared(format!("http://{}", leader.grpc))
-            .map_err(|e| EngineError::Internal(e.to_string()))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true);
-        let client = RaftClient::new(endpoint.connect_lazy());
+        let client = peer_client(leader.peer, &self.auth)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         *cached = Some((leader, client.clone()));
         Ok(client)
     }
@@ -63,4 +70,46 @@ impl Forwarder {
             })?;
         result
     }
+}
+
+/// The most hits one forwarded request may carry: a `quorate.v1` request's cap, or an RLS
+/// request's descriptors each matching a few limits, whichever is larger.
+pub const MAX_FORWARDED_HITS: usize = 4 * crate::grpc::ratelimiter::MAX_HITS;
+
+/// The longest limit name a forwarded hit may carry. RLS limit names are built from the
+/// policy's descriptor path, so they may be longer than a `quorate.v1` limit name.
+pub const MAX_FORWARDED_LIMIT_LEN: usize = 4 * 1024;
+
+/// The longest counter key a forwarded hit may carry: an RLS key joins up to
+/// `MAX_ENTRIES` descriptor entries of up to `MAX_TEXT` bytes each (key and value); an
+/// authorization key is bounded by the request's header bytes.
+pub const MAX_FORWARDED_KEY_LEN: usize = 2
+    * crate::grpc::rls::MAX_ENTRIES
+    * (2 * crate::grpc::rls::MAX_TEXT + 2)
+    + crate::authz::MAX_HEADER_BYTES;
+
+/// The caps client hits get, applied to hits a follower forwarded: a peer's hits are
+/// decoded as if hostile, like a client's. (Each hit's `Rate` was already validated by
+/// its decoder.)
+pub fn check_forwarded(hits: &[ResolvedHit]) -> Result<(), EngineError> {
+    let bad = |m: String| Err(EngineError::InvalidArgument(m));
+    if hits.len() > MAX_FORWARDED_HITS {
+        return bad(format!(
+            "forwarded hits: {} hits, at most {MAX_FORWARDED_HITS} are allowed",
+            hits.len()
+        ));
+    }
+    for (i, h) in hits.iter().enumerate() {
+        if h.hit.limit.is_empty() || h.hit.limit.len() > MAX_FORWARDED_LIMIT_LEN {
+            return bad(format!(
+                "forwarded hits[{i}].limit: must be 1 to {MAX_FORWARDED_LIMIT_LEN} bytes"
+            ));
+        }
+        if h.hit.key.len() > MAX_FORWARDED_KEY_LEN {
+            return bad(format!(
+                "forwarded hits[{i}].key: longer than {MAX_FORWARDED_KEY_LEN} bytes"
+            ));
+        }
+    }
+    Ok(())
 }

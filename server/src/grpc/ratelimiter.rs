@@ -64,7 +64,7 @@ impl RateLimiter for RateLimiterService {
         let hits = self.engine.resolve_named(named).map_err(to_status)?;
         let shape: Vec<(String, u64)> = hits
             .iter()
-            .map(|h| (h.hit.limit.clone(), h.hit.rate.window))
+            .map(|h| (h.hit.limit.clone(), h.hit.rate.window()))
             .collect();
         let decisions = self.engine.check(hits, false).await.map_err(to_status)?;
         let decisions: Vec<pb::Decision> = shape

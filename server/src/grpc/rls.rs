@@ -16,7 +16,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::pb::google::protobuf::{
+    value::Kind, Duration as PbDuration, ListValue, Struct, Value as PbValue,
+};
 use quorate_algorithms::{Decision, Nanos};
 use tonic::{Request, Response, Status};
 
@@ -167,6 +169,11 @@ pub fn respond(
     let mut decisions = decisions.iter();
     let mut statuses = Vec::with_capacity(plans.len());
     let mut states = Vec::new();
+    // envoyproxy/ratelimit's overall code: OVER_LIMIT when a limit outside quota mode is
+    // over, or when every quota-mode limit of the request is.
+    let mut failed = 0usize;
+    let mut quota = 0usize;
+    let mut failed_quota = 0usize;
     for plan in plans {
         let status = match plan {
             DescriptorPlan::NoRule { .. }
@@ -176,16 +183,19 @@ pub fn respond(
                 limit_remaining: u32::MAX,
                 ..Default::default()
             },
-            DescriptorPlan::Blocked { path, unit } => DescriptorStatus {
-                code: Code::OverLimit as i32,
-                current_limit: Some(RateLimit {
-                    name: path.clone(),
-                    requests_per_unit: 0,
-                    unit: pb_unit(*unit),
-                }),
-                limit_remaining: 0,
-                ..Default::default()
-            },
+            DescriptorPlan::Blocked { path, unit } => {
+                failed += 1;
+                DescriptorStatus {
+                    code: Code::OverLimit as i32,
+                    current_limit: Some(RateLimit {
+                        name: path.clone(),
+                        requests_per_unit: 0,
+                        unit: pb_unit(*unit),
+                    }),
+                    limit_remaining: 0,
+                    ..Default::default()
+                }
+            }
             DescriptorPlan::Limited(limits) => {
                 // Every limit is counted; the status shows the most restrictive: the first
                 // one over the limit, else the one with the least remaining.
@@ -197,13 +207,19 @@ pub fn respond(
                         continue;
                     };
                     let over = !d.allowed && !l.shadow_mode;
+                    if l.quota_mode {
+                        quota += 1;
+                        failed_quota += usize::from(over);
+                    } else {
+                        failed += usize::from(over);
+                    }
                     states.push(LimitState {
                         name: l.shown_name.clone(),
                         decision: Decision {
                             allowed: d.allowed || l.shadow_mode,
                             ..*d
                         },
-                        window: l.rate.window,
+                        window: l.rate.window(),
                     });
                     let more_restrictive = match &shown {
                         None => true,
@@ -237,7 +253,7 @@ pub fn respond(
         };
         statuses.push(status);
     }
-    let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
+    let over = failed > 0 || (quota > 0 && failed_quota == quota);
     let mut header_values = rate_limit_headers(&states, headers);
     if over && !header_values.iter().any(|(k, _)| *k == "retry-after") {
         // Blocked descriptors have no retry time; tell the client to back off a second.
@@ -255,6 +271,97 @@ pub fn respond(
             })
             .collect(),
         ..Default::default()
+    }
+}
+
+/// `RateLimitResponse.dynamic_metadata` as envoyproxy/ratelimit shapes it — `domain`,
+/// `descriptors` (each `{"entries": ["key=value", ...]}`) and `metadata`, the matched
+/// rules' `metadata:` merged (first writer wins, mappings merged recursively) over the
+/// descriptors whose status is OK. Sent only when a matched rule has `metadata:`, so
+/// policies without it answer exactly as before.
+pub fn dynamic_metadata(
+    request: &RlsRequest,
+    plans: &[DescriptorPlan],
+    response: &RateLimitResponse,
+) -> Option<Struct> {
+    let rule_metadata = |p: &DescriptorPlan| match p {
+        DescriptorPlan::Limited(ls) => ls.first().and_then(|l| l.metadata.clone()),
+        _ => None,
+    };
+    if !plans.iter().any(|p| rule_metadata(p).is_some()) {
+        return None;
+    }
+    let mut merged = Struct::default();
+    for (plan, status) in plans.iter().zip(&response.statuses) {
+        if status.code != Code::Ok as i32 {
+            continue;
+        }
+        if let Some(m) = rule_metadata(plan) {
+            merge_metadata(&mut merged, &m);
+        }
+    }
+    let text = |s: String| PbValue {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let descriptors = request
+        .descriptors
+        .iter()
+        .map(|d| {
+            let entries = d
+                .entries
+                .iter()
+                .map(|(k, v)| text(format!("{k}={v}")))
+                .collect();
+            let mut fields = std::collections::HashMap::new();
+            fields.insert(
+                "entries".to_string(),
+                PbValue {
+                    kind: Some(Kind::ListValue(ListValue { values: entries })),
+                },
+            );
+            PbValue {
+                kind: Some(Kind::StructValue(Struct { fields })),
+            }
+        })
+        .collect();
+    let mut fields = std::collections::HashMap::new();
+    fields.insert("domain".to_string(), text(request.domain.clone()));
+    fields.insert(
+        "descriptors".to_string(),
+        PbValue {
+            kind: Some(Kind::ListValue(ListValue {
+                values: descriptors,
+            })),
+        },
+    );
+    if !merged.fields.is_empty() {
+        fields.insert(
+            "metadata".to_string(),
+            PbValue {
+                kind: Some(Kind::StructValue(merged)),
+            },
+        );
+    }
+    Some(Struct { fields })
+}
+
+/// Adds `src` into `dest`: a key already present keeps its value unless both are
+/// mappings, which merge recursively.
+fn merge_metadata(dest: &mut Struct, src: &Struct) {
+    for (k, v) in &src.fields {
+        match dest.fields.get_mut(k) {
+            None => {
+                dest.fields.insert(k.clone(), v.clone());
+            }
+            Some(PbValue {
+                kind: Some(Kind::StructValue(d)),
+            }) => {
+                if let Some(Kind::StructValue(s)) = &v.kind {
+                    merge_metadata(d, s);
+                }
+            }
+            Some(_) => {}
+        }
     }
 }
 
@@ -301,12 +408,13 @@ impl RateLimitService for RlsService {
             if plan.shadow_mode && !d.allowed {
                 self.metrics.shadow_mode_over_limit.inc();
             }
-            if plan.detailed_metric {
+            if plan.value_in_metric {
                 self.metrics
-                    .observe_detailed(&plan.limit, &plan.key, d.allowed);
+                    .observe_detailed(&plan.limit, &plan.metric, d.allowed);
             }
         }
-        let response = respond(&plans, &decisions, policy.set.headers);
+        let mut response = respond(&plans, &decisions, policy.set.headers);
+        response.dynamic_metadata = dynamic_metadata(&request, &plans, &response);
         self.metrics
             .observe_rls(response.overall_code == Code::OverLimit as i32);
         Ok(Response::new(response))
@@ -411,6 +519,10 @@ mod tests {
             shown_name: name.into(),
             shadow_mode: shadow,
             detailed_metric: false,
+            metric: name.into(),
+            value_in_metric: false,
+            quota_mode: false,
+            metadata: None,
             explanation: String::new(),
         };
         let limited = |shadow| DescriptorPlan::Limited(vec![plan("d/k", shadow)]);

@@ -1,14 +1,18 @@
 //! The admin API (`/admin/v1/...`): cluster membership and policy, as JSON over HTTP.
 //!
-//! Every call needs `Authorization: Bearer <token>` when the node has an admin token;
-//! without one, only loopback callers are accepted. Writes go to the leader: a follower
-//! forwards them (with the caller's credentials) and returns the leader's answer.
+//! Every call needs `Authorization: Bearer <admin token>`, wherever it comes from: the
+//! caller's address proves nothing (a sidecar or port-forward makes everyone look local).
+//! A node without a configured token generates one into `<data-dir>/admin-token` at first
+//! start. Writes go to the leader: a follower forwards them over the authenticated peer
+//! channel (the `Admin` peer RPC, never the bearer token) and returns the leader's answer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +24,7 @@ use subtle::ConstantTimeEq;
 
 use crate::node::NodeContext;
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+use crate::raft::peer_auth::peer_client;
 use crate::raft::typ::{ClientWriteError, RaftError};
 use crate::raft::{Command, CommandResponse, Node, NodeId};
 
@@ -29,18 +34,28 @@ const MAX_PROMOTE_LAG: u64 = 1_000;
 /// Largest admin request body (a policy document).
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
-pub fn router(ctx: NodeContext) -> Router<NodeContext> {
-    // Writes that only the leader can make; a follower forwards them.
-    let leader_writes = Router::new()
+/// Writes that only the leader can make; a follower forwards them.
+fn leader_writes(ctx: NodeContext) -> Router<NodeContext> {
+    Router::new()
         .route("/cluster/learners", post(add_learner))
         .route("/cluster/promote", post(promote))
         .route("/cluster/remove", post(remove))
         .route("/policy", put(put_policy))
         .route("/policy/rollback", post(rollback))
-        .layer(middleware::from_fn_with_state(
-            ctx.clone(),
-            forward_to_leader,
-        ));
+        .layer(middleware::from_fn_with_state(ctx, forward_to_leader))
+}
+
+/// The admin calls a follower may forward over the peer channel: leader writes only, at
+/// the same paths as on the HTTP port. The peer listener already authenticated the
+/// caller as a cluster member.
+pub fn peer_router(ctx: NodeContext) -> Router {
+    Router::new()
+        .nest("/admin/v1", leader_writes(ctx.clone()))
+        .with_state(ctx)
+}
+
+pub fn router(ctx: NodeContext) -> Router<NodeContext> {
+    let leader_writes = leader_writes(ctx.clone());
     Router::new()
         .route("/cluster/init", post(init))
         .route("/cluster/status", get(status))
@@ -112,43 +127,101 @@ fn write_error(e: RaftError<ClientWriteError>) -> AdminError {
 
 // === authorization ===
 
-async fn authorize(
-    State(ctx): State<NodeContext>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let allowed = match &ctx.admin_token {
-        Some(token) => request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes()))),
-        None => peer.ip().is_loopback(),
-    };
+/// Admits a call only with the admin token, compared in constant time. The caller's
+/// address is never a credential.
+async fn authorize(State(ctx): State<NodeContext>, request: Request, next: Next) -> Response {
+    let allowed = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(ctx.admin_token.as_bytes())));
     if !allowed {
-        let message = if ctx.admin_token.is_some() {
-            "admin calls need `Authorization: Bearer <admin token>`"
-        } else {
-            "no admin token is configured, so admin calls are accepted from loopback only"
-        };
-        return AdminError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        return AdminError::new(
+            StatusCode::UNAUTHORIZED,
+            "admin calls need `Authorization: Bearer <admin token>` (the CLI reads it from \
+             --admin-token-file, QUORATE_ADMIN_TOKEN, or ./quorate-data/admin-token)",
+        )
+        .into_response();
     }
     next.run(request).await
 }
 
+/// Reads the admin token a node keeps in `<data_dir>/admin-token`, generating a random
+/// one (mode 0600) on first start. Logs the file's path, never the token.
+pub fn load_or_generate_token(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(crate::config::ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            tracing::info!(path = %path.display(), "admin token read from file");
+            return Ok(text.trim().to_string());
+        }
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is empty; delete it to have a new admin token generated",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let token = hex::encode(bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path)?;
+    file.write_all(token.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    tracing::info!(
+        path = %path.display(),
+        "generated an admin token (the CLI reads it with --admin-token-file)"
+    );
+    Ok(token)
+}
+
 // === forwarding writes to the leader ===
 
-/// On a follower, sends the call to the leader (with the caller's credentials) and relays
-/// its answer; on the leader, or for a call already forwarded once, handles it here.
+/// Marks a call that a follower forwarded over the peer channel (a request extension, so
+/// no HTTP caller can set it).
+#[derive(Debug, Clone, Copy)]
+struct ForwardedByPeer;
+
+/// An admin write a follower forwards to the leader (the `Admin` peer RPC's payload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedAdmin {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// The leader's answer to a [`ForwardedAdmin`]: the HTTP status and JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// How long a follower waits for the leader to answer a forwarded admin write (adding a
+/// learner waits for it to catch up).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// The longest path a forwarded admin call may name.
+const MAX_FORWARDED_PATH: usize = 256;
+
+/// On a follower, sends the call to the leader over the peer channel and relays its
+/// answer; on the leader, or for a call a follower already forwarded, handles it here.
 async fn forward_to_leader(
     State(ctx): State<NodeContext>,
     request: Request,
     next: Next,
 ) -> Response {
     let leadership = ctx.engine.leadership();
-    if leadership.is_leader() || request.headers().contains_key(FORWARDED) {
+    if leadership.is_leader() || request.extensions().get::<ForwardedByPeer>().is_some() {
         // Already forwarded once: let raft answer, with a leader hint if it moved again.
         return next.run(request).await;
     }
@@ -163,45 +236,89 @@ async fn forward_to_leader(
             return AdminError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
         }
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("http://{}{path}", leader.http);
-    let mut forwarded = ctx
-        .http
-        .request(parts.method, &url)
-        .body(body)
-        .header(FORWARDED, "1");
-    for name in [
-        axum::http::header::AUTHORIZATION,
-        axum::http::header::CONTENT_TYPE,
-    ] {
-        if let Some(v) = parts.headers.get(&name) {
-            forwarded = forwarded.header(name, v.clone());
-        }
-    }
-    match forwarded.send().await {
-        Ok(resp) => {
-            let status =
-                StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let bytes = resp.bytes().await.unwrap_or_default();
-            (
-                status,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                bytes,
-            )
-                .into_response()
-        }
-        Err(e) => AdminError {
+    let call = ForwardedAdmin {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        body: body.to_vec(),
+    };
+    let failed = |message: String| {
+        AdminError {
             status: StatusCode::BAD_GATEWAY,
-            message: format!("forwarding to the leader failed: {e}"),
+            message: format!("forwarding to the leader failed: {message}"),
             line: None,
             leader: Some(leader),
         }
-        .into_response(),
-    }
+        .into_response()
+    };
+    let mut client = match peer_client(leader.peer, &ctx.peer_auth) {
+        Ok(c) => c,
+        Err(e) => return failed(e.to_string()),
+    };
+    let data = match postcard::to_stdvec(&call) {
+        Ok(d) => d,
+        Err(e) => return failed(e.to_string()),
+    };
+    let mut rpc = tonic::Request::new(quorate_proto::raft::RaftPayload { data: data.into() });
+    rpc.set_timeout(FORWARD_TIMEOUT);
+    let reply: AdminReply = match client.admin(rpc).await {
+        Ok(r) => match postcard::from_bytes(&r.into_inner().data) {
+            Ok(reply) => reply,
+            Err(e) => return failed(format!("undecodable answer: {e}")),
+        },
+        Err(status) => return failed(status.message().to_string()),
+    };
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        reply.body,
+    )
+        .into_response()
 }
 
-/// Marks a call a follower already forwarded.
-const FORWARDED: &str = "x-quorate-forwarded";
+/// Runs an admin write a follower forwarded, through [`peer_router`].
+pub async fn serve_forwarded(router: &Router, call: ForwardedAdmin) -> AdminReply {
+    let refuse = |status: StatusCode, error: String| AdminReply {
+        status: status.as_u16(),
+        body: serde_json::to_vec(&ErrorBody {
+            error,
+            line: None,
+            leader_http: None,
+        })
+        .unwrap_or_default(),
+    };
+    if call.path.len() > MAX_FORWARDED_PATH || call.body.len() > MAX_BODY {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "forwarded admin call too large".into(),
+        );
+    }
+    let Ok(method) = axum::http::Method::from_bytes(call.method.as_bytes()) else {
+        return refuse(StatusCode::BAD_REQUEST, "invalid method".into());
+    };
+    let request = Request::builder()
+        .method(method)
+        .uri(&call.path)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .extension(ForwardedByPeer)
+        .body(Body::from(call.body));
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("invalid call: {e}")),
+    };
+    let response = match tower::ServiceExt::oneshot(router.clone(), request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), MAX_BODY)
+        .await
+        .unwrap_or_default();
+    AdminReply {
+        status,
+        body: body.to_vec(),
+    }
+}
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AdminError> {
     if body.is_empty() {
@@ -240,6 +357,7 @@ pub struct AddLearner {
     pub id: NodeId,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub peer: SocketAddr,
 }
 
 async fn add_learner(State(ctx): State<NodeContext>, body: Bytes) -> Result<Response, AdminError> {
@@ -247,6 +365,7 @@ async fn add_learner(State(ctx): State<NodeContext>, body: Bytes) -> Result<Resp
     let node = Node {
         grpc: req.grpc,
         http: req.http,
+        peer: req.peer,
     };
     let resp = ctx
         .raft
@@ -367,6 +486,7 @@ pub struct MemberStatus {
     pub id: NodeId,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub peer: SocketAddr,
     pub voter: bool,
     /// The last log index the leader knows this member holds (leader's view only).
     pub matched_index: Option<u64>,
@@ -409,6 +529,7 @@ async fn status(State(ctx): State<NodeContext>) -> Json<ClusterStatus> {
                 id: *id,
                 grpc: node.grpc,
                 http: node.http,
+                peer: node.peer,
                 voter: voters.contains(id),
                 matched_index: matched,
                 lag: matched.map(|i| last.saturating_sub(i)),

@@ -2,9 +2,12 @@
 //!
 //! One file is one YAML document: `domain:` and a `descriptors:` tree, with
 //! envoyproxy/ratelimit's `rate_limit` (`unit`, `requests_per_unit`, `unlimited`, `name`,
-//! `replaces`), `shadow_mode`, `detailed_metric` and `*` wildcard values — the same
-//! [`RawDomain`] quorate's own format embeds, so matching is identical (and quorate's
-//! extras such as `algorithm` or `window` are accepted too).
+//! `replaces`), `shadow_mode`, `quota_mode`, `detailed_metric`, `value_to_metric`,
+//! `share_threshold`, `metadata` and `*` wildcard values — the same [`RawDomain`]
+//! quorate's own format embeds, so matching is identical (and quorate's extras such as
+//! `algorithm` or `window` are accepted too). Anything else is refused with its line; the
+//! places where quorate knowingly differs are [`PolicySet::warnings`]. The conformance
+//! corpus in `tests/conformance/envoy-ratelimit/` pins the behaviour case by case.
 //!
 //! A directory of such files (envoyproxy/ratelimit's runtime directory, one domain per
 //! file) arrives as one multi-document text assembled by [`super::load::load_path`]: the
@@ -132,7 +135,7 @@ mod tests {
         let p = compile(text).unwrap();
         let plans = plan_rls(&p, "mongo_cps", &[desc(&[("database", "users")])]);
         match &plans[0] {
-            DescriptorPlan::Limited(l) => assert_eq!(l[0].rate.limit, 500),
+            DescriptorPlan::Limited(l) => assert_eq!(l[0].rate.limit(), 500),
             other => panic!("{other:?}"),
         }
     }

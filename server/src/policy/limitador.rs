@@ -247,7 +247,7 @@ mod tests {
         ));
         assert!(p.limits.contains_key("api/per_user_get"));
         assert!(p.limits.contains_key("other/limits[2]"));
-        assert_eq!(p.limits["api/per_user_get"].rate.window, 60 * SECOND);
+        assert_eq!(p.limits["api/per_user_get"].rate.window(), 60 * SECOND);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use conditions::{CompareOp, Comparison, ConditionalLimit, ConditionalRule, EntryRef};
-pub use descriptors::{Domain, EnvoyUnit, RateUnit, Rule, RuleSpec};
+pub use descriptors::{wildcard_matches, Domain, EnvoyUnit, RateUnit, Rule, RuleSpec};
 pub use duration::parse_window;
 pub use limits::{Consistency, LimitDef};
 pub use plan::{plan_rls, DescriptorPlan, LimitedPlan, RequestDescriptor};
@@ -221,6 +221,12 @@ impl PolicySet {
     /// Looks up a named limit.
     pub fn limit(&self, name: &str) -> Option<&LimitDef> {
         self.limits.get(name)
+    }
+
+    /// Where this policy knowingly behaves differently from the format it was written in
+    /// (printed by `quorate policy test`; the policy is valid regardless).
+    pub fn warnings(&self) -> Vec<String> {
+        self.domains.values().flat_map(Domain::warnings).collect()
     }
 }
 

@@ -9,10 +9,13 @@
 //! descriptor may carry several counted limits: all are counted, and the status shows the
 //! most restrictive.
 
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::Struct;
 use quorate_algorithms::{Algorithm, Rate, SECOND};
 
 use super::conditions::ConditionalRule;
-use super::descriptors::{Domain, EnvoyUnit, RateUnit, Rule};
+use super::descriptors::{Domain, EnvoyUnit, Matched, RateUnit, Rule, Step};
 use super::{Consistency, PolicySet};
 
 /// One descriptor of a request: its entries and, optionally, Envoy's per-descriptor limit
@@ -52,6 +55,17 @@ pub struct LimitedPlan {
     pub shown_name: String,
     pub shadow_mode: bool,
     pub detailed_metric: bool,
+    /// The rule's metric name as envoyproxy/ratelimit spells its stats key
+    /// (`domain.key_value.key`), after `detailed_metric`, `value_to_metric` and
+    /// `share_threshold`.
+    pub metric: String,
+    /// `metric` holds request values (`detailed_metric` or `value_to_metric`), so it is
+    /// reported per value in `quorate_rls_detailed_total` (series capped).
+    pub value_in_metric: bool,
+    /// Over the limit here only denies when every quota-mode descriptor is over.
+    pub quota_mode: bool,
+    /// The rule's `metadata`, returned to Envoy when this descriptor passes.
+    pub metadata: Option<Arc<Struct>>,
     /// Why this rule matched, for `quorate policy test`.
     pub explanation: String,
 }
@@ -70,6 +84,71 @@ fn counter_key(entries: &[(String, String)]) -> String {
         key.push_str(v);
     }
     key
+}
+
+/// The counter of a tree rule: one per distinct entry values, except that an entry
+/// matched by a `share_threshold` wildcard counts under its pattern (every matching value
+/// shares it). A value equal to the pattern matches the pattern, so sharing its counter is
+/// right.
+fn tree_counter_key(entries: &[(String, String)], matched: &Matched<'_>) -> String {
+    let shares = |(step, node): &(Step<'_>, &super::descriptors::Node)| {
+        matches!(step, Step::Wildcard(_)) && node.share_threshold
+    };
+    if !matched.steps.iter().any(shares) {
+        return counter_key(entries);
+    }
+    let shared: Vec<(String, String)> = entries
+        .iter()
+        .zip(&matched.steps)
+        .map(|((k, v), (step, node))| match step {
+            Step::Wildcard(pattern) if node.share_threshold => (k.clone(), pattern.to_string()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    counter_key(&shared)
+}
+
+/// envoyproxy/ratelimit's stats key for a matched rule, and whether it holds request
+/// values. Its rules: a configured value (exact or wildcard pattern) names its level; a
+/// key-only level is named by its key alone; `value_to_metric` names a key-only or
+/// wildcard level by the request's value (non-empty); `share_threshold` keeps the pattern;
+/// `detailed_metric` on the rule names every level by the request's value (keeping shared
+/// patterns) and wins over `value_to_metric`.
+fn stats_key(domain: &str, entries: &[(String, String)], matched: &Matched<'_>) -> (String, bool) {
+    let detailed = matched.node.detailed_metric;
+    let shared = |step: &Step<'_>, node: &super::descriptors::Node| {
+        matches!(step, Step::Wildcard(_)) && node.share_threshold
+    };
+    let any_shared = matched.steps.iter().any(|(s, n)| shared(s, n));
+    let mut name = domain.to_string();
+    let mut per_value = detailed;
+    for ((k, v), (step, node)) in entries.iter().zip(&matched.steps) {
+        let v = v.as_str();
+        name.push('.');
+        name.push_str(k);
+        let value: Option<&str> = match step {
+            Step::Wildcard(p) if node.share_threshold => Some(p),
+            // Upstream writes `key_` for an empty value here, and only here.
+            _ if detailed && !any_shared => Some(v),
+            _ if detailed => Some(v).filter(|v| !v.is_empty()),
+            Step::Exact => Some(v),
+            Step::Wildcard(_) if node.value_to_metric => {
+                per_value = true;
+                Some(v).filter(|v| !v.is_empty())
+            }
+            Step::Wildcard(p) => Some(p),
+            Step::KeyOnly if node.value_to_metric && !v.is_empty() => {
+                per_value = true;
+                Some(v)
+            }
+            Step::KeyOnly => None,
+        };
+        if let Some(value) = value {
+            name.push('_');
+            name.push_str(value);
+        }
+    }
+    (name, per_value)
 }
 
 /// Plans every descriptor of one RLS request, applying envoyproxy/ratelimit's `replaces`.
@@ -113,22 +192,36 @@ pub fn plan_rls(
                     spec,
                     display_name,
                     ..
-                }) => DescriptorPlan::Limited(vec![LimitedPlan {
-                    limit: limit.clone(),
-                    key: counter_key(&d.entries),
-                    rate: spec.rate,
-                    consistency: spec.consistency,
-                    unit: spec.unit,
-                    shown_name: display_name.clone().unwrap_or_else(|| limit.clone()),
-                    shadow_mode: matched.node.shadow_mode,
-                    detailed_metric: matched.node.detailed_metric,
-                    explanation: format!(
-                        "matched {domain}/{} ({}, depth {})",
-                        matched.path,
-                        matched.last.describe(),
-                        d.entries.len()
-                    ),
-                }]),
+                }) => {
+                    let (metric, value_in_metric) = stats_key(domain, &d.entries, &matched);
+                    DescriptorPlan::Limited(vec![LimitedPlan {
+                        limit: limit.clone(),
+                        key: tree_counter_key(&d.entries, &matched),
+                        rate: spec.rate,
+                        consistency: spec.consistency,
+                        unit: spec.unit,
+                        shown_name: display_name.clone().unwrap_or_else(|| limit.clone()),
+                        shadow_mode: matched.node.shadow_mode,
+                        detailed_metric: matched.node.detailed_metric,
+                        metric,
+                        value_in_metric,
+                        quota_mode: matched.node.quota_mode,
+                        metadata: matched.node.metadata.clone(),
+                        explanation: format!(
+                            "matched {domain}/{} ({}{}, depth {})",
+                            matched.path,
+                            matched.last().describe(),
+                            if matched.steps.iter().any(|(s, n)| {
+                                matches!(s, Step::Wildcard(_)) && n.share_threshold
+                            }) {
+                                "; share_threshold: one counter for every matching value"
+                            } else {
+                                ""
+                            },
+                            d.entries.len()
+                        ),
+                    }])
+                }
                 None => DescriptorPlan::NoRule {
                     reason: "matched a descriptor without rate_limit".into(),
                 },
@@ -230,6 +323,10 @@ fn add_conditional(
                     shown_name: c.shown_name.clone(),
                     shadow_mode: false,
                     detailed_metric: false,
+                    metric: format!("{domain}.{}", c.shown_name),
+                    value_in_metric: false,
+                    quota_mode: false,
+                    metadata: None,
                     explanation,
                 };
                 match plan {
@@ -265,6 +362,20 @@ fn override_plan(
             shown_name: name,
             shadow_mode: false,
             detailed_metric: false,
+            // As envoyproxy/ratelimit names an override's stats: every key and value.
+            metric: std::iter::once(domain.to_string())
+                .chain(d.entries.iter().map(|(k, v)| {
+                    if v.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{k}_{v}")
+                    }
+                }))
+                .collect::<Vec<_>>()
+                .join("."),
+            value_in_metric: false,
+            quota_mode: false,
+            metadata: None,
             explanation: "the request's limit override".into(),
         }]),
         Err(_) => DescriptorPlan::Blocked {
@@ -377,8 +488,8 @@ domains:
         let plans = plan_rls(&p, "rl", &[d]);
         match &plans[0] {
             DescriptorPlan::Limited(l) => {
-                assert_eq!(l[0].rate.limit, 42);
-                assert_eq!(l[0].rate.window, 3_600 * SECOND);
+                assert_eq!(l[0].rate.limit(), 42);
+                assert_eq!(l[0].rate.window(), 3_600 * SECOND);
             }
             other => panic!("{other:?}"),
         }

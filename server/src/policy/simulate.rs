@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{plan_rls, DescriptorPlan, LimitedPlan, PolicySet};
-use crate::grpc::rls::{respond, validate, RlsRequest};
+use crate::grpc::rls::{dynamic_metadata, respond, validate, RlsRequest};
 
 /// The instant every sample is decided at: the start of a fixed window for every Envoy
 /// unit but the week, so `reset` shows whole windows.
@@ -173,6 +173,9 @@ pub struct SampleReport {
     pub not_applying: Vec<NotApplying>,
     /// Response headers the server would add.
     pub headers: Vec<(String, String)>,
+    /// `dynamic_metadata` the server would return (when a matched rule has `metadata:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_metadata: Option<Value>,
 }
 
 /// One descriptor's rule and status.
@@ -206,6 +209,9 @@ pub struct LimitReport {
     pub consistency: &'static str,
     pub shadow_mode: bool,
     pub detailed_metric: bool,
+    pub quota_mode: bool,
+    /// The metric name, as envoyproxy/ratelimit spells its stats key.
+    pub metric: String,
     pub why: String,
     pub allowed: bool,
     pub remaining: u64,
@@ -273,6 +279,7 @@ pub fn simulate(policy: &PolicySet, samples: &[RlsRequest]) -> Vec<SampleReport>
                 counted.push(these);
             }
             let response = respond(&plans, &decisions, policy.headers);
+            let metadata = dynamic_metadata(sample, &plans, &response);
             let descriptors = plans
                 .iter()
                 .zip(counted)
@@ -319,9 +326,33 @@ pub fn simulate(policy: &PolicySet, samples: &[RlsRequest]) -> Vec<SampleReport>
                     .iter()
                     .map(|h| (h.key.clone(), h.value.clone()))
                     .collect(),
+                dynamic_metadata: metadata.map(|m| struct_json(&m)),
             }
         })
         .collect()
+}
+
+/// A protobuf Struct as the JSON it stands for.
+pub fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    fn value(v: &envoy_types::pb::google::protobuf::Value) -> Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => Value::Null,
+            Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            Some(Kind::StringValue(s)) => Value::String(s.clone()),
+            Some(Kind::BoolValue(b)) => Value::Bool(*b),
+            Some(Kind::StructValue(s)) => struct_json(s),
+            Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
+        }
+    }
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    )
 }
 
 fn describe(
@@ -355,15 +386,17 @@ fn describe(
             limit: l.limit,
             name: l.shown_name,
             key: l.key.replace('\u{1e}', ", "),
-            algorithm: l.rate.algorithm.as_str(),
-            requests: l.rate.limit,
-            window: window_text(l.rate.window),
+            algorithm: l.rate.algorithm().as_str(),
+            requests: l.rate.limit(),
+            window: window_text(l.rate.window()),
             consistency: match l.consistency {
                 super::Consistency::Strict => "strict",
                 super::Consistency::Fast => "fast",
             },
             shadow_mode: l.shadow_mode,
             detailed_metric: l.detailed_metric,
+            quota_mode: l.quota_mode,
+            metric: l.metric,
             why: l.explanation,
             allowed: d.allowed,
             remaining: d.remaining,
@@ -447,6 +480,9 @@ pub fn render_text(reports: &[SampleReport]) -> String {
                 if l.detailed_metric {
                     flags.push("detailed metric");
                 }
+                if l.quota_mode {
+                    flags.push("quota mode");
+                }
                 let _ = writeln!(
                     out,
                     "    limit {:?} ({}): {} per {}, {}, {}; counter {:?}{}",
@@ -464,6 +500,7 @@ pub fn render_text(reports: &[SampleReport]) -> String {
                     }
                 );
                 let _ = writeln!(out, "      why: {}", l.why);
+                let _ = writeln!(out, "      metric: {}", l.metric);
                 let _ = writeln!(
                     out,
                     "      -> {}, {} remaining, resets in {} ms",
@@ -503,6 +540,9 @@ pub fn render_text(reports: &[SampleReport]) -> String {
         }
         for (k, v) in &r.headers {
             let _ = writeln!(out, "  header {k}: {v}");
+        }
+        if let Some(m) = &r.dynamic_metadata {
+            let _ = writeln!(out, "  dynamic_metadata: {m}");
         }
     }
     out

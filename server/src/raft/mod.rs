@@ -5,11 +5,13 @@
 //! - [`state_machine`]: applies [`Command`]s to the counters and the policy. Pure: no
 //!   clock, no I/O during apply; every replica computes the same decisions.
 //! - [`network`]: outbound Raft RPCs to peers over tonic (`quorate.raft.v1`).
-//! - [`peer`]: the inbound side of those RPCs.
+//! - [`peer`]: the inbound side of those RPCs, served on the peer listener only.
+//! - [`peer_auth`]: how peers prove they belong to the cluster (the seam for mTLS).
 
 pub mod log_store;
 pub mod network;
 pub mod peer;
+pub mod peer_auth;
 pub mod state_machine;
 
 use std::fmt;
@@ -55,10 +57,13 @@ pub mod typ {
 /// Where a cluster member can be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
-    /// The member's gRPC address: Raft traffic, decisions and forwarding.
+    /// The member's public gRPC address: decisions (given to clients as a leader hint).
     pub grpc: SocketAddr,
     /// The member's HTTP address: admin API, metrics, forward-auth.
     pub http: SocketAddr,
+    /// The member's peer address: Raft traffic, decision and admin forwarding. Only peers
+    /// holding the cluster's credentials are served there.
+    pub peer: SocketAddr,
 }
 
 impl Default for Node {
@@ -67,13 +72,14 @@ impl Default for Node {
         Node {
             grpc: unspecified,
             http: unspecified,
+            peer: unspecified,
         }
     }
 }
 
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "grpc={} http={}", self.grpc, self.http)
+        write!(f, "grpc={} http={} peer={}", self.grpc, self.http, self.peer)
     }
 }
 

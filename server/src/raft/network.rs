@@ -1,11 +1,10 @@
-//! Outbound Raft RPCs: how this node reaches its peers (`quorate.raft.v1` over tonic).
+//! Outbound Raft RPCs: how this node reaches its peers (`quorate.raft.v1` over tonic, to
+//! each member's peer address, with this node's credentials; see [`super::peer_auth`]).
 //!
 //! openraft's requests and responses travel as postcard bytes inside a protobuf envelope.
 //! Every call honours openraft's deadline for it. A peer that cannot be connected to is
 //! reported as `Unreachable` so openraft backs off; any other transport failure is a
 //! `NetworkError` and is retried at the next heartbeat.
-
-use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -19,13 +18,10 @@ use quorate_proto::raft::raft_client::RaftClient;
 use quorate_proto::raft::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
 
+use super::peer_auth::{peer_client, PeerAuth, PeerChannel};
 use super::typ::Entry;
 use super::{Node, NodeId, TypeConfig};
-
-/// How long to wait for a TCP connection to a peer.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The largest Raft message accepted or sent: snapshot chunks and entry batches.
 pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
@@ -51,13 +47,22 @@ fn prefix_within(entries: &[Entry], budget: usize) -> usize {
 
 /// Makes one [`PeerClient`] per target; openraft calls it once per replication stream.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    auth: PeerAuth,
+}
+
+impl Network {
+    /// Peer connections carrying `auth`'s credentials.
+    pub fn new(auth: PeerAuth) -> Network {
+        Network { auth }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        PeerClient::new(target, *node)
+        PeerClient::new(target, *node, &self.auth)
     }
 }
 
@@ -65,25 +70,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct PeerClient {
     target: NodeId,
-    client: Option<RaftClient<Channel>>,
+    client: Option<RaftClient<PeerChannel>>,
     node: Node,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
 
 impl PeerClient {
-    fn new(target: NodeId, node: Node) -> PeerClient {
-        let client = Endpoint::from_shared(format!("http://{}", node.grpc))
-            .ok()
-            .map(|e| {
-                let channel = e
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                RaftClient::new(channel)
-                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                    .max_encoding_message_size(MAX_RAFT_MESSAGE)
-            });
+    fn new(target: NodeId, node: Node, auth: &PeerAuth) -> PeerClient {
+        let client = peer_client(node.peer, auth).ok();
         PeerClient {
             target,
             client,
@@ -104,7 +99,7 @@ impl PeerClient {
     {
         let Some(client) = self.client.as_mut() else {
             return Err(RPCError::Unreachable(Unreachable::new(
-                &std::io::Error::other(format!("invalid peer address {}", self.node.grpc)),
+                &std::io::Error::other(format!("invalid peer address {}", self.node.peer)),
             )));
         };
         let data =

@@ -667,7 +667,7 @@ mod tests {
             "init after a set changes nothing"
         );
         let live = sm.shared().policy.load_full();
-        assert_eq!(live.set.limit("l").map(|l| l.rate.limit), Some(1));
+        assert_eq!(live.set.limit("l").map(|l| l.rate.limit()), Some(1));
     }
 
     #[tokio::test]
@@ -689,7 +689,7 @@ mod tests {
         assert_eq!(r[2], CommandResponse::Policy(Ok(3)));
         assert_eq!(allowed(&r[3]), 3);
         let live = sm.shared().policy.load_full();
-        assert_eq!(live.set.limit("l").map(|l| l.rate.limit), Some(3));
+        assert_eq!(live.set.limit("l").map(|l| l.rate.limit()), Some(3));
         assert_eq!(live.version.as_ref().and_then(|v| v.rollback_of), Some(1));
     }
 }

@@ -32,7 +32,7 @@ pub struct TestNode {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl TestNode {
@@ -55,6 +55,7 @@ impl TestNode {
         let listeners = Listeners::bind(
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
         )
         .await
         .unwrap();
@@ -68,7 +69,7 @@ impl TestNode {
             grpc,
             http,
             _stop: stop,
-            _dir: dir,
+            dir,
         };
         node.wait_for_policy_version(1).await;
         node
@@ -85,9 +86,26 @@ impl TestNode {
         format!("http://{}/admin/v1{path}", self.http)
     }
 
+    /// The admin token file the node generated in its data directory at startup.
+    pub fn admin_token_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("data").join("admin-token")
+    }
+
+    /// The admin token the node generated (`None` until it has).
+    fn admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.admin_token_file())
+            .ok()
+            .map(|t| t.trim().to_string())
+    }
+
     /// The live policy version, if any (`GET /admin/v1/policy`).
     pub async fn policy_version(&self) -> Option<u64> {
-        let resp = reqwest::get(self.admin_url("/policy")).await.ok()?;
+        let resp = reqwest::Client::new()
+            .get(self.admin_url("/policy"))
+            .bearer_auth(self.admin_token()?)
+            .send()
+            .await
+            .ok()?;
         let body: serde_json::Value = resp.json().await.ok()?;
         body.get("version")?.as_u64()
     }
@@ -108,10 +126,36 @@ impl TestNode {
         }
     }
 
+    /// Submits a policy in `format` through the admin API: the new version, or the
+    /// refusal's HTTP status and error message.
+    pub async fn try_put_policy(
+        &self,
+        http: &reqwest::Client,
+        format: &str,
+        source: &str,
+    ) -> Result<u64, (u16, String)> {
+        let resp = http
+            .put(self.admin_url("/policy"))
+            .json(&serde_json::json!({ "format": format, "source": source }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        if !status.is_success() {
+            let error = body["error"].as_str().unwrap_or_default().to_string();
+            return Err((status.as_u16(), error));
+        }
+        Ok(body["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no version in {body}")))
+    }
+
     /// Replaces the live policy through the admin API; returns the new version.
     pub async fn put_policy(&self, http: &reqwest::Client, source: &str) -> u64 {
         let resp = http
             .put(self.admin_url("/policy"))
+            .bearer_auth(self.admin_token().unwrap_or_default())
             .json(&serde_json::json!({ "format": "quorate", "source": source }))
             .send()
             .await
