@@ -240,10 +240,20 @@ pub struct ClientTlsArgs {
     #[arg(long, global = true, env = "QUORATE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate, for a node that requires one (--client-ca).
-    #[arg(long, global = true, env = "QUORATE_CLIENT_CERT", requires = "client_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "QUORATE_CLIENT_CERT",
+        requires = "client_key"
+    )]
     pub client_cert: Option<PathBuf>,
     /// PEM private key for --client-cert.
-    #[arg(long, global = true, env = "QUORATE_CLIENT_KEY", requires = "client_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "QUORATE_CLIENT_KEY",
+        requires = "client_cert"
+    )]
     pub client_key: Option<PathBuf>,
 }
 

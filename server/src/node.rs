@@ -254,8 +254,8 @@ pub async fn run(
         crate::http::admin::peer_router(ctx.clone()),
         config.max_snapshot_bytes,
     );
-    let peer = tonic::transport::Server::builder()
-        .add_service(peer_service.server(&config.peer_auth));
+    let peer =
+        tonic::transport::Server::builder().add_service(peer_service.server(&config.peer_auth));
     let peer_tls = match &config.peer_auth {
         PeerAuth::MutualTls(tls) => Some(Arc::clone(tls)),
         _ => None,
@@ -272,12 +272,7 @@ pub async fn run(
 
     // HTTP: admin, metrics, health.
     let app = crate::http::router(ctx.clone());
-    let http_task = spawn_http(
-        app,
-        listeners.http,
-        tls.clone(),
-        wait_stop(stop_rx.clone()),
-    )?;
+    let http_task = spawn_http(app, listeners.http, tls.clone(), wait_stop(stop_rx.clone()))?;
     if let Some(tls) = tls {
         tokio::spawn(tls.watch(config.tls_watch_interval));
     }

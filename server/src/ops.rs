@@ -47,10 +47,7 @@ fn admin_client(tls: &ClientTlsArgs) -> anyhow::Result<reqwest::Client> {
 }
 
 /// A gRPC channel to `uri`; an `https://` address uses TLS with `tls`'s files.
-async fn grpc_channel(
-    uri: &str,
-    tls: &ClientTlsArgs,
-) -> anyhow::Result<tonic::transport::Channel> {
+async fn grpc_channel(uri: &str, tls: &ClientTlsArgs) -> anyhow::Result<tonic::transport::Channel> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let mut endpoint =
         Endpoint::from_shared(uri.to_string()).with_context(|| format!("invalid address {uri}"))?;

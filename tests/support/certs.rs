@@ -41,8 +41,7 @@ impl Ca {
     /// A leaf for `127.0.0.1` and `localhost` named `name`, with serial `serial`.
     pub fn leaf(&self, name: &str, serial: u64) -> Leaf {
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.serial_number = Some(SerialNumber::from(serial));
         let key = KeyPair::generate().unwrap();

@@ -16,7 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Peer TLS flags for a node presenting `leaf`, trusting `ca` (files written in `dir`).
 fn peer_tls_options(dir: &Path, ca: &Ca, leaf: &Leaf) -> NodeOptions {
-    let (cert, key, ca_file) = (dir.join("peer.crt"), dir.join("peer.key"), dir.join("peer-ca.crt"));
+    let (cert, key, ca_file) = (
+        dir.join("peer.crt"),
+        dir.join("peer.key"),
+        dir.join("peer-ca.crt"),
+    );
     leaf.write(&cert, &key);
     ca.write(&ca_file);
     NodeOptions {
@@ -43,7 +47,11 @@ async fn a_cluster_with_peer_mtls_forms_decides_and_fails_over() {
     let mut cluster = Cluster::three(options).await.unwrap();
     let leader = cluster.wait_leader(&[1, 2, 3]).await.unwrap();
     for id in [1, 2, 3] {
-        let d = cluster.node(id).check("per_minute", "k", None).await.decided();
+        let d = cluster
+            .node(id)
+            .check("per_minute", "k", None)
+            .await
+            .decided();
         assert!(d.allowed, "via node {id}: {d:?}");
     }
 
@@ -52,7 +60,11 @@ async fn a_cluster_with_peer_mtls_forms_decides_and_fails_over() {
     let new_leader = cluster.wait_leader(&rest).await.unwrap();
     assert_ne!(new_leader, leader);
     for id in &rest {
-        let d = cluster.node(*id).check("per_minute", "k", None).await.decided();
+        let d = cluster
+            .node(*id)
+            .check("per_minute", "k", None)
+            .await
+            .decided();
         assert!(d.allowed, "after failover, via node {id}: {d:?}");
     }
 }
@@ -115,7 +127,10 @@ async fn peers_without_a_cluster_certificate_are_refused_and_the_term_stays() {
     let member = ca.leaf("member", 8);
     assert!(talk(node.peer, &ca, Some(&member)).await.is_ok());
     // No certificate, or one from another CA: the handshake is refused.
-    assert!(talk(node.peer, &ca, None).await.is_err(), "no client certificate got in");
+    assert!(
+        talk(node.peer, &ca, None).await.is_err(),
+        "no client certificate got in"
+    );
     let outsider = rogue.leaf("outsider", 9);
     assert!(
         talk(node.peer, &ca, Some(&outsider)).await.is_err(),

@@ -93,7 +93,14 @@ async fn sdk_cli_and_http_work_over_https_and_plain_text_is_refused() {
     let grpc_url = format!("https://{}", node.grpc);
     let ca_arg = ca_file.display().to_string();
     let out = cli(&[
-        "check", "--limit", "per_minute", "--key", "bob", "--grpc", &grpc_url, "--ca-file",
+        "check",
+        "--limit",
+        "per_minute",
+        "--key",
+        "bob",
+        "--grpc",
+        &grpc_url,
+        "--ca-file",
         &ca_arg,
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -102,10 +109,25 @@ async fn sdk_cli_and_http_work_over_https_and_plain_text_is_refused() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cli(&["check", "--limit", "per_minute", "--key", "bob", "--grpc", &grpc_url]);
+    let out = cli(&[
+        "check",
+        "--limit",
+        "per_minute",
+        "--key",
+        "bob",
+        "--grpc",
+        &grpc_url,
+    ]);
     assert!(!out.status.success(), "CLI trusted an unknown CA");
     let http_url = format!("https://{}", node.http);
-    let out = cli(&["cluster", "status", "--node", &http_url, "--ca-file", &ca_arg]);
+    let out = cli(&[
+        "cluster",
+        "status",
+        "--node",
+        &http_url,
+        "--ca-file",
+        &ca_arg,
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("cannot reach"), "{stderr}");
     let out = cli(&["cluster", "status", "--node", &http_url]);
@@ -143,7 +165,13 @@ async fn sdk_cli_and_http_work_over_https_and_plain_text_is_refused() {
     assert!(refused.is_err(), "plain-text gRPC was answered");
 
     // The node is unharmed by all that.
-    assert!(client.check("per_minute", "alice", 1).await.unwrap().allowed);
+    assert!(
+        client
+            .check("per_minute", "alice", 1)
+            .await
+            .unwrap()
+            .allowed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,11 +184,7 @@ async fn with_a_client_ca_only_clients_holding_its_certificates_get_in() {
     let rogue = Ca::new("rogue CA");
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     ca.leaf("node-1", 1).write(&cert, &key);
-    let node = start(
-        dir.path(),
-        &tls_setup(&cert, &key, Some(&clients_ca_file)),
-    )
-    .await;
+    let node = start(dir.path(), &tls_setup(&cert, &key, Some(&clients_ca_file))).await;
 
     let write_identity = |leaf: &Leaf, name: &str| {
         let (c, k) = (
@@ -196,13 +220,27 @@ async fn with_a_client_ca_only_clients_holding_its_certificates_get_in() {
         .connect()
         .await
         .unwrap();
-    assert!(member.check("per_minute", "alice", 1).await.unwrap().allowed);
+    assert!(
+        member
+            .check("per_minute", "alice", 1)
+            .await
+            .unwrap()
+            .allowed
+    );
 
     // The HTTP port asks for the same.
     let url = format!("https://{}/healthz", node.http);
     assert!(https_client(&ca, None).get(&url).send().await.is_err());
-    assert!(https_client(&ca, Some(&bad)).get(&url).send().await.is_err());
-    let ok = https_client(&ca, Some(&good)).get(&url).send().await.unwrap();
+    assert!(https_client(&ca, Some(&bad))
+        .get(&url)
+        .send()
+        .await
+        .is_err());
+    let ok = https_client(&ca, Some(&good))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
     assert!(ok.status().is_success());
 }
 
@@ -304,7 +342,13 @@ async fn certificates_reload_without_a_restart_and_a_broken_one_is_ignored() {
     // 3. The Kubernetes `..data` symlink swap.
     let fourth = ca.leaf("node-1 fourth", 4);
     mount.swap(&fourth);
-    wait_presented(node.grpc, &ca, &fourth, "the certificate after the symlink swap").await;
+    wait_presented(
+        node.grpc,
+        &ca,
+        &fourth,
+        "the certificate after the symlink swap",
+    )
+    .await;
     wait_presented(node.http, &ca, &fourth, "the swapped certificate on HTTP").await;
 
     // 4. A broken new certificate is refused and the last good one stays.

@@ -1668,7 +1668,10 @@ mod tests {
             other => panic!("expected corruption in {}, got {other:?}", middle.display()),
         }
         let message = err.to_string();
-        assert!(message.contains("closed segment") && message.contains("re-sync"), "{message}");
+        assert!(
+            message.contains("closed segment") && message.contains("re-sync"),
+            "{message}"
+        );
         // Nothing was cut or removed.
         assert_eq!(segment_files(dir.path()), firsts);
         assert_eq!(fs::read(&middle).unwrap(), bytes);

@@ -55,7 +55,8 @@ impl tower::Service<Uri> for PeerConnector {
     fn call(&mut self, uri: Uri) -> Connecting {
         let tls = Arc::clone(&self.tls);
         Box::pin(async move {
-            let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+            let invalid =
+                |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
             let host = uri
                 .host()
                 .ok_or_else(|| invalid(format!("peer address {uri} has no host")))?;
@@ -68,14 +69,18 @@ impl tower::Service<Uri> for PeerConnector {
             let name = tls
                 .peer_server_name(host)
                 .map_err(|e| invalid(e.to_string()))?;
-            let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
-                .await?;
+            let tcp =
+                TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+                    .await?;
             tcp.set_nodelay(true)?;
             let handshake = TlsConnector::from(config).connect(name, tcp);
             let stream = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake)
                 .await
                 .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "peer TLS handshake timed out")
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "peer TLS handshake timed out",
+                    )
                 })??;
             Ok(TokioIo::new(stream))
         })

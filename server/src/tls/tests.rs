@@ -30,8 +30,7 @@ impl Ca {
     /// (cert PEM, key PEM) for `127.0.0.1` and `localhost`.
     fn leaf(&self, name: &str) -> (String, String) {
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -64,20 +63,35 @@ fn unusable_files_are_refused_naming_the_file() {
     let files = ca.files(dir.path(), "node");
 
     std::fs::write(&files.cert, "not a certificate").unwrap();
-    let err = Tls::load(files.clone(), Role::Public).unwrap_err().to_string();
-    assert!(err.contains("node.crt") && err.contains("no CERTIFICATE"), "{err}");
+    let err = Tls::load(files.clone(), Role::Public)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node.crt") && err.contains("no CERTIFICATE"),
+        "{err}"
+    );
 
     // A key that belongs to another certificate (also what a half-replaced pair is).
     let (cert, _) = ca.leaf("node");
     let (_, other_key) = ca.leaf("other");
     std::fs::write(&files.cert, cert).unwrap();
     std::fs::write(&files.key, other_key).unwrap();
-    let err = Tls::load(files.clone(), Role::Public).unwrap_err().to_string();
-    assert!(err.contains("node.crt") && err.contains("node.key"), "{err}");
+    let err = Tls::load(files.clone(), Role::Public)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node.crt") && err.contains("node.key"),
+        "{err}"
+    );
 
     std::fs::write(&files.key, "-----BEGIN NOTHING-----\n").unwrap();
-    let err = Tls::load(files.clone(), Role::Public).unwrap_err().to_string();
-    assert!(err.contains("node.key") && err.contains("private key"), "{err}");
+    let err = Tls::load(files.clone(), Role::Public)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node.key") && err.contains("private key"),
+        "{err}"
+    );
     assert!(!err.contains("BEGIN"), "key material in an error: {err}");
 
     let missing = TlsFiles {
@@ -182,7 +196,10 @@ async fn peers_must_hold_a_certificate_from_the_cluster_ca_both_ways() {
     // A server with another CA's certificate: the member refuses to talk to it.
     let (rogue_addr, rogue_accepted) = listen(outsider).await;
     echo(rogue_accepted);
-    let err = round_trip(member, rogue_addr).await.unwrap_err().to_string();
+    let err = round_trip(member, rogue_addr)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("certificate"), "{err}");
 }
 
@@ -194,10 +211,8 @@ async fn a_silent_client_does_not_hold_up_other_handshakes() {
     let member = Tls::load(cluster.files(dir.path(), "b"), peer()).unwrap();
     let (addr, accepted) = listen(server).await;
     echo(accepted);
-    let _silent: Vec<_> = futures::future::join_all(
-        (0..8).map(|_| tokio::net::TcpStream::connect(addr)),
-    )
-    .await;
+    let _silent: Vec<_> =
+        futures::future::join_all((0..8).map(|_| tokio::net::TcpStream::connect(addr))).await;
     tokio::time::timeout(Duration::from_secs(5), round_trip(member, addr))
         .await
         .expect("a handshake waited behind silent clients")
