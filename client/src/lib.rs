@@ -13,6 +13,22 @@
 //! For HTTP servers, [`layer::QuorateLayer`] does this for every request (axum, hyper,
 //! tonic: any tower stack); see `examples/axum_app.rs`.
 //!
+//! # TLS
+//! `https://` endpoints use TLS: the server's certificate is checked against
+//! [`Builder::ca_file`] (a private CA) or, without one, the system's roots. A node started
+//! with `--client-ca` also wants a client certificate: [`Builder::identity_files`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quorate_client::Error> {
+//! let client = quorate_client::Client::builder()
+//!     .endpoint("https://quorate-0.example:8081")
+//!     .ca_file("/etc/quorate/ca.crt")
+//!     .identity_files("/etc/quorate/client.crt", "/etc/quorate/client.key")
+//!     .connect()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Decisions and errors
 //! A denied hit is an answer, not an error: [`Decision::allowed`] is false and
 //! [`Decision::retry_after`] says when it can pass. [`Error`] is for calls the cluster
@@ -76,13 +92,14 @@ pub mod layer;
 mod options;
 mod retry;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use quorate_proto::v1 as pb;
 use quorate_proto::v1::rate_limiter_client::RateLimiterClient;
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use deny_cache::{DenyCache, DenyCacheStats};
 pub use error::Error;
@@ -184,6 +201,10 @@ pub struct Builder {
     max_attempts: usize,
     /// Retries, deny cache, fallback: see `options.rs`.
     sdk: options::Options,
+    ca_file: Option<PathBuf>,
+    identity_files: Option<(PathBuf, PathBuf)>,
+    /// Built by `connect` from the files above; used for every `https://` channel.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Default for Builder {
@@ -194,12 +215,16 @@ impl Default for Builder {
             connect_timeout: Duration::from_secs(1),
             max_attempts: 32,
             sdk: options::Options::default(),
+            ca_file: None,
+            identity_files: None,
+            tls: None,
         }
     }
 }
 
 impl Builder {
-    /// Adds a member's gRPC address (`http://host:port`). Give several for failover.
+    /// Adds a member's gRPC address (`http://host:port`, or `https://host:port` for a
+    /// node serving TLS). Give several for failover.
     pub fn endpoint(&mut self, uri: impl Into<String>) -> &mut Self {
         self.endpoints.push(uri.into());
         self
@@ -234,10 +259,48 @@ impl Builder {
         self
     }
 
+    /// PEM CA certificate(s) that `https://` members' certificates must chain to,
+    /// instead of the system's roots.
+    pub fn ca_file(&mut self, path: impl AsRef<Path>) -> &mut Self {
+        self.ca_file = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// A PEM client certificate and its key, presented to `https://` members that
+    /// require one (mTLS).
+    pub fn identity_files(&mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> &mut Self {
+        self.identity_files = Some((cert.as_ref().to_path_buf(), key.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Reads the TLS files into the configuration every `https://` channel uses.
+    fn load_tls(&mut self) -> Result<(), Error> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| Error::config(format!("cannot read {what} {}: {e}", path.display())))
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_file {
+            Some(path) => config.ca_certificate(Certificate::from_pem(read(path, "CA file")?)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity_files {
+            config = config.identity(Identity::from_pem(
+                read(cert, "client certificate")?,
+                read(key, "client key")?,
+            ));
+        }
+        self.tls = Some(config);
+        Ok(())
+    }
+
     /// Builds the client. Connections are made lazily, on first use.
     pub async fn connect(&mut self) -> Result<Client, Error> {
         if self.endpoints.is_empty() {
             return Err(Error::config("no endpoint configured"));
+        }
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) {
+            self.load_tls()?;
         }
         let mut channels = Vec::with_capacity(self.endpoints.len());
         for uri in &self.endpoints {
@@ -256,10 +319,18 @@ impl Builder {
     }
 
     fn channel(&self, uri: &str) -> Result<RateLimiterClient<Channel>, Error> {
-        let endpoint = Endpoint::from_shared(uri.to_string())
+        let mut endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|e| Error::config(format!("invalid endpoint {uri:?}: {e}")))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
+        if uri.starts_with("https://") {
+            let tls = self.tls.clone().ok_or_else(|| {
+                Error::config(format!("{uri}: TLS is not configured for this client"))
+            })?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::config(format!("TLS for {uri}: {e}")))?;
+        }
         Ok(RateLimiterClient::new(endpoint.connect_lazy()))
     }
 }
@@ -303,7 +374,13 @@ impl Client {
     async fn fail_over(&self, target: &Target, hint: Option<String>) -> Result<bool, Error> {
         let mut leader = self.inner.leader.lock().await;
         if let Some(addr) = hint {
-            let uri = format!("http://{addr}");
+            // The hinted leader is reached the way the configured members are.
+            let scheme = if self.inner.builder.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let uri = format!("{scheme}://{addr}");
             let same = leader.as_ref().is_some_and(|(a, _)| *a == uri);
             if !same {
                 let channel = self.inner.builder.channel(&uri)?;

@@ -15,6 +15,7 @@ use crate::config::{
 };
 use crate::engine::BatchSettings;
 use crate::raft::peer_auth::{ClusterSecret, PeerAuth};
+use crate::tls::{Role, Tls, TlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +72,21 @@ pub struct ServeArgs {
     /// printable characters), sent with every peer call and required from every peer.
     #[arg(long, env = ENV_CLUSTER_SECRET_FILE)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// PEM certificate (leaf first) this node presents to peers, for mutual TLS on the
+    /// peer port and on outbound peer calls. Needs --peer-tls-key and --peer-ca; replaces
+    /// --cluster-secret-file. Reloaded when the files change.
+    #[arg(long, env = "QUORATE_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key for --peer-tls-cert.
+    #[arg(long, env = "QUORATE_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM cluster CA: peers must present a certificate it signed, both ways.
+    #[arg(long, env = "QUORATE_PEER_CA", requires = "peer_tls_cert")]
+    pub peer_ca: Option<PathBuf>,
+    /// The name peers' certificates must carry (a DNS SAN). Default: the peer's IP
+    /// address as advertised (an IP SAN).
+    #[arg(long, env = "QUORATE_PEER_SERVER_NAME", requires = "peer_tls_cert")]
+    pub peer_server_name: Option<String>,
     /// The largest snapshot accepted from a peer, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_SNAPSHOT_BYTES)]
     pub max_snapshot_bytes: u64,
@@ -106,14 +122,40 @@ pub struct ServeArgs {
     /// each entry durable (one fsync) before it takes the next (see `engine/batcher.rs`).
     #[arg(long, default_value_t = 1)]
     pub batch_inflight: usize,
+    /// PEM certificate chain (leaf first): serve TLS on the gRPC and HTTP ports. Needs
+    /// --tls-key. The files are re-read every second; a valid change is used by new
+    /// connections without a restart.
+    #[arg(long, env = "QUORATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "QUORATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): with TLS on, clients of both ports must present a
+    /// certificate signed by one of them (mTLS). Reloaded like the certificate.
+    #[arg(long, env = "QUORATE_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
     /// The node's configuration; reads the secret files named by the flags.
     pub fn config(&self) -> anyhow::Result<Config> {
-        let peer_auth = match &self.cluster_secret_file {
-            Some(path) => PeerAuth::Secret(ClusterSecret::from_file(path)?),
-            None => PeerAuth::Unauthenticated,
+        let peer_auth = match (&self.cluster_secret_file, &self.peer_tls_cert) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "choose one peer authentication: --cluster-secret-file or --peer-tls-cert"
+            ),
+            (Some(path), None) => PeerAuth::Secret(ClusterSecret::from_file(path)?),
+            (None, Some(cert)) => {
+                let files = TlsFiles {
+                    cert: cert.clone(),
+                    key: self.peer_tls_key.clone().unwrap_or_default(),
+                    ca: self.peer_ca.clone(),
+                };
+                let role = Role::Peer {
+                    server_name: self.peer_server_name.clone(),
+                };
+                PeerAuth::MutualTls(Tls::load(files, role)?)
+            }
+            (None, None) => PeerAuth::Unauthenticated,
         };
         let admin_token = match &self.admin_token_file {
             Some(path) => Some(read_token_file(path)?),
@@ -145,6 +187,15 @@ impl ServeArgs {
                 max_inflight: self.batch_inflight.max(1),
                 ..BatchSettings::default()
             },
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: self.client_ca.clone(),
+                }),
+                _ => None,
+            },
+            tls_watch_interval: crate::tls::WATCH_INTERVAL,
         })
     }
 }
@@ -164,7 +215,8 @@ fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
 /// Where and how to reach a node's admin API.
 #[derive(Debug, Args, Clone)]
 pub struct AdminTarget {
-    /// The node's HTTP address (any member; writes are forwarded to the leader).
+    /// The node's HTTP address (any member; writes are forwarded to the leader);
+    /// `https://...` for a node serving TLS.
     #[arg(
         long,
         global = true,
@@ -176,6 +228,33 @@ pub struct AdminTarget {
     /// ./quorate-data/admin-token, where a node started with no flags keeps it).
     #[arg(long, global = true, env = ENV_ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
+/// How the CLI reaches a node that serves TLS (an `https://` address).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificate(s) to check the node's certificate against (instead of the
+    /// system's roots).
+    #[arg(long, global = true, env = "QUORATE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a node that requires one (--client-ca).
+    #[arg(
+        long,
+        global = true,
+        env = "QUORATE_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "QUORATE_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 impl AdminTarget {
@@ -307,11 +386,13 @@ pub struct CheckArgs {
     /// The cost (0 peeks).
     #[arg(long, default_value_t = 1)]
     pub cost: u64,
-    /// The node's gRPC address.
+    /// The node's gRPC address (`https://...` for a node serving TLS).
     #[arg(
         long,
         default_value = "http://127.0.0.1:8081",
         env = "QUORATE_GRPC_URL"
     )]
     pub grpc: String,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }

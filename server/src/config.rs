@@ -53,6 +53,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub raft: RaftTiming,
     pub batch: BatchSettings,
+    /// TLS on the public gRPC and HTTP ports (`--tls-cert`, `--tls-key`, `--client-ca`).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// How often the certificate files are re-read.
+    pub tls_watch_interval: Duration,
 }
 
 /// Raft timing and compaction.
@@ -93,6 +97,8 @@ impl Config {
             admin_token: None,
             raft: RaftTiming::default(),
             batch: BatchSettings::default(),
+            tls: None,
+            tls_watch_interval: crate::tls::WATCH_INTERVAL,
         }
     }
 }

@@ -13,6 +13,7 @@
 //!   engine errors to wire errors once.
 //! - [`decision`]: the authorization decision (authenticate → authorize → limits →
 //!   check), over [`authz`] (identities, consumers, routes, JWT/JWKS).
+//! - [`tls`]: certificates for the listeners and peers, reloaded when their files change.
 //! - [`cli`] and [`ops`]: the `quorate` command line.
 
 pub mod authz;
@@ -22,6 +23,7 @@ pub mod dashboard;
 pub mod decision;
 pub mod engine;
 pub mod error;
+pub mod file_watch;
 pub mod grpc;
 pub mod headers;
 pub mod http;
@@ -31,3 +33,4 @@ pub mod ops;
 pub mod policy;
 pub mod policy_watch;
 pub mod raft;
+pub mod tls;

@@ -22,10 +22,12 @@ use crate::policy::{PolicyFormat, PolicySet, PolicySource, EXAMPLE_POLICY};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::peer::PeerService;
-use crate::raft::peer_auth::PeerAuthError;
+use crate::raft::peer_auth::{PeerAuth, PeerAuthError};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::typ::Raft;
 use crate::raft::{Command, CommandResponse, Node};
+use crate::tls::incoming::{spawn_grpc, spawn_http};
+use crate::tls::{Role, Tls};
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, Error)]
@@ -51,6 +53,8 @@ pub enum NodeError {
     PeerAuth(#[from] PeerAuthError),
     #[error("admin token: {0}")]
     AdminToken(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The node's bound sockets.
@@ -123,6 +127,11 @@ pub async fn run(
         grpc: config.advertise_grpc.unwrap_or(grpc_addr),
         http: config.advertise_http.unwrap_or(http_addr),
         peer: config.advertise_peer.unwrap_or(peer_addr),
+    };
+    // Certificates first: a bad file stops startup before anything is opened.
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(files.clone(), Role::Public)?),
+        None => None,
     };
     let startup_policy = match &config.policy_file {
         Some(path) => Some(read_policy_file(path)?),
@@ -233,7 +242,6 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(RateLimiterService::server(Arc::clone(&engine)))
         .add_service(crate::grpc::rls::RlsService::server(
             Arc::clone(&engine),
@@ -244,14 +252,13 @@ pub async fn run(
         )))
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            // tonic ignores `Server::tcp_nodelay` for a listener it did not bind; without
-            // TCP_NODELAY a response written in two segments waits ~40 ms for Nagle.
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            wait_stop(stop_rx.clone()),
-        );
-    let grpc_task = tokio::spawn(grpc);
+        .add_service(reflection_v1alpha);
+    let grpc_task = spawn_grpc(
+        grpc,
+        listeners.grpc,
+        tls.clone(),
+        wait_stop(stop_rx.clone()),
+    );
 
     // Peers: Raft and forwarding, behind the peer credentials check.
     let peer_service = PeerService::new(
@@ -260,23 +267,28 @@ pub async fn run(
         crate::http::admin::peer_router(ctx.clone()),
         config.max_snapshot_bytes,
     );
-    let peer = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(peer_service.server(&config.peer_auth))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listeners.peer).with_nodelay(Some(true)),
-            wait_stop(stop_rx.clone()),
-        );
-    let peer_task = tokio::spawn(peer);
+    let peer =
+        tonic::transport::Server::builder().add_service(peer_service.server(&config.peer_auth));
+    let peer_tls = match &config.peer_auth {
+        PeerAuth::MutualTls(tls) => Some(Arc::clone(tls)),
+        _ => None,
+    };
+    let peer_task = spawn_grpc(
+        peer,
+        listeners.peer,
+        peer_tls.clone(),
+        wait_stop(stop_rx.clone()),
+    );
+    if let Some(tls) = peer_tls {
+        tokio::spawn(tls.watch(config.tls_watch_interval));
+    }
 
     // HTTP: admin, metrics, health.
     let app = crate::http::router(ctx.clone());
-    let http_server = axum::serve(
-        listeners.http,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(wait_stop(stop_rx.clone()));
-    let http_task = tokio::spawn(async move { http_server.await });
+    let http_task = spawn_http(app, listeners.http, tls.clone(), wait_stop(stop_rx.clone()))?;
+    if let Some(tls) = tls {
+        tokio::spawn(tls.watch(config.tls_watch_interval));
+    }
 
     if config.bootstrap {
         bootstrap_single_node(&raft, config.id, node).await?;

@@ -7,9 +7,69 @@ use anyhow::{anyhow, bail, Context};
 use quorate_proto::v1 as pb;
 use serde_json::Value;
 
-use crate::cli::{AdminTarget, CheckArgs, ClusterCommand, PolicyCommand, PolicyTestArgs};
+use crate::cli::{
+    AdminTarget, CheckArgs, ClientTlsArgs, ClusterCommand, PolicyCommand, PolicyTestArgs,
+};
 use crate::http::admin::{AddLearner, MemberId, PutPolicy, Rollback};
 use crate::policy::{load, simulate, PolicySet};
+
+fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+/// The HTTP client for admin calls: with `--ca-file`, only that CA is trusted (a private
+/// CA is the usual case); with `--client-cert`/`--client-key`, they are presented.
+fn admin_client(tls: &ClientTlsArgs) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &tls.ca_file {
+        let pem = read_file(path, "CA file")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{}: not a PEM certificate file", path.display()))?;
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        let mut pem = read_file(cert, "client certificate")?;
+        pem.push(b'\n');
+        pem.extend(read_file(key, "client key")?);
+        let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "{} / {}: not a PEM certificate and key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder.build().context("cannot set up the HTTP client")
+}
+
+/// A gRPC channel to `uri`; an `https://` address uses TLS with `tls`'s files.
+async fn grpc_channel(uri: &str, tls: &ClientTlsArgs) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut endpoint =
+        Endpoint::from_shared(uri.to_string()).with_context(|| format!("invalid address {uri}"))?;
+    if uri.starts_with("https://") {
+        let mut config = ClientTlsConfig::new();
+        config = match &tls.ca_file {
+            Some(path) => config.ca_certificate(Certificate::from_pem(read_file(path, "CA file")?)),
+            None => config.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+            config = config.identity(Identity::from_pem(
+                read_file(cert, "client certificate")?,
+                read_file(key, "client key")?,
+            ));
+        }
+        endpoint = endpoint.tls_config(config)?;
+    }
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {uri}"))
+}
 
 async fn call(
     target: &AdminTarget,
@@ -18,7 +78,7 @@ async fn call(
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
     let url = format!("{}/admin/v1{path}", target.node.trim_end_matches('/'));
-    let client = reqwest::Client::new();
+    let client = admin_client(&target.tls)?;
     let mut request = client.request(method, &url);
     if let Some(token) = target.token()? {
         request = request.bearer_auth(token);
@@ -287,9 +347,8 @@ fn emit(text: &str) {
 }
 
 pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let mut client = pb::rate_limiter_client::RateLimiterClient::connect(args.grpc.clone())
-        .await
-        .with_context(|| format!("cannot connect to {}", args.grpc))?;
+    let channel = grpc_channel(&args.grpc, &args.tls).await?;
+    let mut client = pb::rate_limiter_client::RateLimiterClient::new(channel);
     let response = client
         .check(pb::CheckRequest {
             hits: vec![pb::Hit {

@@ -2,12 +2,8 @@
 //! live. Every change to the file's content becomes a new policy version; an invalid
 //! file is refused with its line and reason, and the previous policy stays live.
 //!
-//! Why polling and not inotify: Kubernetes ConfigMaps update by swapping a `..data`
-//! symlink, editors and `mv` replace the file's inode, and inotify watches follow inodes,
-//! so an event-based watcher misses changes unless it re-arms itself perfectly
-//! (Limitador's issue #523). Reading the path and comparing its *content* every interval
-//! sees every pattern — in-place write, atomic rename, symlink swap — at the cost of one
-//! small read per interval.
+//! The file is polled and its *content* compared, which sees in-place writes, atomic
+//! renames and Kubernetes ConfigMap symlink swaps alike; [`crate::file_watch`] says why.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -23,6 +23,7 @@ fn target(node: &TestNode) -> AdminTarget {
     AdminTarget {
         node: format!("http://{}", node.http),
         admin_token_file: Some(node.admin_token_file()),
+        tls: Default::default(),
     }
 }
 

@@ -16,6 +16,8 @@
 //! - [`net`]: a fault-injecting TCP proxy in front of each node's peer port, so a test can
 //!   cut a node off from its peers (both directions) while still reaching it directly.
 //! - [`load`]: concurrent clients on every node, tallied around a leader kill.
+//! - [`certs`]: test CAs and certificates made in the test (rcgen), and the certificate
+//!   a TLS port presents.
 //! - [`api`]: gRPC `Check` helpers, the admin status document, and [`eventually`], the
 //!   one way tests wait: poll a condition until a deadline, never sleep and hope.
 //!
@@ -27,6 +29,7 @@
 
 pub mod api;
 pub mod bin;
+pub mod certs;
 pub mod cluster;
 pub mod load;
 pub mod net;

@@ -24,6 +24,11 @@
 //!   before the next one receives a byte, so only the last segment can hold a torn tail.
 //! - `vote`, `purged`, `committed`: one framed record each, replaced atomically
 //!   (tmp + fsync + rename + fsync dir; `committed` skips the fsyncs).
+//! - `truncating`: exists only while `truncate` removes whole segments (durably written
+//!   first, removed and the directory fsynced after).
+//!
+//! The directory itself, and any parent `open` creates, is fsynced into its parent, so a
+//! power loss right after the first start cannot lose the directory with the log in it.
 //!
 //! # Why this design (group commit on our own file)
 //!
@@ -59,7 +64,12 @@
 //!   the node's log and lets it re-replicate. (A bad record at the very end, or followed
 //!   only by zeros, is recognised as torn and cut.)
 //! - A crash inside `truncate` can leave segments detached from the log (their first
-//!   index does not follow the previous segment); open removes them with a warning.
+//!   index does not follow the previous segment); open removes them with a warning, but
+//!   only those the `truncating` file says were being removed. Any other gap (a segment
+//!   missing between two others, or before the first one after the purge point) is
+//!   [`LogStoreError::Corrupt`] naming the segment after the gap: acknowledged entries
+//!   are never dropped to make the log look whole. A bad record in a closed segment is
+//!   the same error naming that segment; only the last segment's torn tail is cut.
 //! - `save_vote` does not wait for appends still being flushed: an entry that is lost
 //!   that way was never acknowledged, which Raft tolerates.
 
@@ -93,6 +103,9 @@ const SEGMENT_EXT: &str = "seg";
 const VOTE_FILE: &str = "vote";
 const PURGED_FILE: &str = "purged";
 const COMMITTED_FILE: &str = "committed";
+/// Present while a `truncate` removes segments: names the index truncated at, so that
+/// recovery can tell segments a crashed truncate left behind from a missing segment.
+const TRUNCATING_FILE: &str = "truncating";
 /// How often, at most, the committed log id is written (see `run_flusher`).
 const COMMITTED_INTERVAL: Duration = Duration::from_secs(1);
 const TMP_EXT: &str = "tmp";
@@ -267,7 +280,7 @@ impl LogStore {
 
     /// [`LogStore::open`] with explicit options.
     pub fn open_with(dir: &Path, opts: LogStoreOptions) -> Result<LogStore, LogStoreError> {
-        fs::create_dir_all(dir).map_err(LogStoreError::io("create dir", dir))?;
+        create_dir_durably(dir).map_err(LogStoreError::io("create dir", dir))?;
         remove_tmp_files(dir)?;
 
         let purged: Option<LogId> = read_meta(&dir.join(PURGED_FILE))?;
@@ -551,6 +564,12 @@ impl Inner {
         // Later segments go first, newest first, so that a crash part-way leaves a prefix
         // of the log (plus at worst a detached segment, which recovery discards).
         let keep = files.segments.partition_point(|s| s.first <= index).max(1);
+        if files.segments.len() > keep {
+            // Durable before the first unlink: recovery removes segments past `index`
+            // that a crash left behind only when this says they were being removed.
+            write_atomic(&self.dir, TRUNCATING_FILE, &index, true)?;
+            self.shared.fsyncs.fetch_add(2, Ordering::Relaxed);
+        }
         let mut removed = false;
         while files.segments.len() > keep {
             if let Some(seg) = files.segments.pop() {
@@ -584,6 +603,13 @@ impl Inner {
             seg.len = offset;
         }
         files.next_index = Some(index);
+        if removed {
+            // Gone durably, so a later gap can't be mistaken for this truncation.
+            let marker = self.dir.join(TRUNCATING_FILE);
+            fs::remove_file(&marker).map_err(LogStoreError::io("remove", &marker))?;
+            sync_dir(&self.dir)?;
+            self.count_fsync();
+        }
 
         let mut mem = self.mem()?;
         let keep_entries = (index - mem.first) as usize;
@@ -898,6 +924,30 @@ fn write_atomic<T: Serialize>(
     Ok(())
 }
 
+/// `create_dir_all`, then fsyncs each created directory's parent, so the new entries
+/// survive a power loss (a file fsynced inside a directory whose own entry was not is
+/// lost with it).
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if path.as_os_str().is_empty() || path.exists() {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LogStoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -945,6 +995,7 @@ struct Recovered {
 /// Reads every segment, checking each record, and rebuilds the in-memory log.
 fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogStoreError> {
     let firsts = list_segments(dir)?;
+    let truncating: Option<u64> = read_meta(&dir.join(TRUNCATING_FILE))?;
     let mut segments: Vec<Segment> = Vec::new();
     let mut entries: VecDeque<Slot> = VecDeque::new();
     let mut next: Option<u64> = None;
@@ -961,7 +1012,7 @@ fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogS
                     let old = segment_path(dir, seg.first);
                     fs::remove_file(&old).map_err(LogStoreError::io("remove segment", &old))?;
                 }
-            } else {
+            } else if truncating.is_some_and(|t| t < first && t <= n) {
                 // Left over from a truncate interrupted by a crash: truncate deletes
                 // trailing segments newest first, so anything detached from the log
                 // was being removed and was not acknowledged after the truncation.
@@ -977,6 +1028,17 @@ fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogS
                 sync_dir(dir)?;
                 fsyncs += 1;
                 break;
+            } else {
+                return Err(LogStoreError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!(
+                        "the log has a gap: the previous segment ends before entry {n} but \
+                         this one starts at entry {first} (a segment is missing); restore \
+                         the missing segment, or wipe this node's data directory and let \
+                         it re-sync from the leader's snapshot"
+                    ),
+                });
             }
         }
         let is_last = i + 1 == firsts.len();
@@ -1019,7 +1081,14 @@ fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogS
                 ),
             };
             if !is_last {
-                return Err(corrupt(pos, format!("{reason} in a closed segment")));
+                return Err(corrupt(
+                    pos,
+                    format!(
+                        "{reason} in a closed segment (acknowledged entries are unreadable); \
+                         restore the segment, or wipe this node's data directory and let it \
+                         re-sync from the leader's snapshot"
+                    ),
+                ));
             }
             if !torn {
                 return Err(corrupt(pos, format!("{reason}, followed by more data")));
@@ -1050,15 +1119,25 @@ fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogS
 
     if let (Some(p), Some(first_entry)) = (purged, entries.front()) {
         if first_entry.entry.log_id.index != p.index + 1 {
+            let first_segment = segments.first().map_or(0, |s| s.first);
             return Err(LogStoreError::Corrupt {
-                path: dir.to_path_buf(),
+                path: segment_path(dir, first_segment),
                 offset: 0,
                 reason: format!(
-                    "log resumes at {} but was purged only up to {}",
+                    "the log resumes at entry {} but was purged only up to {} (a segment \
+                     before this one is missing); restore it, or wipe this node's data \
+                     directory and let it re-sync from the leader's snapshot",
                     first_entry.entry.log_id.index, p.index
                 ),
             });
         }
+    }
+    if truncating.is_some() {
+        // The truncate it names is complete now (its leftovers are gone).
+        let marker = dir.join(TRUNCATING_FILE);
+        fs::remove_file(&marker).map_err(LogStoreError::io("remove", &marker))?;
+        sync_dir(dir)?;
+        fsyncs += 1;
     }
 
     // Finish a purge a crash interrupted: drop segments whose records are all purged.
@@ -1560,6 +1639,153 @@ mod tests {
             Err(LogStoreError::Corrupt { offset: 0, .. }) => {}
             other => panic!("expected corruption at offset 0, got {other:?}"),
         }
+    }
+
+    /// A log of entries 0..40 in many small segments, closed (the store dropped).
+    async fn segmented_log(dir: &Path) -> Vec<u64> {
+        let mut store = LogStore::open_with(dir, small_segments()).unwrap();
+        for i in 0..40 {
+            store.blocking_append([entry(1, i)]).await.unwrap();
+        }
+        drop(store);
+        let firsts = segment_files(dir);
+        assert!(firsts.len() > 4, "{firsts:?}");
+        firsts
+    }
+
+    #[tokio::test]
+    async fn a_bad_record_in_a_closed_segment_stops_recovery_naming_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let firsts = segmented_log(dir.path()).await;
+        let middle = segment_path(dir.path(), firsts[2]);
+        let mut bytes = fs::read(&middle).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01; // the segment's last record: a "torn tail", but not the log's
+        fs::write(&middle, &bytes).unwrap();
+        let err = LogStore::open_with(dir.path(), small_segments()).unwrap_err();
+        match &err {
+            LogStoreError::Corrupt { path, .. } => assert_eq!(*path, middle),
+            other => panic!("expected corruption in {}, got {other:?}", middle.display()),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains("closed segment") && message.contains("re-sync"),
+            "{message}"
+        );
+        // Nothing was cut or removed.
+        assert_eq!(segment_files(dir.path()), firsts);
+        assert_eq!(fs::read(&middle).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn a_missing_segment_stops_recovery_naming_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let firsts = segmented_log(dir.path()).await;
+        fs::remove_file(segment_path(dir.path(), firsts[2])).unwrap();
+        let err = LogStore::open_with(dir.path(), small_segments()).unwrap_err();
+        let after_gap = segment_path(dir.path(), firsts[3]);
+        match &err {
+            LogStoreError::Corrupt { path, reason, .. } => {
+                assert_eq!(*path, after_gap);
+                assert!(
+                    reason.contains(&format!("before entry {}", firsts[2]))
+                        && reason.contains("missing"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a gap error, got {other:?}"),
+        }
+        // The segments after the gap hold acknowledged entries: still there.
+        let mut left = firsts.clone();
+        left.remove(2);
+        assert_eq!(segment_files(dir.path()), left);
+    }
+
+    #[tokio::test]
+    async fn a_missing_first_segment_after_a_purge_stops_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let firsts = segmented_log(dir.path()).await;
+        {
+            let mut store = LogStore::open_with(dir.path(), small_segments()).unwrap();
+            store.purge(log_id(1, firsts[1])).await.unwrap();
+        }
+        let firsts = segment_files(dir.path());
+        fs::remove_file(segment_path(dir.path(), firsts[0])).unwrap();
+        match LogStore::open_with(dir.path(), small_segments()) {
+            Err(LogStoreError::Corrupt { path, reason, .. }) => {
+                assert_eq!(path, segment_path(dir.path(), firsts[1]));
+                assert!(reason.contains("missing"), "{reason}");
+            }
+            other => panic!("expected a gap error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_of_the_last_segment_is_cut_and_earlier_segments_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let firsts = segmented_log(dir.path()).await;
+        let last = segment_path(dir.path(), *firsts.last().unwrap());
+        let mut bytes = fs::read(&last).unwrap();
+        let mut next = Vec::new();
+        encode_record(&entry(1, 40), &mut next).unwrap();
+        bytes.extend_from_slice(&next[..next.len() / 2]);
+        fs::write(&last, &bytes).unwrap();
+        let mut store = LogStore::open_with(dir.path(), small_segments()).unwrap();
+        assert_eq!(all(&mut store).await, entries(1, 0..40));
+        assert_eq!(segment_files(dir.path()), firsts);
+    }
+
+    #[tokio::test]
+    async fn segments_an_interrupted_truncate_left_behind_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let firsts = segmented_log(dir.path()).await;
+        // A truncate at the first segment's last entry that crashed after only one of its
+        // unlinks reached the disk: the gap is its own doing, and the marker says so.
+        let at = firsts[1] - 1;
+        write_atomic(dir.path(), TRUNCATING_FILE, &at, true).unwrap();
+        fs::remove_file(segment_path(dir.path(), firsts[1])).unwrap();
+        let mut store = LogStore::open_with(dir.path(), small_segments()).unwrap();
+        assert_eq!(all(&mut store).await, entries(1, 0..firsts[1]));
+        assert_eq!(segment_files(dir.path()), vec![firsts[0]]);
+        assert!(!dir.path().join(TRUNCATING_FILE).exists());
+        // openraft then truncates for real and appends on.
+        store.truncate(log_id(1, at)).await.unwrap();
+        store.blocking_append([entry(2, at)]).await.unwrap();
+        drop(store);
+        let mut store = LogStore::open_with(dir.path(), small_segments()).unwrap();
+        let mut expected = entries(1, 0..at);
+        expected.push(entry(2, at));
+        assert_eq!(all(&mut store).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_completed_truncate_leaves_no_marker_so_a_later_gap_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let firsts = segmented_log(dir.path()).await;
+        let mut store = LogStore::open_with(dir.path(), small_segments()).unwrap();
+        let at = firsts[3] + 1;
+        store.truncate(log_id(1, at)).await.unwrap();
+        assert!(!dir.path().join(TRUNCATING_FILE).exists());
+        for i in at..40 {
+            store.blocking_append([entry(2, i)]).await.unwrap();
+        }
+        drop(store);
+        let firsts = segment_files(dir.path());
+        fs::remove_file(segment_path(dir.path(), firsts[firsts.len() - 2])).unwrap();
+        assert!(matches!(
+            LogStore::open_with(dir.path(), small_segments()),
+            Err(LogStoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn created_directories_exist_with_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/c");
+        create_dir_durably(&nested).unwrap();
+        assert!(nested.is_dir());
+        // Existing directories are fine too.
+        create_dir_durably(&nested).unwrap();
     }
 
     #[tokio::test]

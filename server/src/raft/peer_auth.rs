@@ -26,6 +26,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use super::network::MAX_RAFT_MESSAGE;
+use crate::tls::peer::PeerConnector;
+use crate::tls::Tls;
 
 /// The metadata key that carries the cluster secret on every peer call.
 pub const SECRET_METADATA: &str = "x-quorate-cluster-secret";
@@ -52,7 +54,8 @@ pub enum PeerAuthError {
     Unusable { path: String },
     #[error(
         "refusing to serve peers on {addr} without peer authentication: anyone who can reach \
-         that address could rewrite the cluster's state. Give every node the same secret \
+         that address could rewrite the cluster's state. Give every node peer certificates \
+         from a cluster CA (`--peer-tls-cert`, `--peer-tls-key`, `--peer-ca`), or the same secret \
          with `--cluster-secret-file PATH` (or QUORATE_CLUSTER_SECRET_FILE), e.g. \
          `openssl rand -hex 32 > cluster-secret`, or bind `--peer` to a loopback address"
     )]
@@ -104,8 +107,10 @@ pub enum PeerAuth {
     Unauthenticated,
     /// The same secret on every member, sent with every peer call.
     Secret(ClusterSecret),
-    // Mutual TLS with a cluster CA goes here: the listener requires a client certificate
-    // signed by the CA, and `peer_client` presents this node's certificate.
+    /// Mutual TLS with a cluster CA: the peer listener completes a handshake only with a
+    /// client certificate signed by the CA, and [`peer_client`] presents this node's
+    /// certificate and checks the peer's against the same CA.
+    MutualTls(Arc<Tls>),
 }
 
 impl PeerAuth {
@@ -115,7 +120,7 @@ impl PeerAuth {
             PeerAuth::Unauthenticated if !addr.ip().is_loopback() => {
                 Err(PeerAuthError::Unprotected { addr })
             }
-            PeerAuth::Unauthenticated | PeerAuth::Secret(_) => Ok(()),
+            PeerAuth::Unauthenticated | PeerAuth::Secret(_) | PeerAuth::MutualTls(_) => Ok(()),
         }
     }
 
@@ -149,7 +154,8 @@ pub struct PeerGate {
 impl Interceptor for PeerGate {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         match &self.auth {
-            PeerAuth::Unauthenticated => Ok(request),
+            // The TLS handshake already required a certificate from the cluster CA.
+            PeerAuth::Unauthenticated | PeerAuth::MutualTls(_) => Ok(request),
             PeerAuth::Secret(secret) => {
                 let given = request
                     .metadata()
@@ -194,12 +200,15 @@ pub fn peer_client(
     addr: SocketAddr,
     auth: &PeerAuth,
 ) -> Result<RaftClient<PeerChannel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy();
+        .tcp_nodelay(true);
+    let channel = match auth {
+        PeerAuth::MutualTls(tls) => PeerConnector::new(Arc::clone(tls)).channel(endpoint),
+        _ => endpoint.connect_lazy(),
+    };
     let secret = match auth {
-        PeerAuth::Unauthenticated => None,
+        PeerAuth::Unauthenticated | PeerAuth::MutualTls(_) => None,
         // Checked printable ASCII when the secret was made, so this always converts.
         PeerAuth::Secret(s) => MetadataValue::try_from(&*s.0).ok(),
     };
