@@ -33,7 +33,7 @@ pub enum Command {
     /// Run a node. With no flags: a single-node cluster on 127.0.0.1:8081 (gRPC),
     /// 127.0.0.1:8080 (HTTP) and 127.0.0.1:8071 (peers), data in ./quorate-data, the
     /// built-in example policy, an admin token generated into ./quorate-data/admin-token.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage cluster membership (talks to any node's HTTP admin API).
     #[command(subcommand)]
     Cluster(ClusterCommand),
