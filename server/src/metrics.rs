@@ -406,13 +406,11 @@ impl Metrics {
         self.rls_unmatched.with_label_values(&[reason]).inc();
     }
 
-    /// Counts a decision of a `detailed_metric` rule. The counter key's descriptor values
-    /// (API keys, user ids, tokens: whatever Envoy was told to send) never become label
-    /// text: each value is replaced by a short digest ([`redacted_key`]).
+    /// Counts a decision of a rule whose metric name holds request values. `key` is the
+    /// plan's `metric_label`, where descriptor values (API keys, user ids, tokens: whatever
+    /// Envoy was told to send) are already short digests ([`redacted_value`]).
     pub fn observe_detailed(&self, limit: &str, key: &str, allowed: bool) {
         let code = if allowed { "ok" } else { "over_limit" };
-        let key = redacted_key(key);
-        let key = key.as_str();
         let series = format!("{limit}\u{1f}{key}");
         let tracked = key.len() <= MAX_DETAILED_KEY
             && match self.detailed_series.lock() {
@@ -480,30 +478,17 @@ impl Metrics {
     }
 }
 
-/// A counter key with every `=value` replaced by `=#` and the first 12 hex digits of the
-/// value's SHA-256: the descriptor keys stay readable, series stay distinct per value,
-/// and a credential sent as a descriptor value never reaches `/metrics`.
-pub fn redacted_key(key: &str) -> String {
+/// `#` and the first 12 hex digits of `value`'s SHA-256: how a request value appears in a
+/// metric label, so series stay distinct per value and a credential sent as a descriptor
+/// value never reaches `/metrics`.
+pub fn redacted_value(value: &str) -> String {
     use sha2::{Digest, Sha256};
     use std::fmt::Write;
-    let mut out = String::with_capacity(key.len().min(256));
-    // Entries are separated by a character that cannot appear in header values (see
-    // `policy::plan`); each is `name=value`, or `[i]name=value` for a position.
-    for (i, entry) in key.split('\u{1e}').enumerate() {
-        if i > 0 {
-            out.push('|');
-        }
-        match entry.split_once('=') {
-            Some((name, value)) => {
-                let digest = Sha256::digest(value.as_bytes());
-                out.push_str(name);
-                out.push_str("=#");
-                for byte in &digest[..6] {
-                    let _ = write!(out, "{byte:02x}");
-                }
-            }
-            None => out.push('#'),
-        }
+    let digest = Sha256::digest(value.as_bytes());
+    let mut out = String::with_capacity(13);
+    out.push('#');
+    for byte in &digest[..6] {
+        let _ = write!(out, "{byte:02x}");
     }
     out
 }
@@ -565,14 +550,12 @@ mod tests {
     }
 
     #[test]
-    fn detailed_labels_never_carry_descriptor_values() {
-        let m = Metrics::new().unwrap();
-        m.observe_detailed("d/api_key", "api_key=sk_live_SECRET\u{1e}user=alice", true);
-        let text = m.render();
-        assert!(!text.contains("SECRET"), "{text}");
-        assert!(!text.contains("alice"), "{text}");
-        assert!(text.contains("api_key=#"), "{text}");
-        assert_ne!(redacted_key("k=a"), redacted_key("k=b"));
+    fn redacted_values_are_short_distinct_digests() {
+        let a = redacted_value("sk_live_SECRET");
+        assert!(!a.contains("SECRET"));
+        assert_eq!(a.len(), 13);
+        assert!(a.starts_with('#'));
+        assert_ne!(a, redacted_value("sk_live_SECRET2"));
     }
 
     #[test]

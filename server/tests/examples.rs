@@ -10,7 +10,7 @@ use quorate_server::policy::{PolicyFormat, PolicySet};
 /// YAML under `examples/` that is not a quorate policy (e.g. a proxy's own config): list
 /// it here, or the test tries to compile it.
 /// The proxy snippet folders (nginx, Caddy, Traefik, Envoy configs, not policies).
-const NOT_POLICIES: &[&str] = &["caddy", "envoy", "nginx", "traefik"];
+const NOT_POLICIES: &[&str] = &["caddy", "envoy", "grafana", "nginx", "traefik"];
 
 #[test]
 fn every_example_compiles() {

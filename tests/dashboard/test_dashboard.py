@@ -87,11 +87,15 @@ class Node:
         self.id = node_id
         self.grpc = f"127.0.0.1:{free_port()}"
         self.http = f"127.0.0.1:{free_port()}"
+        self.peer = f"127.0.0.1:{free_port()}"
         self.url = "http://" + self.http
         self.log = open(os.path.join(workdir, f"node{node_id}.log"), "w")
+        token_file = os.path.join(workdir, "admin-token")
+        with open(token_file, "w") as f:
+            f.write(TOKEN)
         args = [BIN, "serve", "--id", str(node_id), "--grpc", self.grpc, "--http", self.http,
-                "--data-dir", os.path.join(workdir, f"node{node_id}"), "--policy", POLICY,
-                "--admin-token", TOKEN]
+                "--peer", self.peer, "--data-dir", os.path.join(workdir, f"node{node_id}"),
+                "--policy", POLICY, "--admin-token-file", token_file]
         if join:
             args.append("--join")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
@@ -155,7 +159,7 @@ def cluster():
             eventually(f"node {n.id} up", lambda n=n: http("GET", n.url + "/healthz", timeout=1)[0] == 200)
         for n in nodes[1:]:
             status, body = http("POST", nodes[0].url + "/admin/v1/cluster/learners",
-                                {"id": n.id, "grpc": n.grpc, "http": n.http}, TOKEN, timeout=40)
+                                {"id": n.id, "grpc": n.grpc, "http": n.http, "peer": n.peer}, TOKEN, timeout=40)
             assert status == 200, body
         for n in nodes[1:]:
             status, body = http("POST", nodes[0].url + "/admin/v1/cluster/promote", {"id": n.id}, TOKEN, timeout=20)

@@ -50,6 +50,9 @@ domains:
         rate_limit: {unit: hour, requests_per_unit: 5, max_keys: 1000}
       - key: tenant
         rate_limit: {unit: hour, requests_per_unit: 5, max_keys: 1000, expose: true}
+defaults:
+  # The test calls /authz itself with X-Forwarded-*, as a proxy on loopback would.
+  trusted_proxies: {forward_auth: [127.0.0.1/32]}
 "#;
 
 async fn node() -> Cluster {

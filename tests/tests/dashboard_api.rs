@@ -22,7 +22,7 @@ const MAX_STREAMS: usize = 32;
 async fn node() -> Cluster {
     Cluster::single(NodeOptions {
         policy: Some(policy(&[("fixed", "fixed_window", LIMIT, "strict")])),
-        extra_args: vec!["--admin-token".into(), TOKEN.into()],
+        admin_token: Some(TOKEN.into()),
         ..NodeOptions::default()
     })
     .await

@@ -529,3 +529,93 @@ async fn concurrent_first_use_fetches_once_and_an_unreachable_issuer_is_keys_una
         JwtError::KeysUnavailable
     );
 }
+
+/// The JWT decoder faces whatever a client puts in `Authorization`: arbitrary text,
+/// arbitrary base64url segments, hostile headers (`alg: none`, unknown algorithms, huge
+/// `kid`s) and valid tokens with one byte changed. None may panic, and none but an
+/// untouched valid token may verify.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn verify(token: &str) -> Result<Verified, JwtError> {
+        let verifier = JwtVerifier::new(reqwest::Client::new(), JwtSettings::default(), None);
+        let ident = identity(
+            &[Algorithm::ES256],
+            inline(EC1_PUB, AlgorithmFamily::Ec, None),
+        );
+        runtime().block_on(verifier.verify(1, "fuzz", &ident, token))
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_verifies(token in "\\PC{0,300}") {
+            prop_assert!(verify(&token).is_err());
+        }
+
+        #[test]
+        fn arbitrary_segments_never_verify(
+            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 3),
+        ) {
+            let token = format!("{}.{}.{}", b64(&parts[0]), b64(&parts[1]), b64(&parts[2]));
+            prop_assert!(verify(&token).is_err());
+        }
+
+        #[test]
+        fn hostile_headers_never_verify(
+            alg in prop_oneof![
+                Just("none".to_string()), Just("None".to_string()), Just("HS256".to_string()),
+                Just("ES256".to_string()), Just("RS256".to_string()), "\\PC{0,20}",
+            ],
+            kid in "\\PC{0,2000}",
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            sig in proptest::collection::vec(any::<u8>(), 0..100),
+        ) {
+            let header = serde_json::json!({"alg": alg, "typ": "JWT", "kid": kid});
+            let payload = claims(serde_json::json!({}));
+            for body in [payload.to_string().into_bytes(), body] {
+                let token = format!(
+                    "{}.{}.{}",
+                    b64(header.to_string().as_bytes()),
+                    b64(&body),
+                    b64(&sig)
+                );
+                prop_assert!(verify(&token).is_err());
+            }
+        }
+
+        #[test]
+        fn one_changed_byte_never_verifies_as_someone_else(
+            at in any::<prop::sample::Index>(),
+            with in prop::sample::select(
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ "
+                    .chars()
+                    .collect::<Vec<_>>()
+            ),
+        ) {
+            let valid = sign(Algorithm::ES256, EC1_KEY, None, &claims(serde_json::json!({})));
+            let mut chars: Vec<char> = valid.chars().collect();
+            let i = at.index(chars.len());
+            chars[i] = with;
+            let token: String = chars.into_iter().collect();
+            // Base64url's last character can carry unused bits: a change there may decode
+            // to the same bytes and still verify, as the same caller.
+            if let Ok(v) = verify(&token) {
+                prop_assert_eq!(v.claims.get("sub"), Some(&serde_json::json!("alice")));
+            }
+        }
+    }
+}

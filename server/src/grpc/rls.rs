@@ -430,7 +430,7 @@ impl RlsService {
             }
             if plan.value_in_metric {
                 self.metrics
-                    .observe_detailed(&plan.limit, &plan.metric, d.allowed);
+                    .observe_detailed(&plan.limit, &plan.metric_label, d.allowed);
             }
         }
         let mut response = respond(&plans, &decisions, policy.set.headers);
@@ -554,6 +554,7 @@ mod tests {
             detailed_metric: false,
             metric: name.into(),
             value_in_metric: false,
+            metric_label: name.into(),
             quota_mode: false,
             metadata: None,
             explanation: String::new(),

@@ -62,6 +62,9 @@ pub struct LimitedPlan {
     /// `metric` holds request values (`detailed_metric` or `value_to_metric`), so it is
     /// reported per value in `quorate_rls_detailed_total` (series capped).
     pub value_in_metric: bool,
+    /// `metric` with every request value replaced by a short digest: the label
+    /// `quorate_rls_detailed_total` shows (a descriptor value may be a credential).
+    pub metric_label: String,
     /// Over the limit here only denies when every quota-mode descriptor is over.
     pub quota_mode: bool,
     /// The rule's `metadata`, returned to Envoy when this descriptor passes.
@@ -114,7 +117,16 @@ fn tree_counter_key(entries: &[(String, String)], matched: &Matched<'_>) -> Stri
 /// wildcard level by the request's value (non-empty); `share_threshold` keeps the pattern;
 /// `detailed_metric` on the rule names every level by the request's value (keeping shared
 /// patterns) and wins over `value_to_metric`.
-fn stats_key(domain: &str, entries: &[(String, String)], matched: &Matched<'_>) -> (String, bool) {
+///
+/// With `redact`, every value that came from the request (not from the policy) is replaced
+/// by a short digest: that form is what metric labels show, since a descriptor value may be
+/// a credential.
+fn stats_key(
+    domain: &str,
+    entries: &[(String, String)],
+    matched: &Matched<'_>,
+    redact: bool,
+) -> (String, bool) {
     let detailed = matched.node.detailed_metric;
     let shared = |step: &Step<'_>, node: &super::descriptors::Node| {
         matches!(step, Step::Wildcard(_)) && node.share_threshold
@@ -123,7 +135,13 @@ fn stats_key(domain: &str, entries: &[(String, String)], matched: &Matched<'_>) 
     let mut name = domain.to_string();
     let mut per_value = detailed;
     for ((k, v), (step, node)) in entries.iter().zip(&matched.steps) {
-        let v = v.as_str();
+        let redacted;
+        let v = if redact && !matches!(step, Step::Exact) && !v.is_empty() {
+            redacted = crate::metrics::redacted_value(v);
+            redacted.as_str()
+        } else {
+            v.as_str()
+        };
         name.push('.');
         name.push_str(k);
         let value: Option<&str> = match step {
@@ -193,7 +211,8 @@ pub fn plan_rls(
                     display_name,
                     ..
                 }) => {
-                    let (metric, value_in_metric) = stats_key(domain, &d.entries, &matched);
+                    let (metric, value_in_metric) = stats_key(domain, &d.entries, &matched, false);
+                    let (metric_label, _) = stats_key(domain, &d.entries, &matched, true);
                     DescriptorPlan::Limited(vec![LimitedPlan {
                         limit: limit.clone(),
                         key: tree_counter_key(&d.entries, &matched),
@@ -205,6 +224,7 @@ pub fn plan_rls(
                         detailed_metric: matched.node.detailed_metric,
                         metric,
                         value_in_metric,
+                        metric_label,
                         quota_mode: matched.node.quota_mode,
                         metadata: matched.node.metadata.clone(),
                         explanation: format!(
@@ -325,6 +345,7 @@ fn add_conditional(
                     detailed_metric: false,
                     metric: format!("{domain}.{}", c.shown_name),
                     value_in_metric: false,
+                    metric_label: format!("{domain}.{}", c.shown_name),
                     quota_mode: false,
                     metadata: None,
                     explanation,
@@ -374,6 +395,7 @@ fn override_plan(
                 .collect::<Vec<_>>()
                 .join("."),
             value_in_metric: false,
+            metric_label: format!("{domain}.override"),
             quota_mode: false,
             metadata: None,
             explanation: "the request's limit override".into(),
@@ -563,5 +585,31 @@ domains:
         );
         let plans = plan_rls(&p, "api", &[desc(&[("user", "mallory")])]);
         assert!(matches!(&plans[0], DescriptorPlan::Blocked { path, .. } if path == "banned"));
+    }
+
+    /// A descriptor value may be a credential: the metric label carries its digest, the
+    /// policy's own values stay readable, and `metric` (shown by `policy test`) is intact.
+    #[test]
+    fn metric_labels_carry_digests_of_request_values_only() {
+        let p = policy(
+            "domains:\n  - domain: d\n    descriptors:\n      - key: plan\n        value: gold\n        descriptors:\n          - key: api_key\n            detailed_metric: true\n            rate_limit: {unit: minute, requests_per_unit: 5}\n",
+        );
+        let plans = plan_rls(
+            &p,
+            "d",
+            &[desc(&[("plan", "gold"), ("api_key", "sk_live_SECRET")])],
+        );
+        match &plans[0] {
+            DescriptorPlan::Limited(ls) => {
+                assert!(ls[0].value_in_metric);
+                assert!(ls[0].metric.contains("sk_live_SECRET"), "{}", ls[0].metric);
+                let label = &ls[0].metric_label;
+                assert!(!label.contains("SECRET"), "{label}");
+                assert!(label.contains("plan_gold"), "{label}");
+                let digest = crate::metrics::redacted_value("sk_live_SECRET");
+                assert!(label.ends_with(&format!("api_key_{digest}")), "{label}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

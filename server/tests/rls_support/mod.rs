@@ -136,6 +136,7 @@ impl TestNode {
     ) -> Result<u64, (u16, String)> {
         let resp = http
             .put(self.admin_url("/policy"))
+            .bearer_auth(self.admin_token().unwrap_or_default())
             .json(&serde_json::json!({ "format": format, "source": source }))
             .send()
             .await

@@ -463,7 +463,7 @@ async function start() {
   $("apply-dry-run").addEventListener("click", dryRun);
   $("apply-source").addEventListener("input", () => { dryRunOk = false; $("apply-go").disabled = true; });
   $("apply-go").addEventListener("click", applyPolicy);
-  memberOp("add-learner", "add learner", "/admin/v1/cluster/learners", (f) => ({ id: Number(f.id.value), grpc: f.grpc.value, http: f.http.value }));
+  memberOp("add-learner", "add learner", "/admin/v1/cluster/learners", (f) => ({ id: Number(f.id.value), grpc: f.grpc.value, http: f.http.value, peer: f.peer.value }));
   memberOp("promote", "promote", "/admin/v1/cluster/promote", (f) => ({ id: Number(f.id.value) }));
   memberOp("remove", "remove", "/admin/v1/cluster/remove", (f) => ({ id: Number(f.id.value) }));
   $("snapshot").addEventListener("click", snapshot);
