@@ -120,7 +120,8 @@ impl Geometry {
 
     /// `k` slots, in ns, saturating.
     fn slots(&self, k: usize) -> Nanos {
-        self.slot.saturating_mul(u64::try_from(k).unwrap_or(u64::MAX))
+        self.slot
+            .saturating_mul(u64::try_from(k).unwrap_or(u64::MAX))
     }
 }
 
@@ -247,7 +248,10 @@ impl SlidingSlots {
             (stored, 0)
         } else {
             let slots = (current - stored) / g.slot;
-            (current, usize::try_from(slots).unwrap_or(usize::MAX).min(g.n + 1))
+            (
+                current,
+                usize::try_from(slots).unwrap_or(usize::MAX).min(g.n + 1),
+            )
         };
         let (full, partial) = match &self.counts {
             Counts::Narrow(c) if c.len() == g.n + 1 => sums(c, g.n, shift),

@@ -44,8 +44,12 @@ fn rate_for(algorithm: Algorithm) -> impl Strategy<Value = Rate> {
 
 /// A sliding window with precision N > 1: `N` slots of 1 to 40 ns each.
 fn slots_rate() -> impl Strategy<Value = Rate> {
-    (1u64..=12, prop::sample::select(vec![2u64, 3, 4, 5, 8, 10]), 1u64..=40).prop_map(
-        |(limit, precision, slot)| {
+    (
+        1u64..=12,
+        prop::sample::select(vec![2u64, 3, 4, 5, 8, 10]),
+        1u64..=40,
+    )
+        .prop_map(|(limit, precision, slot)| {
             Rate::with_precision(
                 Algorithm::SlidingWindow,
                 limit,
@@ -54,8 +58,7 @@ fn slots_rate() -> impl Strategy<Value = Rate> {
                 Some(precision),
             )
             .unwrap()
-        },
-    )
+        })
 }
 
 /// Every algorithm, the sliding window at precision 1 (two counters) and above.
@@ -308,7 +311,10 @@ fn check_slot_bound(rate: &Rate, allowed: &[Hit]) -> Result<(), TestCaseError> {
             .sum();
         let e = u128::from(t % slot);
         let tight = limit + (c * e).div_ceil(u128::from(slot));
-        prop_assert!(sum <= tight, "window ending {t}: {sum} > {limit} + ⌈{c}·{e}/{slot}⌉");
+        prop_assert!(
+            sum <= tight,
+            "window ending {t}: {sum} > {limit} + ⌈{c}·{e}/{slot}⌉"
+        );
         prop_assert!(sum <= limit + c);
     }
     Ok(())
@@ -448,7 +454,9 @@ fn precision_is_validated() {
     assert!(Rate::with_precision(sw, 10, 60 * (max + 1), None, Some(max + 1)).is_err());
     assert!(Rate::with_precision(Algorithm::FixedWindow, 10, 60, None, Some(2)).is_err());
     assert_eq!(
-        Rate::with_precision(sw, 10, 60, None, None).unwrap().precision,
+        Rate::with_precision(sw, 10, 60, None, None)
+            .unwrap()
+            .precision,
         1
     );
 }

@@ -270,8 +270,14 @@ mod tests {
         let report = run(&config).unwrap();
         // The exact log's rows: no window over the limit, and it is its own reference.
         for line in report.lines().filter(|l| l.starts_with("| sliding_log")) {
-            assert!(line.contains("| 1.00 | 0.00 % | 0 of 20 | +0.00 % |"), "{line}");
+            assert!(
+                line.contains("| 1.00 | 0.00 % | 0 of 20 | +0.00 % |"),
+                "{line}"
+            );
         }
-        assert_eq!(report.matches("| sliding_window, precision 10 |").count(), 2);
+        assert_eq!(
+            report.matches("| sliding_window, precision 10 |").count(),
+            2
+        );
     }
 }

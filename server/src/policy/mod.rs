@@ -31,8 +31,8 @@ use thiserror::Error;
 pub use conditions::{CompareOp, Comparison, ConditionalLimit, ConditionalRule, EntryRef};
 pub use descriptors::{Domain, EnvoyUnit, RateUnit, Rule, RuleSpec};
 pub use duration::parse_window;
-pub use limits::{Consistency, LimitDef};
 pub(crate) use limits::policy_rate;
+pub use limits::{Consistency, LimitDef};
 pub use plan::{plan_rls, DescriptorPlan, LimitedPlan, RequestDescriptor};
 
 /// The default cap on live counters across the cluster. Part of the policy (not a node
