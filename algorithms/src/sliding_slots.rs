@@ -324,12 +324,21 @@ impl SlidingSlots {
         };
         if !shaped {
             // Fresh state or another precision: one slot at the newest position holding
-            // the total, aged like any other.
-            let mut counts = vec![0u64; len];
-            if view.shift < len {
-                counts[view.shift] = self.total();
-            }
-            self.counts = Counts::Wide(counts.into_boxed_slice());
+            // the total, aged like any other (and gone once it has aged past the window).
+            let total = if view.shift < len { self.total() } else { 0 };
+            let at = view.shift.min(len - 1);
+            self.counts = match u16::try_from(total) {
+                Ok(narrow) => {
+                    let mut counts = vec![0u16; len];
+                    counts[at] = narrow;
+                    Counts::Narrow(counts.into_boxed_slice())
+                }
+                Err(_) => {
+                    let mut counts = vec![0u64; len];
+                    counts[at] = total;
+                    Counts::Wide(counts.into_boxed_slice())
+                }
+            };
         }
         if let Counts::Narrow(c) = &mut self.counts {
             let sum = u64::from(c[0]).saturating_add(cost);

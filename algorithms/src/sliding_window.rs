@@ -44,7 +44,9 @@
 //!
 //! **Guarantees:** O(1) time, 24 bytes of state, deterministic integer arithmetic.
 //! **Does not promise:** exactness; use [`crate::sliding_log`] (memory bounded by the
-//! limit) when exactness matters.
+//! limit) when exactness matters, or more sub-windows ([`crate::sliding_slots`], what a
+//! policy's `sliding_window` runs unless it says `precision: 1`) for a bound of one
+//! sub-window's count instead of a whole window's.
 //!
 //! **Time going backwards:** a `now` before the stored window's start acts as that start.
 //! Within the window an earlier `now` only gives the previous window more weight, which is

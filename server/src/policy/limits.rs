@@ -308,7 +308,7 @@ limits:
     /// What the change means: 10 hits at the end of one second, then half a second later.
     /// The two-counter form assumes the 10 were spread over the first second and lets 5
     /// more through (15 within 0.51 s); the default precision knows they are all in the
-    /// last tenth and lets none through until they slide out.
+    /// last sub-window and lets none through until they slide out.
     #[test]
     fn the_default_precision_holds_the_limit_where_two_counters_did_not() {
         let default = rate_of(OLD_POLICY, "sliding");
@@ -321,7 +321,8 @@ limits:
         let later = 1_500_000_000;
         assert_eq!(old.check(&two_counter, later, 0).remaining, 5);
         assert_eq!(new.check(&default, later, 0).remaining, 0);
-        // The slot [0.9 s, 1.0 s) straddles the window from 1.9 s and is gone at 2.0 s.
+        // Their slot ends at 1.0 s (0.99 s is in the last sub-window of the first second),
+        // so they have all slid out at 2.0 s.
         assert_eq!(new.check(&default, 2_000_000_000, 0).remaining, 10);
     }
 
