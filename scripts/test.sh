@@ -12,6 +12,9 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== no module imports a module that imports it back (server/src, file level)"
+python3 scripts/module-cycles.py server/src
+
 echo "== build the quorate binary (the end-to-end tests run it)"
 cargo build -p quorate-server --bin quorate
 

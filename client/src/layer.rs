@@ -39,6 +39,8 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use ipnet::IpNet;
 
+use quorate_proto::wire::{ratelimit_item, ratelimit_policy_item};
+
 use crate::{Client, Decision, Source};
 
 /// Longest key the cluster accepts, in bytes (the server's `MAX_KEY_LEN`).
@@ -299,40 +301,17 @@ fn secs_ceil(d: Duration) -> u64 {
 
 /// `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=50;t=30`
 /// (draft-ietf-httpapi-ratelimit-headers-10), the same format as the server's
-/// `server/src/headers.rs`. None for a fallback decision: the cluster said nothing.
+/// `server/src/decide/headers.rs` (both use `quorate_proto::wire`). None for a fallback decision: the cluster said nothing.
 pub fn rate_limit_headers(limit: &str, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
     if matches!(d.source, Source::FailOpen | Source::FailClosed) {
         return Vec::new();
     }
-    let name = sf_string(limit);
-    let policy = format!(
-        "{name};q={};w={}",
-        d.limit_value,
-        secs_ceil(d.window).max(1)
-    );
-    let current = format!("{name};r={};t={}", d.remaining, secs_ceil(d.reset_after));
+    let policy = ratelimit_policy_item(limit, d.limit_value, secs_ceil(d.window).max(1));
+    let current = ratelimit_item(limit, d.remaining, secs_ceil(d.reset_after));
     [("ratelimit-policy", policy), ("ratelimit", current)]
         .into_iter()
         .filter_map(|(n, v)| Some((HeaderName::from_static(n), HeaderValue::try_from(v).ok()?)))
         .collect()
-}
-
-/// A structured-field string: printable ASCII only, with `"` and `\` escaped.
-fn sf_string(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for c in name.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => out.push('?'),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -416,6 +395,9 @@ mod tests {
         let h = rate_limit_headers("per_ip", &d);
         assert_eq!(h[0].1, "\"per_ip\";q=100;w=60");
         assert_eq!(h[1].1, "\"per_ip\";r=50;t=30");
-        assert_eq!(sf_string("a\"b\\c\u{e9}"), "\"a\\\"b\\\\c?\"");
+        assert_eq!(
+            quorate_proto::wire::sf_string("a\"b\\c\u{e9}"),
+            "\"a\\\"b\\\\c?\""
+        );
     }
 }

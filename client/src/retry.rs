@@ -20,10 +20,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Kind};
 use crate::Client;
 
-/// Metadata key in which a node names the leader's gRPC address.
-const LEADER_HEADER: &str = "x-quorate-leader";
-/// Metadata set to `true` on an `UNAVAILABLE` whose hits were certainly not counted.
-const NOT_APPLIED_HEADER: &str = "x-quorate-not-applied";
+use quorate_proto::wire::{connection_refused, LEADER_HEADER, NOT_APPLIED_HEADER};
 
 /// Whether the client may resend a hit whose first answer was lost.
 ///
@@ -125,20 +122,6 @@ fn is_marked_not_applied(status: &tonic::Status) -> bool {
         .metadata()
         .get(NOT_APPLIED_HEADER)
         .is_some_and(|v| v.as_bytes() == b"true")
-}
-
-/// Whether `status` is a refused TCP connection: the request never left.
-fn connection_refused(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
 }
 
 impl Client {

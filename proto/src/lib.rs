@@ -2,10 +2,14 @@
 //!
 //! - [`v1`]: the public decision API (`quorate.v1.RateLimiter`).
 //! - [`raft`]: the internal transport between cluster members (`quorate.raft.v1.Raft`).
+//! - [`wire`]: what server and SDK share beyond the `.proto` files (metadata names, the
+//!   RateLimit header grammar).
 //!
 //! Envoy's own APIs (RLS v3, ext_authz v3) come from the `envoy-types` crate, not from here.
 
 #![allow(missing_debug_implementations)]
+
+pub mod wire;
 
 /// `quorate.v1`: the public decision API.
 pub mod v1 {

@@ -25,6 +25,9 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Default cap on one snapshot received from a peer, in bytes.
 pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 512 * 1024 * 1024;
 
+/// How often `--policy FILE` is read for changes (hot reload).
+pub const POLICY_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Everything one node needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -92,7 +95,7 @@ impl Config {
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             data_dir,
             policy_file: None,
-            policy_watch_interval: crate::policy_watch::WATCH_INTERVAL,
+            policy_watch_interval: POLICY_WATCH_INTERVAL,
             bootstrap: true,
             admin_token: None,
             raft: RaftTiming::default(),

@@ -16,6 +16,7 @@ mod batcher;
 mod fast;
 mod forward;
 mod leadership;
+mod propose;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,9 +32,9 @@ use crate::raft::typ::Raft;
 use crate::raft::{Hit, Node, NodeId};
 use serde::{Deserialize, Serialize};
 
-pub use batcher::BatchSettings;
-pub use forward::{check_forwarded, ForwardResult};
+pub use forward::{check_forwarded, forward_handler, ForwardResult};
 pub use leadership::Leadership;
+pub use propose::BatchSettings;
 
 /// A hit resolved against the policy: what goes into the log, and how to decide it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +136,8 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the engine's background tasks (batchers, leadership watcher) for `raft`.
+    /// `election_timeout_min` is Raft's: fast decisions stop once a leader has gone that
+    /// long without a quorum's acknowledgement.
     pub fn start(
         raft: Raft,
         node_id: NodeId,
@@ -142,6 +145,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         settings: BatchSettings,
         peer_auth: crate::raft::peer_auth::PeerAuth,
+        election_timeout_min: Duration,
     ) -> Engine {
         let clock = Arc::new(LeaderClock::default());
         let fast = Arc::new(fast::FastPath::new(
@@ -156,6 +160,7 @@ impl Engine {
             node_id,
             Arc::clone(&fast),
             Arc::clone(&metrics),
+            election_timeout_min,
         );
         let strict = batcher::Batcher::start(raft, clock, Arc::clone(&metrics), settings);
         Engine {
@@ -182,35 +187,6 @@ impl Engine {
     /// Who leads, as this node last saw it.
     pub fn leadership(&self) -> &Arc<Leadership> {
         &self.leadership
-    }
-
-    /// Resolves named hits (the `quorate.v1` API) against the live policy; fails on the
-    /// first unknown limit. Limits that belong to authorization routes and consumers or
-    /// to RLS descriptor rules count as unknown unless the policy exposes them
-    /// ([`PolicySet::exposed_limit`](crate::policy::PolicySet::exposed_limit)).
-    pub fn resolve_named(
-        &self,
-        hits: Vec<(String, String, u64)>,
-    ) -> Result<Vec<ResolvedHit>, EngineError> {
-        let live = self.shared.policy.load();
-        let set = &live.set;
-        hits.into_iter()
-            .map(|(limit, key, cost)| match set.exposed_limit(&limit) {
-                Some(def) => Ok(ResolvedHit {
-                    hit: Hit {
-                        rate: def.rate,
-                        limit,
-                        key,
-                        cost,
-                    },
-                    consistency: def.consistency,
-                }),
-                None => {
-                    self.metrics.unknown_limits.inc();
-                    Err(EngineError::UnknownLimit(limit))
-                }
-            })
-            .collect()
     }
 
     /// Decides every hit, in order. `forwarded` marks a request a follower already

@@ -1,27 +1,87 @@
-//! The one place engine errors and authorization denials become wire errors: a gRPC
-//! status and an HTTP status.
+//! The one place errors become wire errors: every failure a surface answers has an
+//! [`ErrorKind`], and [`ErrorKind::codes`] is the one mapping from a kind to its gRPC code
+//! and HTTP status. Engine errors, authorization failures and admin errors each name
+//! their kind; the adapters only encode.
 
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::decision::{AuthzError, DenyKind};
+use crate::decide::authz::{AuthzError, DenyKind};
 use crate::engine::EngineError;
 
-/// Metadata / header carrying the leader's gRPC address on `UNAVAILABLE`.
-pub const LEADER_HEADER: &str = "x-quorate-leader";
+pub use quorate_proto::wire::{LEADER_HEADER, NOT_APPLIED_HEADER};
 
-/// Metadata set to `true` on an `UNAVAILABLE` whose hits were certainly not counted, so a
-/// client may resend them without counting them twice. Absent: the outcome is unknown.
-pub const NOT_APPLIED_HEADER: &str = "x-quorate-not-applied";
+/// What went wrong, as far as a client needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed.
+    InvalidArgument,
+    /// No valid credentials.
+    Unauthenticated,
+    /// What the request names does not exist.
+    NotFound,
+    /// The request conflicts with the current state (membership, policy version).
+    Conflict,
+    /// The request body is larger than allowed.
+    TooLarge,
+    /// Well-formed, but its content is refused (a policy that does not validate).
+    Unprocessable,
+    /// No leader, no quorum.
+    Unavailable,
+    /// Another node did not answer usefully.
+    BadGateway,
+    /// Another node or Raft did not answer in time.
+    Timeout,
+    /// A bug or an unexpected state; logged where it happens.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The one mapping: the gRPC code and HTTP status of each kind.
+    pub fn codes(self) -> (Code, u16) {
+        match self {
+            ErrorKind::InvalidArgument => (Code::InvalidArgument, 400),
+            ErrorKind::Unauthenticated => (Code::Unauthenticated, 401),
+            ErrorKind::NotFound => (Code::NotFound, 404),
+            ErrorKind::Conflict => (Code::FailedPrecondition, 409),
+            ErrorKind::TooLarge => (Code::ResourceExhausted, 413),
+            ErrorKind::Unprocessable => (Code::InvalidArgument, 422),
+            ErrorKind::Internal => (Code::Internal, 500),
+            ErrorKind::BadGateway => (Code::Unavailable, 502),
+            ErrorKind::Unavailable => (Code::Unavailable, 503),
+            ErrorKind::Timeout => (Code::DeadlineExceeded, 504),
+        }
+    }
+
+    /// The HTTP status of this kind.
+    pub fn http_status(self) -> axum::http::StatusCode {
+        axum::http::StatusCode::from_u16(self.codes().1)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl EngineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            EngineError::UnknownLimit(_) => ErrorKind::NotFound,
+            EngineError::Unavailable { .. } => ErrorKind::Unavailable,
+            EngineError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl AuthzError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AuthzError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
 
 /// The gRPC code and HTTP status an engine error maps to.
 pub fn codes(e: &EngineError) -> (Code, u16) {
-    match e {
-        EngineError::InvalidArgument(_) => (Code::InvalidArgument, 400),
-        EngineError::UnknownLimit(_) => (Code::NotFound, 404),
-        EngineError::Unavailable { .. } => (Code::Unavailable, 503),
-        EngineError::Internal(_) => (Code::Internal, 500),
-    }
+    e.kind().codes()
 }
 
 /// A gRPC status for `e`, with the leader hint in metadata when there is one.
@@ -63,11 +123,17 @@ pub fn deny_code(kind: DenyKind) -> Code {
     }
 }
 
-/// A failure to decide an authorization request: an RPC error (and HTTP 500), logged
-/// here once.
-pub fn authz_status(e: AuthzError) -> Status {
+/// A failure to decide an authorization request, logged here once: its gRPC status and
+/// HTTP status (forward-auth answers the latter with the same message).
+pub fn authz_error(e: AuthzError) -> (Status, u16) {
     tracing::error!(error = %e, "authorization could not be decided");
-    Status::new(Code::Internal, e.to_string())
+    let (code, http) = e.kind().codes();
+    (Status::new(code, e.to_string()), http)
+}
+
+/// [`authz_error`]'s gRPC status.
+pub fn authz_status(e: AuthzError) -> Status {
+    authz_error(e).0
 }
 
 #[cfg(test)]

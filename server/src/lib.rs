@@ -9,23 +9,25 @@
 //!   (strict) or decide at the leader (fast), forward from followers.
 //! - [`raft`]: openraft types, the durable log, the state machine, the peer network.
 //! - [`policy`]: the replicated, versioned policy document.
-//! - [`grpc`] and [`http`]: thin adapters from the wire to the engine; [`error`] maps
-//!   engine errors to wire errors once.
-//! - [`decision`]: the authorization decision (authenticate → authorize → limits →
-//!   check), over [`authz`] (identities, consumers, routes, JWT/JWKS).
+//! - [`decide`]: every decision, one module per request kind (RLS, authorization, named
+//!   hits), over a [`decide::Counter`]; shadow mode, headers and retry-after once.
+//! - [`grpc`] and [`http`]: thin adapters, decode → [`decide`] → encode; [`error`] maps
+//!   errors to wire errors once.
+//! - [`authz`]: identities, consumers, routes, JWT/JWKS — what [`decide::authz`] runs.
 //! - [`tls`]: certificates for the listeners and peers, reloaded when their files change.
 //! - [`cli`] and [`ops`]: the `quorate` command line.
 
 pub mod authz;
+pub mod bounds;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod dashboard;
-pub mod decision;
+pub mod decide;
 pub mod engine;
 pub mod error;
 pub mod file_watch;
 pub mod grpc;
-pub mod headers;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -6,7 +6,25 @@ use prometheus::{
 };
 use quorate_algorithms::Decision;
 
-use crate::raft::typ::RaftMetrics;
+pub use crate::policy::redacted_value;
+
+/// What the `quorate_raft_*` gauges show, read from Raft's metrics by the engine (so
+/// this registry needs no Raft types).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RaftGauges {
+    pub term: u64,
+    pub last_applied: u64,
+    pub last_log_index: u64,
+    pub is_leader: bool,
+    /// 0: no leader known.
+    pub leader_id: u64,
+    pub voters: u64,
+}
+
+// The dashboard's rolling per-surface/per-limit traffic and hot keys: recorded on the
+// decision path next to the Prometheus series, read by the dashboard.
+pub mod hotkeys;
+pub mod traffic;
 
 /// Every metric this node exports.
 #[derive(Debug)]
@@ -83,9 +101,9 @@ pub struct Metrics {
     pub snapshot_bytes: IntGauge,
     pub snapshot_build_seconds: prometheus::Gauge,
     /// Decisions per surface and outcome, per second, for the dashboard (not exported).
-    pub traffic: crate::dashboard::traffic::Traffic,
+    pub traffic: traffic::Traffic,
     /// The hottest counter keys, for the dashboard (not exported).
-    pub hot_keys: crate::dashboard::hotkeys::HotKeys,
+    pub hot_keys: hotkeys::HotKeys,
     /// Label sets created in `rls_detailed`; capped so clients cannot grow it forever.
     detailed_series: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -411,7 +429,7 @@ impl Metrics {
     /// Envoy was told to send) are already short digests ([`redacted_value`]).
     pub fn observe_detailed(&self, limit: &str, key: &str, allowed: bool) {
         let code = if allowed { "ok" } else { "over_limit" };
-        let series = format!("{limit}\u{1f}{key}");
+        let series = quorate_algorithms::counter_key(limit, key);
         let tracked = key.len() <= MAX_DETAILED_KEY
             && match self.detailed_series.lock() {
                 Ok(mut known) => {
@@ -426,25 +444,21 @@ impl Metrics {
             .inc();
     }
 
-    pub fn observe_raft(&self, m: &RaftMetrics) {
+    pub fn observe_raft(&self, v: RaftGauges) {
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.raft_term.set(i(m.current_term));
-        self.raft_last_applied
-            .set(i(m.last_applied.map_or(0, |l| l.index)));
-        self.raft_last_log_index
-            .set(i(m.last_log_index.unwrap_or(0)));
-        self.raft_is_leader.set(i64::from(m.state.is_leader()));
-        self.raft_leader_id.set(i(m.current_leader.unwrap_or(0)));
-        self.raft_members.set(i(
-            m.membership_config.membership().voter_ids().count() as u64
-        ));
+        self.raft_term.set(i(v.term));
+        self.raft_last_applied.set(i(v.last_applied));
+        self.raft_last_log_index.set(i(v.last_log_index));
+        self.raft_is_leader.set(i64::from(v.is_leader));
+        self.raft_leader_id.set(i(v.leader_id));
+        self.raft_members.set(i(v.voters));
     }
 
     /// Counts one answered decision request for the dashboard and the latency histogram.
     pub fn observe_surface(
         &self,
-        surface: crate::dashboard::traffic::Surface,
-        outcome: crate::dashboard::traffic::Outcome,
+        surface: traffic::Surface,
+        outcome: traffic::Outcome,
         started: std::time::Instant,
     ) {
         self.traffic.record(surface, outcome);
@@ -476,21 +490,6 @@ impl Metrics {
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
     }
-}
-
-/// `#` and the first 12 hex digits of `value`'s SHA-256: how a request value appears in a
-/// metric label, so series stay distinct per value and a credential sent as a descriptor
-/// value never reaches `/metrics`.
-pub fn redacted_value(value: &str) -> String {
-    use sha2::{Digest, Sha256};
-    use std::fmt::Write;
-    let digest = Sha256::digest(value.as_bytes());
-    let mut out = String::with_capacity(13);
-    out.push('#');
-    for byte in &digest[..6] {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::grpc::ratelimiter::RateLimiterService;
 use crate::metrics::Metrics;
-use crate::policy::{PolicyFormat, PolicySet, PolicySource, EXAMPLE_POLICY};
+use crate::policy::{PolicyFormat, PolicySource, EXAMPLE_POLICY};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::peer::PeerService;
@@ -82,36 +82,7 @@ impl Listeners {
     }
 }
 
-/// Shared handles the HTTP surfaces need.
-#[derive(Clone)]
-pub struct NodeContext {
-    pub id: u64,
-    pub node: Node,
-    pub raft: Raft,
-    pub engine: Arc<Engine>,
-    pub metrics: Arc<Metrics>,
-    /// A handle on the Raft log store, for its fsync count on `/metrics`.
-    pub log_store: LogStore,
-    /// The bearer token every admin call needs.
-    pub admin_token: String,
-    /// This node's peer credentials (admin writes are forwarded over the peer channel).
-    pub peer_auth: crate::raft::peer_auth::PeerAuth,
-    /// Outbound HTTP (the dashboard asks every member for its own view).
-    pub http: reqwest::Client,
-    /// Authorization decisions (ext_authz and forward-auth).
-    pub authz: Arc<crate::decision::Authorizer>,
-    /// The operations dashboard's node-local state.
-    pub dashboard: Arc<crate::dashboard::Dashboard>,
-}
-
-impl std::fmt::Debug for NodeContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeContext")
-            .field("id", &self.id)
-            .field("node", &self.node)
-            .finish_non_exhaustive()
-    }
-}
+pub use crate::context::NodeContext;
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(
@@ -134,7 +105,14 @@ pub async fn run(
         None => None,
     };
     let startup_policy = match &config.policy_file {
-        Some(path) => Some(read_policy_file(path)?),
+        Some(path) => Some(
+            crate::policy_watch::read_policy_file_off_runtime(path.clone())
+                .await
+                .map_err(|e| NodeError::Policy {
+                    path: e.path,
+                    reason: e.reason,
+                })?,
+        ),
         None => None,
     };
 
@@ -185,6 +163,7 @@ pub async fn run(
         Arc::clone(&metrics),
         config.batch,
         config.peer_auth.clone(),
+        config.raft.election_min,
     ));
 
     let admin_token = match config.admin_token.clone() {
@@ -196,8 +175,8 @@ pub async fn run(
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
-    let authz = Arc::new(crate::decision::Authorizer::new(
-        Arc::clone(&engine) as Arc<dyn crate::decision::Counter>,
+    let authz = Arc::new(crate::decide::authz::Authorizer::new(
+        Arc::clone(&engine) as Arc<dyn crate::decide::Counter>,
         Arc::clone(&metrics),
         http_client.clone(),
         crate::authz::jwt::JwtSettings::default(),
@@ -219,7 +198,7 @@ pub async fn run(
             http_client.clone(),
         )?),
     };
-    crate::dashboard::start(&ctx);
+    crate::dashboard::start(&ctx.dashboard, ctx.raft.clone(), Arc::clone(&ctx.metrics));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -263,8 +242,8 @@ pub async fn run(
     // Peers: Raft and forwarding, behind the peer credentials check.
     let peer_service = PeerService::new(
         raft.clone(),
-        Arc::clone(&engine),
-        crate::http::admin::peer_router(ctx.clone()),
+        crate::engine::forward_handler(Arc::clone(&engine)),
+        crate::http::admin::admin_handler(crate::http::admin::peer_router(ctx.clone())),
         config.max_snapshot_bytes,
     );
     let peer =
@@ -321,18 +300,6 @@ pub async fn run(
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Reads and validates a policy file (or a directory of envoyproxy/ratelimit files), in the
-/// format detected from its shape; an invalid file stops startup with file, line and reason.
-pub(crate) fn read_policy_file(path: &std::path::Path) -> Result<PolicySource, NodeError> {
-    let refused = |e: crate::policy::PolicyError| NodeError::Policy {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    let source = crate::policy::load::load_path(path, None).map_err(refused)?;
-    PolicySet::compile(&source).map_err(refused)?;
-    Ok(source)
 }
 
 /// On a fresh data dir, makes this node a single-node cluster.

@@ -10,8 +10,9 @@ use serde_json::Value;
 use crate::cli::{
     AdminTarget, CheckArgs, ClientTlsArgs, ClusterCommand, PolicyCommand, PolicyTestArgs,
 };
+use crate::decide::simulate;
 use crate::http::admin::{AddLearner, MemberId, PutPolicy, Rollback};
-use crate::policy::{load, simulate, PolicySet};
+use crate::policy::{load, PolicySet};
 
 fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
@@ -327,7 +328,7 @@ fn authz_sample(policy: &PolicySet, json: &str) -> Result<serde_json::Value, Str
         .ok_or("`path` (a string) is required")?
         .to_string();
     let mut out = serde_json::json!({"method": method, "host": host, "path": path});
-    match crate::decision::route_for(&policy.authz, &method, &host, &path) {
+    match crate::decide::authz::route_for(&policy.authz, &method, &host, &path) {
         Ok((canonical, route)) => {
             out["canonical_path"] = canonical.path.into();
             out["canonical_host"] = canonical.host.into();

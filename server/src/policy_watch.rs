@@ -5,14 +5,52 @@
 //! The file is polled and its *content* compared, which sees in-place writes, atomic
 //! renames and Kubernetes ConfigMap symlink swaps alike; [`crate::file_watch`] says why.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::node::{read_policy_file, NodeContext};
+use thiserror::Error;
+
+use crate::context::NodeContext;
+use crate::policy::{PolicySet, PolicySource};
 use crate::raft::{Command, CommandResponse};
 
-/// How often the file is read.
-pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// A policy file that cannot be made live: its path and why.
+#[derive(Debug, Error)]
+#[error("policy file {path}: {reason}")]
+pub struct PolicyFileError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Reads and validates a policy file (or a directory of envoyproxy/ratelimit files), in the
+/// format detected from its shape; the error names the file, line and reason.
+pub fn read_policy_file(path: &Path) -> Result<PolicySource, PolicyFileError> {
+    let refused = |e: crate::policy::PolicyError| PolicyFileError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let source = crate::policy::load::load_path(path, None).map_err(refused)?;
+    PolicySet::compile(&source).map_err(refused)?;
+    Ok(source)
+}
+
+/// [`read_policy_file`] on the blocking pool: reading a directory of files and compiling
+/// a large policy is blocking I/O and milliseconds of CPU that must not stall the async
+/// workers serving decisions.
+pub async fn read_policy_file_off_runtime(path: PathBuf) -> Result<PolicySource, PolicyFileError> {
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || read_policy_file(&path))
+        .await
+        .unwrap_or_else(|e| {
+            Err(PolicyFileError {
+                path: shown,
+                reason: format!("the policy reader stopped: {e}"),
+            })
+        })
+}
+
+/// How often the file is read (a config default, named here too).
+pub use crate::config::POLICY_WATCH_INTERVAL as WATCH_INTERVAL;
 
 /// Watches `path` forever, proposing each new valid content while this node leads.
 /// `startup_text` is the content read at startup: only a *change* of the file is applied,
@@ -29,7 +67,7 @@ pub async fn watch(
     let mut last_error: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
-        let source = match read_policy_file(&path) {
+        let source = match read_policy_file_off_runtime(path.clone()).await {
             Ok(source) => {
                 last_error = None;
                 source

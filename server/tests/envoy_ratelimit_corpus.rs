@@ -35,7 +35,8 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{rate_limit::Unit, Code};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use quorate_server::policy::{load, simulate, PolicyFormat, PolicySet};
+use quorate_server::decide::simulate;
+use quorate_server::policy::{load, PolicyFormat, PolicySet};
 use rls_support::*;
 use serde_json::Value;
 

@@ -9,8 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
+use quorate_server::decide::simulate::parse_sample;
 use quorate_server::policy::load::{concat_files, detect};
-use quorate_server::policy::simulate::parse_sample;
 use quorate_server::policy::{plan_rls, PolicyFormat, PolicySet, PolicySource, RequestDescriptor};
 
 /// Pieces of all three formats, so random sequences reach past the YAML parser.

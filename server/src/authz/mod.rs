@@ -1,16 +1,15 @@
 //! Authorization: who is calling, may they do this — the parts the decision function
-//! ([`crate::decision`]) composes with rate limiting.
+//! ([`crate::decide::authz`]) composes with rate limiting.
 //!
-//! - [`policy`]: the `identities`, `consumers`, `routes` and `defaults` sections of the
-//!   replicated policy document, validated with line numbers.
-//! - [`request_target`]: the one canonical form of a request's path and host that routes
-//!   are matched on, and the targets refused outright.
-//! - [`matching`]: which route a request belongs to.
+//! - [`policy`] (in [`crate::policy::authz`]): the `identities`, `consumers`, `routes` and
+//!   `defaults` sections of the replicated policy document, validated with line numbers;
+//!   with it [`request_target`] (the one canonical form of a request's path and host that
+//!   routes are matched on), [`matching`] (which route a request belongs to) and
+//!   [`template`].
 //! - [`credential`]: finding credentials in a request; API keys checked by SHA-256.
 //! - [`jwt`]: JWT verification with pinned algorithms, node-local JWKS and verified-token
 //!   caches.
 //! - [`net`]: the client IP from the peer or trusted `X-Forwarded-For` hops; CIDRs.
-//! - [`template`]: header value templates (`{consumer}`, `{groups}`, `{claim:org}`).
 //!
 //! Secrets stay out of everything replicated or observable: the policy holds key hashes
 //! and secret *references* only; logs, metrics labels and counter keys carry consumer
@@ -18,12 +17,12 @@
 
 pub mod credential;
 pub mod jwt;
-pub mod matching;
 pub mod net;
-pub mod policy;
-pub mod request_target;
-pub mod template;
 
+// The authorization policy model (routes, identities, ACLs, templates, canonical request
+// targets) lives with the rest of the policy; these paths stay for the runtime modules.
+pub use crate::policy::authz as policy;
+pub use crate::policy::authz::{matching, request_target, template};
 pub use policy::{AuthzPolicy, FailureMode, Mode, Unmatched};
 
 /// Most request headers a decision looks at; more is a 400.

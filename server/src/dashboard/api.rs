@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use super::cluster::{ClusterEvent, NodeInfo};
 use super::explain::{explain, ExplainRequest};
 use super::PolicyOrigin;
-use crate::node::NodeContext;
+use crate::context::NodeContext;
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
 use crate::raft::NodeId;
 
@@ -252,7 +252,7 @@ async fn policy(State(ctx): State<NodeContext>) -> Json<Value> {
             name: d.name.clone(),
             algorithm: d.rate.algorithm().as_str(),
             requests: d.rate.limit(),
-            window: crate::policy::simulate::window_text(d.rate.window()),
+            window: crate::decide::simulate::window_text(d.rate.window()),
             consistency: match d.consistency {
                 crate::policy::Consistency::Strict => "strict",
                 crate::policy::Consistency::Fast => "fast",
@@ -437,12 +437,12 @@ async fn dry_run(State(ctx): State<NodeContext>, body: Bytes) -> Response {
     };
     let mut samples = Vec::new();
     for (i, s) in req.samples.iter().enumerate() {
-        match crate::policy::simulate::parse_sample(&s.to_string()) {
+        match crate::decide::simulate::parse_sample(&s.to_string()) {
             Ok(s) => samples.push(s),
             Err(e) => return bad_request(format!("samples[{i}]: {e}")),
         }
     }
-    let reports = crate::policy::simulate::simulate(&policy, &samples);
+    let reports = crate::decide::simulate::simulate(&policy, &samples);
     Json(json!({
         "valid": true,
         "domains": policy.domains.keys().collect::<Vec<_>>(),

@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::authz::RequestHeaders;
-use crate::decision::{Authorizer, AuthzRequest, Counter, Surface, Verdict};
+use crate::decide::authz::{Authorizer, AuthzRequest, Surface, Verdict};
+use crate::decide::simulate::{parse_sample, simulate_with};
+use crate::decide::Counter;
 use crate::engine::{wall_nanos, EngineError, ResolvedHit};
-use crate::policy::simulate::{parse_sample, simulate_with};
 use crate::raft::state_machine::{counter_key, LivePolicy, SharedState};
 
 /// Decides a hit on a copy of its live counter.
@@ -177,7 +178,7 @@ pub async fn explain(
                 "limit": limit,
                 "algorithm": def.rate.algorithm().as_str(),
                 "requests": def.rate.limit(),
-                "window": crate::policy::simulate::window_text(def.rate.window()),
+                "window": crate::decide::simulate::window_text(def.rate.window()),
                 "consistency": match def.consistency {
                     crate::policy::Consistency::Strict => "strict",
                     crate::policy::Consistency::Fast => "fast",

@@ -12,8 +12,8 @@ pub mod api;
 pub mod assets;
 pub mod cluster;
 pub mod explain;
-pub mod hotkeys;
-pub mod traffic;
+// Recorded by the metrics registry on the decision path; shown here.
+pub use crate::metrics::{hotkeys, traffic};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::decision::Authorizer;
+use crate::decide::authz::Authorizer;
 use crate::metrics::Metrics;
-use crate::node::NodeContext;
 use crate::raft::state_machine::SharedState;
+use crate::raft::typ::Raft;
 
 /// How a policy version became live, as far as this node saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,11 +142,8 @@ impl Dashboard {
 
 /// Starts the dashboard's background work: the Raft metrics poll (timeline, lag) and the
 /// once-a-second traffic sampler.
-pub fn start(ctx: &NodeContext) {
-    tokio::spawn(
-        Arc::clone(&ctx.dashboard.cluster).run(ctx.raft.clone(), Arc::clone(&ctx.metrics)),
-    );
-    let metrics = Arc::clone(&ctx.metrics);
+pub fn start(dashboard: &Dashboard, raft: Raft, metrics: Arc<Metrics>) {
+    tokio::spawn(Arc::clone(&dashboard.cluster).run(raft, Arc::clone(&metrics)));
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_secs(1));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

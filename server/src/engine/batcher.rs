@@ -7,46 +7,17 @@
 //! entry: under load batches grow, at rest a lone request leaves at once (no timer wait).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::fast::InFlightGuard;
+use super::propose::{propose_batches, BatchSettings};
 use super::{EngineError, LeaderClock};
 use crate::metrics::Metrics;
 use crate::raft::typ::{ClientWriteError, Raft, RaftError};
 use quorate_algorithms::Decision;
 
 use crate::raft::{Command, CommandResponse, Hit};
-
-/// Tuning of group commit.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchSettings {
-    /// Most hits in one log entry.
-    pub max_hits: usize,
-    /// Most hit entries proposed but not yet applied.
-    ///
-    /// 1 by default, by measurement (`quorate-bench suite`, docs/benchmarks.md): openraft
-    /// 0.9's core awaits the fsync of each appended entry before it handles anything else,
-    /// including the answers of entries already applied, so entries never share an fsync
-    /// and a second entry in flight only delays the first one's answers by its own fsync.
-    /// One entry in flight lets every request that arrives during that fsync leave in the
-    /// next entry: on 2 cores at 64 in flight, 1 → ≈ 31 hits per entry and 3–4× the
-    /// throughput of 4 (≈ 9 hits per entry).
-    pub max_inflight: usize,
-    /// How long a caller waits for its decision before `UNAVAILABLE`.
-    pub decision_timeout: Duration,
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        BatchSettings {
-            max_hits: 1024,
-            max_inflight: 1,
-            decision_timeout: Duration::from_secs(2),
-        }
-    }
-}
 
 /// Requests queued beyond this make callers wait: the queue cannot grow without bound.
 const QUEUE_DEPTH: usize = 8192;
@@ -108,22 +79,14 @@ impl Batcher {
 }
 
 async fn run(
-    mut rx: mpsc::Receiver<Pending>,
+    rx: mpsc::Receiver<Pending>,
     raft: Raft,
     clock: Arc<LeaderClock>,
     metrics: Arc<Metrics>,
     settings: BatchSettings,
 ) {
-    let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let Some((batch, total)) =
-            next_batch(&mut rx, settings.max_hits, |p: &Pending| p.hits.len()).await
-        else {
-            return;
-        };
+    let weight = |p: &Pending| p.hits.len();
+    propose_batches(rx, settings, weight, |batch, total, slot| {
         metrics.batch_hits.observe(total as f64);
         let raft = raft.clone();
         let ts = clock.now();
@@ -163,29 +126,8 @@ async fn run(
                 Err(e) => fail_all(replies, write_error(e)),
             }
         });
-    }
-}
-
-/// Waits for one item, then takes whatever else is already queued until the batch weighs
-/// `max_weight`. Returns the batch and its weight; `None` once the channel is closed.
-pub(super) async fn next_batch<T>(
-    rx: &mut mpsc::Receiver<T>,
-    max_weight: usize,
-    weight: impl Fn(&T) -> usize,
-) -> Option<(Vec<T>, usize)> {
-    let first = rx.recv().await?;
-    let mut total = weight(&first);
-    let mut batch = vec![first];
-    while total < max_weight {
-        match rx.try_recv() {
-            Ok(item) => {
-                total += weight(&item);
-                batch.push(item);
-            }
-            Err(_) => break,
-        }
-    }
-    Some((batch, total))
+    })
+    .await;
 }
 
 fn fail_all(replies: Vec<(usize, Reply)>, err: EngineError) {

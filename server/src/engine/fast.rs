@@ -25,9 +25,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use quorate_algorithms::{CounterStore, Decision};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 
-use super::{BatchSettings, LeaderClock};
+use super::propose::{propose_batches, BatchSettings};
+use super::LeaderClock;
 use crate::metrics::Metrics;
 use crate::raft::state_machine::{counter_key, SharedState};
 use crate::raft::typ::Raft;
@@ -226,25 +227,17 @@ impl FastPath {
     }
 }
 
-/// Proposes queued consumed hits in batches, like the strict batcher but with no reply.
+/// Proposes queued consumed hits in batches, through the strict path's loop but with no
+/// reply.
 async fn replicate(
-    mut rx: mpsc::Receiver<(Hit, InFlightGuard)>,
+    rx: mpsc::Receiver<(Hit, InFlightGuard)>,
     raft: Raft,
     clock: Arc<LeaderClock>,
     metrics: Arc<Metrics>,
     settings: BatchSettings,
 ) {
-    let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let Some((batch, _)) =
-            super::batcher::next_batch(&mut rx, settings.max_hits, |_: &(Hit, InFlightGuard)| 1)
-                .await
-        else {
-            return;
-        };
+    let weight = |_: &(Hit, InFlightGuard)| 1;
+    propose_batches(rx, settings, weight, |batch, _, slot| {
         // The guards are released once the entry has applied (or failed).
         let (hits, guards): (Vec<Hit>, Vec<InFlightGuard>) = batch.into_iter().unzip();
         let raft = raft.clone();
@@ -259,5 +252,6 @@ async fn replicate(
             drop(guards);
             drop(slot);
         });
-    }
+    })
+    .await;
 }

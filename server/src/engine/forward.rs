@@ -5,19 +5,37 @@
 //! The hits are resolved here, against this node's policy, so a forwarded request is
 //! decided by exactly one policy snapshot, the same as a request the leader received.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use quorate_algorithms::Decision;
 use quorate_proto::raft::raft_client::RaftClient;
 use quorate_proto::raft::RaftPayload;
+use quorate_proto::wire::connection_refused;
 use tokio::sync::Mutex;
 
-use super::{EngineError, ResolvedHit};
+use super::{Engine, EngineError, ResolvedHit};
+use crate::raft::peer::{decode_payload, encode_payload, PeerHandler};
 use crate::raft::peer_auth::{peer_client, PeerAuth, PeerChannel};
 use crate::raft::Node;
 
 /// What the leader answers to a forwarded request.
 pub type ForwardResult = Result<Vec<Decision>, EngineError>;
+
+/// The leader side of forwarding, the engine's own peer RPC (the node registers it with
+/// the peer service): decode the hits as hostile, cap them, decide them here without
+/// forwarding again.
+pub fn forward_handler(engine: Arc<Engine>) -> PeerHandler {
+    Arc::new(move |data| {
+        let engine = Arc::clone(&engine);
+        Box::pin(async move {
+            let hits: Vec<ResolvedHit> = decode_payload(&data)?;
+            check_forwarded(&hits).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let result: ForwardResult = engine.check(hits, true).await;
+            encode_payload(&result)
+        })
+    })
+}
 
 /// A cached channel to the current leader.
 #[derive(Debug, Default)]
@@ -77,7 +95,7 @@ impl Forwarder {
 
 /// The most hits one forwarded request may carry: a `quorate.v1` request's cap, or an RLS
 /// request's descriptors each matching a few limits, whichever is larger.
-pub const MAX_FORWARDED_HITS: usize = 4 * crate::grpc::ratelimiter::MAX_HITS;
+pub const MAX_FORWARDED_HITS: usize = 4 * crate::bounds::MAX_HITS;
 
 /// The longest limit name a forwarded hit may carry. RLS limit names are built from the
 /// policy's descriptor path, so they may be longer than a `quorate.v1` limit name.
@@ -87,7 +105,7 @@ pub const MAX_FORWARDED_LIMIT_LEN: usize = 4 * 1024;
 /// `MAX_ENTRIES` descriptor entries of up to `MAX_TEXT` bytes each (key and value); an
 /// authorization key is bounded by the request's header bytes.
 pub const MAX_FORWARDED_KEY_LEN: usize =
-    2 * crate::grpc::rls::MAX_ENTRIES * (2 * crate::grpc::rls::MAX_TEXT + 2)
+    2 * crate::bounds::MAX_ENTRIES * (2 * crate::bounds::MAX_TEXT + 2)
         + crate::authz::MAX_HEADER_BYTES;
 
 /// The caps client hits get, applied to hits a follower forwarded: a peer's hits are
@@ -114,18 +132,4 @@ pub fn check_forwarded(hits: &[ResolvedHit]) -> Result<(), EngineError> {
         }
     }
     Ok(())
-}
-
-/// Whether `status` is a refused TCP connection: the request was never sent.
-fn connection_refused(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
 }

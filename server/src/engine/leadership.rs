@@ -11,14 +11,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 
 use super::fast::FastPath;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RaftGauges};
 use crate::raft::typ::{Raft, RaftMetrics};
 use crate::raft::{Node, NodeId};
-
-/// How long a leader may go without a quorum's acknowledgement and still decide fast
-/// hits. Shorter than the election timeout: by the time a new leader can exist, this one
-/// has stopped.
-const FAST_QUORUM_GRACE: Duration = Duration::from_millis(300);
 
 /// How often the watcher re-evaluates without a metrics change.
 const TICK: Duration = Duration::from_millis(50);
@@ -31,6 +26,10 @@ pub struct Leadership {
     /// Milliseconds since `epoch` at which the last quorum ack was seen.
     quorum_ack_ms: AtomicU64,
     epoch: Instant,
+    /// How long a leader may go without a quorum's acknowledgement and still decide fast
+    /// hits: the minimum election timeout, so by the time the other members can have
+    /// elected a new leader, this one has stopped deciding alone.
+    fast_quorum_grace: Duration,
 }
 
 impl Leadership {
@@ -39,6 +38,7 @@ impl Leadership {
         node_id: NodeId,
         fast: Arc<FastPath>,
         metrics: Arc<Metrics>,
+        election_timeout_min: Duration,
     ) -> Arc<Leadership> {
         let leadership = Arc::new(Leadership {
             node_id,
@@ -46,6 +46,7 @@ impl Leadership {
             leader: ArcSwapOption::empty(),
             quorum_ack_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            fast_quorum_grace: election_timeout_min,
         });
         let this = Arc::clone(&leadership);
         tokio::spawn(async move {
@@ -82,7 +83,7 @@ impl Leadership {
         let voters = m.membership_config.membership().voter_ids().count();
         let has_quorum = voters <= 1
             || now_ms.saturating_sub(self.quorum_ack_ms.load(Ordering::Acquire))
-                < FAST_QUORUM_GRACE.as_millis() as u64;
+                < u64::try_from(self.fast_quorum_grace.as_millis()).unwrap_or(u64::MAX);
         // An entry of our own term applied ⇒ every entry of earlier leaders is applied.
         let caught_up = m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term);
         if is_leader && caught_up && has_quorum {
@@ -90,7 +91,14 @@ impl Leadership {
         } else {
             fast.disable();
         }
-        metrics.observe_raft(m);
+        metrics.observe_raft(RaftGauges {
+            term: m.current_term,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            is_leader: m.state.is_leader(),
+            leader_id: m.current_leader.unwrap_or(0),
+            voters: voters as u64,
+        });
     }
 
     fn millis(&self) -> u64 {

@@ -34,7 +34,7 @@ use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
 use crate::authz::{within_caps, RequestHeaders};
-use crate::decision::{
+use crate::decide::authz::{
     Authorizer, AuthzDecision, AuthzRequest, Denial, DenyKind, Metadata, Surface, Verdict,
 };
 use crate::error::{authz_status, deny_code};

@@ -1,4 +1,4 @@
-//! `quorate.v1.RateLimiter/Check`: validate, hand to the engine, shape the answer.
+//! `quorate.v1.RateLimiter/Check`: decode → [`decide::named`] → encode.
 
 use std::sync::Arc;
 
@@ -6,15 +6,9 @@ use quorate_proto::v1 as pb;
 use quorate_proto::v1::rate_limiter_server::{RateLimiter, RateLimiterServer};
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Engine, EngineError};
+use crate::decide::named::{self, NamedHit};
+use crate::engine::Engine;
 use crate::error::to_status;
-
-/// Most hits in one request.
-pub const MAX_HITS: usize = 256;
-/// Longest counter key, in bytes.
-pub const MAX_KEY_LEN: usize = 512;
-/// Longest limit name, in bytes.
-pub const MAX_LIMIT_LEN: usize = 128;
 
 #[derive(Debug, Clone)]
 pub struct RateLimiterService {
@@ -27,31 +21,16 @@ impl RateLimiterService {
     }
 }
 
-/// Checks a request's shape; the message names the bad field. Returns `(limit, key, cost)`.
-pub fn validate(request: pb::CheckRequest) -> Result<Vec<(String, String, u64)>, EngineError> {
-    let bad = |m: String| Err(EngineError::InvalidArgument(m));
-    if request.hits.is_empty() {
-        return bad("hits: at least one hit is required".into());
-    }
-    if request.hits.len() > MAX_HITS {
-        return bad(format!(
-            "hits: {} hits, at most {MAX_HITS} are allowed",
-            request.hits.len()
-        ));
-    }
-    let mut hits = Vec::with_capacity(request.hits.len());
-    for (i, h) in request.hits.into_iter().enumerate() {
-        if h.limit.is_empty() || h.limit.len() > MAX_LIMIT_LEN {
-            return bad(format!(
-                "hits[{i}].limit: must be 1 to {MAX_LIMIT_LEN} bytes"
-            ));
-        }
-        if h.key.is_empty() || h.key.len() > MAX_KEY_LEN {
-            return bad(format!("hits[{i}].key: must be 1 to {MAX_KEY_LEN} bytes"));
-        }
-        hits.push((h.limit, h.key, h.cost.unwrap_or(1)));
-    }
-    Ok(hits)
+fn decode(request: pb::CheckRequest) -> Vec<NamedHit> {
+    request
+        .hits
+        .into_iter()
+        .map(|h| NamedHit {
+            limit: h.limit,
+            key: h.key,
+            cost: h.cost.unwrap_or(1),
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -60,7 +39,7 @@ impl RateLimiter for RateLimiterService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        use crate::dashboard::traffic::{Outcome, Surface};
+        use crate::metrics::traffic::{Outcome, Surface};
         let started = std::time::Instant::now();
         let answer = self.answer(request).await;
         let outcome = match &answer {
@@ -81,17 +60,13 @@ impl RateLimiterService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let named = validate(request.into_inner()).map_err(to_status)?;
-        let hits = self.engine.resolve_named(named).map_err(to_status)?;
-        let shape: Vec<(String, u64)> = hits
+        let hits = named::validate(decode(request.into_inner())).map_err(to_status)?;
+        let decided = named::decide(self.engine.as_ref(), self.engine.metrics(), hits)
+            .await
+            .map_err(to_status)?;
+        let decisions: Vec<pb::Decision> = decided
             .iter()
-            .map(|h| (h.hit.limit.clone(), h.hit.rate.window()))
-            .collect();
-        let decisions = self.engine.check(hits, false).await.map_err(to_status)?;
-        let decisions: Vec<pb::Decision> = shape
-            .iter()
-            .zip(&decisions)
-            .map(|((name, window), d)| super::decision_to_pb(name, *window, d))
+            .map(|d| super::decision_to_pb(&d.limit, d.window, &d.decision))
             .collect();
         Ok(Response::new(pb::CheckResponse {
             allowed: decisions.iter().all(|d| d.allowed),

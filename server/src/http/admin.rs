@@ -22,7 +22,8 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::node::NodeContext;
+use crate::context::NodeContext;
+use crate::error::ErrorKind;
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
 use crate::raft::peer_auth::peer_client;
 use crate::raft::typ::{ClientWriteError, RaftError};
@@ -67,16 +68,16 @@ pub fn router(ctx: NodeContext) -> Router<NodeContext> {
 /// An admin error: status and a JSON body `{"error": ..., "line": ...}`.
 #[derive(Debug)]
 pub struct AdminError {
-    status: StatusCode,
+    kind: ErrorKind,
     message: String,
     line: Option<usize>,
     leader_http: Option<SocketAddr>,
 }
 
 impl AdminError {
-    fn new(status: StatusCode, message: impl Into<String>) -> AdminError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> AdminError {
         AdminError {
-            status,
+            kind,
             message: message.into(),
             line: None,
             leader_http: None,
@@ -101,26 +102,26 @@ impl IntoResponse for AdminError {
             line: self.line,
             leader_http: self.leader_http,
         };
-        (self.status, Json(body)).into_response()
+        (self.kind.http_status(), Json(body)).into_response()
     }
 }
 
 fn raft_error<E: std::fmt::Display>(e: RaftError<E>) -> AdminError {
-    AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    AdminError::new(ErrorKind::Internal, e.to_string())
 }
 
 fn write_error(e: RaftError<ClientWriteError>) -> AdminError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => AdminError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: ErrorKind::Unavailable,
             message: "this node is not the leader; retry at the leader".into(),
             line: None,
             leader_http: f.leader_node.map(|n| n.http),
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            AdminError::new(StatusCode::CONFLICT, c.to_string())
+            AdminError::new(ErrorKind::Conflict, c.to_string())
         }
-        other => AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        other => AdminError::new(ErrorKind::Internal, other.to_string()),
     }
 }
 
@@ -141,7 +142,7 @@ pub(crate) async fn authorize(
         .is_some_and(|given| bool::from(given.as_bytes().ct_eq(ctx.admin_token.as_bytes())));
     if !allowed {
         return AdminError::new(
-            StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthenticated,
             "admin calls need `Authorization: Bearer <admin token>` (the CLI reads it from \
              --admin-token-file, QUORATE_ADMIN_TOKEN, or ./quorate-data/admin-token)",
         )
@@ -230,15 +231,12 @@ async fn forward_to_leader(
         return next.run(request).await;
     }
     let Some(leader) = leadership.leader_node() else {
-        return AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader elected yet")
-            .into_response();
+        return AdminError::new(ErrorKind::Unavailable, "no leader elected yet").into_response();
     };
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
-        Err(e) => {
-            return AdminError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
-        }
+        Err(e) => return AdminError::new(ErrorKind::TooLarge, e.to_string()).into_response(),
     };
     // Inside the `/admin/v1` nest the URI is already relative to it.
     let call = ForwardedAdmin {
@@ -248,7 +246,7 @@ async fn forward_to_leader(
     };
     let failed = |message: String| {
         AdminError {
-            status: StatusCode::BAD_GATEWAY,
+            kind: ErrorKind::BadGateway,
             message: format!("forwarding to the leader failed: {message}"),
             line: None,
             leader_http: Some(leader.http),
@@ -281,10 +279,23 @@ async fn forward_to_leader(
         .into_response()
 }
 
+/// The admin API's peer RPC (the node registers it with the peer service): a follower's
+/// forwarded write, decoded as hostile and run through [`peer_router`].
+pub fn admin_handler(router: Router) -> crate::raft::peer::PeerHandler {
+    std::sync::Arc::new(move |data| {
+        let router = router.clone();
+        Box::pin(async move {
+            let call: ForwardedAdmin = crate::raft::peer::decode_payload(&data)?;
+            let reply = serve_forwarded(&router, call).await;
+            crate::raft::peer::encode_payload(&reply)
+        })
+    })
+}
+
 /// Runs an admin write a follower forwarded, through [`peer_router`].
 pub async fn serve_forwarded(router: &Router, call: ForwardedAdmin) -> AdminReply {
-    let refuse = |status: StatusCode, error: String| AdminReply {
-        status: status.as_u16(),
+    let refuse = |kind: ErrorKind, error: String| AdminReply {
+        status: kind.codes().1,
         body: serde_json::to_vec(&ErrorBody {
             error,
             line: None,
@@ -294,12 +305,12 @@ pub async fn serve_forwarded(router: &Router, call: ForwardedAdmin) -> AdminRepl
     };
     if call.path.len() > MAX_FORWARDED_PATH || call.body.len() > MAX_BODY {
         return refuse(
-            StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidArgument,
             "forwarded admin call too large".into(),
         );
     }
     let Ok(method) = axum::http::Method::from_bytes(call.method.as_bytes()) else {
-        return refuse(StatusCode::BAD_REQUEST, "invalid method".into());
+        return refuse(ErrorKind::InvalidArgument, "invalid method".into());
     };
     let request = Request::builder()
         .method(method)
@@ -309,7 +320,7 @@ pub async fn serve_forwarded(router: &Router, call: ForwardedAdmin) -> AdminRepl
         .body(Body::from(call.body));
     let request = match request {
         Ok(r) => r,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("invalid call: {e}")),
+        Err(e) => return refuse(ErrorKind::InvalidArgument, format!("invalid call: {e}")),
     };
     let response = match tower::ServiceExt::oneshot(router.clone(), request).await {
         Ok(r) => r,
@@ -328,10 +339,14 @@ pub async fn serve_forwarded(router: &Router, call: ForwardedAdmin) -> AdminRepl
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AdminError> {
     if body.is_empty() {
         return serde_json::from_slice(b"{}")
-            .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, e.to_string()));
+            .map_err(|e| AdminError::new(ErrorKind::InvalidArgument, e.to_string()));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        AdminError::new(
+            ErrorKind::InvalidArgument,
+            format!("invalid JSON body: {e}"),
+        )
+    })
 }
 
 // === cluster ===
@@ -342,10 +357,10 @@ async fn init(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value>,
         .raft
         .is_initialized()
         .await
-        .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| AdminError::new(ErrorKind::Internal, e.to_string()))?;
     if initialized {
         return Err(AdminError::new(
-            StatusCode::CONFLICT,
+            ErrorKind::Conflict,
             "this node is already part of an initialized cluster",
         ));
     }
@@ -390,7 +405,7 @@ async fn add_learner(State(ctx): State<NodeContext>, body: Bytes) -> Result<Resp
         .await
         .map_err(|e| {
             AdminError::new(
-                StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::Timeout,
                 format!(
                     "node {id} was added as a learner but has not caught up yet ({e}); \
                      watch `cluster status` and promote it once its lag is small"
@@ -433,7 +448,7 @@ async fn promote(State(ctx): State<NodeContext>, body: Bytes) -> Result<Response
         match matched {
             None => {
                 return Err(AdminError::new(
-                    StatusCode::CONFLICT,
+                    ErrorKind::Conflict,
                     format!(
                         "node {} is not a learner replicating from this leader; add it first",
                         req.id
@@ -442,7 +457,7 @@ async fn promote(State(ctx): State<NodeContext>, body: Bytes) -> Result<Response
             }
             Some(i) if last.saturating_sub(i) > MAX_PROMOTE_LAG => {
                 return Err(AdminError::new(
-                    StatusCode::CONFLICT,
+                    ErrorKind::Conflict,
                     format!(
                         "learner {} lags {} entries behind; promote it once it has caught up",
                         req.id,
@@ -600,14 +615,14 @@ async fn put_policy(State(ctx): State<NodeContext>, body: Bytes) -> Result<Respo
     let req: PutPolicy = parse_json(&body)?;
     // Validate before anything is proposed: a bad policy never reaches the log.
     let format = PolicyFormat::parse(&req.format)
-        .map_err(|e| AdminError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        .map_err(|e| AdminError::new(ErrorKind::Unprocessable, e.to_string()))?;
     let source = PolicySource {
         format,
         text: req.source.clone(),
     };
     if let Err(e) = PolicySet::compile(&source) {
         return Err(AdminError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
+            kind: ErrorKind::Unprocessable,
             message: e.to_string(),
             line: e.line,
             leader_http: None,
@@ -642,7 +657,7 @@ async fn snapshot(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Val
         .trigger()
         .snapshot()
         .await
-        .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| AdminError::new(ErrorKind::Internal, e.to_string()))?;
     let m = ctx
         .raft
         .wait(Some(std::time::Duration::from_secs(30)))
@@ -651,7 +666,7 @@ async fn snapshot(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Val
             "snapshot built",
         )
         .await
-        .map_err(|e| AdminError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()))?;
+        .map_err(|e| AdminError::new(ErrorKind::Timeout, e.to_string()))?;
     Ok(Json(serde_json::json!({
         "node": ctx.id,
         "snapshot_index": m.snapshot.map(|s| s.index),
@@ -663,11 +678,9 @@ fn policy_response(data: CommandResponse) -> Result<Response, AdminError> {
         CommandResponse::Policy(Ok(version)) => {
             Ok(Json(serde_json::json!({ "version": version })).into_response())
         }
-        CommandResponse::Policy(Err(e)) => {
-            Err(AdminError::new(StatusCode::UNPROCESSABLE_ENTITY, e))
-        }
+        CommandResponse::Policy(Err(e)) => Err(AdminError::new(ErrorKind::Unprocessable, e)),
         other => Err(AdminError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal,
             format!("unexpected response {other:?}"),
         )),
     }

@@ -37,9 +37,9 @@ use axum::routing::any;
 use axum::Router;
 
 use crate::authz::{within_caps, RequestHeaders};
-use crate::decision::{AuthzRequest, Surface, Verdict};
-use crate::error::authz_status;
-use crate::node::NodeContext;
+use crate::context::NodeContext;
+use crate::decide::authz::{AuthzRequest, Surface, Verdict};
+use crate::error::authz_error;
 
 /// The forward-auth routes.
 pub fn router() -> Router<NodeContext> {
@@ -209,10 +209,10 @@ async fn handle(
             }
         },
         Err(e) => {
-            let status = authz_status(e);
+            let (status, http) = authz_error(e);
             let body = serde_json::json!({"error": "internal", "reason": status.message()});
             respond(
-                500,
+                http,
                 &[("content-type".into(), "application/json".into())],
                 body.to_string(),
             )

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
-use crate::node::NodeContext;
+use crate::context::NodeContext;
 
 /// The node's HTTP router.
 pub fn router(ctx: NodeContext) -> Router {

@@ -18,8 +18,7 @@
 
 use std::fmt;
 
-use super::descriptors::{RateUnit, RuleSpec};
-use super::plan::RequestDescriptor;
+use super::rule::{RateUnit, RequestDescriptor, RuleSpec, ENTRY_SEPARATOR};
 
 /// The highest descriptor index a policy may reference (requests carry few descriptors).
 pub const MAX_DESCRIPTOR_INDEX: usize = 63;
@@ -151,7 +150,7 @@ impl ConditionalLimit {
                 return Err(format!("variable {v} is missing"));
             };
             if i > 0 {
-                key.push(super::plan::ENTRY_SEPARATOR);
+                key.push(ENTRY_SEPARATOR);
             }
             if v.index > 0 {
                 key.push_str(&format!("[{}]", v.index));

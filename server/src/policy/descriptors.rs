@@ -23,12 +23,13 @@ use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 
-use quorate_algorithms::{Algorithm, OnFull, Rate, SECOND};
+use quorate_algorithms::{Algorithm, OnFull, SECOND};
 use serde::Deserialize;
 
 use super::conditions::ConditionalLimit;
 use super::limits::{policy_rate, Consistency, KeyCapDoc, LimitDef};
 use super::parse_window;
+pub use super::rule::{EnvoyUnit, RateUnit, RuleSpec};
 
 /// One domain: its descriptor tree and its conditional limits.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -116,93 +117,6 @@ pub enum Rule {
     /// `requests_per_unit: 0`: every request is over the limit (envoyproxy/ratelimit's way
     /// to block a descriptor).
     Blocked { unit: RateUnit },
-}
-
-/// The rate part of a rule, before it has a name.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RuleSpec {
-    pub rate: Rate,
-    pub consistency: Consistency,
-    pub unit: RateUnit,
-    /// `max_keys`, `on_full`, `expose` (a rule is not addressable via quorate.v1 unless
-    /// it says `expose: true`).
-    pub cap: KeyCapDoc,
-}
-
-/// How a window is reported to Envoy (`RateLimit.unit`): Envoy only knows whole units, so
-/// an N×unit window is reported as its base unit with `multiplier` N.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateUnit {
-    pub base: EnvoyUnit,
-    pub multiplier: u64,
-}
-
-/// Envoy's `RateLimitResponse.RateLimit.Unit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnvoyUnit {
-    Second,
-    Minute,
-    Hour,
-    Day,
-    Week,
-    Month,
-    Year,
-}
-
-impl EnvoyUnit {
-    pub fn seconds(self) -> u64 {
-        match self {
-            EnvoyUnit::Second => 1,
-            EnvoyUnit::Minute => 60,
-            EnvoyUnit::Hour => 3_600,
-            EnvoyUnit::Day => 86_400,
-            EnvoyUnit::Week => 604_800,
-            EnvoyUnit::Month => 2_592_000,
-            EnvoyUnit::Year => 31_536_000,
-        }
-    }
-
-    fn parse(text: &str) -> Option<EnvoyUnit> {
-        Some(match text.to_ascii_lowercase().as_str() {
-            "second" => EnvoyUnit::Second,
-            "minute" => EnvoyUnit::Minute,
-            "hour" => EnvoyUnit::Hour,
-            "day" => EnvoyUnit::Day,
-            "week" => EnvoyUnit::Week,
-            "month" => EnvoyUnit::Month,
-            "year" => EnvoyUnit::Year,
-            _ => return None,
-        })
-    }
-}
-
-impl RateUnit {
-    /// The largest Envoy unit that divides `window` evenly.
-    pub fn for_window(window: u64) -> RateUnit {
-        let secs = window / SECOND;
-        for base in [
-            EnvoyUnit::Year,
-            EnvoyUnit::Month,
-            EnvoyUnit::Week,
-            EnvoyUnit::Day,
-            EnvoyUnit::Hour,
-            EnvoyUnit::Minute,
-            EnvoyUnit::Second,
-        ] {
-            let s = base.seconds();
-            if secs >= s && window.is_multiple_of(s * SECOND) {
-                return RateUnit {
-                    base,
-                    multiplier: secs / s,
-                };
-            }
-        }
-        // Sub-second windows: reported as seconds.
-        RateUnit {
-            base: EnvoyUnit::Second,
-            multiplier: 1,
-        }
-    }
 }
 
 // === YAML ===

@@ -11,6 +11,7 @@
 //! ([`envoy`]) and Limitador's limits file ([`limitador`]). [`load::load_path`] reads a file
 //! or a directory and detects the format.
 
+pub mod authz;
 mod conditions;
 mod descriptors;
 mod duration;
@@ -20,7 +21,7 @@ mod limits;
 mod lines;
 pub mod load;
 mod plan;
-pub mod simulate;
+mod rule;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,7 +34,7 @@ pub use descriptors::{wildcard_matches, Domain, EnvoyUnit, RateUnit, Rule, RuleS
 pub use duration::parse_window;
 pub(crate) use limits::policy_rate;
 pub use limits::{assign_key_caps, Consistency, KeyCapDoc, LimitDef};
-pub use plan::{plan_rls, DescriptorPlan, LimitedPlan, RequestDescriptor};
+pub use plan::{plan_rls, redacted_value, DescriptorPlan, LimitedPlan, RequestDescriptor};
 
 /// The default cap on live counters across the cluster. Part of the policy (not a node
 /// flag) because every replica must refuse new keys at exactly the same point.
@@ -148,7 +149,7 @@ pub struct PolicySet {
     /// policy): an equal share, `refuse`. See [`limits::assign_key_caps`].
     pub retired_key_cap: quorate_algorithms::KeyCap,
     /// Identities, consumers, routes and their defaults (ext_authz and forward-auth).
-    pub authz: crate::authz::AuthzPolicy,
+    pub authz: crate::policy::authz::AuthzPolicy,
 }
 
 impl Default for PolicySet {
@@ -206,13 +207,13 @@ struct Document {
     #[serde(default)]
     max_counters: Option<usize>,
     #[serde(default)]
-    identities: Vec<crate::authz::policy::RawIdentity>,
+    identities: Vec<crate::policy::authz::RawIdentity>,
     #[serde(default)]
-    consumers: Vec<crate::authz::policy::RawConsumer>,
+    consumers: Vec<crate::policy::authz::RawConsumer>,
     #[serde(default)]
-    routes: Vec<crate::authz::policy::RawRoute>,
+    routes: Vec<crate::policy::authz::RawRoute>,
     #[serde(default)]
-    defaults: crate::authz::policy::RawDefaults,
+    defaults: crate::policy::authz::RawDefaults,
 }
 
 impl PolicySet {
@@ -288,13 +289,13 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
     if max_counters == 0 {
         return Err(at("max_counters", "must be at least 1".into()));
     }
-    let raw_authz = crate::authz::policy::RawAuthz {
+    let raw_authz = crate::policy::authz::RawAuthz {
         identities: doc.identities,
         consumers: doc.consumers,
         routes: doc.routes,
         defaults: doc.defaults,
     };
-    let authz = crate::authz::policy::compile(raw_authz, &mut limits, &|p| lines.line(p))?;
+    let authz = crate::policy::authz::compile(raw_authz, &mut limits, &|p| lines.line(p))?;
     Ok(PolicySet {
         limits,
         domains,

@@ -16,15 +16,9 @@ use quorate_algorithms::{Algorithm, Rate, SECOND};
 
 use super::conditions::ConditionalRule;
 use super::descriptors::{Domain, EnvoyUnit, Matched, RateUnit, Rule, Step};
+pub use super::rule::RequestDescriptor;
+use super::rule::ENTRY_SEPARATOR;
 use super::{Consistency, PolicySet};
-
-/// One descriptor of a request: its entries and, optionally, Envoy's per-descriptor limit
-/// override (`requests_per_unit` per `unit`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestDescriptor {
-    pub entries: Vec<(String, String)>,
-    pub limit_override: Option<(u64, EnvoyUnit)>,
-}
 
 /// What will happen to one request descriptor.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,9 +66,6 @@ pub struct LimitedPlan {
     /// Why this rule matched, for `quorate policy test`.
     pub explanation: String,
 }
-
-/// Separates entries inside a counter key; cannot appear in valid HTTP header values.
-pub(super) const ENTRY_SEPARATOR: char = '\u{1e}';
 
 fn counter_key(entries: &[(String, String)]) -> String {
     let mut key = String::new();
@@ -137,7 +128,7 @@ fn stats_key(
     for ((k, v), (step, node)) in entries.iter().zip(&matched.steps) {
         let redacted;
         let v = if redact && !matches!(step, Step::Exact) && !v.is_empty() {
-            redacted = crate::metrics::redacted_value(v);
+            redacted = redacted_value(v);
             redacted.as_str()
         } else {
             v.as_str()
@@ -410,6 +401,21 @@ fn override_plan(
     }
 }
 
+/// `#` and the first 12 hex digits of `value`'s SHA-256: how a request value appears in a
+/// metric label, so series stay distinct per value and a credential sent as a descriptor
+/// value never reaches `/metrics`.
+pub fn redacted_value(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let digest = Sha256::digest(value.as_bytes());
+    let mut out = String::with_capacity(13);
+    out.push('#');
+    for byte in &digest[..6] {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,7 +612,7 @@ domains:
                 let label = &ls[0].metric_label;
                 assert!(!label.contains("SECRET"), "{label}");
                 assert!(label.contains("plan_gold"), "{label}");
-                let digest = crate::metrics::redacted_value("sk_live_SECRET");
+                let digest = redacted_value("sk_live_SECRET");
                 assert!(label.ends_with(&format!("api_key_{digest}")), "{label}");
             }
             other => panic!("{other:?}"),

@@ -19,12 +19,10 @@ use quorate_proto::raft::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use super::peer_auth::MAX_RAFT_MESSAGE;
 use super::peer_auth::{peer_client, PeerAuth, PeerChannel};
 use super::typ::Entry;
 use super::{Node, NodeId, TypeConfig};
-
-/// The largest Raft message accepted or sent: snapshot chunks and entry batches.
-pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// The most entry bytes one AppendEntries carries (beyond its first entry); see
 /// [`PeerClient::append_entries`].

@@ -8,12 +8,17 @@
 //! `--max-snapshot-bytes` and continue the snapshot being received, so no offset makes
 //! this node allocate beyond the cap.
 //!
-//! Each handler decodes openraft's request, hands it to the local Raft, and returns the
-//! whole `Result` encoded, so the caller sees openraft's own error values.
+//! Each Raft handler decodes openraft's request, hands it to the local Raft, and returns
+//! the whole `Result` encoded, so the caller sees openraft's own error values. The two
+//! forwarding RPCs belong to the layers above Raft: the node registers them as
+//! [`PeerHandler`]s (the engine's own `Forward`, the admin API's `Admin`), so this
+//! transport never calls up into the engine or the HTTP layer.
 
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use openraft::raft::InstallSnapshotRequest;
+use prost::bytes::Bytes;
 use quorate_proto::raft::raft_server::{Raft as RaftService, RaftServer};
 use quorate_proto::raft::RaftPayload;
 use serde::de::DeserializeOwned;
@@ -25,16 +30,20 @@ use super::network::MAX_RAFT_MESSAGE;
 use super::peer_auth::{PeerAuth, PeerGate};
 use super::typ::Raft;
 use super::TypeConfig;
-use crate::engine::{check_forwarded, Engine, ForwardResult, ResolvedHit};
-use crate::http::admin::{AdminReply, ForwardedAdmin};
+
+/// A peer RPC served by a layer above Raft: takes the request payload (still to be
+/// decoded as hostile, see [`decode_payload`]) and returns the encoded answer.
+pub type PeerHandler =
+    Arc<dyn Fn(Bytes) -> BoxFuture<'static, Result<Vec<u8>, Status>> + Send + Sync>;
 
 /// Serves peers' RPCs for the local node.
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft,
-    engine: Arc<Engine>,
-    /// The admin calls a follower may forward (leader writes only).
-    admin: axum::Router,
+    /// `Forward`: a follower's decision request (the engine's).
+    forward: PeerHandler,
+    /// `Admin`: a follower's admin write (the admin API's; leader writes only).
+    admin: PeerHandler,
     max_snapshot_bytes: u64,
     /// The snapshot being received: its id and how many bytes of it have arrived.
     receiving: Arc<Mutex<Option<(String, u64)>>>,
@@ -49,13 +58,13 @@ impl std::fmt::Debug for PeerService {
 impl PeerService {
     pub fn new(
         raft: Raft,
-        engine: Arc<Engine>,
-        admin: axum::Router,
+        forward: PeerHandler,
+        admin: PeerHandler,
         max_snapshot_bytes: u64,
     ) -> PeerService {
         PeerService {
             raft,
-            engine,
+            forward,
             admin,
             max_snapshot_bytes,
             receiving: Arc::default(),
@@ -125,10 +134,14 @@ fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Statu
     decode_payload(&request.into_inner().data)
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+/// Encodes an answer to a peer.
+pub fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
     postcard::to_stdvec(value)
-        .map(|data| Response::new(RaftPayload { data: data.into() }))
         .map_err(|e| Status::internal(format!("cannot encode raft response: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    encode_payload(value).map(|data| Response::new(RaftPayload { data: data.into() }))
 }
 
 #[tonic::async_trait]
@@ -165,16 +178,13 @@ impl RaftService for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let hits: Vec<ResolvedHit> = decode(request)?;
-        check_forwarded(&hits).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let result: ForwardResult = self.engine.check(hits, true).await;
-        encode(&result)
+        let data = (self.forward)(request.into_inner().data).await?;
+        Ok(Response::new(RaftPayload { data: data.into() }))
     }
 
     async fn admin(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let call: ForwardedAdmin = decode(request)?;
-        let reply: AdminReply = crate::http::admin::serve_forwarded(&self.admin, call).await;
-        encode(&reply)
+        let data = (self.admin)(request.into_inner().data).await?;
+        Ok(Response::new(RaftPayload { data: data.into() }))
     }
 }
 
@@ -192,7 +202,8 @@ mod fuzz {
     use quorate_algorithms::{Algorithm, Rate};
 
     use super::*;
-    use crate::engine::EngineError;
+    use crate::engine::{check_forwarded, EngineError, ForwardResult, ResolvedHit};
+    use crate::http::admin::{AdminReply, ForwardedAdmin};
     use crate::policy::Consistency;
     use crate::raft::typ::RaftError;
     use crate::raft::{Command, Hit, NodeId};

@@ -25,9 +25,12 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-use super::network::MAX_RAFT_MESSAGE;
 use crate::tls::peer::PeerConnector;
 use crate::tls::Tls;
+
+/// The largest Raft message a peer channel accepts or sends: snapshot chunks and entry
+/// batches.
+pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// The metadata key that carries the cluster secret on every peer call.
 pub const SECRET_METADATA: &str = "x-quorate-cluster-secret";

@@ -11,7 +11,11 @@ use quorate_algorithms::CounterStore;
 use super::*;
 use crate::authz::credential::hash_key_hex;
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+use crate::raft::state_machine::LivePolicy;
 use crate::raft::state_machine::{counter_key as store_key, PolicyVersion};
+use crate::raft::Hit;
+use futures::future::BoxFuture;
+use quorate_algorithms::Decision;
 
 /// Counts hits in memory with the real algorithms; can be told to have no quorum.
 struct MemCounter {
@@ -690,7 +694,7 @@ async fn several_issuers_share_the_authorization_header() {
 
 #[tokio::test]
 async fn the_shipped_example_compiles_and_decides() {
-    let (a, _, _) = authorizer_with(include_str!("../../../examples/authz.yaml"));
+    let (a, _, _) = authorizer_with(include_str!("../../../../examples/authz.yaml"));
     let mut r = request("GET", "/v1/items", &[("x-api-key", "demo-key-alice")]);
     r.headers = RequestHeaders::new(vec![
         ("x-api-key".into(), "demo-key-alice".into()),

@@ -1,10 +1,9 @@
 //! `quorate policy test`: sample Envoy RLS requests evaluated against a policy, offline.
 //!
-//! Each sample goes through exactly what the server runs — [`crate::grpc::rls::validate`],
-//! [`plan_rls`] and [`crate::grpc::rls::respond`] — except the counters: they live in a
-//! private store that starts empty for each run and sees every sample at the same
-//! instant, so repeating a request shows when it would go over. No live counter, node or
-//! network is touched.
+//! Each sample goes through exactly what the server runs — [`rls::validate`],
+//! [`rls::plan`] and [`rls::answer`] — except the counters: they live in a private store
+//! that starts empty for each run and sees every sample at the same instant, so repeating
+//! a request shows when it would go over. No live counter, node or network is touched.
 //!
 //! Samples are JSON: `{"domain": "rl", "descriptors": [D, ...], "hits_addend": 1}` where
 //! a descriptor `D` is a list of entries — `{"key": "user", "value": "bob"}` or
@@ -13,20 +12,12 @@
 
 use std::fmt::Write as _;
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use envoy_types::pb::google::protobuf::UInt64Value;
-use quorate_algorithms::{CounterStore, Decision, Nanos, SECOND};
+use quorate_algorithms::{counter_key, CounterStore, Decision, Nanos, SECOND};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{plan_rls, DescriptorPlan, LimitedPlan, PolicySet};
-use crate::grpc::rls::{dynamic_metadata, respond, validate, RlsRequest};
+use super::rls::{self, DescriptorInput, DescriptorStatus, RlsPlan, RlsRequest};
+use crate::policy::{DescriptorPlan, EnvoyUnit, LimitedPlan, PolicySet};
 
 /// The instant every sample is decided at: the start of a fixed window for every Envoy
 /// unit but the week, so `reset` shows whole windows.
@@ -55,26 +46,23 @@ fn u64_field(v: &Value, field: &str) -> Result<Option<u64>, String> {
     }
 }
 
-fn entry(v: &Value, at: &str) -> Result<Entry, String> {
+fn entry(v: &Value, at: &str) -> Result<(String, String), String> {
     match v {
         Value::Array(pair) => match pair.as_slice() {
-            [Value::String(key), Value::String(value)] => Ok(Entry {
-                key: key.clone(),
-                value: value.clone(),
-            }),
+            [Value::String(key), Value::String(value)] => Ok((key.clone(), value.clone())),
             _ => Err(format!("{at}: a pair must be [\"key\", \"value\"]")),
         },
-        Value::Object(_) => Ok(Entry {
-            key: text_field(v, "key").map_err(|e| format!("{at}: {e}"))?,
-            value: text_field(v, "value").map_err(|e| format!("{at}: {e}"))?,
-        }),
+        Value::Object(_) => Ok((
+            text_field(v, "key").map_err(|e| format!("{at}: {e}"))?,
+            text_field(v, "value").map_err(|e| format!("{at}: {e}"))?,
+        )),
         other => Err(format!(
             "{at}: an entry is {{\"key\": .., \"value\": ..}} or [\"key\", \"value\"], got {other}"
         )),
     }
 }
 
-fn entries(v: &Value, at: &str) -> Result<Vec<Entry>, String> {
+fn entries(v: &Value, at: &str) -> Result<Vec<(String, String)>, String> {
     match v {
         Value::Array(items) => items
             .iter()
@@ -85,9 +73,23 @@ fn entries(v: &Value, at: &str) -> Result<Vec<Entry>, String> {
     }
 }
 
-fn descriptor(v: &Value, at: &str) -> Result<RateLimitDescriptor, String> {
+/// The units a request's `limit` override may name (Envoy's `RateLimitUnit`, which,
+/// unlike the response's unit, has no week).
+fn request_unit(name: &str) -> Option<EnvoyUnit> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "SECOND" => EnvoyUnit::Second,
+        "MINUTE" => EnvoyUnit::Minute,
+        "HOUR" => EnvoyUnit::Hour,
+        "DAY" => EnvoyUnit::Day,
+        "MONTH" => EnvoyUnit::Month,
+        "YEAR" => EnvoyUnit::Year,
+        _ => return None,
+    })
+}
+
+fn descriptor(v: &Value, at: &str) -> Result<DescriptorInput, String> {
     if !v.is_object() {
-        return Ok(RateLimitDescriptor {
+        return Ok(DescriptorInput {
             entries: entries(v, at)?,
             ..Default::default()
         });
@@ -102,24 +104,20 @@ fn descriptor(v: &Value, at: &str) -> Result<RateLimitDescriptor, String> {
                 .map_err(|e| format!("{at}.limit: {e}"))?
                 .ok_or_else(|| format!("{at}.limit: `requests_per_unit` is required"))?;
             let unit = text_field(l, "unit").map_err(|e| format!("{at}.limit: {e}"))?;
-            let unit = RateLimitUnit::from_str_name(&unit.to_ascii_uppercase())
-                .filter(|u| *u != RateLimitUnit::Unknown)
+            let unit = request_unit(&unit)
                 .ok_or_else(|| format!("{at}.limit.unit: unknown unit {unit:?}"))?;
-            Some(RateLimitOverride {
-                requests_per_unit: u32::try_from(requests)
-                    .map_err(|_| format!("{at}.limit.requests_per_unit: too large"))?,
-                unit: unit as i32,
-            })
+            // Envoy's field is a u32: a larger number is refused as the wire would.
+            let requests = u32::try_from(requests)
+                .map_err(|_| format!("{at}.limit.requests_per_unit: too large"))?;
+            Some((u64::from(requests), Some(unit)))
         }
     };
-    let hits_addend = u64_field(v, "hits_addend")
-        .map_err(|e| format!("{at}: {e}"))?
-        .map(|value| UInt64Value { value });
-    Ok(RateLimitDescriptor {
+    let hits_addend = u64_field(v, "hits_addend").map_err(|e| format!("{at}: {e}"))?;
+    Ok(DescriptorInput {
         entries: entries(list, &format!("{at}.entries"))?,
         limit,
         hits_addend,
-        ..Default::default()
+        is_negative_hits: false,
     })
 }
 
@@ -140,12 +138,8 @@ pub fn parse_sample(json: &str) -> Result<RlsRequest, String> {
         None => return Err("`descriptors` is required".into()),
     };
     let hits_addend = u64_field(&v, "hits_addend")?.unwrap_or(0);
-    let request = RateLimitRequest {
-        domain,
-        descriptors,
-        hits_addend: u32::try_from(hits_addend).map_err(|_| "`hits_addend` is too large")?,
-    };
-    validate(request).map_err(|e| e.to_string())
+    let hits_addend = u32::try_from(hits_addend).map_err(|_| "`hits_addend` is too large")?;
+    rls::validate(domain, descriptors, hits_addend).map_err(|e| e.to_string())
 }
 
 /// Parses a requests file: one JSON sample per line; blank lines and `#` comments are
@@ -250,17 +244,29 @@ pub fn window_text(window: Nanos) -> String {
     format!("{secs}s")
 }
 
-fn code_name(code: i32) -> String {
-    Code::try_from(code)
-        .map(|c| c.as_str_name().to_string())
-        .unwrap_or_else(|_| code.to_string())
+/// Envoy's name for a status code.
+fn code_name(over_limit: bool) -> String {
+    if over_limit { "OVER_LIMIT" } else { "OK" }.to_string()
+}
+
+/// Envoy's name for a response unit.
+fn unit_name(unit: EnvoyUnit) -> &'static str {
+    match unit {
+        EnvoyUnit::Second => "SECOND",
+        EnvoyUnit::Minute => "MINUTE",
+        EnvoyUnit::Hour => "HOUR",
+        EnvoyUnit::Day => "DAY",
+        EnvoyUnit::Week => "WEEK",
+        EnvoyUnit::Month => "MONTH",
+        EnvoyUnit::Year => "YEAR",
+    }
 }
 
 /// Evaluates samples in order against `policy` with private, initially empty counters.
 pub fn simulate(policy: &PolicySet, samples: &[RlsRequest]) -> Vec<SampleReport> {
     let store = CounterStore::new(MAX_SAMPLES.saturating_mul(64).max(1));
     simulate_with(policy, samples, &|limit, key, rate, cost| {
-        store.check(&format!("{limit}\u{1f}{key}"), rate, NOW, cost)
+        store.check(&counter_key(limit, key), rate, NOW, cost)
     })
 }
 
@@ -276,22 +282,25 @@ pub fn simulate_with(
         .iter()
         .enumerate()
         .map(|(n, sample)| {
-            let plans = plan_rls(policy, &sample.domain, &sample.descriptors);
-            let mut decisions = Vec::new();
-            let mut counted: Vec<Vec<(LimitedPlan, Decision)>> = Vec::new();
-            for (plan, cost) in plans.iter().zip(&sample.costs) {
-                let mut these = Vec::new();
-                if let DescriptorPlan::Limited(limits) = plan {
-                    for l in limits {
-                        let d = decide(&l.limit, &l.key, &l.rate, *cost);
-                        decisions.push(d);
-                        these.push((l.clone(), d));
-                    }
-                }
-                counted.push(these);
-            }
-            let response = respond(&plans, &decisions, policy.headers);
-            let metadata = dynamic_metadata(sample, &plans, &response);
+            let RlsPlan { plans, hits } = rls::plan(policy, sample);
+            let decisions: Vec<Decision> = hits
+                .iter()
+                .map(|h| decide(&h.hit.limit, &h.hit.key, &h.hit.rate, h.hit.cost))
+                .collect();
+            // Each descriptor's counted limits with their decisions, for the report.
+            let mut decided = decisions.iter();
+            let counted: Vec<Vec<(LimitedPlan, Decision)>> = plans
+                .iter()
+                .map(|plan| match plan {
+                    DescriptorPlan::Limited(limits) => limits
+                        .iter()
+                        .zip(decided.by_ref())
+                        .map(|(l, d)| (l.clone(), *d))
+                        .collect(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            let response = rls::answer(sample, &plans, &decisions, policy.headers);
             let descriptors = plans
                 .iter()
                 .zip(counted)
@@ -330,15 +339,15 @@ pub fn simulate_with(
             SampleReport {
                 request: n + 1,
                 domain: sample.domain.clone(),
-                overall_code: code_name(response.overall_code),
+                overall_code: code_name(response.over_limit),
                 descriptors,
                 not_applying,
                 headers: response
-                    .response_headers_to_add
+                    .headers
                     .iter()
-                    .map(|h| (h.key.clone(), h.value.clone()))
+                    .map(|(k, v)| (k.to_string(), v.clone()))
                     .collect(),
-                dynamic_metadata: metadata.map(|m| struct_json(&m)),
+                dynamic_metadata: response.dynamic_metadata.as_ref().map(struct_json),
             }
         })
         .collect()
@@ -373,9 +382,7 @@ fn describe(
     cost: u64,
     plan: &DescriptorPlan,
     counted: Vec<(LimitedPlan, Decision)>,
-    status: Option<
-        &envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::DescriptorStatus,
-    >,
+    status: Option<&DescriptorStatus>,
 ) -> DescriptorReport {
     let (outcome, path, reason) = match plan {
         DescriptorPlan::NoRule { reason } => ("no_rule", None, Some(reason.clone())),
@@ -402,8 +409,8 @@ fn describe(
             requests: l.rate.limit(),
             window: window_text(l.rate.window()),
             consistency: match l.consistency {
-                super::Consistency::Strict => "strict",
-                super::Consistency::Fast => "fast",
+                crate::policy::Consistency::Strict => "strict",
+                crate::policy::Consistency::Fast => "fast",
             },
             shadow_mode: l.shadow_mode,
             detailed_metric: l.detailed_metric,
@@ -417,14 +424,13 @@ fn describe(
         .collect();
     let status = match status {
         Some(s) => StatusReport {
-            code: code_name(s.code),
+            code: code_name(s.over_limit),
             limit_name: s.current_limit.as_ref().map(|l| l.name.clone()),
             requests_per_unit: s.current_limit.as_ref().map(|l| l.requests_per_unit),
-            unit: s.current_limit.as_ref().map(|l| {
-                envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit::try_from(l.unit)
-                    .map(|u| u.as_str_name().to_string())
-                    .unwrap_or_else(|_| l.unit.to_string())
-            }),
+            unit: s
+                .current_limit
+                .as_ref()
+                .map(|l| unit_name(l.unit).to_string()),
             limit_remaining: s.limit_remaining,
         },
         None => StatusReport {

@@ -6,8 +6,8 @@
 //! themselves put in canonical form when the policy is compiled, so `/%7Euser/` and
 //! `/~user/` are one pattern.
 
-use super::policy::Route;
 use super::request_target::canonical_path;
+use super::Route;
 
 /// A host a route answers for: exact, or `*.example.com` (one or more labels).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +141,7 @@ pub fn route_matches(route: &Route, method: &str, host: &str, path: &str) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authz::request_target::canonical_host;
+    use crate::policy::authz::request_target::canonical_host;
 
     #[test]
     fn hosts() {

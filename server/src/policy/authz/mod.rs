@@ -9,6 +9,10 @@
 //! through the Raft log and snapshots and is served back by `quorate policy get`. API keys
 //! appear only as SHA-256 hashes; an inline secret or private key is refused.
 
+pub mod matching;
+pub mod request_target;
+pub mod template;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -18,11 +22,15 @@ use jsonwebtoken::{Algorithm as JwtAlgorithm, AlgorithmFamily, DecodingKey};
 use quorate_algorithms::{Algorithm, Nanos, Rate, SECOND};
 use serde::Deserialize;
 
-use super::matching::{HostPattern, PathPattern};
-use super::template::Template;
-use crate::policy::{parse_window, policy_rate, Consistency, LimitDef, PolicyError};
+use self::matching::{HostPattern, PathPattern};
+use self::template::Template;
+use super::{parse_window, policy_rate, Consistency, LimitDef, PolicyError};
 
 /// Longest identity, route, consumer or limit name.
+/// Header added (upstream and to the client) when a request passed because the cluster
+/// could not decide and the route fails open. An identity header: only quorate sets it.
+pub const FAILURE_MODE_HEADER: &str = "x-quorate-failure-mode";
+
 pub const MAX_NAME: usize = 128;
 /// Longest registered name of a route or consumer limit (`route/<route>/<name>`).
 const MAX_LIMIT_NAME: usize = 300;
@@ -707,13 +715,10 @@ pub fn compile(
         routes.push(route);
     }
 
-    let mut identity_headers: Vec<String> = [
-        "x-consumer-id",
-        "x-consumer-groups",
-        crate::decision::FAILURE_MODE_HEADER,
-    ]
-    .map(str::to_string)
-    .to_vec();
+    let mut identity_headers: Vec<String> =
+        ["x-consumer-id", "x-consumer-groups", FAILURE_MODE_HEADER]
+            .map(str::to_string)
+            .to_vec();
     for (name, _) in routes.iter().flat_map(|r| &r.upstream_headers) {
         if !identity_headers.contains(name) {
             identity_headers.push(name.clone());
@@ -1421,7 +1426,7 @@ fn compile_limit(
         return Err(format!("duplicate limit name {full:?}"));
     }
     let consistency = raw.consistency.unwrap_or_default();
-    let cap = crate::policy::KeyCapDoc {
+    let cap = super::KeyCapDoc {
         max_keys: raw.max_keys,
         on_full: raw.on_full.unwrap_or_default(),
         expose: raw.expose,

@@ -3,6 +3,7 @@
 //! (draft-ietf-httpapi-ratelimit-headers-10), legacy `X-RateLimit-*`, and `Retry-After`.
 
 use quorate_algorithms::{Decision, Nanos, SECOND};
+use quorate_proto::wire::{ratelimit_item, ratelimit_policy_item};
 
 use crate::policy::HeaderSettings;
 
@@ -21,24 +22,6 @@ fn secs_ceil(ns: Nanos) -> u64 {
     ns.div_ceil(SECOND)
 }
 
-/// A structured-field string: printable ASCII only, with `"` and `\` escaped.
-fn sf_string(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for c in name.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => out.push('?'),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The headers to send with a response covering `states` (one per limit that applied).
 /// `Retry-After` is added when any state is a denial that can pass later.
 pub fn rate_limit_headers(
@@ -52,23 +35,15 @@ pub fn rate_limit_headers(
     if settings.ietf {
         let policies: Vec<String> = states
             .iter()
-            .map(|s| {
-                format!(
-                    "{};q={};w={}",
-                    sf_string(&s.name),
-                    s.decision.limit,
-                    secs_ceil(s.window).max(1)
-                )
-            })
+            .map(|s| ratelimit_policy_item(&s.name, s.decision.limit, secs_ceil(s.window).max(1)))
             .collect();
         let current: Vec<String> = states
             .iter()
             .map(|s| {
-                format!(
-                    "{};r={};t={}",
-                    sf_string(&s.name),
+                ratelimit_item(
+                    &s.name,
                     s.decision.remaining,
-                    secs_ceil(s.decision.reset_after)
+                    secs_ceil(s.decision.reset_after),
                 )
             })
             .collect();
@@ -100,6 +75,30 @@ pub fn rate_limit_headers(
         headers.push(("retry-after", secs_ceil(retry).max(1).to_string()));
     }
     headers
+}
+
+/// The headers of a whole answer: [`rate_limit_headers`], and when the answer is a
+/// denial that named no retry time (a blocked descriptor, a cost above the limit, a full
+/// store) `Retry-After: 1`, so clients still back off. Every surface answers through this.
+pub fn answer_headers(
+    states: &[LimitState],
+    settings: HeaderSettings,
+    denied: bool,
+) -> Vec<(&'static str, String)> {
+    let mut headers = rate_limit_headers(states, settings);
+    if denied && !headers.iter().any(|(k, _)| *k == "retry-after") {
+        headers.push(("retry-after", "1".into()));
+    }
+    headers
+}
+
+/// A limit's decision as the client sees it: in shadow mode a denial is reported as an
+/// allow (and counted by the caller), everything else as decided.
+pub fn shown(decision: &Decision, shadow_mode: bool) -> Decision {
+    Decision {
+        allowed: decision.allowed || shadow_mode,
+        ..*decision
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +157,9 @@ mod tests {
 
     #[test]
     fn names_are_escaped_structured_strings() {
-        assert_eq!(sf_string("a\"b\\c\u{e9}"), "\"a\\\"b\\\\c?\"");
+        assert_eq!(
+            quorate_proto::wire::sf_string("a\"b\\c\u{e9}"),
+            "\"a\\\"b\\\\c?\""
+        );
     }
 }

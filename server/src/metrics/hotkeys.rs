@@ -121,7 +121,9 @@ pub struct HotKeysView {
 
 /// Splits a store key (`limit \x1f key`) for display; the separator is not printable.
 fn split(store_key: &str, slot: &Slot) -> HotKey {
-    let (limit, key) = store_key.split_once('\u{1f}').unwrap_or(("", store_key));
+    let (limit, key) = store_key
+        .split_once(quorate_algorithms::KEY_SEPARATOR)
+        .unwrap_or(("", store_key));
     HotKey {
         limit: limit.to_string(),
         key: key.replace('\u{1e}', ", "),
@@ -156,7 +158,7 @@ impl HotKeys {
     pub fn record(&self, limit: &str, key: &str, allowed: bool, remaining: u64, reset_at_ms: u64) {
         let mut store_key = String::with_capacity(limit.len() + 1 + key.len().min(MAX_KEY_CHARS));
         store_key.push_str(limit);
-        store_key.push('\u{1f}');
+        store_key.push(quorate_algorithms::KEY_SEPARATOR);
         if key.chars().count() > MAX_KEY_CHARS {
             store_key.extend(key.chars().take(MAX_KEY_CHARS));
             store_key.push('…');

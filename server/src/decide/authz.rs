@@ -15,7 +15,7 @@
 //! 5. **resolve limits** — the route's and the consumer's, keyed by consumer, IP, route,
 //!    header or claim, as [`ResolvedHit`]s. Only now, so a denied identity consumes no
 //!    quota;
-//! 6. **check** — one [`Engine::check`] call (strict or fast, replicated); over ⇒ 429 with
+//! 6. **check** — one [`Counter::check`] call (strict or fast, replicated); over ⇒ 429 with
 //!    `Retry-After` and RateLimit headers; no quorum ⇒ `failure_mode`;
 //! 7. **record** — `dry_run` turns a denial (401, 403, 429, or 503 without quorum) into an
 //!    allow (logged and counted), then the
@@ -28,10 +28,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::future::BoxFuture;
-use quorate_algorithms::Decision;
 use thiserror::Error;
 
+use super::headers::{answer_headers, shown, LimitState};
+use super::{hit, Counter};
 use crate::authz::credential::{self, Found};
 use crate::authz::jwt::{Claims, JwtError, JwtSettings, JwtVerifier};
 use crate::authz::matching::route_matches;
@@ -43,17 +43,12 @@ use crate::authz::policy::{
 use crate::authz::request_target::{canonical_host, canonical_path};
 use crate::authz::template::{claim_text, Context};
 use crate::authz::{RequestHeaders, MAX_HEADERS, MAX_HEADER_BYTES};
-use crate::engine::{wall_nanos, Engine, EngineError, ResolvedHit};
-use crate::headers::{rate_limit_headers, LimitState};
+use crate::engine::{wall_nanos, EngineError, ResolvedHit};
 use crate::metrics::Metrics;
-use crate::raft::state_machine::LivePolicy;
-use crate::raft::Hit;
 
 /// Longest request target (path and query) looked at.
 pub const MAX_TARGET: usize = 16 * 1024;
-/// Header added (upstream and to the client) when a request passed because the cluster
-/// could not decide and the route fails open.
-pub const FAILURE_MODE_HEADER: &str = "x-quorate-failure-mode";
+pub use crate::authz::policy::FAILURE_MODE_HEADER;
 
 /// Which surface a request came through (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,25 +192,6 @@ struct Principal {
     claims: Option<Arc<Claims>>,
 }
 
-/// What the decision needs from the engine: the live policy and a way to count hits.
-/// The [`Engine`] in production; tests substitute in-memory or failing counters.
-pub trait Counter: Send + Sync + 'static {
-    /// The live policy (one snapshot per decision).
-    fn policy(&self) -> Arc<LivePolicy>;
-    /// Decides every hit, in order (see [`Engine::check`]).
-    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>>;
-}
-
-impl Counter for Engine {
-    fn policy(&self) -> Arc<LivePolicy> {
-        Engine::policy(self)
-    }
-
-    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
-        Box::pin(Engine::check(self, hits, false))
-    }
-}
-
 /// Decides authorization requests for one node.
 pub struct Authorizer {
     engine: Arc<dyn Counter>,
@@ -332,14 +308,9 @@ impl Authorizer {
         let limits: Vec<&RouteLimit> = route.limits.iter().chain(consumer_limits).collect();
         let hits: Vec<ResolvedHit> = limits
             .iter()
-            .map(|l| ResolvedHit {
-                hit: Hit {
-                    limit: l.limit.clone(),
-                    key: counter_key(policy, l, route, principal.as_ref(), ip, &req.headers),
-                    cost: l.cost,
-                    rate: l.rate,
-                },
-                consistency: l.consistency,
+            .map(|l| {
+                let key = counter_key(policy, l, route, principal.as_ref(), ip, &req.headers);
+                hit(&l.limit, key, l.cost, l.rate, l.consistency)
             })
             .collect();
 
@@ -363,17 +334,15 @@ impl Authorizer {
             if !d.allowed && l.shadow_mode {
                 self.metrics.shadow_mode_over_limit.inc();
             }
-            over |= !d.allowed && !l.shadow_mode;
+            let reported = shown(d, l.shadow_mode);
+            over |= !reported.allowed;
             states.push(LimitState {
                 name: l.shown.clone(),
-                decision: Decision {
-                    allowed: d.allowed || l.shadow_mode,
-                    ..*d
-                },
+                decision: reported,
                 window: l.rate.window(),
             });
         }
-        let rate_headers: Vec<(String, String)> = rate_limit_headers(&states, live.set.headers)
+        let rate_headers: Vec<(String, String)> = answer_headers(&states, live.set.headers, over)
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
@@ -382,11 +351,6 @@ impl Authorizer {
         let verdict = if over {
             let mut d = Denial::new(DenyKind::RateLimited, 429, "rate limit exceeded");
             d.headers = rate_headers;
-            if !d.headers.iter().any(|(k, _)| k == "retry-after") {
-                // Denials that can never pass later (cost above the limit, a full store)
-                // still tell clients to back off.
-                d.headers.push(("retry-after".into(), "1".into()));
-            }
             Verdict::Deny(d)
         } else {
             Verdict::Allow(allowed(
@@ -462,12 +426,12 @@ impl Authorizer {
             .authz_decision_seconds
             .observe(started.elapsed().as_secs_f64());
         let surface = match req.surface {
-            Surface::ExtAuthz => crate::dashboard::traffic::Surface::ExtAuthz,
-            Surface::ForwardAuth => crate::dashboard::traffic::Surface::HttpAuthz,
+            Surface::ExtAuthz => crate::metrics::traffic::Surface::ExtAuthz,
+            Surface::ForwardAuth => crate::metrics::traffic::Surface::HttpAuthz,
         };
         self.metrics.observe_surface(
             surface,
-            crate::dashboard::traffic::Outcome::from_authz(outcome),
+            crate::metrics::traffic::Outcome::from_authz(outcome),
             started,
         );
         match &verdict {
