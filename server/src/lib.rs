@@ -32,7 +32,9 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod ops;
-pub mod policy;
+/// The policy model, its own crate (`policy/`): the server uses it, it cannot use the
+/// server.
+pub use quorate_policy as policy;
 pub mod policy_watch;
 pub mod raft;
 pub mod tls;

@@ -93,7 +93,7 @@ const SEEDS: &[&str] = &[
     include_str!("../../examples/policy.yaml"),
     include_str!("../../examples/authz.yaml"),
     include_str!("../../examples/limitador-limits.yaml"),
-    include_str!("../src/policy/example.yaml"),
+    include_str!("../../policy/src/example.yaml"),
     include_str!("../../examples/envoy-ratelimit/rl.yaml"),
     include_str!("../../examples/envoy-ratelimit/mongo_cps.yaml"),
 ];

@@ -141,7 +141,7 @@ pub fn route_matches(route: &Route, method: &str, host: &str, path: &str) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::authz::request_target::canonical_host;
+    use crate::authz::request_target::canonical_host;
 
     #[test]
     fn hosts() {

@@ -5,7 +5,7 @@
 //! Compiling is deterministic and does no I/O: it runs again on every replica when the
 //! policy entry applies. Anything node-local — a JWKS document, an HS secret read from an
 //! environment variable or a file — is resolved later, at decision time, by
-//! [`crate::authz::jwt`]. That is also why secrets never enter the document: it travels
+//! the server's `authz::jwt`. That is also why secrets never enter the document: it travels
 //! through the Raft log and snapshots and is served back by `quorate policy get`. API keys
 //! appear only as SHA-256 hashes; an inline secret or private key is refused.
 
@@ -501,8 +501,9 @@ pub struct InlineKey {
 }
 
 impl InlineKey {
-    /// A key built in a test, without policy text.
-    #[cfg(test)]
+    /// A key built in a test, without policy text (the server's JWT tests use it through
+    /// the `test-util` feature).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn for_tests(kid: Option<&str>, family: AlgorithmFamily, key: DecodingKey) -> InlineKey {
         InlineKey {
             kid: kid.map(str::to_string),
@@ -1021,7 +1022,7 @@ fn compile_jwt(raw: RawJwt, path: &str) -> Result<JwtIdentity, Located> {
             "HS algorithms take a secret: {env: NAME} or {file: PATH}".into(),
         ));
     } else if let Some(url) = raw.jwks_url {
-        match reqwest::Url::parse(&url) {
+        match url::Url::parse(&url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => return Err(here("jwks_url", format!("{url:?} is not an http(s) URL"))),
         }

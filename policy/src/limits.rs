@@ -228,7 +228,7 @@ mod tests {
     use quorate_algorithms::{CounterState, SlidingWindow, SECOND};
 
     use super::*;
-    use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+    use crate::{PolicyFormat, PolicySet, PolicySource};
 
     fn compile(format: PolicyFormat, text: &str) -> PolicySet {
         PolicySet::compile(&PolicySource {
@@ -373,7 +373,7 @@ domains:
     #[test]
     fn the_default_precision_divides_every_window_a_policy_can_write() {
         for window in ["1ms", "7ms", "1s", "13s", "1m", "1h", "1d", "month", "year"] {
-            let w = crate::policy::parse_window(window).unwrap();
+            let w = crate::parse_window(window).unwrap();
             let rate = policy_rate(Some(Algorithm::SlidingWindow), 5, w, None, None).unwrap();
             assert_eq!(rate.precision(), DEFAULT_SLIDING_PRECISION, "{window}");
         }

@@ -149,7 +149,7 @@ pub struct PolicySet {
     /// policy): an equal share, `refuse`. See [`limits::assign_key_caps`].
     pub retired_key_cap: quorate_algorithms::KeyCap,
     /// Identities, consumers, routes and their defaults (ext_authz and forward-auth).
-    pub authz: crate::policy::authz::AuthzPolicy,
+    pub authz: crate::authz::AuthzPolicy,
 }
 
 impl Default for PolicySet {
@@ -207,13 +207,13 @@ struct Document {
     #[serde(default)]
     max_counters: Option<usize>,
     #[serde(default)]
-    identities: Vec<crate::policy::authz::RawIdentity>,
+    identities: Vec<crate::authz::RawIdentity>,
     #[serde(default)]
-    consumers: Vec<crate::policy::authz::RawConsumer>,
+    consumers: Vec<crate::authz::RawConsumer>,
     #[serde(default)]
-    routes: Vec<crate::policy::authz::RawRoute>,
+    routes: Vec<crate::authz::RawRoute>,
     #[serde(default)]
-    defaults: crate::policy::authz::RawDefaults,
+    defaults: crate::authz::RawDefaults,
 }
 
 impl PolicySet {
@@ -289,13 +289,13 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
     if max_counters == 0 {
         return Err(at("max_counters", "must be at least 1".into()));
     }
-    let raw_authz = crate::policy::authz::RawAuthz {
+    let raw_authz = crate::authz::RawAuthz {
         identities: doc.identities,
         consumers: doc.consumers,
         routes: doc.routes,
         defaults: doc.defaults,
     };
-    let authz = crate::policy::authz::compile(raw_authz, &mut limits, &|p| lines.line(p))?;
+    let authz = crate::authz::compile(raw_authz, &mut limits, &|p| lines.line(p))?;
     Ok(PolicySet {
         limits,
         domains,

@@ -165,7 +165,7 @@ pub fn concat_files(files: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::PolicySet;
+    use crate::PolicySet;
 
     #[test]
     fn detects_each_format() {

@@ -419,7 +419,7 @@ pub fn redacted_value(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{PolicyFormat, PolicySource};
+    use crate::{PolicyFormat, PolicySource};
 
     fn policy(text: &str) -> PolicySet {
         PolicySet::compile(&PolicySource {

@@ -118,7 +118,7 @@ pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{plan_rls, DescriptorPlan, RequestDescriptor};
+    use crate::{plan_rls, DescriptorPlan, RequestDescriptor};
 
     fn desc(pairs: &[(&str, &str)]) -> RequestDescriptor {
         RequestDescriptor {
