@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
+use crate::metadata::{Metadata, MetadataValue};
 
 use quorate_algorithms::{Algorithm, OnFull, SECOND};
 use serde::Deserialize;
@@ -98,7 +98,7 @@ pub struct Node {
     /// over (envoyproxy/ratelimit's `quota_mode`).
     pub quota_mode: bool,
     /// Returned to Envoy as dynamic metadata when this rule matches and passes.
-    pub metadata: Option<Arc<Struct>>,
+    pub metadata: Option<Arc<Metadata>>,
     pub children: Level,
 }
 
@@ -280,9 +280,9 @@ fn replaces_of(
         .collect()
 }
 
-/// Descriptor `metadata:` as a protobuf Struct (what Envoy receives). Keys are strings or
+/// Descriptor `metadata:` as Envoy receives it (a protobuf Struct). Keys are strings or
 /// scalars (written as text, as envoyproxy/ratelimit does); values are any YAML but tags.
-fn metadata_struct(yaml: serde_yaml_ng::Value) -> Result<Struct, String> {
+fn metadata_struct(yaml: serde_yaml_ng::Value) -> Result<Metadata, String> {
     fn key_text(k: &serde_yaml_ng::Value) -> Result<String, String> {
         use serde_yaml_ng::Value as Y;
         match k {
@@ -292,29 +292,28 @@ fn metadata_struct(yaml: serde_yaml_ng::Value) -> Result<Struct, String> {
             other => Err(format!("metadata: a key must be a scalar, got {other:?}")),
         }
     }
-    fn mapping(m: serde_yaml_ng::Mapping) -> Result<Struct, String> {
+    fn mapping(m: serde_yaml_ng::Mapping) -> Result<Metadata, String> {
         let mut fields = std::collections::HashMap::new();
         for (k, v) in m {
             fields.insert(key_text(&k)?, value(v)?);
         }
-        Ok(Struct { fields })
+        Ok(Metadata { fields })
     }
-    fn value(v: serde_yaml_ng::Value) -> Result<PbValue, String> {
+    fn value(v: serde_yaml_ng::Value) -> Result<MetadataValue, String> {
         use serde_yaml_ng::Value as Y;
-        let kind = match v {
-            Y::Null => Kind::NullValue(0),
-            Y::Bool(b) => Kind::BoolValue(b),
-            Y::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-            Y::String(s) => Kind::StringValue(s),
-            Y::Sequence(items) => Kind::ListValue(ListValue {
-                values: items.into_iter().map(value).collect::<Result<_, _>>()?,
-            }),
-            Y::Mapping(m) => Kind::StructValue(mapping(m)?),
+        Ok(match v {
+            Y::Null => MetadataValue::Null,
+            Y::Bool(b) => MetadataValue::Bool(b),
+            Y::Number(n) => MetadataValue::Number(n.as_f64().unwrap_or_default()),
+            Y::String(s) => MetadataValue::String(s),
+            Y::Sequence(items) => {
+                MetadataValue::List(items.into_iter().map(value).collect::<Result<_, _>>()?)
+            }
+            Y::Mapping(m) => MetadataValue::Map(mapping(m)?),
             Y::Tagged(t) => {
                 return Err(format!("metadata: tagged value {} is not supported", t.tag))
             }
-        };
-        Ok(PbValue { kind: Some(kind) })
+        })
     }
     match yaml {
         serde_yaml_ng::Value::Mapping(m) => mapping(m),

@@ -20,6 +20,7 @@ mod limitador;
 mod limits;
 mod lines;
 pub mod load;
+pub mod metadata;
 mod plan;
 mod rule;
 

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::google::protobuf::Struct;
+use crate::metadata::Metadata;
 use quorate_algorithms::{Algorithm, Rate, SECOND};
 
 use super::conditions::ConditionalRule;
@@ -62,7 +62,7 @@ pub struct LimitedPlan {
     /// Over the limit here only denies when every quota-mode descriptor is over.
     pub quota_mode: bool,
     /// The rule's `metadata`, returned to Envoy when this descriptor passes.
-    pub metadata: Option<Arc<Struct>>,
+    pub metadata: Option<Arc<Metadata>>,
     /// Why this rule matched, for `quorate policy test`.
     pub explanation: String,
 }

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 
-use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 use quorate_algorithms::{Decision, Nanos};
 
 use super::headers::{answer_headers, shown, LimitState};
@@ -17,6 +16,7 @@ use super::{hit, Counter};
 use crate::engine::{EngineError, ResolvedHit};
 use crate::metrics::traffic::Outcome;
 use crate::metrics::Metrics;
+use crate::policy::metadata::{Metadata, MetadataValue};
 use crate::policy::{
     plan_rls, DescriptorPlan, EnvoyUnit, HeaderSettings, PolicySet, RequestDescriptor,
 };
@@ -153,7 +153,7 @@ pub struct RlsAnswer {
     pub statuses: Vec<DescriptorStatus>,
     pub headers: Vec<(&'static str, String)>,
     /// envoyproxy/ratelimit's `dynamic_metadata` (when a matched rule has `metadata:`).
-    pub dynamic_metadata: Option<Struct>,
+    pub dynamic_metadata: Option<Metadata>,
     /// A shadow-mode limit was over (reported OK).
     pub shadowed: bool,
     /// The dashboard's summary.
@@ -329,7 +329,7 @@ fn dynamic_metadata(
     request: &RlsRequest,
     plans: &[DescriptorPlan],
     statuses: &[DescriptorStatus],
-) -> Option<Struct> {
+) -> Option<Metadata> {
     let rule_metadata = |p: &DescriptorPlan| match p {
         DescriptorPlan::Limited(ls) => ls.first().and_then(|l| l.metadata.clone()),
         _ => None,
@@ -337,7 +337,7 @@ fn dynamic_metadata(
     if !plans.iter().any(|p| rule_metadata(p).is_some()) {
         return None;
     }
-    let mut merged = Struct::default();
+    let mut merged = Metadata::default();
     for (plan, status) in plans.iter().zip(statuses) {
         if status.over_limit {
             continue;
@@ -346,9 +346,7 @@ fn dynamic_metadata(
             merge_metadata(&mut merged, &m);
         }
     }
-    let text = |s: String| PbValue {
-        kind: Some(Kind::StringValue(s)),
-    };
+    let text = MetadataValue::String;
     let descriptors = request
         .descriptors
         .iter()
@@ -359,50 +357,29 @@ fn dynamic_metadata(
                 .map(|(k, v)| text(format!("{k}={v}")))
                 .collect();
             let mut fields = HashMap::new();
-            fields.insert(
-                "entries".to_string(),
-                PbValue {
-                    kind: Some(Kind::ListValue(ListValue { values: entries })),
-                },
-            );
-            PbValue {
-                kind: Some(Kind::StructValue(Struct { fields })),
-            }
+            fields.insert("entries".to_string(), MetadataValue::List(entries));
+            MetadataValue::Map(Metadata { fields })
         })
         .collect();
     let mut fields = HashMap::new();
     fields.insert("domain".to_string(), text(request.domain.clone()));
-    fields.insert(
-        "descriptors".to_string(),
-        PbValue {
-            kind: Some(Kind::ListValue(ListValue {
-                values: descriptors,
-            })),
-        },
-    );
+    fields.insert("descriptors".to_string(), MetadataValue::List(descriptors));
     if !merged.fields.is_empty() {
-        fields.insert(
-            "metadata".to_string(),
-            PbValue {
-                kind: Some(Kind::StructValue(merged)),
-            },
-        );
+        fields.insert("metadata".to_string(), MetadataValue::Map(merged));
     }
-    Some(Struct { fields })
+    Some(Metadata { fields })
 }
 
 /// Adds `src` into `dest`: a key already present keeps its value unless both are
 /// mappings, which merge recursively.
-fn merge_metadata(dest: &mut Struct, src: &Struct) {
+fn merge_metadata(dest: &mut Metadata, src: &Metadata) {
     for (k, v) in &src.fields {
         match dest.fields.get_mut(k) {
             None => {
                 dest.fields.insert(k.clone(), v.clone());
             }
-            Some(PbValue {
-                kind: Some(Kind::StructValue(d)),
-            }) => {
-                if let Some(Kind::StructValue(s)) = &v.kind {
+            Some(MetadataValue::Map(d)) => {
+                if let MetadataValue::Map(s) = v {
                     merge_metadata(d, s);
                 }
             }

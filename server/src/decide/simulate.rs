@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::rls::{self, DescriptorInput, DescriptorStatus, RlsPlan, RlsRequest};
+use crate::policy::metadata::{Metadata, MetadataValue};
 use crate::policy::{DescriptorPlan, EnvoyUnit, LimitedPlan, PolicySet};
 
 /// The instant every sample is decided at: the start of a fixed window for every Envoy
@@ -347,13 +348,35 @@ pub fn simulate_with(
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.clone()))
                     .collect(),
-                dynamic_metadata: response.dynamic_metadata.as_ref().map(struct_json),
+                dynamic_metadata: response.dynamic_metadata.as_ref().map(metadata_json),
             }
         })
         .collect()
 }
 
-/// A protobuf Struct as the JSON it stands for.
+/// Metadata as the JSON it stands for (numbers are doubles, as in a protobuf Struct).
+pub fn metadata_json(m: &Metadata) -> Value {
+    fn value(v: &MetadataValue) -> Value {
+        match v {
+            MetadataValue::Null => Value::Null,
+            MetadataValue::Number(n) => serde_json::Number::from_f64(*n)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            MetadataValue::String(s) => Value::String(s.clone()),
+            MetadataValue::Bool(b) => Value::Bool(*b),
+            MetadataValue::Map(m) => metadata_json(m),
+            MetadataValue::List(l) => Value::Array(l.iter().map(value).collect()),
+        }
+    }
+    Value::Object(
+        m.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    )
+}
+
+/// A protobuf Struct (an RLS answer received over the wire) as the JSON it stands for.
 pub fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> Value {
     use envoy_types::pb::google::protobuf::value::Kind;
     fn value(v: &envoy_types::pb::google::protobuf::Value) -> Value {

@@ -14,7 +14,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::pb::google::protobuf::{
+    value::Kind, Duration as PbDuration, ListValue, Struct, Value as PbValue,
+};
 use quorate_algorithms::Nanos;
 use tonic::{Request, Response, Status};
 
@@ -23,6 +25,7 @@ use crate::engine::{Engine, EngineError};
 use crate::error::to_status;
 use crate::metrics::traffic::Outcome;
 use crate::metrics::Metrics;
+use crate::policy::metadata::{Metadata, MetadataValue};
 use crate::policy::EnvoyUnit;
 
 pub use crate::decide::rls::{RlsRequest, MAX_DESCRIPTORS, MAX_ENTRIES, MAX_TEXT};
@@ -99,6 +102,30 @@ fn code(over_limit: bool) -> i32 {
     }
 }
 
+/// Metadata as the `google.protobuf.Struct` Envoy receives.
+pub fn pb_struct(m: &Metadata) -> Struct {
+    fn value(v: &MetadataValue) -> PbValue {
+        let kind = match v {
+            MetadataValue::Null => Kind::NullValue(0),
+            MetadataValue::Bool(b) => Kind::BoolValue(*b),
+            MetadataValue::Number(n) => Kind::NumberValue(*n),
+            MetadataValue::String(s) => Kind::StringValue(s.clone()),
+            MetadataValue::List(items) => Kind::ListValue(ListValue {
+                values: items.iter().map(value).collect(),
+            }),
+            MetadataValue::Map(m) => Kind::StructValue(pb_struct(m)),
+        };
+        PbValue { kind: Some(kind) }
+    }
+    Struct {
+        fields: m
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    }
+}
+
 /// The answer on the wire.
 pub fn encode(answer: RlsAnswer) -> RateLimitResponse {
     RateLimitResponse {
@@ -127,7 +154,7 @@ pub fn encode(answer: RlsAnswer) -> RateLimitResponse {
                 ..Default::default()
             })
             .collect(),
-        dynamic_metadata: answer.dynamic_metadata,
+        dynamic_metadata: answer.dynamic_metadata.as_ref().map(pb_struct),
         ..Default::default()
     }
 }
