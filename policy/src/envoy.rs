@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::descriptors::RawDomain;
 use super::lines::{FileLines, LineMap};
-use super::{HeaderSettings, PolicyError, PolicySet, DEFAULT_MAX_COUNTERS};
+use super::{PolicyError, PolicySet};
 
 /// Builds errors located in the right file of a (possibly concatenated) text.
 struct Locator {
@@ -105,12 +105,10 @@ pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
             "no domain: an envoyproxy/ratelimit config needs `domain:` and `descriptors:`",
         ));
     }
+    // Imported formats carry limits and domains only; the rest is the empty policy's.
     Ok(PolicySet {
         limits,
         domains,
-        headers: HeaderSettings::default(),
-        max_counters: DEFAULT_MAX_COUNTERS,
-        authz: Default::default(),
         ..PolicySet::default()
     })
 }

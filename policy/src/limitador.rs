@@ -21,7 +21,7 @@ use super::conditions::{
 };
 use super::descriptors::{Domain, RateUnit, RuleSpec};
 use super::lines::LineMap;
-use super::{Consistency, HeaderSettings, LimitDef, PolicyError, PolicySet, DEFAULT_MAX_COUNTERS};
+use super::{Consistency, LimitDef, PolicyError, PolicySet};
 
 /// Longest namespace or name accepted.
 const MAX_TEXT: usize = 256;
@@ -103,12 +103,10 @@ pub(super) fn compile(text: &str) -> Result<PolicySet, PolicyError> {
         }
         domain.conditional.push(limit);
     }
+    // Imported formats carry limits and domains only; the rest is the empty policy's.
     Ok(PolicySet {
         limits,
         domains,
-        headers: HeaderSettings::default(),
-        max_counters: DEFAULT_MAX_COUNTERS,
-        authz: Default::default(),
         ..PolicySet::default()
     })
 }
