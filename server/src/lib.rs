@@ -5,15 +5,19 @@
 //!
 //! # Tour
 //! - [`node::run`] assembles a node from a [`config::Config`] and bound listeners.
-//! - [`engine`]: the decision path — resolve limits, group-commit hits through Raft
-//!   (strict) or decide at the leader (fast), forward from followers.
+//! - [`engine`]: hits → decisions — group-commit hits through Raft (strict) or decide at
+//!   the leader (fast), forward from followers; one propose loop.
 //! - [`raft`]: openraft types, the durable log, the state machine, the peer network.
-//! - [`policy`]: the replicated, versioned policy document.
+//! - [`policy`]: the replicated, versioned policy document (the `quorate-policy` crate).
 //! - [`decide`]: every decision, one module per request kind (RLS, authorization, named
 //!   hits), over a [`decide::Counter`]; shadow mode, headers and retry-after once.
 //! - [`grpc`] and [`http`]: thin adapters, decode → [`decide`] → encode; [`error`] maps
 //!   errors to wire errors once.
-//! - [`authz`]: identities, consumers, routes, JWT/JWKS — what [`decide::authz`] runs.
+//! - [`authz`]: credentials, JWT/JWKS, client addresses — what [`decide::authz`] runs
+//!   with the policy's routes and identities.
+//! - [`context`]: the handles the HTTP surfaces, the dashboard and the policy watcher
+//!   share; [`bounds`]: request caps; [`metrics`]: Prometheus and the dashboard's traffic.
+//! - See `docs/architecture.md` for the layers and the path of a decision.
 //! - [`tls`]: certificates for the listeners and peers, reloaded when their files change.
 //! - [`cli`] and [`ops`]: the `quorate` command line.
 

@@ -1,4 +1,4 @@
-//! gRPC surfaces: thin adapters from wire types to the [`Engine`](crate::engine::Engine).
+//! gRPC surfaces: thin adapters, decode → [`decide`](crate::decide) → encode.
 //!
 //! - [`ratelimiter`]: `quorate.v1.RateLimiter`, our own API.
 //! - [`rls`]: Envoy's Rate Limit Service v3.

@@ -284,7 +284,8 @@ async fn acl_denials_are_403_and_consume_nothing() {
     let (a, counter, _) = authorizer();
     // (case, target, headers, 403 or allowed), in order: the first one also checks that a
     // denied caller consumed nothing before anything was allowed.
-    let cases: [(&str, &str, &[(&str, &str)], Option<u16>); 4] = [
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<u16>);
+    let cases: [Case<'_>; 4] = [
         (
             "bob is not in the admin group",
             "/admin/users",
