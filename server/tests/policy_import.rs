@@ -9,7 +9,7 @@ mod rls_support;
 use std::path::{Path, PathBuf};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use quorate_server::cli::{AdminTarget, PolicyCommand};
+use quorate_server::cli::{AdminTarget, Output, PolicyCommand};
 use quorate_server::ops;
 use quorate_server::policy::load::load_path;
 use rls_support::{call, call_one, descriptor, request, TestNode};
@@ -21,19 +21,24 @@ fn repo(path: &str) -> PathBuf {
 
 fn target(node: &TestNode) -> AdminTarget {
     AdminTarget {
-        node: format!("http://{}", node.http),
+        endpoints: vec![format!("http://{}", node.http)],
         admin_token_file: Some(node.admin_token_file()),
         tls: Default::default(),
     }
 }
 
 async fn apply(node: &TestNode, path: PathBuf) -> anyhow::Result<()> {
-    ops::policy(PolicyCommand::Apply {
-        file: path,
-        format: "auto".into(),
-        target: target(node),
-    })
+    ops::policy(
+        PolicyCommand::Apply {
+            file: path,
+            format: "auto".into(),
+            target: target(node),
+        },
+        Output::Human,
+    )
     .await
+    .map(drop)
+    .map_err(|f| f.error)
 }
 
 async fn live(node: &TestNode) -> Value {

@@ -85,6 +85,9 @@ async fn start_node(dir: &Path) -> TestNode {
     node
 }
 
+/// A check on a command's JSON output: `Err` says what was expected.
+type JsonCheck = fn(&Value) -> Result<(), String>;
+
 /// One CLI invocation and what must come of it.
 struct Case {
     name: &'static str,
@@ -93,7 +96,7 @@ struct Case {
     env: Vec<(&'static str, String)>,
     code: i32,
     /// Checks on stdout parsed as JSON (`None`: stdout is not checked as JSON).
-    json: Option<fn(&Value) -> Result<(), String>>,
+    json: Option<JsonCheck>,
 }
 
 fn args(list: &[&str]) -> Vec<String> {
