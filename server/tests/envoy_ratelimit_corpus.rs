@@ -24,7 +24,7 @@
 //! Adding a case is adding a directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod rls_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -36,8 +36,8 @@ use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{rate_limit::Unit, Code};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use quorate_server::policy::{load, simulate, PolicyFormat, PolicySet};
-use rls_support::*;
 use serde_json::Value;
+use support::*;
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance/envoy-ratelimit")

@@ -4,7 +4,7 @@
 //! reason while the previous policy stays live.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod rls_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +12,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use quorate_server::cli::{AdminTarget, Output, PolicyCommand};
 use quorate_server::ops;
 use quorate_server::policy::load::load_path;
-use rls_support::{call, call_one, descriptor, request, TestNode};
 use serde_json::Value;
+use support::{call, call_one, descriptor, request, TestNode};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)

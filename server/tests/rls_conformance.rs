@@ -7,12 +7,12 @@
 //! a window boundary in practice; per-second limits are only hit once per counter.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod rls_support;
+mod support;
 
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{rate_limit::Unit, Code};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
-use rls_support::*;
+use support::*;
 
 /// The README's examples, one domain each, plus the documented matching rules.
 const POLICY: &str = r#"
