@@ -566,3 +566,94 @@ async fn help_lists_exit_codes() {
         }
     }
 }
+
+/// A member with no leader answers a write with 503 ("no leader elected yet"): nothing
+/// was applied, so the CLI moves on to the next endpoint, and the write lands once.
+#[tokio::test]
+async fn admin_write_moves_past_a_member_without_a_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = start_node(dir.path()).await;
+    let options = NodeOptions {
+        join: true,
+        ..NodeOptions::default()
+    };
+    let mut lonely = TestNode::spawn(2, &dir.path().join("lonely"), &options, None).unwrap();
+    if let Err(e) = lonely.wait_up().await {
+        panic!("{e:#}\n{}", lonely.logs(40));
+    }
+    let token_file = live.admin_token_file().display().to_string();
+    let policy_file = dir.path().join("p.yaml");
+    std::fs::write(
+        &policy_file,
+        policy(&[("only", "fixed_window", 5, "strict")]),
+    )
+    .unwrap();
+    let policy_arg = policy_file.display().to_string();
+    let env = [("QUORATE_ADMIN_TOKEN_FILE", token_file.as_str())];
+
+    // Alone, the leaderless member refuses: unavailable.
+    let alone = lonely.http_url();
+    let run = cli(
+        dir.path(),
+        &env,
+        &[
+            "policy",
+            "apply",
+            "-f",
+            &policy_arg,
+            "--output",
+            "json",
+            "--endpoints",
+            &alone,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(run.json()["error"]["kind"], "unavailable", "{run:?}");
+
+    // With the live node after it, the write goes there, once.
+    let endpoints = format!("{alone},{}", live.http_url());
+    let run = cli(
+        dir.path(),
+        &env,
+        &[
+            "policy",
+            "apply",
+            "-f",
+            &policy_arg,
+            "--output",
+            "json",
+            "--endpoints",
+            &endpoints,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let version = run.json()["version"].as_u64().unwrap();
+    let run = cli(
+        dir.path(),
+        &env,
+        &[
+            "policy",
+            "history",
+            "--output",
+            "json",
+            "--endpoints",
+            &live.http_url(),
+        ],
+    )
+    .await;
+    let versions: Vec<u64> = run
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .collect();
+    assert_eq!(versions.iter().max(), Some(&version), "{versions:?}");
+    assert_eq!(
+        versions.len(),
+        2,
+        "the startup policy and this one: {versions:?}"
+    );
+}
