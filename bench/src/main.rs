@@ -141,6 +141,10 @@ struct SdkArgs {
     /// Distinct keys of the allowed-hits cases.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
+    /// Rounds: every case runs once per round, the rounds interleaved, so a shared
+    /// machine's load changes fall on all cases alike.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 /// Options shared by the Envoy modes.
@@ -378,6 +382,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: a.duration,
                 warmup: a.warmup,
                 keys: a.keys,
+                rounds: a.rounds,
             })
             .await
         }

@@ -30,6 +30,8 @@ pub struct SdkBench {
     pub duration: Duration,
     pub warmup: Duration,
     pub keys: u64,
+    /// How many times each case runs, interleaved with the others.
+    pub rounds: usize,
 }
 
 /// Which key a call names.
@@ -102,14 +104,6 @@ impl Caller for Sdk {
     }
 }
 
-/// One row of the table.
-struct Row {
-    case: &'static str,
-    report: Report,
-    /// Deny cache: (answered locally, sent to the cluster).
-    cache: Option<(u64, u64)>,
-}
-
 async fn sdk_client(target: &str, deny_cache: bool) -> anyhow::Result<Client> {
     Ok(Client::builder()
         .endpoint(target)
@@ -118,9 +112,96 @@ async fn sdk_client(target: &str, deny_cache: bool) -> anyhow::Result<Client> {
         .await?)
 }
 
-/// Runs the five cases and prints the markdown table.
+/// The five cases, in the order of the first round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    RawOpen,
+    SdkOpen,
+    RawHot,
+    SdkHotNoCache,
+    SdkHotCache,
+}
+
+impl Case {
+    const ALL: [Case; 5] = [
+        Case::RawOpen,
+        Case::SdkOpen,
+        Case::RawHot,
+        Case::SdkHotNoCache,
+        Case::SdkHotCache,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::RawOpen => "raw gRPC, allowed hits",
+            Case::SdkOpen => "SDK, allowed hits",
+            Case::RawHot => "raw gRPC, hot over-limit key",
+            Case::SdkHotNoCache => "SDK without deny cache, hot key",
+            Case::SdkHotCache => "SDK with deny cache, hot key",
+        }
+    }
+}
+
+/// One case summed over all rounds.
+struct Total {
+    case: Case,
+    ok: u64,
+    allowed: u64,
+    denied: u64,
+    problems: u64,
+    elapsed: Duration,
+    latency: hdrhistogram::Histogram<u64>,
+    /// Calls/s of each round, to show the spread.
+    per_round: Vec<f64>,
+}
+
+impl Total {
+    fn new(case: Case) -> anyhow::Result<Total> {
+        Ok(Total {
+            case,
+            ok: 0,
+            allowed: 0,
+            denied: 0,
+            problems: 0,
+            elapsed: Duration::ZERO,
+            latency: crate::load::new_histogram()?,
+            per_round: Vec::new(),
+        })
+    }
+
+    fn add(&mut self, r: &Report) -> anyhow::Result<()> {
+        self.ok += r.ok;
+        self.allowed += r.allowed_hits;
+        self.denied += r.denied_hits;
+        self.problems += r.problems();
+        self.elapsed += r.elapsed;
+        self.latency.add(&r.latency)?;
+        self.per_round.push(r.throughput());
+        Ok(())
+    }
+
+    fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    fn p50(&self) -> u64 {
+        self.latency.value_at_quantile(0.5)
+    }
+}
+
+/// The 1-, 5- and 15-minute load averages, to judge how busy a shared machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Runs the five cases `rounds` times, interleaved (each round in a different order), so
+/// a shared machine's changing load falls on all of them alike, then prints the markdown
+/// table and the ratios.
 pub async fn run(b: SdkBench) -> anyhow::Result<()> {
     ensure!(b.concurrency > 0, "--concurrency must be at least 1");
+    ensure!(b.rounds > 0, "--rounds must be at least 1");
     let spec = |label: &str| RunSpec {
         targets: vec![b.target.clone()],
         concurrency: b.concurrency,
@@ -138,91 +219,122 @@ pub async fn run(b: SdkBench) -> anyhow::Result<()> {
     for _ in 0..11 {
         probe.check(HOT_LIMIT, HOT_KEY, 1).await?;
     }
+    let load_before = load_average();
 
-    let mut rows = Vec::new();
     let open = Keys::Open(b.keys);
-    let report = rpc::run(&spec("raw"), |channel| Raw {
-        client: RateLimiterClient::new(channel),
-        keys: open,
-    })
-    .await?;
-    rows.push(Row {
-        case: "raw gRPC, allowed hits",
-        report,
-        cache: None,
-    });
-
-    let client = sdk_client(&b.target, true).await?;
-    let report = rpc::run(&spec("sdk"), |_| Sdk {
-        client: client.clone(),
-        keys: open,
-    })
-    .await?;
-    rows.push(Row {
-        case: "SDK, allowed hits",
-        report,
-        cache: None,
-    });
-
-    let report = rpc::run(&spec("raw hot"), |channel| Raw {
-        client: RateLimiterClient::new(channel),
-        keys: Keys::Hot,
-    })
-    .await?;
-    rows.push(Row {
-        case: "raw gRPC, hot over-limit key",
-        report,
-        cache: None,
-    });
-
-    let client = sdk_client(&b.target, false).await?;
-    let report = rpc::run(&spec("sdk hot"), |_| Sdk {
-        client: client.clone(),
-        keys: Keys::Hot,
-    })
-    .await?;
-    rows.push(Row {
-        case: "SDK without deny cache, hot key",
-        report,
-        cache: None,
-    });
-
-    let client = sdk_client(&b.target, true).await?;
-    let report = rpc::run(&spec("sdk hot cache"), |_| Sdk {
-        client: client.clone(),
-        keys: Keys::Hot,
-    })
-    .await?;
-    let stats = client.deny_cache_stats().unwrap_or_default();
-    rows.push(Row {
-        case: "SDK with deny cache, hot key",
-        report,
-        cache: Some((stats.local_denials, stats.misses)),
-    });
+    let sdk = sdk_client(&b.target, true).await?;
+    let sdk_no_cache = sdk_client(&b.target, false).await?;
+    let sdk_cache = sdk_client(&b.target, true).await?;
+    let mut totals = Case::ALL
+        .iter()
+        .map(|&c| Total::new(c))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for round in 0..b.rounds {
+        let mut order = Case::ALL;
+        // Odd rounds run backwards: no case always follows the same one.
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for case in order {
+            let report = match case {
+                Case::RawOpen => {
+                    rpc::run(&spec("raw"), |channel| Raw {
+                        client: RateLimiterClient::new(channel),
+                        keys: open,
+                    })
+                    .await?
+                }
+                Case::SdkOpen => {
+                    rpc::run(&spec("sdk"), |_| Sdk {
+                        client: sdk.clone(),
+                        keys: open,
+                    })
+                    .await?
+                }
+                Case::RawHot => {
+                    rpc::run(&spec("raw hot"), |channel| Raw {
+                        client: RateLimiterClient::new(channel),
+                        keys: Keys::Hot,
+                    })
+                    .await?
+                }
+                Case::SdkHotNoCache => {
+                    rpc::run(&spec("sdk hot"), |_| Sdk {
+                        client: sdk_no_cache.clone(),
+                        keys: Keys::Hot,
+                    })
+                    .await?
+                }
+                Case::SdkHotCache => {
+                    rpc::run(&spec("sdk hot cache"), |_| Sdk {
+                        client: sdk_cache.clone(),
+                        keys: Keys::Hot,
+                    })
+                    .await?
+                }
+            };
+            if let Some(t) = totals.iter_mut().find(|t| t.case == case) {
+                t.add(&report)?;
+            }
+        }
+    }
+    let cache = sdk_cache.deny_cache_stats().unwrap_or_default();
+    let load_after = load_average();
 
     println!(
-        "| case | calls/s | p50 µs | p99 µs | allowed | denied | errors | network calls saved |"
+        "{} rounds × {:?} per case (warm-up {:?}), concurrency {}, load average before: {load_before}, after: {load_after}\n",
+        b.rounds, b.duration, b.warmup, b.concurrency
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for row in rows {
-        let r = &row.report;
-        let saved = match row.cache {
-            Some((local, sent)) => format!(
+    println!(
+        "| case | calls/s | calls/s per round | p50 µs | p99 µs | allowed | denied | errors | network calls saved |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---|");
+    for t in &totals {
+        let saved = if t.case == Case::SdkHotCache {
+            let (local, sent) = (cache.local_denials, cache.misses);
+            format!(
                 "{local} of {} ({:.2}%)",
                 local + sent,
                 100.0 * local as f64 / (local + sent).max(1) as f64
-            ),
-            None => "—".into(),
+            )
+        } else {
+            "—".into()
         };
+        let rounds = t
+            .per_round
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ");
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {saved} |",
-            row.case,
-            r.throughput(),
-            r.quantile_us(0.5),
-            r.quantile_us(0.99),
-            r.allowed_hits,
-            r.denied_hits,
-            r.problems(),
+            "| {} | {:.0} | {rounds} | {} | {} | {} | {} | {} | {saved} |",
+            t.case.name(),
+            t.throughput(),
+            t.p50(),
+            t.latency.value_at_quantile(0.99),
+            t.allowed,
+            t.denied,
+            t.problems,
+        );
+    }
+    let get = |c: Case| totals.iter().find(|t| t.case == c);
+    if let (Some(raw), Some(sdk), Some(raw_hot), Some(cached)) = (
+        get(Case::RawOpen),
+        get(Case::SdkOpen),
+        get(Case::RawHot),
+        get(Case::SdkHotCache),
+    ) {
+        println!();
+        println!(
+            "SDK / raw gRPC, allowed hits: {:.3}× the calls/s; p50 {} µs vs {} µs ({:+} µs per call)",
+            sdk.throughput() / raw.throughput().max(f64::MIN_POSITIVE),
+            sdk.p50(),
+            raw.p50(),
+            sdk.p50() as i64 - raw.p50() as i64,
+        );
+        println!(
+            "deny cache on the hot key: {:.1}× raw gRPC's calls/s",
+            cached.throughput() / raw_hot.throughput().max(f64::MIN_POSITIVE),
         );
     }
     Ok(())

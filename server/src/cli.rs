@@ -1,11 +1,14 @@
 //! The `quorate` command line: `serve`, and the operator commands that talk to a node's
 //! admin API (`cluster ...`, `policy ...`) or decision API (`check`).
+//!
+//! The client commands print for people by default and JSON with `--output json`, and end
+//! with an exit code a script can branch on ([`EXIT_CODES`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use anyhow::Context;
 
@@ -17,16 +20,46 @@ use crate::engine::BatchSettings;
 use crate::raft::peer_auth::{ClusterSecret, PeerAuth};
 use crate::tls::{Role, Tls, TlsFiles};
 
+/// The exit codes of the client commands, as `--help` shows them (the code's source of
+/// truth is `ops::Exit`).
+pub const EXIT_CODES: &str = "\
+Exit codes (check, cluster, policy):
+  0  allowed / done
+  1  denied (check only)
+  2  usage: bad flags or arguments
+  3  unavailable: no node reachable, no leader, or the call timed out
+  4  rejected: invalid argument, unknown limit, invalid policy, conflict, unreadable file
+  5  unauthenticated: the admin token is missing or wrong
+  6  any other failure (an internal error on the node, an unexpected answer)";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "quorate",
     version,
-    about = "Replicated rate limiting and authorization for gateways"
+    about = "Replicated rate limiting and authorization for gateways",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
+    /// How client commands print their result: `human` (default) or `json` (one JSON
+    /// document on stdout, for scripts; errors too, as {"error": {...}}).
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human, env = "QUORATE_OUTPUT")]
+    pub output: Output,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// How a client command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Lines for people.
+    Human,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// Where the client commands find the cluster when neither `--endpoints` nor
+/// `QUORATE_ENDPOINTS` is given.
+pub const ENV_ENDPOINTS: &str = "QUORATE_ENDPOINTS";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -35,13 +68,19 @@ pub enum Command {
     /// built-in example policy, an admin token generated into ./quorate-data/admin-token.
     Serve(Box<ServeArgs>),
     /// Manage cluster membership (talks to any node's HTTP admin API).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES)]
     Cluster(ClusterCommand),
     /// Manage the live policy.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES)]
     Policy(PolicyCommand),
-    /// Ask for one decision through the gRPC API.
+    /// Ask for one decision through the gRPC API (exit code 0 allowed, 1 denied).
+    #[command(after_help = EXIT_CODES)]
     Check(CheckArgs),
+    /// Print a shell completion script: `quorate completions bash > /etc/bash_completion.d/quorate`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -215,15 +254,19 @@ fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
 /// Where and how to reach a node's admin API.
 #[derive(Debug, Args, Clone)]
 pub struct AdminTarget {
-    /// The node's HTTP address (any member; writes are forwarded to the leader);
-    /// `https://...` for a node serving TLS.
+    /// Members' HTTP (admin) addresses, comma-separated, tried in order until one answers;
+    /// a "not the leader" answer is followed to the leader it names. Any member will do:
+    /// followers forward writes. `https://...` for nodes serving TLS. Default
+    /// http://127.0.0.1:8080. (`--node` is an alias; QUORATE_NODE is read when
+    /// QUORATE_ENDPOINTS is unset.)
     #[arg(
         long,
+        alias = "node",
         global = true,
-        default_value = "http://127.0.0.1:8080",
-        env = "QUORATE_NODE"
+        value_delimiter = ',',
+        env = ENV_ENDPOINTS
     )]
-    pub node: String,
+    pub endpoints: Vec<String>,
     /// A file holding the admin token (else QUORATE_ADMIN_TOKEN, else
     /// ./quorate-data/admin-token, where a node started with no flags keeps it).
     #[arg(long, global = true, env = ENV_ADMIN_TOKEN_FILE)]
@@ -257,7 +300,29 @@ pub struct ClientTlsArgs {
     pub client_key: Option<PathBuf>,
 }
 
+/// The addresses to use: the given ones (blank entries dropped), else the `legacy_env`
+/// variable, else `default`.
+fn endpoints_or(given: &[String], legacy_env: &str, default: &str) -> Vec<String> {
+    let given: Vec<String> = given
+        .iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if !given.is_empty() {
+        return given;
+    }
+    match std::env::var(legacy_env) {
+        Ok(v) if !v.trim().is_empty() => vec![v.trim().to_string()],
+        _ => vec![default.to_string()],
+    }
+}
+
 impl AdminTarget {
+    /// The HTTP addresses to try, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        endpoints_or(&self.endpoints, "QUORATE_NODE", "http://127.0.0.1:8080")
+    }
+
     /// The admin token to send: from `--admin-token-file`, QUORATE_ADMIN_TOKEN, or the
     /// default node's token file if it exists.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
@@ -370,7 +435,7 @@ pub struct PolicyTestArgs {
     /// A file of sample requests, one JSON per line (blank and `#` lines skipped).
     #[arg(long, value_name = "FILE")]
     pub requests_file: Option<PathBuf>,
-    /// Print the report as JSON.
+    /// Print the report as JSON (the same as `--output json`).
     #[arg(long)]
     pub json: bool,
 }
@@ -386,13 +451,22 @@ pub struct CheckArgs {
     /// The cost (0 peeks).
     #[arg(long, default_value_t = 1)]
     pub cost: u64,
-    /// The node's gRPC address (`https://...` for a node serving TLS).
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:8081",
-        env = "QUORATE_GRPC_URL"
-    )]
-    pub grpc: String,
+    /// Members' gRPC addresses, comma-separated: the SDK's seeds (it fails over between
+    /// them and follows leader hints). `https://...` for nodes serving TLS. Default
+    /// http://127.0.0.1:8081. (`--grpc` is an alias; QUORATE_GRPC_URL is read when
+    /// QUORATE_ENDPOINTS is unset.)
+    #[arg(long, alias = "grpc", value_delimiter = ',', env = ENV_ENDPOINTS)]
+    pub endpoints: Vec<String>,
+    /// Deadline for the whole call, failovers and retries included (e.g. 500ms, 3s).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
+}
+
+impl CheckArgs {
+    /// The gRPC addresses to give the SDK.
+    pub fn endpoints(&self) -> Vec<String> {
+        endpoints_or(&self.endpoints, "QUORATE_GRPC_URL", "http://127.0.0.1:8081")
+    }
 }

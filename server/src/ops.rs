@@ -1,18 +1,110 @@
-//! Operator commands: the client side of the admin API, used by the CLI, and the offline
-//! `policy test`.
+//! Operator commands: the client side of the admin API, used by the CLI, `check` through
+//! the SDK, and the offline `policy test`.
 //!
-//! These run at the binary's edge, so they return `anyhow` errors with context.
+//! These run at the binary's edge, so they work with `anyhow` errors with context; each
+//! command's result is an [`Exit`] (the process exit code a script branches on), and a
+//! failure carries its exit code with it ([`Failure`]).
 
-use anyhow::{anyhow, bail, Context};
-use quorate_proto::v1 as pb;
-use serde_json::Value;
+use std::collections::VecDeque;
+
+use anyhow::{anyhow, Context};
+use serde_json::{json, Value};
 
 use crate::cli::{
-    AdminTarget, CheckArgs, ClientTlsArgs, ClusterCommand, PolicyCommand, PolicyTestArgs,
+    AdminTarget, CheckArgs, ClientTlsArgs, ClusterCommand, Output, PolicyCommand, PolicyTestArgs,
 };
 use crate::decide::simulate;
 use crate::http::admin::{AddLearner, MemberId, PutPolicy, Rollback};
 use crate::policy::{load, PolicySet};
+
+/// How a client command ended: the process exit code. `--help` lists them
+/// ([`crate::cli::EXIT_CODES`]); README documents them. Never renumber one: scripts
+/// branch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Allowed, or the command did what it was asked.
+    Ok = 0,
+    /// `check`: the hit was denied.
+    Denied = 1,
+    /// Bad flags or arguments (clap exits with 2 itself; listed for completeness).
+    Usage = 2,
+    /// No node reachable, no leader, or the deadline passed.
+    Unavailable = 3,
+    /// The request was refused as invalid: bad argument, unknown limit, invalid policy,
+    /// a conflict (e.g. promoting a non-learner), or a local file that cannot be read.
+    Rejected = 4,
+    /// The admin token is missing or wrong.
+    Unauthenticated = 5,
+    /// Anything else: an internal error on the node, an answer that makes no sense.
+    Failed = 6,
+}
+
+impl Exit {
+    /// The name `--output json` prints in `{"error": {"kind": ...}}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Denied => "denied",
+            Exit::Usage => "usage",
+            Exit::Unavailable => "unavailable",
+            Exit::Rejected => "rejected",
+            Exit::Unauthenticated => "unauthenticated",
+            Exit::Failed => "failed",
+        }
+    }
+
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A client command that failed: why, and which exit code says so.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub error: anyhow::Error,
+    /// The command already wrote its JSON document (e.g. `policy test` on an invalid
+    /// policy), so the report adds none.
+    pub stdout_written: bool,
+}
+
+impl Failure {
+    fn new(exit: Exit, error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            exit,
+            error: error.into(),
+            stdout_written: false,
+        }
+    }
+
+    /// Reports the failure: the message on stderr, and with `--output json` also
+    /// `{"error": {"kind", "exit_code", "message"}}` on stdout, so a script reading
+    /// stdout always gets one JSON document.
+    pub fn report(&self, output: Output) {
+        eprintln!("error: {:#}", self.error);
+        if output == Output::Json && !self.stdout_written {
+            emit_json(&json!({
+                "error": {
+                    "kind": self.exit.name(),
+                    "exit_code": self.exit.code(),
+                    "message": format!("{:#}", self.error),
+                }
+            }));
+        }
+    }
+}
+
+/// Attaches an exit code to an error: `fallible().or_exit(Exit::Rejected)?`.
+trait OrExit<T> {
+    fn or_exit(self, exit: Exit) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> OrExit<T> for Result<T, E> {
+    fn or_exit(self, exit: Exit) -> Result<T, Failure> {
+        self.map_err(|e| Failure::new(exit, e))
+    }
+}
 
 fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
@@ -47,82 +139,192 @@ fn admin_client(tls: &ClientTlsArgs) -> anyhow::Result<reqwest::Client> {
     builder.build().context("cannot set up the HTTP client")
 }
 
-/// A gRPC channel to `uri`; an `https://` address uses TLS with `tls`'s files.
-async fn grpc_channel(uri: &str, tls: &ClientTlsArgs) -> anyhow::Result<tonic::transport::Channel> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let mut endpoint =
-        Endpoint::from_shared(uri.to_string()).with_context(|| format!("invalid address {uri}"))?;
-    if uri.starts_with("https://") {
-        let mut config = ClientTlsConfig::new();
-        config = match &tls.ca_file {
-            Some(path) => config.ca_certificate(Certificate::from_pem(read_file(path, "CA file")?)),
-            None => config.with_native_roots(),
-        };
-        if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
-            config = config.identity(Identity::from_pem(
-                read_file(cert, "client certificate")?,
-                read_file(key, "client key")?,
-            ));
-        }
-        endpoint = endpoint.tls_config(config)?;
+/// The exit code an admin API status means.
+fn exit_for_status(status: reqwest::StatusCode) -> Exit {
+    use reqwest::StatusCode as S;
+    match status {
+        S::UNAUTHORIZED | S::FORBIDDEN => Exit::Unauthenticated,
+        S::BAD_GATEWAY | S::SERVICE_UNAVAILABLE | S::GATEWAY_TIMEOUT => Exit::Unavailable,
+        s if s.is_client_error() => Exit::Rejected,
+        _ => Exit::Failed,
     }
-    endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {uri}"))
 }
 
+/// The error an admin API answer carries, with the policy line it names (if any).
+fn admin_error(status: reqwest::StatusCode, value: &Value) -> anyhow::Error {
+    let error = value
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("(no message)");
+    match value.get("line").and_then(Value::as_u64) {
+        // Errors naming a file (a directory policy) already say which line.
+        Some(line) if error.contains(&format!("line {line}:")) && !error.starts_with("line ") => {
+            anyhow!("{status}: {error}")
+        }
+        Some(line) => anyhow!(
+            "{status}: line {line}: {error}",
+            error = error.trim_start_matches(&format!("line {line}: "))
+        ),
+        None => anyhow!("{status}: {error}"),
+    }
+}
+
+/// Calls the admin API at `path`: tries the endpoints in order until one answers, and
+/// goes to the leader a "not the leader" (503) answer names. A write is resent to the next
+/// endpoint only when it certainly did not take effect: the connection was refused, or the
+/// node answered 503 (not the leader / no leader yet). A write whose answer was lost, or
+/// that a follower failed to forward (502), is not resent: it may have been applied.
 async fn call(
     target: &AdminTarget,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let url = format!("{}/admin/v1{path}", target.node.trim_end_matches('/'));
-    let client = admin_client(&target.tls)?;
-    let mut request = client.request(method, &url);
-    if let Some(token) = target.token()? {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = response.status();
-    let value: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let error = value
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("(no message)");
-        match value.get("line").and_then(Value::as_u64) {
-            // Errors naming a file (a directory policy) already say which line.
-            Some(line)
-                if error.contains(&format!("line {line}:")) && !error.starts_with("line ") =>
-            {
-                bail!("{status}: {error}")
-            }
-            Some(line) => bail!(
-                "{status}: line {line}: {error}",
-                error = error.trim_start_matches(&format!("line {line}: "))
-            ),
-            None => bail!("{status}: {error}"),
+) -> Result<Value, Failure> {
+    let client = admin_client(&target.tls).or_exit(Exit::Rejected)?;
+    let token = target.token().or_exit(Exit::Rejected)?;
+    let endpoints = target.endpoints();
+    // Enough for every configured endpoint plus a few leader hops, and never a loop.
+    let max_attempts = endpoints.len() + 3;
+    let mut queue: VecDeque<String> = endpoints.into();
+    let mut last: Option<Failure> = None;
+    let mut attempts = 0;
+    while let Some(base) = queue.pop_front() {
+        attempts += 1;
+        if attempts > max_attempts {
+            break;
         }
+        let base = base.trim_end_matches('/').to_string();
+        let url = format!("{base}/admin/v1{path}");
+        let mut request = client.request(method.clone(), &url);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let failure = Failure::new(
+                    Exit::Unavailable,
+                    anyhow::Error::new(e).context(format!("cannot reach {url}")),
+                );
+                let nothing_sent = failure
+                    .error
+                    .downcast_ref::<reqwest::Error>()
+                    .is_some_and(reqwest::Error::is_connect);
+                if nothing_sent || method == reqwest::Method::GET {
+                    last = Some(failure);
+                    continue;
+                }
+                return Err(Failure::new(
+                    Exit::Unavailable,
+                    failure
+                        .error
+                        .context("the call may or may not have taken effect"),
+                ));
+            }
+        };
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        let failure = Failure::new(exit_for_status(status), admin_error(status, &value));
+        if status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return Err(failure);
+        }
+        if let Some(leader) = value.get("leader_http").and_then(Value::as_str) {
+            // The leader is reached the way this member was (http or https).
+            let scheme = if base.starts_with("https://") {
+                "https"
+            } else {
+                "http"
+            };
+            queue.push_front(format!("{scheme}://{leader}"));
+        }
+        last = Some(failure);
     }
-    Ok(value)
+    Err(last.unwrap_or_else(|| Failure::new(Exit::Unavailable, anyhow!("no endpoint answered"))))
 }
 
-fn print(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
+/// Writes one JSON document to stdout.
+fn emit_json(value: &Value) {
+    emit(&format!("{value:#}\n"));
+}
+
+/// Prints an admin answer: as it came with `--output json`; else its top-level fields,
+/// one `key: value` per line.
+fn print_answer(value: &Value, output: Output) {
+    match (output, value) {
+        (Output::Json, _) => emit_json(value),
+        (Output::Human, Value::Object(fields)) => {
+            let mut out = String::new();
+            for (key, v) in fields {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                out.push_str(&format!("{key}: {v}\n"));
+            }
+            emit(&out);
+        }
+        (Output::Human, other) => emit(&format!("{other:#}\n")),
+    }
+}
+
+fn or_dash(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `cluster status` for people: the node's view, then one line per member.
+fn render_status(s: &Value) -> String {
+    let mut out = format!(
+        "node {} is {}; leader {}, term {}, policy version {}, {} counters\n\
+         log: last {}, applied {}, snapshot {}, purged {}\n",
+        or_dash(&s["id"]),
+        or_dash(&s["state"]),
+        or_dash(&s["leader"]),
+        or_dash(&s["term"]),
+        or_dash(&s["policy_version"]),
+        or_dash(&s["counters"]),
+        or_dash(&s["last_log_index"]),
+        or_dash(&s["last_applied"]),
+        or_dash(&s["snapshot_index"]),
+        or_dash(&s["purged_index"]),
     );
+    out.push_str(&format!(
+        "{:<6} {:<8} {:<22} {:<22} {:<22} {:>8} {:>6}\n",
+        "ID", "ROLE", "GRPC", "HTTP", "PEER", "MATCHED", "LAG"
+    ));
+    for m in s["members"].as_array().into_iter().flatten() {
+        let role = if m["id"] == s["leader"] {
+            "leader"
+        } else if m["voter"].as_bool() == Some(true) {
+            "voter"
+        } else {
+            "learner"
+        };
+        out.push_str(&format!(
+            "{:<6} {:<8} {:<22} {:<22} {:<22} {:>8} {:>6}\n",
+            or_dash(&m["id"]),
+            role,
+            or_dash(&m["grpc"]),
+            or_dash(&m["http"]),
+            or_dash(&m["peer"]),
+            or_dash(&m["matched_index"]),
+            or_dash(&m["lag"]),
+        ));
+    }
+    out
 }
 
-pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+/// `quorate cluster ...`.
+pub async fn cluster(command: ClusterCommand, output: Output) -> Result<Exit, Failure> {
     use reqwest::Method;
     let value = match command {
         ClusterCommand::Init(t) => call(&t, Method::POST, "/cluster/init", None).await?,
@@ -133,25 +335,15 @@ pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             peer,
             target,
         } => {
-            call(
-                &target,
-                Method::POST,
-                "/cluster/learners",
-                Some(serde_json::to_value(AddLearner {
-                    id,
-                    grpc,
-                    http,
-                    peer,
-                })?),
-            )
-            .await?
+            let body = json!({"id": id, "grpc": grpc, "http": http, "peer": peer});
+            call(&target, Method::POST, "/cluster/learners", Some(body)).await?
         }
         ClusterCommand::Promote { id, target } => {
             call(
                 &target,
                 Method::POST,
                 "/cluster/promote",
-                Some(serde_json::to_value(MemberId { id })?),
+                Some(json!({"id": id})),
             )
             .await?
         }
@@ -160,17 +352,25 @@ pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 &target,
                 Method::POST,
                 "/cluster/remove",
-                Some(serde_json::to_value(MemberId { id })?),
+                Some(json!({"id": id})),
             )
             .await?
         }
-        ClusterCommand::Status(t) => call(&t, Method::GET, "/cluster/status", None).await?,
+        ClusterCommand::Status(t) => {
+            let value = call(&t, Method::GET, "/cluster/status", None).await?;
+            match output {
+                Output::Json => emit_json(&value),
+                Output::Human => emit(&render_status(&value)),
+            }
+            return Ok(Exit::Ok);
+        }
     };
-    print(&value);
-    Ok(())
+    print_answer(&value, output);
+    Ok(Exit::Ok)
 }
 
-pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+/// `quorate policy ...`.
+pub async fn policy(command: PolicyCommand, output: Output) -> Result<Exit, Failure> {
     use reqwest::Method;
     match command {
         PolicyCommand::Apply {
@@ -178,56 +378,96 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             format,
             target,
         } => {
-            let format = load::parse_format_arg(&format).map_err(|e| anyhow!("{e}"))?;
+            let format = load::parse_format_arg(&format)
+                .map_err(|e| anyhow!("{e}"))
+                .or_exit(Exit::Rejected)?;
             let source = load::load_path(&file, format)
-                .map_err(|e| anyhow!("cannot read policy {}: {e}", file.display()))?;
-            let body = serde_json::to_value(PutPolicy {
-                format: source.format.as_str().to_string(),
-                source: source.text,
-            })?;
+                .map_err(|e| anyhow!("cannot read policy {}: {e}", file.display()))
+                .or_exit(Exit::Rejected)?;
+            let body = json!({"format": source.format.as_str(), "source": source.text});
             let value = call(&target, Method::PUT, "/policy", Some(body))
                 .await
-                .with_context(|| {
-                    format!(
+                .map_err(|f| Failure {
+                    error: f.error.context(format!(
                         "policy {} was refused; the live policy is unchanged",
                         file.display()
-                    )
+                    )),
+                    ..f
                 })?;
-            print(&value);
+            match output {
+                Output::Json => emit_json(&value),
+                Output::Human => emit(&format!(
+                    "policy {} is live as version {}\n",
+                    file.display(),
+                    or_dash(&value["version"])
+                )),
+            }
         }
-        PolicyCommand::Test(args) => policy_test(args)?,
+        PolicyCommand::Test(mut args) => {
+            args.json |= output == Output::Json;
+            return policy_test(args);
+        }
         PolicyCommand::Get(t) => {
             let value = call(&t, Method::GET, "/policy", None).await?;
+            if output == Output::Json {
+                emit_json(&value);
+                return Ok(Exit::Ok);
+            }
             let version = value.get("version").and_then(Value::as_u64);
-            println!(
-                "# version: {}",
+            let mut out = format!(
+                "# version: {}\n",
                 version.map_or("none".to_string(), |v| v.to_string())
             );
             if let Some(r) = value.get("rollback_of").and_then(Value::as_u64) {
-                println!("# rollback of version {r}");
+                out.push_str(&format!("# rollback of version {r}\n"));
             }
             if let Some(source) = value.get("source").and_then(Value::as_str) {
-                print!("{source}");
+                out.push_str(source);
+            }
+            emit(&out);
+        }
+        PolicyCommand::History(t) => {
+            let value = call(&t, Method::GET, "/policy/history", None).await?;
+            if output == Output::Json {
+                emit_json(&value);
+                return Ok(Exit::Ok);
+            }
+            let mut out = format!(
+                "{:<8} {:<16} {:<15} {}\n",
+                "VERSION", "FORMAT", "APPLIED_AT_MS", "ROLLBACK_OF"
+            );
+            for v in value.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<8} {:<16} {:<15} {}\n",
+                    or_dash(&v["version"]),
+                    or_dash(&v["format"]),
+                    or_dash(&v["applied_at_ms"]),
+                    or_dash(&v["rollback_of"]),
+                ));
+            }
+            emit(&out);
+        }
+        PolicyCommand::Rollback { version, target } => {
+            let body = json!({"version": version});
+            let value = call(&target, Method::POST, "/policy/rollback", Some(body)).await?;
+            match output {
+                Output::Json => emit_json(&value),
+                Output::Human => emit(&format!(
+                    "version {version} is live again as version {}\n",
+                    or_dash(&value["version"])
+                )),
             }
         }
-        PolicyCommand::History(t) => print(&call(&t, Method::GET, "/policy/history", None).await?),
-        PolicyCommand::Rollback { version, target } => print(
-            &call(
-                &target,
-                Method::POST,
-                "/policy/rollback",
-                Some(serde_json::to_value(Rollback { version })?),
-            )
-            .await?,
-        ),
     }
-    Ok(())
+    Ok(Exit::Ok)
 }
 
 /// `quorate policy test`: compiles the policy and evaluates the samples offline.
-fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
+fn policy_test(args: PolicyTestArgs) -> Result<Exit, Failure> {
     let file = args.file.display().to_string();
-    let format = load::parse_format_arg(&args.format).map_err(|e| anyhow!("{e}"))?;
+    let format = load::parse_format_arg(&args.format)
+        .map_err(|e| anyhow!("{e}"))
+        .or_exit(Exit::Rejected)?;
     let compiled = load::load_path(&args.file, format)
         .and_then(|source| PolicySet::compile(&source).map(|policy| (source.format, policy)));
     let (format, policy) = match compiled {
@@ -241,28 +481,39 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
                 });
                 emit(&format!("{value:#}\n"));
             }
-            bail!("policy {file} is invalid: {e}");
+            return Err(Failure {
+                exit: Exit::Rejected,
+                error: anyhow!("policy {file} is invalid: {e}"),
+                stdout_written: args.json,
+            });
         }
     };
     let mut samples = Vec::new();
     for (i, json) in args.requests.iter().enumerate() {
-        let sample =
-            simulate::parse_sample(json).map_err(|e| anyhow!("--request #{}: {e}", i + 1))?;
+        let sample = simulate::parse_sample(json)
+            .map_err(|e| Failure::new(Exit::Rejected, anyhow!("--request #{}: {e}", i + 1)))?;
         samples.push(sample);
     }
     if let Some(path) = &args.requests_file {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let more =
-            simulate::parse_samples_file(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            .with_context(|| format!("cannot read {}", path.display()))
+            .or_exit(Exit::Rejected)?;
+        let more = simulate::parse_samples_file(&text)
+            .map_err(|e| Failure::new(Exit::Rejected, anyhow!("{}: {e}", path.display())))?;
         samples.extend(more);
     }
     if samples.len() > simulate::MAX_SAMPLES {
-        bail!("at most {} requests per run", simulate::MAX_SAMPLES);
+        return Err(Failure::new(
+            Exit::Rejected,
+            anyhow!("at most {} requests per run", simulate::MAX_SAMPLES),
+        ));
     }
     let mut authz = Vec::new();
     for (i, json) in args.authz.iter().enumerate() {
-        authz.push(authz_sample(&policy, json).map_err(|e| anyhow!("--authz #{}: {e}", i + 1))?);
+        authz.push(
+            authz_sample(&policy, json)
+                .map_err(|e| Failure::new(Exit::Rejected, anyhow!("--authz #{}: {e}", i + 1)))?,
+        );
     }
     let reports = simulate::simulate(&policy, &samples);
     let warnings = policy.warnings();
@@ -309,7 +560,7 @@ fn policy_test(args: PolicyTestArgs) -> anyhow::Result<()> {
         out
     };
     emit(&out);
-    Ok(())
+    Ok(Exit::Ok)
 }
 
 /// One `--authz` sample: `{"method", "host", "path"}` → its canonical form and route.
@@ -347,35 +598,75 @@ fn emit(text: &str) {
     let _ = stdout.flush();
 }
 
-pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let channel = grpc_channel(&args.grpc, &args.tls).await?;
-    let mut client = pb::rate_limiter_client::RateLimiterClient::new(channel);
-    let response = client
-        .check(pb::CheckRequest {
-            hits: vec![pb::Hit {
-                limit: args.limit,
-                key: args.key,
-                cost: Some(args.cost),
-            }],
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    for d in &response.decisions {
-        println!(
-            "{} limit={} value={} remaining={} reset_after_ms={}{}",
+/// The name `--output json` gives a deny reason.
+fn reason_name(reason: Option<quorate_client::DenyReason>) -> Option<&'static str> {
+    use quorate_client::DenyReason as R;
+    reason.map(|r| match r {
+        R::OverLimit => "over_limit",
+        R::CostExceedsLimit => "cost_exceeds_limit",
+        R::StoreFull => "store_full",
+        R::LimitKeysFull => "limit_keys_full",
+        R::Unavailable => "unavailable",
+        _ => "other",
+    })
+}
+
+/// The exit code an SDK error means.
+fn exit_for_sdk(e: &quorate_client::Error) -> Exit {
+    if e.is_unavailable() || e.is_deadline_exceeded() || e.is_unknown_outcome() {
+        Exit::Unavailable
+    } else if e.is_invalid_argument() || e.is_unknown_limit() || e.is_config() {
+        Exit::Rejected
+    } else {
+        Exit::Failed
+    }
+}
+
+/// `quorate check`: one hit through the SDK (failover between `--endpoints`, leader
+/// hints, one deadline). The deny cache is off: a one-shot process would never reuse it.
+pub async fn check(args: CheckArgs, output: Output) -> Result<Exit, Failure> {
+    let endpoints = args.endpoints();
+    let mut builder = quorate_client::Client::builder();
+    builder
+        .endpoints(endpoints)
+        .timeout(args.timeout)
+        .deny_cache(false);
+    if let Some(ca) = &args.tls.ca_file {
+        builder.ca_file(ca);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls.client_cert, &args.tls.client_key) {
+        builder.identity_files(cert, key);
+    }
+    let client = builder.connect().await.or_exit(Exit::Rejected)?;
+    let d = match client.check(&args.limit, &args.key, args.cost).await {
+        Ok(d) => d,
+        Err(e) => return Err(Failure::new(exit_for_sdk(&e), e)),
+    };
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    match output {
+        Output::Json => emit_json(&json!({
+            "allowed": d.allowed,
+            "limit": d.limit,
+            "key": args.key,
+            "cost": args.cost,
+            "limit_value": d.limit_value,
+            "remaining": d.remaining,
+            "reset_after_ms": millis(d.reset_after),
+            "retry_after_ms": d.retry_after.map(millis),
+            "window_ms": millis(d.window),
+            "reason": reason_name(d.reason),
+        })),
+        Output::Human => emit(&format!(
+            "{} limit={} value={} remaining={} reset_after_ms={}{}\n",
             if d.allowed { "ALLOWED" } else { "DENIED" },
             d.limit,
             d.limit_value,
             d.remaining,
-            d.reset_after_ms,
-            d.retry_after_ms
-                .map(|r| format!(" retry_after_ms={r}"))
+            millis(d.reset_after),
+            d.retry_after
+                .map(|r| format!(" retry_after_ms={}", millis(r)))
                 .unwrap_or_default()
-        );
+        )),
     }
-    if !response.allowed {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(if d.allowed { Exit::Ok } else { Exit::Denied })
 }

@@ -24,8 +24,10 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use quorate_server::authz::credential::hash_key_hex;
 use quorate_server::config::Config;
-use quorate_server::node::{self, Listeners};
+use reqwest::header::HeaderValue;
 use serde_json::json;
+
+mod support;
 
 const ALICE_KEY: &str = "ak_live_alice_0123456789abcdef";
 const BOB_KEY: &str = "ak_live_bob_fedcba9876543210";
@@ -146,7 +148,7 @@ struct TestNode {
     grpc: SocketAddr,
     http: SocketAddr,
     data: PathBuf,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _node: support::RunningNode,
     _jwks_stop: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
 }
@@ -170,24 +172,12 @@ impl TestNode {
         // Snapshot often, so the no-secrets test sees a snapshot file.
         config.raft.snapshot_every = 5;
         config.admin_token = Some(ADMIN_TOKEN.into());
-        let listeners = Listeners::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
-        let grpc = listeners.grpc.local_addr().unwrap();
-        let http = listeners.http.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(node::run(config, listeners, async move {
-            let _ = stopped.await;
-        }));
+        let running = support::start_node(config).await;
         let node = TestNode {
-            grpc,
-            http,
+            grpc: running.grpc,
+            http: running.http,
             data,
-            _stop: stop,
+            _node: running,
             _jwks_stop: jwks_stop,
             _dir: dir,
         };
@@ -250,6 +240,356 @@ fn now() -> u64 {
         .as_secs()
 }
 
+fn h<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+// === forward-auth cases ===
+
+/// What a forward-auth answer must carry besides its status.
+#[derive(Debug, Clone)]
+enum Want {
+    /// The header has exactly this value.
+    Header(&'static str, &'static str),
+    /// The header is present.
+    HasHeader(&'static str),
+    /// The header contains this text.
+    HeaderContains(&'static str, &'static str),
+    /// `Retry-After` is a whole number of seconds, at least this many.
+    RetryAfterAtLeast(u64),
+    /// The JSON body's field has exactly this string value.
+    Body(&'static str, &'static str),
+    /// The JSON body's field is a string containing this text.
+    BodyContains(&'static str, &'static str),
+}
+
+/// One forward-auth request (sent `times` times), the status every answer must have, and
+/// what the last answer must carry.
+#[derive(Debug, Clone)]
+struct FwdCase {
+    what: String,
+    post: bool,
+    path: &'static str,
+    headers: Vec<(&'static str, HeaderValue)>,
+    times: usize,
+    status: u16,
+    want: Vec<Want>,
+}
+
+fn value(v: &str) -> HeaderValue {
+    HeaderValue::from_str(v).unwrap()
+}
+
+impl FwdCase {
+    /// A Caddy/Traefik-style call (`X-Forwarded-*`, host `api.example.com`, client IP
+    /// 203.0.113.7 behind one trusted proxy) with extra `headers`.
+    fn caddy(what: &str, method: &str, uri: &str, headers: &[(&'static str, &str)]) -> FwdCase {
+        let mut all = vec![
+            ("x-forwarded-method", value(method)),
+            ("x-forwarded-uri", value(uri)),
+            ("x-forwarded-host", value("api.example.com")),
+            ("x-forwarded-for", value("203.0.113.7")),
+        ];
+        all.extend(headers.iter().map(|(k, v)| (*k, value(v))));
+        FwdCase::raw(what, "/authz", all)
+    }
+
+    /// A GET to `path` on the HTTP port with exactly `headers`.
+    fn raw(what: &str, path: &'static str, headers: Vec<(&'static str, HeaderValue)>) -> FwdCase {
+        FwdCase {
+            what: what.to_string(),
+            post: false,
+            path,
+            headers,
+            times: 1,
+            status: 200,
+            want: Vec::new(),
+        }
+    }
+
+    fn post(mut self) -> FwdCase {
+        self.post = true;
+        self
+    }
+
+    fn times(mut self, n: usize) -> FwdCase {
+        self.times = n;
+        self
+    }
+
+    fn status(mut self, status: u16) -> FwdCase {
+        self.status = status;
+        self
+    }
+
+    fn want(mut self, want: Want) -> FwdCase {
+        self.want.push(want);
+        self
+    }
+}
+
+/// Checks the last answer of `case` against its header and body expectations.
+async fn check_answer(case: &FwdCase, r: reqwest::Response) {
+    let what = &case.what;
+    let shown = format!("{:?}", r.headers());
+    for want in &case.want {
+        let (ok, expected) = match want {
+            Want::Header(name, v) => (h(&r, name) == Some(*v), format!("{name}: {v}")),
+            Want::HasHeader(name) => (h(&r, name).is_some(), format!("a {name} header")),
+            Want::HeaderContains(name, part) => (
+                h(&r, name).is_some_and(|v| v.contains(part)),
+                format!("{name} containing {part:?}"),
+            ),
+            Want::RetryAfterAtLeast(n) => (
+                h(&r, "retry-after")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|v| v >= *n),
+                format!("retry-after >= {n}"),
+            ),
+            Want::Body(..) | Want::BodyContains(..) => continue,
+        };
+        assert!(ok, "{what}: expected {expected} in {shown}");
+    }
+    let wants_body = case
+        .want
+        .iter()
+        .any(|w| matches!(w, Want::Body(..) | Want::BodyContains(..)));
+    if !wants_body {
+        return;
+    }
+    let body: serde_json::Value = r.json().await.unwrap();
+    for want in &case.want {
+        match want {
+            Want::Body(field, v) => assert_eq!(body[*field], *v, "{what}: body {body}"),
+            Want::BodyContains(field, part) => assert!(
+                body[*field].as_str().is_some_and(|s| s.contains(part)),
+                "{what}: body.{field} should contain {part:?}: {body}"
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Runs the cases in order against one node (earlier cases spend quota later ones see).
+async fn run_forward_auth(node: &TestNode, cases: &[FwdCase]) {
+    let http = reqwest::Client::new();
+    for case in cases {
+        let mut last = None;
+        for i in 0..case.times {
+            let mut req = if case.post {
+                http.post(node.url(case.path))
+            } else {
+                http.get(node.url(case.path))
+            };
+            for (k, v) in &case.headers {
+                req = req.header(*k, v.clone());
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), case.status, "{} (call {})", case.what, i + 1);
+            last = Some(r);
+        }
+        check_answer(case, last.unwrap()).await;
+    }
+}
+
+#[tokio::test]
+async fn forward_auth_allows_401s_403s_and_429s() {
+    use Want::*;
+    let node = TestNode::start().await;
+    let alice = [("x-api-key", ALICE_KEY)];
+    let bob = [("x-api-key", BOB_KEY)];
+    let cases = [
+        // Allowed, with the headers the proxy copies upstream.
+        FwdCase::caddy("alice allowed", "GET", "/v1/items?x=1", &alice)
+            .want(Header("x-consumer-id", "alice"))
+            .want(Header("x-consumer-groups", "admins,paying"))
+            .want(HasHeader("ratelimit")),
+        // No credentials: 401 with a challenge and a JSON body.
+        FwdCase::caddy("no credentials", "GET", "/v1/items", &[])
+            .status(401)
+            .want(HeaderContains(
+                "www-authenticate",
+                "Bearer realm=\"quorate\"",
+            ))
+            .want(Header("content-type", "application/json"))
+            .want(Body("error", "unauthenticated")),
+        // ACL: bob is not an admin.
+        FwdCase::caddy("bob on an admin route", "GET", "/admin/users", &bob)
+            .status(403)
+            .want(Body("error", "forbidden")),
+        // 3 per consumer per hour: alice has used 1.
+        FwdCase::caddy("alice's 2nd and 3rd", "GET", "/v1/items", &alice).times(2),
+        FwdCase::caddy("alice's 4th", "GET", "/v1/items", &alice)
+            .status(429)
+            .want(RetryAfterAtLeast(1))
+            .want(HeaderContains("ratelimit-policy", "per_consumer")),
+        // Bob still has his own quota.
+        FwdCase::caddy("bob's own quota", "GET", "/v1/items", &bob),
+    ];
+    run_forward_auth(&node, &cases).await;
+}
+
+#[tokio::test]
+async fn denied_identities_consume_no_quota() {
+    let node = TestNode::start().await;
+    let bob = [("x-api-key", BOB_KEY)];
+    let cases = [
+        // 3 per client IP per hour; five failed attempts from that IP first.
+        FwdCase::caddy(
+            "a guessed key",
+            "GET",
+            "/ip/x",
+            &[("x-api-key", "guessed-key")],
+        )
+        .times(5)
+        .status(401),
+        FwdCase::caddy(
+            "failed attempts must not have used the quota",
+            "GET",
+            "/ip/x",
+            &bob,
+        )
+        .times(3),
+        FwdCase::caddy("the 4th from that IP", "GET", "/ip/x", &bob).status(429),
+        // The per-IP key reads the trusted X-Forwarded-For hop, not the peer (127.0.0.1).
+        FwdCase::raw(
+            "another X-Forwarded-For hop",
+            "/authz",
+            vec![
+                ("x-forwarded-uri", value("/ip/x")),
+                ("x-forwarded-for", value("203.0.113.8")),
+                ("x-api-key", value(BOB_KEY)),
+            ],
+        ),
+    ];
+    run_forward_auth(&node, &cases).await;
+}
+
+#[tokio::test]
+async fn forward_auth_speaks_nginx_caddy_and_envoy_http() {
+    let node = TestNode::start().await;
+    let cases = [
+        // nginx: X-Original-URI / X-Original-Method, route named in the path.
+        FwdCase::raw(
+            "nginx, alice on the admin route",
+            "/authz/admin",
+            vec![
+                ("x-original-uri", value("/whatever")),
+                ("x-original-method", value("POST")),
+                ("x-api-key", value(ALICE_KEY)),
+            ],
+        ),
+        FwdCase::raw(
+            "nginx, bob on the admin route",
+            "/authz/admin",
+            vec![
+                ("x-original-uri", value("/whatever")),
+                ("x-api-key", value(BOB_KEY)),
+            ],
+        )
+        .status(403),
+        // A client adding the other family to steer matching gets a 400.
+        FwdCase::raw(
+            "both header families",
+            "/authz",
+            vec![
+                ("x-original-uri", value("/admin/users")),
+                ("x-forwarded-uri", value("/v1/items")),
+                ("x-api-key", value(BOB_KEY)),
+            ],
+        )
+        .status(400),
+        // Envoy HTTP-service mode: the original path follows /authz, with our Host.
+        FwdCase::raw(
+            "Envoy HTTP service",
+            "/authz/v1/items?page=2",
+            vec![
+                ("host", value("api.example.com")),
+                ("x-api-key", value(BOB_KEY)),
+            ],
+        )
+        .post()
+        .want(Want::Header("x-consumer-id", "bob")),
+        // Unknown route name.
+        FwdCase::raw(
+            "unknown route name",
+            "/authz/nope",
+            vec![("x-forwarded-uri", value("/"))],
+        )
+        .status(403),
+        // Invalid UTF-8 in a header is a clean 400.
+        FwdCase::raw(
+            "invalid UTF-8 in a header",
+            "/authz",
+            vec![
+                ("x-forwarded-uri", value("/v1/items")),
+                ("x-api-key", HeaderValue::from_bytes(b"\xff\xfe").unwrap()),
+            ],
+        )
+        .status(400),
+    ];
+    run_forward_auth(&node, &cases).await;
+}
+
+#[tokio::test]
+async fn forward_auth_with_jwts() {
+    let node = TestNode::start().await;
+    let bearer = |t: String| format!("Bearer {t}");
+    let token = bearer(jwt(json!({
+        "iss": ISSUER, "aud": "api", "sub": "carol", "org": "acme",
+        "roles": ["admins"], "exp": now() + 600,
+    })));
+    let expired = bearer(jwt(
+        json!({"iss": ISSUER, "aud": "api", "sub": "carol", "exp": now() - 600}),
+    ));
+    // HS256 partner tokens, secret from a file.
+    let hs = bearer(
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"iss": "partner", "sub": "partner-1", "exp": now() + 600}),
+            &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        )
+        .unwrap(),
+    );
+    let mut cases = vec![
+        FwdCase::caddy(
+            "admins from the roles claim",
+            "GET",
+            "/admin/x",
+            &[("authorization", &token)],
+        )
+        .want(Want::Header("x-consumer-id", "carol")),
+        FwdCase::caddy(
+            "an expired JWT",
+            "GET",
+            "/v1/x",
+            &[("authorization", &expired)],
+        )
+        .status(401)
+        .want(Want::HeaderContains("www-authenticate", "invalid_token"))
+        .want(Want::BodyContains("reason", "expired")),
+    ];
+    for garbage in [
+        "Bearer x.y.z",
+        "Bearer ....",
+        "Bearer eyJhbGciOiJub25lIn0.e30.",
+    ] {
+        cases.push(
+            FwdCase::caddy(garbage, "GET", "/v1/x", &[("authorization", garbage)]).status(401),
+        );
+    }
+    cases.push(
+        FwdCase::caddy(
+            "an HS256 partner token",
+            "GET",
+            "/v1/x",
+            &[("authorization", &hs)],
+        )
+        .want(Want::Header("x-consumer-id", "partner-1")),
+    );
+    run_forward_auth(&node, &cases).await;
+}
+
 /// A Caddy/Traefik-style forward-auth call.
 async fn caddy(
     node: &TestNode,
@@ -267,203 +607,6 @@ async fn caddy(
         req = req.header(*k, *v);
     }
     req.send().await.unwrap()
-}
-
-fn h<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    r.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-#[tokio::test]
-async fn forward_auth_allows_401s_403s_and_429s() {
-    let node = TestNode::start().await;
-
-    // Allowed, with the headers the proxy copies upstream.
-    let r = caddy(&node, "GET", "/v1/items?x=1", &[("x-api-key", ALICE_KEY)]).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(h(&r, "x-consumer-id"), Some("alice"));
-    assert_eq!(h(&r, "x-consumer-groups"), Some("admins,paying"));
-    assert!(h(&r, "ratelimit").is_some());
-
-    // No credentials: 401 with a challenge and a JSON body.
-    let r = caddy(&node, "GET", "/v1/items", &[]).await;
-    assert_eq!(r.status(), 401);
-    let challenge = h(&r, "www-authenticate").unwrap().to_string();
-    assert!(
-        challenge.contains("Bearer realm=\"quorate\""),
-        "{challenge}"
-    );
-    assert_eq!(h(&r, "content-type"), Some("application/json"));
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "unauthenticated");
-
-    // ACL: bob is not an admin.
-    let r = caddy(&node, "GET", "/admin/users", &[("x-api-key", BOB_KEY)]).await;
-    assert_eq!(r.status(), 403);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "forbidden");
-
-    // 3 per consumer per hour: alice has used 1.
-    for _ in 0..2 {
-        let r = caddy(&node, "GET", "/v1/items", &[("x-api-key", ALICE_KEY)]).await;
-        assert_eq!(r.status(), 200);
-    }
-    let r = caddy(&node, "GET", "/v1/items", &[("x-api-key", ALICE_KEY)]).await;
-    assert_eq!(r.status(), 429);
-    let retry: u64 = h(&r, "retry-after").unwrap().parse().unwrap();
-    assert!(retry >= 1);
-    assert!(h(&r, "ratelimit-policy").unwrap().contains("per_consumer"));
-    // Bob still has his own quota.
-    let r = caddy(&node, "GET", "/v1/items", &[("x-api-key", BOB_KEY)]).await;
-    assert_eq!(r.status(), 200);
-}
-
-#[tokio::test]
-async fn denied_identities_consume_no_quota() {
-    let node = TestNode::start().await;
-    // 3 per client IP per hour; five failed attempts from that IP first.
-    for _ in 0..5 {
-        let r = caddy(&node, "GET", "/ip/x", &[("x-api-key", "guessed-key")]).await;
-        assert_eq!(r.status(), 401);
-    }
-    for _ in 0..3 {
-        let r = caddy(&node, "GET", "/ip/x", &[("x-api-key", BOB_KEY)]).await;
-        assert_eq!(
-            r.status(),
-            200,
-            "failed attempts must not have used the quota"
-        );
-    }
-    let r = caddy(&node, "GET", "/ip/x", &[("x-api-key", BOB_KEY)]).await;
-    assert_eq!(r.status(), 429);
-    // The per-IP key reads the trusted X-Forwarded-For hop, not the peer (127.0.0.1).
-    let r = reqwest::Client::new()
-        .get(node.url("/authz"))
-        .header("x-forwarded-uri", "/ip/x")
-        .header("x-forwarded-for", "203.0.113.8")
-        .header("x-api-key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
-#[tokio::test]
-async fn forward_auth_speaks_nginx_caddy_and_envoy_http() {
-    let node = TestNode::start().await;
-    let http = reqwest::Client::new();
-    // nginx: X-Original-URI / X-Original-Method, route named in the path.
-    let r = http
-        .get(node.url("/authz/admin"))
-        .header("x-original-uri", "/whatever")
-        .header("x-original-method", "POST")
-        .header("x-api-key", ALICE_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = http
-        .get(node.url("/authz/admin"))
-        .header("x-original-uri", "/whatever")
-        .header("x-api-key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    // A client adding the other family to steer matching gets a 400.
-    let r = http
-        .get(node.url("/authz"))
-        .header("x-original-uri", "/admin/users")
-        .header("x-forwarded-uri", "/v1/items")
-        .header("x-api-key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    // Envoy HTTP-service mode: the original path follows /authz, with our Host.
-    let r = http
-        .post(node.url("/authz/v1/items?page=2"))
-        .header("host", "api.example.com")
-        .header("x-api-key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(h(&r, "x-consumer-id"), Some("bob"));
-    // Unknown route name.
-    let r = http
-        .get(node.url("/authz/nope"))
-        .header("x-forwarded-uri", "/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    // Invalid UTF-8 in a header is a clean 400.
-    let r = http
-        .get(node.url("/authz"))
-        .header("x-forwarded-uri", "/v1/items")
-        .header(
-            "x-api-key",
-            reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-}
-
-#[tokio::test]
-async fn forward_auth_with_jwts() {
-    let node = TestNode::start().await;
-    let token = jwt(json!({
-        "iss": ISSUER, "aud": "api", "sub": "carol", "org": "acme",
-        "roles": ["admins"], "exp": now() + 600,
-    }));
-    let bearer = format!("Bearer {token}");
-    let r = caddy(&node, "GET", "/admin/x", &[("authorization", &bearer)]).await;
-    assert_eq!(r.status(), 200, "admins from the roles claim");
-    assert_eq!(h(&r, "x-consumer-id"), Some("carol"));
-
-    let expired = jwt(json!({"iss": ISSUER, "aud": "api", "sub": "carol", "exp": now() - 600}));
-    let r = caddy(
-        &node,
-        "GET",
-        "/v1/x",
-        &[("authorization", &format!("Bearer {expired}"))],
-    )
-    .await;
-    assert_eq!(r.status(), 401);
-    assert!(h(&r, "www-authenticate").unwrap().contains("invalid_token"));
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        body["reason"].as_str().unwrap().contains("expired"),
-        "{body}"
-    );
-
-    for garbage in [
-        "Bearer x.y.z",
-        "Bearer ....",
-        "Bearer eyJhbGciOiJub25lIn0.e30.",
-    ] {
-        let r = caddy(&node, "GET", "/v1/x", &[("authorization", garbage)]).await;
-        assert_eq!(r.status(), 401, "{garbage}");
-    }
-
-    // HS256 partner tokens, secret from a file.
-    let hs = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"iss": "partner", "sub": "partner-1", "exp": now() + 600}),
-        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
-    )
-    .unwrap();
-    let r = caddy(
-        &node,
-        "GET",
-        "/v1/x",
-        &[("authorization", &format!("Bearer {hs}"))],
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(h(&r, "x-consumer-id"), Some("partner-1"));
 }
 
 fn check_request(path: &str, headers: &[(&str, &str)], route: Option<&str>) -> CheckRequest {
@@ -516,95 +659,157 @@ fn code(r: &CheckResponse) -> i32 {
     r.status.as_ref().map_or(-1, |s| s.code)
 }
 
+/// What an ext_authz answer must carry besides its gRPC status code.
+#[derive(Debug, Clone, Copy)]
+enum ExtWant {
+    /// An OK response setting this upstream header to this value.
+    OkHeader(&'static str, &'static str),
+    /// An OK response removing this header before the request goes upstream.
+    OkRemoves(&'static str),
+    /// An OK response adding this header to the client's response.
+    OkResponseHeader(&'static str),
+    /// Dynamic metadata for Envoy: this field holds this string.
+    Metadata(&'static str, &'static str),
+    /// A denied response with this HTTP status.
+    DeniedStatus(u32),
+    /// A denied response with this header.
+    DeniedHeader(&'static str),
+    /// A denied response whose JSON body's `error` is this.
+    DeniedError(&'static str),
+}
+
+/// One ext_authz Check (sent `times` times; the last answer is checked).
+struct ExtCase {
+    what: &'static str,
+    request: CheckRequest,
+    times: usize,
+    code: tonic::Code,
+    want: Vec<ExtWant>,
+}
+
+fn check_ext(case: &ExtCase, r: &CheckResponse) {
+    let what = case.what;
+    assert_eq!(code(r), case.code as i32, "{what}: {r:?}");
+    for want in &case.want {
+        let ok = match (*want, &r.http_response) {
+            (ExtWant::OkHeader(name, v), Some(HttpResponse::OkResponse(ok))) => {
+                header_of(&ok.headers, name) == Some(v)
+            }
+            (ExtWant::OkRemoves(name), Some(HttpResponse::OkResponse(ok))) => {
+                ok.headers_to_remove.contains(&name.to_string())
+            }
+            (ExtWant::OkResponseHeader(name), Some(HttpResponse::OkResponse(ok))) => {
+                header_of(&ok.response_headers_to_add, name).is_some()
+            }
+            (ExtWant::Metadata(field, v), _) => r.dynamic_metadata.as_ref().is_some_and(|m| {
+                matches!(
+                    m.fields.get(field).and_then(|f| f.kind.as_ref()),
+                    Some(Kind::StringValue(s)) if s == v
+                )
+            }),
+            (ExtWant::DeniedStatus(status), Some(HttpResponse::DeniedResponse(d))) => {
+                d.status.as_ref().map(|s| s.code) == Some(status as i32)
+            }
+            (ExtWant::DeniedHeader(name), Some(HttpResponse::DeniedResponse(d))) => {
+                header_of(&d.headers, name).is_some()
+            }
+            (ExtWant::DeniedError(error), Some(HttpResponse::DeniedResponse(d))) => {
+                serde_json::from_str::<serde_json::Value>(&d.body)
+                    .is_ok_and(|body| body["error"] == error)
+            }
+            _ => false,
+        };
+        assert!(ok, "{what}: expected {want:?} in {r:?}");
+    }
+}
+
 #[tokio::test]
 async fn ext_authz_over_grpc() {
+    use tonic::Code;
+    use ExtWant::*;
     let node = TestNode::start().await;
     let mut client = node.ext_authz().await;
-
-    // Allowed: OK, upstream headers overwrite, the key is hidden, metadata for Envoy.
-    let r = client
-        .check(check_request(
-            "/v1/items?x=1",
-            &[("x-api-key", ALICE_KEY), ("x-consumer-id", "forged")],
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(code(&r), 0);
-    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
-        panic!("{r:?}")
-    };
-    assert_eq!(header_of(&ok.headers, "x-consumer-id"), Some("alice"));
-    assert!(ok.headers_to_remove.contains(&"x-api-key".to_string()));
-    assert!(header_of(&ok.response_headers_to_add, "ratelimit").is_some());
-    let meta = r.dynamic_metadata.as_ref().unwrap();
-    assert!(matches!(
-        meta.fields["consumer"].kind.as_ref(),
-        Some(Kind::StringValue(c)) if c == "alice"
-    ));
-    assert!(matches!(
-        meta.fields["route"].kind.as_ref(),
-        Some(Kind::StringValue(c)) if c == "api"
-    ));
-
-    // Unauthenticated: a successful RPC with status 16 and a 401 denied_response.
-    let r = client
-        .check(check_request("/v1/items", &[], None))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(code(&r), tonic::Code::Unauthenticated as i32);
-    let Some(HttpResponse::DeniedResponse(denied)) = &r.http_response else {
-        panic!("{r:?}")
-    };
-    assert_eq!(denied.status.as_ref().unwrap().code, 401);
-    assert!(header_of(&denied.headers, "www-authenticate").is_some());
-    let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
-    assert_eq!(body["error"], "unauthenticated");
-
-    // Forbidden via a route named in context_extensions.
-    let r = client
-        .check(check_request(
-            "/anything",
-            &[("x-api-key", BOB_KEY)],
-            Some("admin"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(code(&r), tonic::Code::PermissionDenied as i32);
-    let Some(HttpResponse::DeniedResponse(denied)) = &r.http_response else {
-        panic!("{r:?}")
-    };
-    assert_eq!(denied.status.as_ref().unwrap().code, 403);
-
-    // Over the limit: RESOURCE_EXHAUSTED, 429 with Retry-After.
-    let mut last = None;
-    for _ in 0..4 {
-        last = Some(
-            client
-                .check(check_request("/v1/items", &[("x-api-key", BOB_KEY)], None))
+    let bob = [("x-api-key", BOB_KEY)];
+    let cases = [
+        // Allowed: OK, upstream headers overwrite, the key is hidden, metadata for Envoy.
+        ExtCase {
+            what: "alice allowed, a forged consumer header overwritten",
+            request: check_request(
+                "/v1/items?x=1",
+                &[("x-api-key", ALICE_KEY), ("x-consumer-id", "forged")],
+                None,
+            ),
+            times: 1,
+            code: Code::Ok,
+            want: vec![
+                OkHeader("x-consumer-id", "alice"),
+                OkRemoves("x-api-key"),
+                OkResponseHeader("ratelimit"),
+                Metadata("consumer", "alice"),
+                Metadata("route", "api"),
+            ],
+        },
+        // Unauthenticated: a successful RPC with status 16 and a 401 denied_response.
+        ExtCase {
+            what: "no credentials",
+            request: check_request("/v1/items", &[], None),
+            times: 1,
+            code: Code::Unauthenticated,
+            want: vec![
+                DeniedStatus(401),
+                DeniedHeader("www-authenticate"),
+                DeniedError("unauthenticated"),
+            ],
+        },
+        // Forbidden via a route named in context_extensions.
+        ExtCase {
+            what: "bob on the admin route named in context_extensions",
+            request: check_request("/anything", &bob, Some("admin")),
+            times: 1,
+            code: Code::PermissionDenied,
+            want: vec![DeniedStatus(403)],
+        },
+        // Over the limit: 3 per consumer per hour, then RESOURCE_EXHAUSTED, 429 with
+        // Retry-After.
+        ExtCase {
+            what: "bob within his quota",
+            request: check_request("/v1/items", &bob, None),
+            times: 3,
+            code: Code::Ok,
+            want: vec![],
+        },
+        ExtCase {
+            what: "bob over his quota",
+            request: check_request("/v1/items", &bob, None),
+            times: 1,
+            code: Code::ResourceExhausted,
+            want: vec![DeniedStatus(429), DeniedHeader("retry-after")],
+        },
+        // Garbage: an empty request is a clean 400 deny, not an RPC error.
+        ExtCase {
+            what: "an empty request",
+            request: CheckRequest::default(),
+            times: 1,
+            code: Code::InvalidArgument,
+            want: vec![],
+        },
+    ];
+    for case in &cases {
+        for _ in 1..case.times {
+            let r = client
+                .check(case.request.clone())
                 .await
                 .unwrap()
-                .into_inner(),
-        );
+                .into_inner();
+            assert_eq!(code(&r), case.code as i32, "{}: {r:?}", case.what);
+        }
+        let r = client
+            .check(case.request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        check_ext(case, &r);
     }
-    let r = last.unwrap();
-    assert_eq!(code(&r), tonic::Code::ResourceExhausted as i32);
-    let Some(HttpResponse::DeniedResponse(denied)) = &r.http_response else {
-        panic!("{r:?}")
-    };
-    assert_eq!(denied.status.as_ref().unwrap().code, 429);
-    assert!(header_of(&denied.headers, "retry-after").is_some());
-
-    // Garbage: an empty request is a clean 400 deny, not an RPC error.
-    let r = client
-        .check(CheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(code(&r), tonic::Code::InvalidArgument as i32);
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {

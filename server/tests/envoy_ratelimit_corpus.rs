@@ -24,7 +24,7 @@
 //! Adding a case is adding a directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod rls_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -37,8 +37,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{rate_l
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use quorate_server::decide::simulate;
 use quorate_server::policy::{load, PolicyFormat, PolicySet};
-use rls_support::*;
 use serde_json::Value;
+use support::*;
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance/envoy-ratelimit")

@@ -4,16 +4,16 @@
 //! reason while the previous policy stays live.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod rls_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use quorate_server::cli::{AdminTarget, PolicyCommand};
+use quorate_server::cli::{AdminTarget, Output, PolicyCommand};
 use quorate_server::ops;
 use quorate_server::policy::load::load_path;
-use rls_support::{call, call_one, descriptor, request, TestNode};
 use serde_json::Value;
+use support::{call, call_one, descriptor, request, TestNode};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -21,19 +21,24 @@ fn repo(path: &str) -> PathBuf {
 
 fn target(node: &TestNode) -> AdminTarget {
     AdminTarget {
-        node: format!("http://{}", node.http),
+        endpoints: vec![format!("http://{}", node.http)],
         admin_token_file: Some(node.admin_token_file()),
         tls: Default::default(),
     }
 }
 
 async fn apply(node: &TestNode, path: PathBuf) -> anyhow::Result<()> {
-    ops::policy(PolicyCommand::Apply {
-        file: path,
-        format: "auto".into(),
-        target: target(node),
-    })
+    ops::policy(
+        PolicyCommand::Apply {
+            file: path,
+            format: "auto".into(),
+            target: target(node),
+        },
+        Output::Human,
+    )
     .await
+    .map(drop)
+    .map_err(|f| f.error)
 }
 
 async fn live(node: &TestNode) -> Value {

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use quorate_server::config::Config;
-use quorate_server::node::{self, Listeners};
 use serde_json::Value;
+
+mod support;
 
 fn policy(limit: u64) -> String {
     format!("limits:\n  - name: l\n    limit: {limit}\n    window: minute\n")
@@ -19,7 +20,7 @@ const ADMIN_TOKEN: &str = "policy-reload-test-token";
 
 struct Node {
     http: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _node: support::RunningNode,
 }
 
 async fn start(policy_path: &Path, data: &Path) -> Node {
@@ -27,19 +28,11 @@ async fn start(policy_path: &Path, data: &Path) -> Node {
     config.policy_file = Some(policy_path.to_path_buf());
     config.policy_watch_interval = Duration::from_millis(50);
     config.admin_token = Some(ADMIN_TOKEN.into());
-    let listeners = Listeners::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let http = format!("http://{}", listeners.http.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(node::run(config, listeners, async move {
-        let _ = stopped.await;
-    }));
-    Node { http, _stop: stop }
+    let node = support::start_node(config).await;
+    Node {
+        http: format!("http://{}", node.http),
+        _node: node,
+    }
 }
 
 async fn live(node: &Node) -> Option<(u64, String)> {

@@ -15,7 +15,7 @@
 //! without `--policy FILE`, so the file watcher plays no part here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod rls_support;
+mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     rate_limit::Unit, Code, DescriptorStatus,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use rls_support::*;
+use support::*;
 
 /// Policy replacements made while the clients run.
 const RELOADS: u64 = 20;

@@ -1,6 +1,7 @@
-//! Shared by the RLS tests: an in-process quorate node on loopback port 0, an Envoy RLS
-//! client (envoy-types' generated client over real gRPC), request builders, and the admin
-//! API call that replaces the live policy.
+//! Shared by the server's integration tests: an in-process quorate node on loopback port
+//! 0 ([`start_node`], for any [`Config`]; [`TestNode`], a node with a startup policy and
+//! its admin calls), an Envoy RLS client (envoy-types' generated client over real gRPC),
+//! request builders and assertions on RLS answers.
 
 #![allow(dead_code)]
 
@@ -26,12 +27,43 @@ pub type Rls = RateLimitServiceClient<Channel>;
 /// How long a node may take to elect itself and make its startup policy live.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
-/// A running in-process node; stops when dropped.
+/// A node running in this test process on loopback port 0; stops when dropped.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Binds gRPC, HTTP and peer on `127.0.0.1:0`, reads the bound addresses back, and runs a
+/// node with `config` until the returned handle drops. Does not wait for readiness.
+pub async fn start_node(config: Config) -> RunningNode {
+    let listeners = Listeners::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let grpc = listeners.grpc.local_addr().unwrap();
+    let http = listeners.http.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(node::run(config, listeners, async move {
+        let _ = stopped.await;
+    }));
+    RunningNode {
+        grpc,
+        http,
+        _stop: stop,
+    }
+}
+
+/// A running in-process node with a startup policy; stops when dropped.
 #[derive(Debug)]
 pub struct TestNode {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _node: RunningNode,
     dir: tempfile::TempDir,
 }
 
@@ -52,23 +84,11 @@ impl TestNode {
             std::fs::write(&policy_path, policy).unwrap();
             config.policy_file = Some(policy_path);
         }
-        let listeners = Listeners::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
-        let grpc = listeners.grpc.local_addr().unwrap();
-        let http = listeners.http.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(node::run(config, listeners, async move {
-            let _ = stopped.await;
-        }));
+        let running = start_node(config).await;
         let node = TestNode {
-            grpc,
-            http,
-            _stop: stop,
+            grpc: running.grpc,
+            http: running.http,
+            _node: running,
             dir,
         };
         node.wait_for_policy_version(1).await;
