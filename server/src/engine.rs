@@ -16,6 +16,7 @@ mod batcher;
 mod fast;
 mod forward;
 mod leadership;
+mod redis_counters;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use batcher::BatchSettings;
 pub use forward::{check_forwarded, ForwardResult};
 pub use leadership::Leadership;
+pub use redis_counters::RedisCounters;
 
 /// A hit resolved against the policy: what goes into the log, and how to decide it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +133,8 @@ pub struct Engine {
     forwarder: forward::Forwarder,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Stateless mode: counters live in Redis, not in the Raft log (`--store`).
+    redis: Option<RedisCounters>,
 }
 
 impl Engine {
@@ -166,7 +170,15 @@ impl Engine {
             forwarder: forward::Forwarder::new(peer_auth),
             metrics,
             timeout: settings.decision_timeout,
+            redis: None,
         }
+    }
+
+    /// Decides every hit in Redis instead of through Raft (stateless mode). The Raft
+    /// node still carries the policy; the decision surfaces are unchanged.
+    pub fn with_redis(mut self, store: Option<quorate_redis::RedisStore>) -> Engine {
+        self.redis = store.map(|s| RedisCounters::new(s, Arc::clone(&self.metrics)));
+        self
     }
 
     /// The live policy.
@@ -259,6 +271,10 @@ impl Engine {
         hits: Vec<ResolvedHit>,
         forwarded: bool,
     ) -> Result<Vec<Decision>, EngineError> {
+        // The one place stateless mode differs: the counters' home.
+        if let Some(redis) = &self.redis {
+            return redis.check(hits, &self.shared.policy.load().set).await;
+        }
         if !self.leadership.is_leader() {
             if forwarded {
                 return Err(EngineError::not_applied(

@@ -185,7 +185,8 @@ pub async fn run(
         Arc::clone(&metrics),
         config.batch,
         config.peer_auth.clone(),
-    ));
+    )
+    .with_redis(config.redis.clone()));
 
     let admin_token = match config.admin_token.clone() {
         Some(token) => token,
