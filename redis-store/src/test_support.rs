@@ -23,6 +23,18 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if (1024..55_000).contains(&port) && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+    0
+}
+
 impl RedisServer {
     /// Starts a plain Redis (no persistence) and waits until it answers.
     pub fn start() -> std::io::Result<RedisServer> {
@@ -31,7 +43,12 @@ impl RedisServer {
 
     /// Starts Redis with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
     pub fn start_with(extra: Vec<String>) -> std::io::Result<RedisServer> {
-        let port = free_port();
+        let cluster = extra.iter().any(|a| a == "--cluster-enabled");
+        let port = if cluster {
+            free_cluster_port()
+        } else {
+            free_port()
+        };
         let dir = std::env::temp_dir().join(format!("quorate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut server = RedisServer {

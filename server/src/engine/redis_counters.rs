@@ -68,9 +68,7 @@ impl RedisCounters {
                     .into_iter()
                     .zip(&hits)
                     .map(|(c, h)| {
-                        if c.evicted || c.decision.denied
-                            == Some(DenyReason::LimitKeysFull)
-                        {
+                        if c.evicted || c.decision.denied == Some(DenyReason::LimitKeysFull) {
                             let refused = !c.decision.allowed;
                             self.metrics
                                 .observe_key_cap(&h.hit.limit, refused, c.evicted);
