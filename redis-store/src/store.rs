@@ -35,6 +35,8 @@ pub struct RedisSettings {
     /// Kept beyond a counter's idle instant in its TTL, in milliseconds: covers clock skew
     /// between quorate nodes (a node whose clock is behind still finds the counter).
     pub ttl_slack_ms: u64,
+    /// PEM CA certificate(s) to trust for `rediss://` instead of the system roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for RedisSettings {
@@ -43,6 +45,7 @@ impl Default for RedisSettings {
             key_prefix: "quorate:".into(),
             timeout: Duration::from_millis(250),
             ttl_slack_ms: 2_000,
+            ca_pem: None,
         }
     }
 }
@@ -258,7 +261,7 @@ impl RedisStore {
     async fn connection(&self) -> Result<Connection, StoreError> {
         self.inner
             .connection
-            .get_or_try_init(|| connect(&self.inner.url, self.inner.settings.timeout))
+            .get_or_try_init(|| connect(&self.inner.url, &self.inner.settings))
             .await
             .cloned()
     }
@@ -337,22 +340,33 @@ fn decode(reply: &[i64], hits: usize) -> Result<Vec<Checked>, StoreError> {
         .collect()
 }
 
-async fn connect(url: &StoreUrl, timeout: Duration) -> Result<Connection, StoreError> {
+async fn connect(url: &StoreUrl, settings: &RedisSettings) -> Result<Connection, StoreError> {
+    let timeout = settings.timeout;
     let nodes = url.node_urls();
+    let certificates = settings.ca_pem.as_ref().map(|ca| redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.clone()),
+    });
     if url.is_cluster() {
-        let client = ClusterClientBuilder::new(nodes)
+        let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .build()
-            .map_err(StoreError::from_redis)?;
+            .response_timeout(timeout);
+        if let Some(certificates) = certificates {
+            builder = builder.certs(certificates);
+        }
+        let client = builder.build().map_err(StoreError::from_redis)?;
         let connection = client
             .get_async_connection()
             .await
             .map_err(StoreError::from_redis)?;
         return Ok(Connection::Cluster(connection));
     }
-    let client = redis::Client::open(nodes.into_iter().next().unwrap_or_default())
-        .map_err(StoreError::from_redis)?;
+    let node = nodes.into_iter().next().unwrap_or_default();
+    let client = match certificates {
+        Some(certificates) => redis::Client::build_with_tls(node, certificates),
+        None => redis::Client::open(node),
+    }
+    .map_err(StoreError::from_redis)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))

@@ -41,7 +41,8 @@ impl RedisServer {
         RedisServer::start_with(Vec::new())
     }
 
-    /// Starts Redis with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
+    /// Starts Redis with extra `redis-server` arguments (e.g. `--cluster-enabled yes`);
+    /// `{port}` in them stands for the chosen port (`--port 0 --tls-port {port}`: TLS only).
     pub fn start_with(extra: Vec<String>) -> std::io::Result<RedisServer> {
         let cluster = extra.iter().any(|a| a == "--cluster-enabled");
         let port = if cluster {
@@ -88,7 +89,11 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
-            .args(&self.extra)
+            .args(
+                self.extra
+                    .iter()
+                    .map(|a| a.replace("{port}", &self.port.to_string())),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

@@ -146,6 +146,9 @@ pub struct ServeArgs {
     /// How long a decision waits for Redis before `failure_mode` applies, in ms.
     #[arg(long, default_value_t = 250)]
     pub store_timeout_ms: u64,
+    /// PEM CA certificate(s) to trust for `rediss://` (default: the system's roots).
+    #[arg(long, env = "QUORATE_STORE_CA")]
+    pub store_ca_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -215,6 +218,15 @@ impl ServeArgs {
                     quorate_redis::RedisSettings {
                         key_prefix: self.store_prefix.clone(),
                         timeout: Duration::from_millis(self.store_timeout_ms.max(1)),
+                        ca_pem: match &self.store_ca_file {
+                            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                                anyhow::anyhow!(
+                                    "cannot read --store-ca-file {}: {e}",
+                                    path.display()
+                                )
+                            })?),
+                            None => None,
+                        },
                         ..quorate_redis::RedisSettings::default()
                     },
                 )?),

@@ -345,3 +345,74 @@ async fn redis_cluster_limits_hold_and_survive_a_slot_migration() {
     let beta = a.node(1).check("beta", "k", Some(0)).await.unwrap();
     assert_eq!(beta.remaining, 200);
 }
+
+/// `rediss://` with an ACL user and password: the node trusts the test CA
+/// (`--store-ca-file`), authenticates, and decides over TLS; a node that does not trust
+/// the CA cannot connect and fails closed instead of talking in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_with_an_acl_user_decides_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = quorate_e2e::certs::Ca::new("redis test CA");
+    let ca_path = ca.write(&dir.path().join("ca.pem"));
+    let leaf = ca.leaf("redis", 7);
+    let (cert, key) = (dir.path().join("redis.pem"), dir.path().join("redis.key"));
+    leaf.write(&cert, &key);
+    let password = "s3cret-acl-password";
+    let redis = RedisServer::start_with(
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            "{port}",
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            "quorate",
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "+@all",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            ca_path.display().to_string(),
+        ])
+        .collect(),
+    )
+    .expect("redis-server with TLS starts");
+    let url = format!("rediss://quorate:{password}@127.0.0.1:{}", redis.port());
+
+    let node = Cluster::single(NodeOptions {
+        policy: Some(policy(&[("tls", 2)])),
+        extra_args: vec![
+            "--store".into(),
+            url.clone(),
+            "--store-ca-file".into(),
+            ca_path.display().to_string(),
+        ],
+        ..NodeOptions::default()
+    })
+    .await
+    .unwrap();
+    let decided: Vec<bool> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(node.node(1).check("tls", "k", None).await.unwrap().allowed);
+        }
+        v
+    };
+    assert_eq!(decided, vec![true, true, false]);
+    assert!(!node.node(1).logs(400).contains(password));
+
+    // Without the CA the certificate is not trusted: no decision, UNAVAILABLE.
+    let untrusting = stateless_node(policy(&[("tls", 2)]), &url, 500).await;
+    let refused = untrusting.node(1).check("tls", "k", None).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
+    assert!(!untrusting.node(1).logs(400).contains(password));
+}
