@@ -331,7 +331,11 @@ fn decode(reply: &[i64], hits: usize) -> Result<Vec<Checked>, StoreError> {
                     limit: number(r[1])?,
                     remaining: number(r[2])?,
                     reset_after: number(r[3])?,
-                    retry_after: if r[4] < 0 { None } else { Some(number(r[4])?) },
+                    retry_after: if r[4] == -1 {
+                        None
+                    } else {
+                        Some(number(r[4])?)
+                    },
                     denied,
                 },
                 evicted: r[6] == 1,
@@ -407,5 +411,76 @@ impl ConnectionLike for Connection {
             Connection::Single(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a broken or hostile Redis could answer instead of the script's integers:
+    /// refused as a bad reply, never a panic or a made-up decision.
+    #[test]
+    fn malformed_replies_are_refused() {
+        let good = [1, 10, 9, 1_000, -1, 0, 0];
+        assert!(decode(&good, 1).is_ok());
+        assert_eq!(decode(&good[..6], 1), Err(StoreError::BadReply), "short");
+        assert_eq!(
+            decode(&good, 2),
+            Err(StoreError::BadReply),
+            "count mismatch"
+        );
+        assert_eq!(decode(&[], 1), Err(StoreError::BadReply), "empty");
+        // -1 is "no retry_after"; any other negative number is malformed.
+        for (field, value) in [(1, -5), (2, -1), (3, i64::MIN), (4, -2), (5, 9)] {
+            let mut bad = good;
+            bad[field] = value;
+            assert_eq!(
+                decode(&bad, 1),
+                Err(StoreError::BadReply),
+                "field {field} = {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefixes_with_hash_tag_braces_are_refused() {
+        let url = StoreUrl::parse("redis://127.0.0.1:1").unwrap();
+        let settings = RedisSettings {
+            key_prefix: "q{x}:".into(),
+            ..RedisSettings::default()
+        };
+        assert_eq!(
+            RedisStore::new(url, settings).unwrap_err(),
+            StoreError::InvalidPrefix
+        );
+    }
+
+    /// Redis down: a decision fails within the timeout, as unavailable.
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_within_the_timeout() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(); // bound then dropped: nothing listens
+        let url = StoreUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let settings = RedisSettings {
+            timeout: Duration::from_millis(200),
+            ..RedisSettings::default()
+        };
+        let store = RedisStore::new(url, settings).unwrap();
+        let rate = Rate::new(Algorithm::FixedWindow, 1, 1_000_000_000, None).unwrap();
+        let hit = RedisHit {
+            limit: "l",
+            key: "k",
+            rate,
+            cap: KeyCap::NONE,
+            cost: 1,
+        };
+        let started = std::time::Instant::now();
+        let err = store.check(&[hit], 0).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }
