@@ -5,8 +5,9 @@ set -euo pipefail
 
 # nginx: the real proxy tests/proxies runs (as a child process; the package's own
 # service is not needed). chromium + chromium-driver: the headless browser
-# tests/dashboard drives over WebDriver.
-APT_PACKAGES=(python3 nginx chromium chromium-driver)
+# tests/dashboard drives over WebDriver. redis-server + redis-tools: the counter store
+# tests (redis-store/tests, tests/redis_store*) start their own servers and clusters.
+APT_PACKAGES=(python3 nginx chromium chromium-driver redis-server redis-tools)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

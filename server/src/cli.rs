@@ -173,6 +173,21 @@ pub struct ServeArgs {
     /// certificate signed by one of them (mTLS). Reloaded like the certificate.
     #[arg(long, env = "QUORATE_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// Stateless mode: keep counters in Redis instead of the Raft log. `redis://` or
+    /// `rediss://` (TLS), `redis+cluster://host:port,host:port,…` for a Redis Cluster;
+    /// `user:password@` in the URL for ACLs. Prefer the environment variable: the URL is
+    /// never logged or shown with its password, but command lines are visible to `ps`.
+    #[arg(long, env = "QUORATE_STORE")]
+    pub store: Option<String>,
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    #[arg(long, default_value = "quorate:", env = "QUORATE_STORE_PREFIX")]
+    pub store_prefix: String,
+    /// How long a decision waits for Redis before `failure_mode` applies, in ms.
+    #[arg(long, default_value_t = 250)]
+    pub store_timeout_ms: u64,
+    /// PEM CA certificate(s) to trust for `rediss://` (default: the system's roots).
+    #[arg(long, env = "QUORATE_STORE_CA")]
+    pub store_ca_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -235,6 +250,26 @@ impl ServeArgs {
                 _ => None,
             },
             tls_watch_interval: crate::tls::WATCH_INTERVAL,
+            redis: match &self.store {
+                None => None,
+                Some(url) => Some(quorate_redis::RedisStore::new(
+                    quorate_redis::StoreUrl::parse(url)?,
+                    quorate_redis::RedisSettings {
+                        key_prefix: self.store_prefix.clone(),
+                        timeout: Duration::from_millis(self.store_timeout_ms.max(1)),
+                        ca_pem: match &self.store_ca_file {
+                            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                                anyhow::anyhow!(
+                                    "cannot read --store-ca-file {}: {e}",
+                                    path.display()
+                                )
+                            })?),
+                            None => None,
+                        },
+                        ..quorate_redis::RedisSettings::default()
+                    },
+                )?),
+            },
         })
     }
 }

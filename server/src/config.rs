@@ -60,6 +60,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// How often the certificate files are re-read.
     pub tls_watch_interval: Duration,
+    /// Stateless mode (`--store redis://…`): counters in this Redis, not in Raft.
+    pub redis: Option<quorate_redis::RedisStore>,
 }
 
 /// Raft timing and compaction.
@@ -102,6 +104,7 @@ impl Config {
             batch: BatchSettings::default(),
             tls: None,
             tls_watch_interval: crate::tls::WATCH_INTERVAL,
+            redis: None,
         }
     }
 }

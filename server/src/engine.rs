@@ -17,6 +17,7 @@ mod fast;
 mod forward;
 mod leadership;
 mod propose;
+mod redis_counters;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use forward::{check_forwarded, forward_handler, ForwardResult};
 pub use leadership::Leadership;
 pub use propose::BatchSettings;
+pub use redis_counters::RedisCounters;
 
 /// A hit resolved against the policy: what goes into the log, and how to decide it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +134,8 @@ pub struct Engine {
     forwarder: forward::Forwarder,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Stateless mode: counters live in Redis, not in the Raft log (`--store`).
+    redis: Option<RedisCounters>,
 }
 
 impl Engine {
@@ -171,7 +175,15 @@ impl Engine {
             forwarder: forward::Forwarder::new(peer_auth),
             metrics,
             timeout: settings.decision_timeout,
+            redis: None,
         }
+    }
+
+    /// Decides every hit in Redis instead of through Raft (stateless mode). The Raft
+    /// node still carries the policy; the decision surfaces are unchanged.
+    pub fn with_redis(mut self, store: Option<quorate_redis::RedisStore>) -> Engine {
+        self.redis = store.map(|s| RedisCounters::new(s, Arc::clone(&self.metrics)));
+        self
     }
 
     /// The live policy.
@@ -235,6 +247,10 @@ impl Engine {
         hits: Vec<ResolvedHit>,
         forwarded: bool,
     ) -> Result<Vec<Decision>, EngineError> {
+        // The one place stateless mode differs: the counters' home.
+        if let Some(redis) = &self.redis {
+            return redis.check(hits, &self.shared.policy.load().set).await;
+        }
         if !self.leadership.is_leader() {
             if forwarded {
                 return Err(EngineError::not_applied(

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub unknown_limits: IntCounter,
     /// Requests that got `UNAVAILABLE` because their batch did not commit in time.
     pub decision_timeouts: IntCounter,
+    /// Decisions the Redis counter store could not make (down, slow, or failing):
+    /// answered per `failure_mode`. Stateless mode (`--store redis://…`) only.
+    pub store_errors: IntCounter,
+    /// 1 while the Redis counter store answers, 0 after a failed call (stateless mode).
+    pub store_up: IntGauge,
     /// Hits per strict batch entry (group commit effectiveness).
     pub batch_hits: Histogram,
     /// Fast-mode hits granted by a leader whose consumed quota never reached the log.
@@ -172,6 +177,16 @@ impl Metrics {
                 r,
                 "decision_timeouts_total",
                 "Decisions that timed out waiting for a quorum",
+            )?,
+            store_errors: counter(
+                r,
+                "store_errors_total",
+                "Decisions the Redis counter store could not make (answered per failure_mode)",
+            )?,
+            store_up: gauge(
+                r,
+                "store_up",
+                "1 while the Redis counter store answers, 0 after a failed call",
             )?,
             batch_hits: register(
                 r,

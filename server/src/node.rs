@@ -156,15 +156,18 @@ pub async fn run(
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    let engine = Arc::new(Engine::start(
-        raft.clone(),
-        config.id,
-        shared,
-        Arc::clone(&metrics),
-        config.batch,
-        config.peer_auth.clone(),
-        config.raft.election_min,
-    ));
+    let engine = Arc::new(
+        Engine::start(
+            raft.clone(),
+            config.id,
+            shared,
+            Arc::clone(&metrics),
+            config.batch,
+            config.peer_auth.clone(),
+            config.raft.election_min,
+        )
+        .with_redis(config.redis.clone()),
+    );
 
     let admin_token = match config.admin_token.clone() {
         Some(token) => token,

@@ -582,6 +582,10 @@ pub struct PolicyView {
     pub applied_at_ms: Option<u64>,
     pub rollback_of: Option<u64>,
     pub limits: Vec<String>,
+    /// Hex SHA-256 of `source`: nodes that each apply the policy file (stateless mode,
+    /// `--store`) have their own version numbers, so operators compare this instead.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 async fn get_policy(State(ctx): State<NodeContext>) -> Json<PolicyView> {
@@ -596,6 +600,11 @@ async fn get_policy(State(ctx): State<NodeContext>) -> Json<PolicyView> {
         applied_at_ms: live.version.as_ref().map(|v| v.applied_at / 1_000_000),
         rollback_of: live.version.as_ref().and_then(|v| v.rollback_of),
         limits: live.set.limits.keys().cloned().collect(),
+        sha256: live.version.as_ref().map(|v| {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(v.source.text.as_bytes());
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        }),
     })
 }
 
