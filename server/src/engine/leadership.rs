@@ -6,7 +6,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: it is the clock openraft's `millis_since_quorum_ack` is measured
+// on, and the one the simulator pauses and advances.
+use tokio::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
