@@ -87,8 +87,13 @@ impl Leadership {
         let has_quorum = voters <= 1
             || now_ms.saturating_sub(self.quorum_ack_ms.load(Ordering::Acquire))
                 < FAST_QUORUM_GRACE.as_millis() as u64;
-        // An entry of our own term applied ⇒ every entry of earlier leaders is applied.
-        let caught_up = m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term);
+        // An entry of our own leadership applied ⇒ every entry of earlier leaders is
+        // applied. The term alone is not enough: openraft's default leader ids are
+        // (term, node), so an earlier leader may share our term (found by the simulator).
+        let caught_up = m
+            .last_applied
+            .map(|l| (l.leader_id.term, l.leader_id.node_id))
+            == Some((m.current_term, self.node_id));
         if is_leader && caught_up && has_quorum {
             fast.enable(m.current_term);
         } else {
