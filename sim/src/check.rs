@@ -3,7 +3,7 @@
 //! Inputs are what the clients heard ([`Op`]s), what every node incarnation applied
 //! ([`Applied`]), who claimed leadership of which term, and each node's final state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use quorate_algorithms::{Algorithm, Decision, Nanos, Rate};
 use quorate_server::policy::Consistency;
@@ -35,7 +35,8 @@ pub struct FinalState {
 pub struct Evidence<'a> {
     pub ops: &'a [Op],
     pub applied: &'a [Applied],
-    pub leaders: &'a BTreeMap<u64, BTreeSet<NodeId>>,
+    /// `(term, node)` of every leadership, in the order first seen.
+    pub leaders: &'a [(u64, NodeId)],
     pub finals: &'a [FinalState],
     /// The fast path's documented per-failover loss bound, besides the limit itself:
     /// `max_inflight × max_hits + CONSUMED_QUEUE`.
@@ -71,15 +72,26 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     v
 }
 
-/// No two leaders in one term.
+/// Election safety as openraft defines it. quorate runs openraft's default "advanced"
+/// leader ids: a leader id is `(term, node)`, ordered by term then node, and a vote is
+/// granted only to a greater id than any granted before. Two leaders may therefore share
+/// a term (the later one with the greater node id; openraft docs, `leader_id.md`); what
+/// must never happen is a leadership whose id is not greater than one already granted.
+/// (Standard Raft's "one leader per term" needs the `single-term-leader` feature.)
 fn election_safety(e: &Evidence<'_>, v: &mut Vec<Violation>) {
-    for (term, nodes) in e.leaders {
-        if nodes.len() > 1 {
-            v.push(Violation {
-                invariant: "election safety",
-                detail: format!("term {term} had leaders {nodes:?}"),
-            });
+    let mut latest: BTreeMap<u64, NodeId> = BTreeMap::new();
+    for (term, node) in e.leaders {
+        if let Some(prev) = latest.get(term) {
+            if node <= prev {
+                v.push(Violation {
+                    invariant: "election safety",
+                    detail: format!(
+                        "n{node} became leader of term {term} after n{prev} did: leader id ({term}, {node}) is not greater"
+                    ),
+                });
+            }
         }
+        latest.insert(*term, *node);
     }
 }
 

@@ -4,7 +4,7 @@
 //! machine (on a temp dir), its engine with batcher, fast path and leadership watcher —
 //! wired to the simulated [`Net`], a crashable [`MemLog`] and its own skewable clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,8 +72,8 @@ pub struct Cluster {
     pub trace: Trace,
     pub faults: Faults,
     pub applied: ApplyLog,
-    /// term → nodes seen leading it.
-    pub leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>>,
+    /// `(term, node)` of every leadership seen, in the order first seen.
+    pub leaders: Arc<Mutex<Vec<(u64, NodeId)>>>,
     disks: BTreeMap<NodeId, SharedDisk>,
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
     skews: BTreeMap<NodeId, Arc<AtomicI64>>,
@@ -249,12 +249,14 @@ impl Cluster {
                     (m.state, m.current_term)
                 };
                 if state == ServerState::Leader {
-                    let new = leaders
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(term)
-                        .or_default()
-                        .insert(id);
+                    let new = {
+                        let mut seen = leaders.lock().unwrap_or_else(|p| p.into_inner());
+                        let new = !seen.contains(&(term, id));
+                        if new {
+                            seen.push((term, id));
+                        }
+                        new
+                    };
                     if new {
                         trace.event(format!("n{id} leads term {term}"));
                     }
@@ -275,6 +277,9 @@ impl Cluster {
         let lost = self.disks.get(&id).map_or(0, SharedDisk::crash);
         let _ = node.raft.shutdown().await;
         self.faults.count("crash");
+        for _ in 0..lost {
+            self.faults.count("unfsynced_entry_lost");
+        }
         self.trace.event(format!(
             "CRASH n{id} (incarnation {}): {lost} unfsynced entries lost",
             node.incarnation

@@ -112,7 +112,10 @@ pub struct Report {
     pub ops: usize,
     pub granted: usize,
     pub entries: usize,
+    /// Leaderships seen (distinct `(term, node)`).
     pub terms: usize,
+    /// Terms that had more than one leader (legal in openraft's default mode).
+    pub shared_terms: usize,
 }
 
 impl Report {
@@ -247,6 +250,13 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         granted,
         entries,
         terms: leaders.len(),
+        shared_terms: {
+            let mut per_term: BTreeMap<u64, usize> = BTreeMap::new();
+            for (term, _) in &leaders {
+                *per_term.entry(*term).or_default() += 1;
+            }
+            per_term.values().filter(|n| **n > 1).count()
+        },
     })
 }
 

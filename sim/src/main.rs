@@ -80,8 +80,8 @@ fn main() -> ExitCode {
                 }
             }
             println!(
-                "seed {seed}: ok ({} ops, {} granted, {} entries, {} terms, hash {:016x})",
-                report.ops, report.granted, report.entries, report.terms, report.hash
+                "seed {seed}: ok ({} ops, {} granted, {} entries, {} leaderships, {} shared terms, hash {:016x})",
+                report.ops, report.granted, report.entries, report.terms, report.shared_terms, report.hash
             );
         } else {
             println!("{}", report.describe());

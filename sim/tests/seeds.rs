@@ -5,7 +5,13 @@ use quorate_sim::{run_seed, Options, PlantedBug};
 
 /// Seeds run on every `scripts/test.sh`. Regression seeds (ones that once exposed a bug)
 /// are added here with a comment naming the bug.
-const QUICK_SEEDS: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+const QUICK_SEEDS: &[u64] = &[
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    // Two leaders in term 7 (openraft's default leader ids): once flagged as an
+    // election-safety violation; exposed that fast decisions keyed "caught up" on the
+    // term alone (engine/leadership.rs).
+    203,
+];
 
 fn run(options: &Options) -> quorate_sim::Report {
     match run_seed(options) {
