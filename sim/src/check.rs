@@ -383,3 +383,83 @@ fn convergence(e: &Evidence<'_>, canonical: &BTreeMap<u64, &Applied>, v: &mut Ve
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use quorate_algorithms::CounterState;
+
+    const SECOND: Nanos = 1_000_000_000;
+    const T0: Nanos = 1_750_000_000_000_000_000;
+
+    fn rates() -> Vec<Rate> {
+        vec![
+            Rate::with_precision(Algorithm::FixedWindow, 7, SECOND, None, None).unwrap(),
+            Rate::with_precision(Algorithm::SlidingWindow, 7, SECOND, None, Some(1)).unwrap(),
+            Rate::with_precision(Algorithm::SlidingWindow, 8, 2 * SECOND, None, Some(4)).unwrap(),
+            Rate::with_precision(Algorithm::SlidingLog, 7, SECOND, None, None).unwrap(),
+            Rate::with_precision(Algorithm::TokenBucket, 3, SECOND, Some(6), None).unwrap(),
+        ]
+    }
+
+    /// Grants the real algorithm makes for hits `(gap after the previous, cost)`.
+    fn grants(rate: &Rate, hits: &[(u64, u64)]) -> Vec<(Nanos, u64, Rate, u64)> {
+        let mut state = CounterState::new(rate);
+        let mut now = T0;
+        let mut out = Vec::new();
+        for (i, (gap, cost)) in hits.iter().enumerate() {
+            now += gap;
+            let d = state.check(rate, now, *cost);
+            if d.allowed && *cost > 0 {
+                out.push((now, *cost, *rate, i as u64));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// The checker's bounds never flag what the real algorithms grant: a violation
+        /// it reports is a real one.
+        #[test]
+        fn the_bounds_accept_every_real_algorithm_history(
+            hits in proptest::collection::vec((0u64..400_000_000, 0u64..4), 1..200),
+        ) {
+            for rate in rates() {
+                let g = grants(&rate, &hits);
+                prop_assert_eq!(over_limit(&g), None, "{:?}", rate);
+            }
+        }
+    }
+
+    #[test]
+    fn one_grant_too_many_is_flagged_for_every_algorithm() {
+        for rate in rates() {
+            let n = rate.capacity() + 1;
+            let g: Vec<_> = (0..n).map(|i| (T0, 1, rate, i)).collect();
+            assert!(over_limit(&g).is_some(), "{rate:?}: {n} grants at one instant passed");
+            assert_eq!(over_limit(&g[..g.len() - 1]), None, "{rate:?}: a full quota was flagged");
+        }
+    }
+
+    #[test]
+    fn two_leaders_of_one_term_are_fine_only_in_increasing_node_order() {
+        let finals = [];
+        let evidence = |leaders: &[(u64, NodeId)]| {
+            let mut v = Vec::new();
+            election_safety(
+                &Evidence {
+                    ops: &[],
+                    applied: &[],
+                    leaders,
+                    finals: &finals,
+                    fast_unreplicated_cap: 0,
+                },
+                &mut v,
+            );
+            v.len()
+        };
+        assert_eq!(evidence(&[(7, 2), (7, 3), (8, 1)]), 0);
+        assert_eq!(evidence(&[(7, 3), (7, 2)]), 1);
+    }
+}
