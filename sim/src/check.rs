@@ -45,6 +45,9 @@ pub struct Evidence<'a> {
 
 type Multiset = BTreeMap<String, u64>;
 
+/// One strict grant in the committed log: `(log time, cost, rate, log index)`.
+type Grant = (Nanos, u64, Rate, u64);
+
 fn take(set: &mut Multiset, key: &str) -> bool {
     match set.get_mut(key) {
         Some(n) if *n > 0 => {
@@ -110,8 +113,13 @@ fn replica_agreement<'a>(e: &Evidence<'a>, v: &mut Vec<Violation>) -> BTreeMap<u
                         invariant: "log matching",
                         detail: format!(
                             "index {}: n{}#{} applied {} but n{}#{} applied {}",
-                            a.log_id.index, first.node, first.incarnation, first.log_id,
-                            a.node, a.incarnation, a.log_id
+                            a.log_id.index,
+                            first.node,
+                            first.incarnation,
+                            first.log_id,
+                            a.node,
+                            a.incarnation,
+                            a.log_id
                         ),
                     });
                 } else if first.response != a.response {
@@ -119,8 +127,13 @@ fn replica_agreement<'a>(e: &Evidence<'a>, v: &mut Vec<Violation>) -> BTreeMap<u
                         invariant: "replica state",
                         detail: format!(
                             "index {}: n{}#{} answered {:?} but n{}#{} answered {:?}",
-                            a.log_id.index, first.node, first.incarnation, first.response,
-                            a.node, a.incarnation, a.response
+                            a.log_id.index,
+                            first.node,
+                            first.incarnation,
+                            first.response,
+                            a.node,
+                            a.incarnation,
+                            a.response
                         ),
                     });
                 }
@@ -255,12 +268,13 @@ fn fast_loss_bound(
 /// time (the leaders' timestamps, clamped to be monotonic as the state machine does).
 fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violation>) {
     // (limit, key) → [(log time, cost, rate, index)]
-    let mut grants: BTreeMap<(String, String), Vec<(Nanos, u64, Rate, u64)>> = BTreeMap::new();
+    let mut grants: BTreeMap<(String, String), Vec<Grant>> = BTreeMap::new();
     let mut clock: Nanos = 0;
     for (index, a) in canonical {
         let Some(command) = &a.command else { continue };
         clock = clock.max(command.ts());
-        if let (Command::Hits { hits, .. }, CommandResponse::Decisions(ds)) = (command, &a.response) {
+        if let (Command::Hits { hits, .. }, CommandResponse::Decisions(ds)) = (command, &a.response)
+        {
             for (h, d) in hits.iter().zip(ds) {
                 if d.allowed && h.cost > 0 && consistency_of(&h.limit) == Consistency::Strict {
                     grants
@@ -282,7 +296,7 @@ fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violati
 }
 
 /// The first place where `grants` (in log order) exceed their algorithm's bound.
-fn over_limit(grants: &[(Nanos, u64, Rate, u64)]) -> Option<String> {
+fn over_limit(grants: &[Grant]) -> Option<String> {
     let (_, _, rate, _) = grants.first()?;
     let max_limit = grants.iter().map(|g| g.2.limit()).max().unwrap_or(0);
     let window = rate.window().max(1);
@@ -302,7 +316,10 @@ fn over_limit(grants: &[(Nanos, u64, Rate, u64)]) -> Option<String> {
                 *per_slot.entry(g.0 / slot).or_default() += g.1;
             }
             for (s, _) in per_slot.iter() {
-                let sum: u64 = per_slot.range(s.saturating_sub(p - 1)..=*s).map(|(_, c)| c).sum();
+                let sum: u64 = per_slot
+                    .range(s.saturating_sub(p - 1)..=*s)
+                    .map(|(_, c)| c)
+                    .sum();
                 if sum > max_limit {
                     let idx: Vec<u64> = grants
                         .iter()
@@ -339,8 +356,8 @@ fn over_limit(grants: &[(Nanos, u64, Rate, u64)]) -> Option<String> {
                 for b in a..grants.len() {
                     sum += grants[b].1;
                     let elapsed = grants[b].0 - grants[a].0;
-                    let refill = (u128::from(elapsed) * u128::from(max_limit))
-                        .div_ceil(u128::from(window));
+                    let refill =
+                        (u128::from(elapsed) * u128::from(max_limit)).div_ceil(u128::from(window));
                     if u128::from(sum) > u128::from(burst) + refill {
                         return Some(format!(
                             "{sum} granted between entries {} and {} ({elapsed} ns apart; burst {burst}, refill {refill})",
@@ -404,7 +421,7 @@ mod tests {
     }
 
     /// Grants the real algorithm makes for hits `(gap after the previous, cost)`.
-    fn grants(rate: &Rate, hits: &[(u64, u64)]) -> Vec<(Nanos, u64, Rate, u64)> {
+    fn grants(rate: &Rate, hits: &[(u64, u64)]) -> Vec<Grant> {
         let mut state = CounterState::new(rate);
         let mut now = T0;
         let mut out = Vec::new();
@@ -437,8 +454,15 @@ mod tests {
         for rate in rates() {
             let n = rate.capacity() + 1;
             let g: Vec<_> = (0..n).map(|i| (T0, 1, rate, i)).collect();
-            assert!(over_limit(&g).is_some(), "{rate:?}: {n} grants at one instant passed");
-            assert_eq!(over_limit(&g[..g.len() - 1]), None, "{rate:?}: a full quota was flagged");
+            assert!(
+                over_limit(&g).is_some(),
+                "{rate:?}: {n} grants at one instant passed"
+            );
+            assert_eq!(
+                over_limit(&g[..g.len() - 1]),
+                None,
+                "{rate:?}: a full quota was flagged"
+            );
         }
     }
 

@@ -102,7 +102,10 @@ impl Cluster {
         .map_err(|e| SimError::Setup(e.to_string()))?;
         let mut dirs = BTreeMap::new();
         for id in &ids {
-            dirs.insert(*id, tempfile::tempdir().map_err(|e| SimError::Setup(e.to_string()))?);
+            dirs.insert(
+                *id,
+                tempfile::tempdir().map_err(|e| SimError::Setup(e.to_string()))?,
+            );
         }
         Ok(Cluster {
             net: Net::new(rng.clone(), faults.clone()),

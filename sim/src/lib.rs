@@ -50,7 +50,9 @@ impl std::str::FromStr for PlantedBug {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "strict-before-commit" => Ok(PlantedBug::StrictBeforeCommit),
-            other => Err(format!("unknown planted bug {other:?} (known: strict-before-commit)")),
+            other => Err(format!(
+                "unknown planted bug {other:?} (known: strict-before-commit)"
+            )),
         }
     }
 }
@@ -121,7 +123,11 @@ pub struct Report {
 impl Report {
     /// The failure text: replay command, violations, trace.
     pub fn describe(&self) -> String {
-        let mut out = format!("seed {} FAILED\nreplay: {}\n", self.options.seed, self.options.replay_command());
+        let mut out = format!(
+            "seed {} FAILED\nreplay: {}\n",
+            self.options.seed,
+            self.options.replay_command()
+        );
         for v in &self.violations {
             out.push_str(&format!("violation [{}]: {}\n", v.invariant, v.detail));
         }
@@ -157,7 +163,12 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
     let rng = SimRng::new(options.seed);
     let trace = Trace::new();
     let faults = Faults::default();
-    let cluster = Arc::new(Cluster::new(options.nodes, rng, trace.clone(), faults.clone())?);
+    let cluster = Arc::new(Cluster::new(
+        options.nodes,
+        rng,
+        trace.clone(),
+        faults.clone(),
+    )?);
     for id in cluster.ids.clone() {
         cluster.start(id).await?;
     }
@@ -188,9 +199,15 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
             Arc::clone(&stop),
         )));
     }
-    tasks.push(tokio::spawn(workload::policy_churn(Arc::clone(&cluster), Arc::clone(&stop))));
+    tasks.push(tokio::spawn(workload::policy_churn(
+        Arc::clone(&cluster),
+        Arc::clone(&stop),
+    )));
     if options.faults {
-        tasks.push(tokio::spawn(workload::nemesis(Arc::clone(&cluster), Arc::clone(&stop))));
+        tasks.push(tokio::spawn(workload::nemesis(
+            Arc::clone(&cluster),
+            Arc::clone(&stop),
+        )));
     }
     tokio::time::sleep(options.duration).await;
     stop.store(true, Ordering::Relaxed);
@@ -272,7 +289,11 @@ async fn quiesce(cluster: &Cluster) -> Vec<FinalState> {
             .map(|n| n.raft.metrics().borrow().last_applied)
             .collect();
         let same = applied.windows(2).all(|w| w[0] == w[1]);
-        stable = if same && cluster.leader().is_some() { stable + 1 } else { 0 };
+        stable = if same && cluster.leader().is_some() {
+            stable + 1
+        } else {
+            0
+        };
     }
     cluster
         .live_nodes()
@@ -292,7 +313,12 @@ async fn quiesce(cluster: &Cluster) -> Vec<FinalState> {
                 incarnation: n.incarnation,
                 last_applied: n.raft.metrics().borrow().last_applied.map(|l| l.index),
                 counters,
-                policy_versions: n.shared.policy_history().iter().map(|p| p.version).collect(),
+                policy_versions: n
+                    .shared
+                    .policy_history()
+                    .iter()
+                    .map(|p| p.version)
+                    .collect(),
             }
         })
         .collect()
@@ -302,7 +328,11 @@ async fn quiesce(cluster: &Cluster) -> Vec<FinalState> {
 /// simulated duration, then drops clients, while a violation remains. `None` when the
 /// original does not fail.
 pub fn shrink(options: &Options) -> Option<Options> {
-    let fails = |o: &Options| run_seed(o).map(|r| !r.violations.is_empty()).unwrap_or(false);
+    let fails = |o: &Options| {
+        run_seed(o)
+            .map(|r| !r.violations.is_empty())
+            .unwrap_or(false)
+    };
     if !fails(options) {
         return None;
     }

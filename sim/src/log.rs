@@ -86,7 +86,9 @@ pub struct MemLog {
 
 impl std::fmt::Debug for Flush {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Flush").field("log_ids", &self.log_ids).finish()
+        f.debug_struct("Flush")
+            .field("log_ids", &self.log_ids)
+            .finish()
     }
 }
 

@@ -71,7 +71,12 @@ pub struct Net {
 /// What happens to one message.
 enum Fate {
     Unreachable,
-    Deliver { delay: Duration, duplicate: Option<Duration>, lose_reply: bool, lose_request: bool },
+    Deliver {
+        delay: Duration,
+        duplicate: Option<Duration>,
+        lose_reply: bool,
+        lose_request: bool,
+    },
 }
 
 impl Net {
@@ -219,9 +224,7 @@ impl Net {
                 Err(RPCError::Network(NetworkError::new(&Lost)))
             }
             Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(RaftError::Fatal(f)))) => {
-                Err(RPCError::Unreachable(Unreachable::new(&f)))
-            }
+            Ok(Ok(Err(RaftError::Fatal(f)))) => Err(RPCError::Unreachable(Unreachable::new(&f))),
             Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(to, e))),
         }
     }
@@ -271,9 +274,13 @@ impl RaftNetwork<TypeConfig> for Link {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         self.net
-            .send(self.from, self.to, rpc, &option, |raft: Raft, rpc| async move {
-                raft.append_entries(rpc).await
-            })
+            .send(
+                self.from,
+                self.to,
+                rpc,
+                &option,
+                |raft: Raft, rpc| async move { raft.append_entries(rpc).await },
+            )
             .await
     }
 
@@ -283,9 +290,13 @@ impl RaftNetwork<TypeConfig> for Link {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         self.net
-            .send(self.from, self.to, rpc, &option, |raft: Raft, rpc| async move {
-                raft.install_snapshot(rpc).await
-            })
+            .send(
+                self.from,
+                self.to,
+                rpc,
+                &option,
+                |raft: Raft, rpc| async move { raft.install_snapshot(rpc).await },
+            )
             .await
     }
 
@@ -295,9 +306,13 @@ impl RaftNetwork<TypeConfig> for Link {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.net
-            .send(self.from, self.to, rpc, &option, |raft: Raft, rpc| async move {
-                raft.vote(rpc).await
-            })
+            .send(
+                self.from,
+                self.to,
+                rpc,
+                &option,
+                |raft: Raft, rpc| async move { raft.vote(rpc).await },
+            )
             .await
     }
 }

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use quorate_server::raft::state_machine::{SnapshotBuilder, StateMachine};
-use quorate_server::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+use quorate_server::raft::typ::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+};
 use quorate_server::raft::{Command, CommandResponse, NodeId, TypeConfig};
 
 /// One applied entry, as one node incarnation saw it.

@@ -18,7 +18,10 @@ impl Faults {
     }
 
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -29,7 +32,14 @@ pub struct Trace {
     events: Arc<Mutex<Vec<String>>>,
 }
 
+impl Default for Trace {
+    fn default() -> Self {
+        Trace::new()
+    }
+}
+
 impl Trace {
+    /// A trace whose clock starts now (simulated time).
     pub fn new() -> Trace {
         Trace {
             start: tokio::time::Instant::now(),

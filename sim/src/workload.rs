@@ -133,7 +133,12 @@ pub async fn client(cluster: Arc<Cluster>, id: usize, history: History, stop: Ar
         let outcome = match node.engine.resolve_named(hits.clone()) {
             Err(e) => Err(e),
             Ok(resolved) => {
-                match tokio::time::timeout(Duration::from_secs(3), node.engine.check(resolved, true)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    node.engine.check(resolved, true),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(_) => Err(EngineError::Internal("client timeout".into())),
                 }
@@ -143,9 +148,10 @@ pub async fn client(cluster: Arc<Cluster>, id: usize, history: History, stop: Ar
         let outcome = match outcome {
             Ok(d) => Ok(d),
             Err(EngineError::Unavailable { reason, leader, .. }) => {
-                preferred = leader.as_ref().map(node_id_of).or_else(|| {
-                    live.iter().copied().find(|n| Some(*n) != preferred)
-                });
+                preferred = leader
+                    .as_ref()
+                    .map(node_id_of)
+                    .or_else(|| live.iter().copied().find(|n| Some(*n) != preferred));
                 Err(format!("unavailable: {reason}"))
             }
             Err(e) => {
@@ -175,7 +181,8 @@ pub async fn write_through_leader(
     while tokio::time::Instant::now() < until {
         if let Some(leader) = cluster.leader() {
             let cmd = command(cluster, leader.id);
-            match tokio::time::timeout(Duration::from_secs(1), leader.raft.client_write(cmd)).await {
+            match tokio::time::timeout(Duration::from_secs(1), leader.raft.client_write(cmd)).await
+            {
                 Ok(Ok(resp)) => return Ok(resp.data),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out".into(),
@@ -190,7 +197,12 @@ pub async fn write_through_leader(
 pub async fn policy_churn(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) {
     let mut n = 1;
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(cluster.rng.duration(Duration::from_millis(700), Duration::from_secs(2))).await;
+        tokio::time::sleep(
+            cluster
+                .rng
+                .duration(Duration::from_millis(700), Duration::from_secs(2)),
+        )
+        .await;
         let text = policy_text(n);
         let result = write_through_leader(
             &cluster,
@@ -202,7 +214,9 @@ pub async fn policy_churn(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) {
             Duration::from_secs(1),
         )
         .await;
-        cluster.trace.event(format!("policy write #{n}: {result:?}"));
+        cluster
+            .trace
+            .event(format!("policy write #{n}: {result:?}"));
         n += 1;
     }
 }
@@ -215,7 +229,8 @@ pub async fn nemesis(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) {
     let faults = cluster.faults.clone();
     let mut restarts = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(rng.duration(Duration::from_millis(150), Duration::from_millis(700))).await;
+        tokio::time::sleep(rng.duration(Duration::from_millis(150), Duration::from_millis(700)))
+            .await;
         match rng.range(0, 100) {
             0..=14 => {
                 let size = rng.range(1, (ids.len() as u64 / 2).max(1) + 1);
@@ -257,7 +272,8 @@ pub async fn nemesis(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) {
                     };
                     cluster.crash(victim).await;
                     let c = Arc::clone(&cluster);
-                    let down = rng.duration(Duration::from_millis(100), Duration::from_millis(1500));
+                    let down =
+                        rng.duration(Duration::from_millis(100), Duration::from_millis(1500));
                     restarts.push(tokio::spawn(async move {
                         tokio::time::sleep(down).await;
                         restart(&c, victim).await;

@@ -25,7 +25,11 @@ fn quick_seeds_hold_every_invariant_under_faults() {
     let mut failures = Vec::new();
     for seed in QUICK_SEEDS {
         let report = run(&Options::new(*seed));
-        assert!(report.ops > 100, "seed {seed}: the workload barely ran ({} ops)", report.ops);
+        assert!(
+            report.ops > 100,
+            "seed {seed}: the workload barely ran ({} ops)",
+            report.ops
+        );
         if !report.violations.is_empty() {
             failures.push(report.describe());
         }
@@ -58,7 +62,8 @@ fn a_planted_strict_before_commit_bug_is_caught_within_three_seeds() {
     let (seed, detail, description) = caught.expect("the checker missed a planted bug");
     assert!(detail.contains("no committed entry"), "{detail}");
     assert!(
-        description.contains(&format!("--seed {seed}")) && description.contains("--plant strict-before-commit"),
+        description.contains(&format!("--seed {seed}"))
+            && description.contains("--plant strict-before-commit"),
         "the failure must print a replayable command: {description}"
     );
 }
