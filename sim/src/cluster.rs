@@ -19,7 +19,7 @@ use quorate_server::raft::state_machine::{SharedState, StateMachine};
 use quorate_server::raft::typ::Raft;
 use quorate_server::raft::{Node, NodeId};
 
-use crate::log::{MemLog, SharedDisk};
+use crate::log::{DiskMode, MemLog, SharedDisk};
 use crate::net::{Net, NodeNet};
 use crate::rng::SimRng;
 use crate::sm::{ApplyLog, RecordingStateMachine};
@@ -81,11 +81,18 @@ pub struct Cluster {
     incarnations: Mutex<BTreeMap<NodeId, u32>>,
     config: Arc<openraft::Config>,
     pub settings: BatchSettings,
+    disk_mode: DiskMode,
     start: tokio::time::Instant,
 }
 
 impl Cluster {
-    pub fn new(n: usize, rng: SimRng, trace: Trace, faults: Faults) -> Result<Cluster, SimError> {
+    pub fn new(
+        n: usize,
+        rng: SimRng,
+        trace: Trace,
+        faults: Faults,
+        disk_mode: DiskMode,
+    ) -> Result<Cluster, SimError> {
         let ids: Vec<NodeId> = (1..=n as u64).collect();
         let config = openraft::Config {
             cluster_name: "quorate-sim".into(),
@@ -126,6 +133,7 @@ impl Cluster {
                 max_inflight: 1,
                 decision_timeout: Duration::from_secs(1),
             },
+            disk_mode,
             start: tokio::time::Instant::now(),
         })
     }
@@ -188,11 +196,7 @@ impl Cluster {
             *n
         };
         let disk = self.disks.get(&id).cloned().unwrap_or_default();
-        let log = MemLog::open(
-            disk,
-            self.rng.clone(),
-            (Duration::from_micros(50), Duration::from_millis(3)),
-        );
+        let log = MemLog::open(disk, self.rng.clone(), self.disk_mode);
         let dir = self
             .dirs
             .get(&id)

@@ -43,6 +43,17 @@ pub enum SimError {
 pub enum PlantedBug {
     /// The leader answers strict hits from memory before they commit.
     StrictBeforeCommit,
+    /// Disks acknowledge fsyncs before the data is durable.
+    LyingFsync,
+}
+
+impl PlantedBug {
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::StrictBeforeCommit => "strict-before-commit",
+            PlantedBug::LyingFsync => "lying-fsync",
+        }
+    }
 }
 
 impl std::str::FromStr for PlantedBug {
@@ -50,8 +61,9 @@ impl std::str::FromStr for PlantedBug {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "strict-before-commit" => Ok(PlantedBug::StrictBeforeCommit),
+            "lying-fsync" => Ok(PlantedBug::LyingFsync),
             other => Err(format!(
-                "unknown planted bug {other:?} (known: strict-before-commit)"
+                "unknown planted bug {other:?} (known: strict-before-commit, lying-fsync)"
             )),
         }
     }
@@ -94,8 +106,9 @@ impl Options {
         if !self.faults {
             cmd.push_str(" --no-faults");
         }
-        if let Some(PlantedBug::StrictBeforeCommit) = self.plant {
-            cmd.push_str(" --plant strict-before-commit");
+        if let Some(bug) = self.plant {
+            cmd.push_str(" --plant ");
+            cmd.push_str(bug.name());
         }
         cmd.push_str(" --trace");
         cmd
@@ -163,11 +176,18 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
     let rng = SimRng::new(options.seed);
     let trace = Trace::new();
     let faults = Faults::default();
+    let disk_mode = match options.plant {
+        Some(PlantedBug::LyingFsync) => {
+            log::DiskMode::Lying(Duration::from_millis(200), Duration::from_millis(1500))
+        }
+        _ => log::DiskMode::Honest(Duration::from_micros(50), Duration::from_millis(3)),
+    };
     let cluster = Arc::new(Cluster::new(
         options.nodes,
         rng,
         trace.clone(),
         faults.clone(),
+        disk_mode,
     )?);
     for id in cluster.ids.clone() {
         cluster.start(id).await?;

@@ -71,7 +71,20 @@ impl SharedDisk {
 struct Flush {
     log_ids: Vec<LogId>,
     incarnation: u64,
-    callback: LogFlushed<TypeConfig>,
+    /// `None` once the callback was called early (a lying disk).
+    callback: Option<LogFlushed<TypeConfig>>,
+    /// When the write reaches the platter.
+    durable_at: tokio::time::Instant,
+}
+
+/// How the disk behaves.
+#[derive(Debug, Clone, Copy)]
+pub enum DiskMode {
+    /// fsync returns once the write is durable, after a delay in this range.
+    Honest(Duration, Duration),
+    /// Planted bug: fsync returns at once, but the write only becomes durable after a
+    /// delay in this range (a write-back cache without power-loss protection).
+    Lying(Duration, Duration),
 }
 
 /// One incarnation's handle on a [`SharedDisk`].
@@ -103,13 +116,33 @@ impl MemLog {
         })
     }
 
-    /// Opens `disk` for a new incarnation; fsyncs take `fsync_min..=fsync_max`.
-    pub fn open(disk: SharedDisk, rng: SimRng, fsync: (Duration, Duration)) -> MemLog {
+    /// Opens `disk` for a new incarnation.
+    pub fn open(disk: SharedDisk, rng: SimRng, mode: DiskMode) -> MemLog {
         let (tx, mut rx) = mpsc::unbounded_channel::<Flush>();
         let flush_disk = disk.clone();
+        let (lo, hi) = match mode {
+            DiskMode::Honest(lo, hi) | DiskMode::Lying(lo, hi) => (lo, hi),
+        };
+        let lying = matches!(mode, DiskMode::Lying(..));
+        let (jobs, mut queued) = mpsc::unbounded_channel::<Flush>();
+        // Stamps each write with the instant it becomes durable (and, on a lying disk,
+        // acknowledges it right away), keeping arrival order.
         tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                tokio::time::sleep(rng.duration(fsync.0, fsync.1)).await;
+            while let Some(mut job) = rx.recv().await {
+                job.durable_at = tokio::time::Instant::now() + rng.duration(lo, hi);
+                if lying {
+                    if let Some(cb) = job.callback.take() {
+                        cb.log_io_completed(Ok(()));
+                    }
+                }
+                if jobs.send(job).is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(job) = queued.recv().await {
+                tokio::time::sleep_until(job.durable_at).await;
                 let landed = flush_disk.with(|d| {
                     if d.incarnation != job.incarnation {
                         return false;
@@ -123,8 +156,8 @@ impl MemLog {
                     }
                     true
                 });
-                if landed {
-                    job.callback.log_io_completed(Ok(()));
+                if let (true, Some(cb)) = (landed, job.callback) {
+                    cb.log_io_completed(Ok(()));
                 }
             }
         });
@@ -200,7 +233,8 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         let _ = self.flusher.send(Flush {
             log_ids,
             incarnation,
-            callback,
+            callback: Some(callback),
+            durable_at: tokio::time::Instant::now(),
         });
         Ok(())
     }

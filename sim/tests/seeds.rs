@@ -77,3 +77,33 @@ fn a_fault_free_run_grants_and_denies() {
     assert!(report.granted > 0 && report.granted < report.ops * 2);
     assert!(report.faults.is_empty(), "{:?}", report.faults);
 }
+
+#[test]
+fn a_planted_lying_fsync_is_caught_within_six_seeds_and_only_with_crashes() {
+    // A disk that acknowledges fsyncs before the data is durable loses committed entries
+    // when nodes crash: the checker must see it as lost or divergent entries.
+    let caught = (0..6).find_map(|seed| {
+        let mut options = Options::new(seed);
+        options.plant = Some(PlantedBug::LyingFsync);
+        let report = run(&options);
+        (!report.violations.is_empty()).then_some(report)
+    });
+    let report = caught.expect("the checker missed a lying fsync in six seeds");
+    assert!(
+        report.faults.get("crash").copied().unwrap_or(0) > 0,
+        "a lying fsync only shows after a crash"
+    );
+    assert!(
+        report.violations.iter().any(|v| matches!(
+            v.invariant,
+            "log matching" | "strict acknowledged = committed" | "convergence" | "replica state"
+        )),
+        "{}",
+        report.describe()
+    );
+    // Without crashes the lie is invisible: nothing may be reported.
+    let mut calm = report.options.clone();
+    calm.faults = false;
+    let calm = run(&calm);
+    assert!(calm.violations.is_empty(), "{}", calm.describe());
+}
