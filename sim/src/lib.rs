@@ -80,6 +80,8 @@ pub struct Options {
     /// Inject faults (crashes, partitions, lossy links, clock skew).
     pub faults: bool,
     pub plant: Option<PlantedBug>,
+    /// Stop injecting faults after this many nemesis actions (set by shrinking).
+    pub max_faults: Option<u32>,
 }
 
 impl Options {
@@ -91,6 +93,7 @@ impl Options {
             duration: Duration::from_secs(6),
             faults: true,
             plant: None,
+            max_faults: None,
         }
     }
 
@@ -105,6 +108,9 @@ impl Options {
         );
         if !self.faults {
             cmd.push_str(" --no-faults");
+        }
+        if let Some(max) = self.max_faults {
+            cmd.push_str(&format!(" --max-faults {max}"));
         }
         if let Some(bug) = self.plant {
             cmd.push_str(" --plant ");
@@ -227,6 +233,7 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         tasks.push(tokio::spawn(workload::nemesis(
             Arc::clone(&cluster),
             Arc::clone(&stop),
+            options.max_faults,
         )));
     }
     tokio::time::sleep(options.duration).await;
@@ -344,9 +351,9 @@ async fn quiesce(cluster: &Cluster) -> Vec<FinalState> {
         .collect()
 }
 
-/// Looks for a shorter, smaller run of the same seed that still fails: halves the
-/// simulated duration, then drops clients, while a violation remains. `None` when the
-/// original does not fail.
+/// Looks for a shorter failing run of the same seed. Both knobs keep the run's prefix
+/// identical: the fewest nemesis actions that still fail (binary search), then the
+/// shortest workload (halving). `None` when the original does not fail.
 pub fn shrink(options: &Options) -> Option<Options> {
     let fails = |o: &Options| {
         run_seed(o)
@@ -357,19 +364,33 @@ pub fn shrink(options: &Options) -> Option<Options> {
         return None;
     }
     let mut best = options.clone();
+    if best.faults {
+        // Upper bound: one action per 150 ms at most.
+        let most = u32::try_from(best.duration.as_millis() / 150 + 1).unwrap_or(u32::MAX);
+        let (mut lo, mut hi) = (0u32, best.max_faults.unwrap_or(most).min(most));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let mut trial = best.clone();
+            trial.max_faults = Some(mid);
+            if fails(&trial) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let mut trial = best.clone();
+        trial.max_faults = Some(hi);
+        if fails(&trial) {
+            best = trial;
+        }
+    }
     loop {
         let mut shorter = best.clone();
         shorter.duration = best.duration / 2;
         if shorter.duration >= Duration::from_millis(250) && fails(&shorter) {
             best = shorter;
-            continue;
+        } else {
+            return Some(best);
         }
-        let mut fewer = best.clone();
-        fewer.clients = best.clients.saturating_sub(1);
-        if fewer.clients >= 1 && fails(&fewer) {
-            best = fewer;
-            continue;
-        }
-        return Some(best);
     }
 }

@@ -32,6 +32,9 @@ struct Args {
     /// Plant a known bug (strict-before-commit) to see the checker catch it.
     #[arg(long)]
     plant: Option<PlantedBug>,
+    /// Stop injecting faults after this many nemesis actions (what --shrink prints).
+    #[arg(long)]
+    max_faults: Option<u32>,
     /// Print the trace of every run, not only of failing ones.
     #[arg(long)]
     trace: bool,
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         duration: Duration::from_secs_f64(args.secs.max(0.1)),
         faults: !args.no_faults,
         plant: args.plant,
+        max_faults: args.max_faults,
     };
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],

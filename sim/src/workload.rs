@@ -221,16 +221,22 @@ pub async fn policy_churn(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Injects faults until `stop`, then undoes them all.
-pub async fn nemesis(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) {
+/// Injects faults until `stop` (or after `max_actions`, for shrinking: the run up to the
+/// last action taken is the same as the full run's), then undoes them all.
+pub async fn nemesis(cluster: Arc<Cluster>, stop: Arc<AtomicBool>, max_actions: Option<u32>) {
     let rng = cluster.rng.clone();
     let ids = cluster.ids.clone();
     let trace = cluster.trace.clone();
     let faults = cluster.faults.clone();
     let mut restarts = Vec::new();
+    let mut actions = 0u32;
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(rng.duration(Duration::from_millis(150), Duration::from_millis(700)))
             .await;
+        if max_actions.is_some_and(|max| actions >= max) {
+            break;
+        }
+        actions += 1;
         match rng.range(0, 100) {
             0..=14 => {
                 let size = rng.range(1, (ids.len() as u64 / 2).max(1) + 1);
