@@ -35,8 +35,8 @@ pub struct FinalState {
 pub struct Evidence<'a> {
     pub ops: &'a [Op],
     pub applied: &'a [Applied],
-    /// `(term, node)` of every leadership, in the order first seen.
-    pub leaders: &'a [(u64, NodeId)],
+    /// `(term, node, simulated ms)` of every leadership, when first seen.
+    pub leaders: &'a [(u64, NodeId, u64)],
     pub finals: &'a [FinalState],
     /// The fast path's documented per-failover loss bound, besides the limit itself:
     /// `max_inflight × max_hits + CONSUMED_QUEUE`.
@@ -81,20 +81,21 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
 /// a term (the later one with the greater node id; openraft docs, `leader_id.md`); what
 /// must never happen is a leadership whose id is not greater than one already granted.
 /// (Standard Raft's "one leader per term" needs the `single-term-leader` feature.)
+/// Leaderships first seen at the same simulated instant are unordered (each node's
+/// metrics watcher runs in its own task), so only a strictly later one is compared.
 fn election_safety(e: &Evidence<'_>, v: &mut Vec<Violation>) {
-    let mut latest: BTreeMap<u64, NodeId> = BTreeMap::new();
-    for (term, node) in e.leaders {
-        if let Some(prev) = latest.get(term) {
-            if node <= prev {
+    for (term, node, at) in e.leaders {
+        for (term2, node2, at2) in e.leaders {
+            if term == term2 && at2 > at && node2 <= node {
                 v.push(Violation {
                     invariant: "election safety",
                     detail: format!(
-                        "n{node} became leader of term {term} after n{prev} did: leader id ({term}, {node}) is not greater"
+                        "n{node2} became leader of term {term} at {at2}ms, after n{node} did at {at}ms: \
+                         leader id ({term}, {node2}) is not greater"
                     ),
                 });
             }
         }
-        latest.insert(*term, *node);
     }
 }
 
@@ -469,7 +470,7 @@ mod tests {
     #[test]
     fn two_leaders_of_one_term_are_fine_only_in_increasing_node_order() {
         let finals = [];
-        let evidence = |leaders: &[(u64, NodeId)]| {
+        let evidence = |leaders: &[(u64, NodeId, u64)]| {
             let mut v = Vec::new();
             election_safety(
                 &Evidence {
@@ -483,7 +484,12 @@ mod tests {
             );
             v.len()
         };
-        assert_eq!(evidence(&[(7, 2), (7, 3), (8, 1)]), 0);
-        assert_eq!(evidence(&[(7, 3), (7, 2)]), 1);
+        assert_eq!(evidence(&[(7, 2, 10), (7, 3, 20), (8, 1, 30)]), 0);
+        assert_eq!(
+            evidence(&[(7, 3, 10), (7, 2, 10)]),
+            0,
+            "same instant: unordered"
+        );
+        assert_eq!(evidence(&[(7, 3, 10), (7, 2, 11)]), 1);
     }
 }

@@ -72,8 +72,8 @@ pub struct Cluster {
     pub trace: Trace,
     pub faults: Faults,
     pub applied: ApplyLog,
-    /// `(term, node)` of every leadership seen, in the order first seen.
-    pub leaders: Arc<Mutex<Vec<(u64, NodeId)>>>,
+    /// `(term, node, simulated ms)` of every leadership, when first seen.
+    pub leaders: Arc<Mutex<Vec<(u64, NodeId, u64)>>>,
     disks: BTreeMap<NodeId, SharedDisk>,
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
     skews: BTreeMap<NodeId, Arc<AtomicI64>>,
@@ -251,21 +251,28 @@ impl Cluster {
         tokio::spawn(async move {
             let mut rx = raft.metrics();
             loop {
-                let (state, term) = {
+                // The same test quorate's engine uses to act as leader: openraft may
+                // report `state: Leader` for a moment after granting a higher vote to
+                // another node, but `current_leader` then already names that node.
+                let (leads, term, vote) = {
                     let m = rx.borrow_and_update();
-                    (m.state, m.current_term)
+                    (
+                        m.state == ServerState::Leader && m.current_leader == Some(id),
+                        m.current_term,
+                        m.vote,
+                    )
                 };
-                if state == ServerState::Leader {
+                if leads {
                     let new = {
                         let mut seen = leaders.lock().unwrap_or_else(|p| p.into_inner());
-                        let new = !seen.contains(&(term, id));
+                        let new = !seen.iter().any(|l| (l.0, l.1) == (term, id));
                         if new {
-                            seen.push((term, id));
+                            seen.push((term, id, trace.millis()));
                         }
                         new
                     };
                     if new {
-                        trace.event(format!("n{id} leads term {term}"));
+                        trace.event(format!("n{id} leads term {term} (vote {vote})"));
                     }
                 }
                 if rx.changed().await.is_err() {

@@ -296,7 +296,7 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         terms: leaders.len(),
         shared_terms: {
             let mut per_term: BTreeMap<u64, usize> = BTreeMap::new();
-            for (term, _) in &leaders {
+            for (term, _, _) in &leaders {
                 *per_term.entry(*term).or_default() += 1;
             }
             per_term.values().filter(|n| **n > 1).count()

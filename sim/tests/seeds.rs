@@ -11,6 +11,10 @@ const QUICK_SEEDS: &[u64] = &[
     // election-safety violation; exposed that fast decisions keyed "caught up" on the
     // term alone (engine/leadership.rs).
     203,
+    // n1 (7, 1) and n2 (7, 2) both elected in term 7 within one simulated millisecond;
+    // their metrics watchers saw them in the opposite order. Checker regression: same-
+    // instant leaderships are unordered.
+    10204,
 ];
 
 fn run(options: &Options) -> quorate_sim::Report {
