@@ -303,7 +303,9 @@ impl Cluster {
     /// Forms the cluster with every node as a voter.
     pub async fn initialize(&self) -> Result<(), SimError> {
         let first = self
-            .node(self.ids[0])
+            .ids
+            .first()
+            .and_then(|id| self.node(*id))
             .ok_or_else(|| SimError::Setup("first node is not running".into()))?;
         let members: BTreeMap<NodeId, Node> =
             self.ids.iter().map(|id| (*id, node_addr(*id))).collect();

@@ -19,12 +19,14 @@ struct Args {
     seeds: u64,
     #[arg(long, default_value_t = 0)]
     from: u64,
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
-    #[arg(long, default_value_t = 6)]
-    clients: usize,
-    /// Simulated seconds of workload and faults per seed.
-    #[arg(long, default_value_t = 6.0)]
+    /// Cluster size, 1–9.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    nodes: u8,
+    /// Concurrent clients, 0–64.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(0..=64))]
+    clients: u8,
+    /// Simulated seconds of workload and faults per seed (0.1–3600).
+    #[arg(long, default_value_t = 6.0, value_parser = parse_secs)]
     secs: f64,
     /// No crashes, partitions, lossy links or clock skew.
     #[arg(long)]
@@ -43,13 +45,22 @@ struct Args {
     shrink: bool,
 }
 
+fn parse_secs(text: &str) -> Result<f64, String> {
+    let secs: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.1..=3600.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("{secs} is outside 0.1..=3600"))
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let options = |seed| Options {
         seed,
-        nodes: args.nodes,
-        clients: args.clients,
-        duration: Duration::from_secs_f64(args.secs.max(0.1)),
+        nodes: usize::from(args.nodes),
+        clients: usize::from(args.clients),
+        duration: Duration::from_secs_f64(args.secs),
         faults: !args.no_faults,
         plant: args.plant,
         max_faults: args.max_faults,
