@@ -111,3 +111,17 @@ fn a_planted_lying_fsync_is_caught_within_six_seeds_and_only_with_crashes() {
     let calm = run(&calm);
     assert!(calm.violations.is_empty(), "{}", calm.describe());
 }
+
+#[test]
+fn five_node_clusters_hold_every_invariant_under_faults() {
+    let mut failures = Vec::new();
+    for seed in 0..3 {
+        let mut options = Options::new(seed);
+        options.nodes = 5;
+        let report = run(&options);
+        if !report.violations.is_empty() {
+            failures.push(report.describe());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
