@@ -102,10 +102,32 @@ impl EngineError {
     }
 }
 
+/// Where a node reads wall time: the system clock, or (in the simulator) a per-node clock
+/// that can be skewed and jump.
+pub type WallSource = Arc<dyn Fn() -> Nanos + Send + Sync>;
+
 /// The leader's clock for stamping entries: wall time, never running backwards.
-#[derive(Debug, Default)]
 pub struct LeaderClock {
     last: AtomicU64,
+    source: Option<WallSource>,
+}
+
+impl Default for LeaderClock {
+    fn default() -> Self {
+        LeaderClock {
+            last: AtomicU64::new(0),
+            source: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LeaderClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderClock")
+            .field("last", &self.last)
+            .field("source", &self.source.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 /// Wall-clock time in [`Nanos`]; only leaders stamp entries with it.
@@ -117,11 +139,53 @@ pub fn wall_nanos() -> Nanos {
 }
 
 impl LeaderClock {
+    /// A clock reading `source` instead of the system clock (still never running backwards).
+    pub fn with_source(source: WallSource) -> LeaderClock {
+        LeaderClock {
+            last: AtomicU64::new(0),
+            source: Some(source),
+        }
+    }
+
     pub fn now(&self) -> Nanos {
-        let wall = wall_nanos();
+        let wall = match &self.source {
+            Some(source) => source(),
+            None => wall_nanos(),
+        };
         let prev = self.last.fetch_max(wall, Ordering::Relaxed);
         wall.max(prev)
     }
+}
+
+/// Bugs planted on purpose, so the simulator (`sim/`) can prove its checker catches them.
+/// Compiled only with the `sim-planted-bugs` feature, and even then off unless a
+/// simulator thread switches one on for itself.
+#[cfg(feature = "sim-planted-bugs")]
+pub mod planted {
+    use std::cell::Cell;
+
+    thread_local! {
+        static STRICT_BEFORE_COMMIT: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// When on, the leader answers `strict` hits from its fast-path memory before they
+    /// are committed (the bug strict mode exists to prevent).
+    pub fn set_strict_before_commit(on: bool) {
+        STRICT_BEFORE_COMMIT.with(|c| c.set(on));
+    }
+
+    pub(crate) fn strict_before_commit() -> bool {
+        STRICT_BEFORE_COMMIT.with(Cell::get)
+    }
+}
+
+/// The consistency a hit is decided with (a planted bug may downgrade strict to fast).
+fn effective_consistency(consistency: Consistency) -> Consistency {
+    #[cfg(feature = "sim-planted-bugs")]
+    if planted::strict_before_commit() {
+        return Consistency::Fast;
+    }
+    consistency
 }
 
 /// Decides hits for one node.
@@ -152,6 +216,20 @@ impl Engine {
         election_timeout_min: Duration,
     ) -> Engine {
         let clock = Arc::new(LeaderClock::default());
+        Engine::start_with_clock(raft, node_id, shared, metrics, settings, peer_auth, clock)
+    }
+
+    /// [`Engine::start`] with the leader's timestamps read from `clock` (the simulator
+    /// gives each node its own, skewed clock).
+    pub fn start_with_clock(
+        raft: Raft,
+        node_id: NodeId,
+        shared: Arc<SharedState>,
+        metrics: Arc<Metrics>,
+        settings: BatchSettings,
+        peer_auth: crate::raft::peer_auth::PeerAuth,
+        clock: Arc<LeaderClock>,
+    ) -> Engine {
         let fast = Arc::new(fast::FastPath::new(
             Arc::clone(&shared),
             raft.clone(),
@@ -286,7 +364,7 @@ impl Engine {
         let mut strict_slots = Vec::new();
         let mut guards = Vec::new();
         for (i, resolved) in hits.into_iter().enumerate() {
-            if resolved.consistency == Consistency::Fast {
+            if effective_consistency(resolved.consistency) == Consistency::Fast {
                 let guard = loop {
                     match self.fast.decide(&resolved.hit) {
                         fast::FastOutcome::Decided(d) => break Ok(d),

@@ -6,13 +6,17 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: it is the clock openraft's `millis_since_quorum_ack` is measured
+// on, and the one the simulator pauses and advances.
+use tokio::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
 use super::fast::FastPath;
 use crate::metrics::{Metrics, RaftGauges};
-use crate::raft::typ::{Raft, RaftMetrics};
+use crate::raft::typ::{LogId, Raft, RaftMetrics};
 use crate::raft::{Node, NodeId};
 
 /// How often the watcher re-evaluates without a metrics change.
@@ -84,8 +88,7 @@ impl Leadership {
         let has_quorum = voters <= 1
             || now_ms.saturating_sub(self.quorum_ack_ms.load(Ordering::Acquire))
                 < u64::try_from(self.fast_quorum_grace.as_millis()).unwrap_or(u64::MAX);
-        // An entry of our own term applied ⇒ every entry of earlier leaders is applied.
-        let caught_up = m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term);
+        let caught_up = applied_own_entry(m.last_applied, m.current_term, self.node_id);
         if is_leader && caught_up && has_quorum {
             fast.enable(m.current_term);
         } else {
@@ -115,5 +118,32 @@ impl Leadership {
 
     pub fn leader_id(&self) -> Option<NodeId> {
         self.leader.load().as_ref().map(|l| l.0)
+    }
+}
+
+/// Whether the last applied entry was written by this node's own leadership, which means
+/// every entry of earlier leaders is applied too. The term alone is not enough: openraft's
+/// default leader ids are `(term, node)`, so an earlier leader may share this leader's
+/// term (found by the simulator, `sim/`, seed 203).
+fn applied_own_entry(last_applied: Option<LogId>, term: u64, node_id: NodeId) -> bool {
+    last_applied.map(|l| (l.leader_id.term, l.leader_id.node_id)) == Some((term, node_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    #[test]
+    fn an_entry_of_an_earlier_leader_of_the_same_term_is_not_our_own() {
+        let by = |term, node| Some(LogId::new(CommittedLeaderId::new(term, node), 10));
+        assert!(applied_own_entry(by(7, 3), 7, 3));
+        assert!(
+            !applied_own_entry(by(7, 2), 7, 3),
+            "n2 led term 7 before n3"
+        );
+        assert!(!applied_own_entry(by(6, 3), 7, 3));
+        assert!(!applied_own_entry(None, 7, 3));
     }
 }

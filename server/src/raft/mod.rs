@@ -7,11 +7,13 @@
 //! - [`network`]: outbound Raft RPCs to peers over tonic (`quorate.raft.v1`).
 //! - [`peer`]: the inbound side of those RPCs, served on the peer listener only.
 //! - [`peer_auth`]: how peers prove they belong to the cluster (the seam for mTLS).
+//! - [`runtime`]: tokio with a seedable election-timeout RNG (for the simulator).
 
 pub mod log_store;
 pub mod network;
 pub mod peer;
 pub mod peer_auth;
+pub mod runtime;
 pub mod state_machine;
 
 use std::fmt;
@@ -33,7 +35,7 @@ openraft::declare_raft_types!(
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::SeededTokio,
 );
 
 /// Aliases of openraft's generic types, declared once.

@@ -1,0 +1,495 @@
+//! The checker: every invariant quorate promises, evaluated over one run's history.
+//!
+//! Inputs are what the clients heard ([`Op`]s), what every node incarnation applied
+//! ([`Applied`]), who claimed leadership of which term, and each node's final state.
+
+use std::collections::BTreeMap;
+
+use quorate_algorithms::{Algorithm, Decision, Nanos, Rate};
+use quorate_server::policy::Consistency;
+use quorate_server::raft::{Command, CommandResponse, NodeId};
+
+use crate::sm::Applied;
+use crate::workload::{consistency_of, Op};
+
+/// One broken promise.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+/// A node's state once the run has quiesced.
+#[derive(Debug, Clone)]
+pub struct FinalState {
+    pub node: NodeId,
+    pub incarnation: u32,
+    pub last_applied: Option<u64>,
+    /// Counters, sorted, as text.
+    pub counters: Vec<String>,
+    pub policy_versions: Vec<u64>,
+}
+
+/// Everything the checker looks at.
+#[derive(Debug)]
+pub struct Evidence<'a> {
+    pub ops: &'a [Op],
+    pub applied: &'a [Applied],
+    /// `(term, node, simulated ms)` of every leadership, when first seen.
+    pub leaders: &'a [(u64, NodeId, u64)],
+    pub finals: &'a [FinalState],
+    /// The fast path's documented per-failover loss bound, besides the limit itself:
+    /// `max_inflight × max_hits + CONSUMED_QUEUE`.
+    pub fast_unreplicated_cap: u64,
+}
+
+type Multiset = BTreeMap<String, u64>;
+
+/// One strict grant in the committed log: `(log time, cost, rate, log index)`.
+type Grant = (Nanos, u64, Rate, u64);
+
+fn take(set: &mut Multiset, key: &str) -> bool {
+    match set.get_mut(key) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn decision_key(limit: &str, key: &str, cost: u64, d: &Decision) -> String {
+    format!("{limit}/{key}/{cost}/{d:?}")
+}
+
+pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
+    let mut v = Vec::new();
+    election_safety(e, &mut v);
+    let canonical = replica_agreement(e, &mut v);
+    policy_order(e, &mut v);
+    let (strict_unmatched, fast_lost) = acknowledgements(e, &canonical, &mut v);
+    let _ = strict_unmatched;
+    fast_loss_bound(e, &fast_lost, &mut v);
+    strict_window_bounds(&canonical, &mut v);
+    convergence(e, &canonical, &mut v);
+    v
+}
+
+/// Election safety as openraft defines it. quorate runs openraft's default "advanced"
+/// leader ids: a leader id is `(term, node)`, ordered by term then node, and a vote is
+/// granted only to a greater id than any granted before. Two leaders may therefore share
+/// a term (the later one with the greater node id; openraft docs, `leader_id.md`); what
+/// must never happen is a leadership whose id is not greater than one already granted.
+/// (Standard Raft's "one leader per term" needs the `single-term-leader` feature.)
+/// Leaderships first seen at the same simulated instant are unordered (each node's
+/// metrics watcher runs in its own task), so only a strictly later one is compared.
+fn election_safety(e: &Evidence<'_>, v: &mut Vec<Violation>) {
+    for (term, node, at) in e.leaders {
+        for (term2, node2, at2) in e.leaders {
+            if term == term2 && at2 > at && node2 <= node {
+                v.push(Violation {
+                    invariant: "election safety",
+                    detail: format!(
+                        "n{node2} became leader of term {term} at {at2}ms, after n{node} did at {at}ms: \
+                         leader id ({term}, {node2}) is not greater"
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Every node (and every incarnation of it) applied the same entry with the same result
+/// at each index. Returns the agreed log, by index.
+fn replica_agreement<'a>(e: &Evidence<'a>, v: &mut Vec<Violation>) -> BTreeMap<u64, &'a Applied> {
+    let mut canonical: BTreeMap<u64, &Applied> = BTreeMap::new();
+    for a in e.applied {
+        match canonical.get(&a.log_id.index) {
+            None => {
+                canonical.insert(a.log_id.index, a);
+            }
+            Some(first) => {
+                if first.log_id != a.log_id || first.command != a.command {
+                    v.push(Violation {
+                        invariant: "log matching",
+                        detail: format!(
+                            "index {}: n{}#{} applied {} but n{}#{} applied {}",
+                            a.log_id.index,
+                            first.node,
+                            first.incarnation,
+                            first.log_id,
+                            a.node,
+                            a.incarnation,
+                            a.log_id
+                        ),
+                    });
+                } else if first.response != a.response {
+                    v.push(Violation {
+                        invariant: "replica state",
+                        detail: format!(
+                            "index {}: n{}#{} answered {:?} but n{}#{} answered {:?}",
+                            a.log_id.index,
+                            first.node,
+                            first.incarnation,
+                            first.response,
+                            a.node,
+                            a.incarnation,
+                            a.response
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    canonical
+}
+
+/// On every node incarnation, policy versions become live in order, one at a time.
+fn policy_order(e: &Evidence<'_>, v: &mut Vec<Violation>) {
+    let mut last: BTreeMap<(NodeId, u32), u64> = BTreeMap::new();
+    for a in e.applied {
+        if let CommandResponse::Policy(Ok(version)) = &a.response {
+            let prev = last.entry((a.node, a.incarnation)).or_insert(0);
+            if *version != *prev + 1 {
+                v.push(Violation {
+                    invariant: "policy order",
+                    detail: format!(
+                        "n{}#{} applied policy version {version} after {prev} (index {})",
+                        a.node, a.incarnation, a.log_id.index
+                    ),
+                });
+            }
+            *prev = *version;
+        }
+    }
+}
+
+/// Acknowledged strict decisions must be committed decisions; acknowledged fast grants
+/// should be committed consumption. Returns the unmatched strict count and, per
+/// `(limit, key)`, the fast grants that never reached the log.
+fn acknowledgements(
+    e: &Evidence<'_>,
+    canonical: &BTreeMap<u64, &Applied>,
+    v: &mut Vec<Violation>,
+) -> (usize, BTreeMap<(String, String), u64>) {
+    let mut decided: Multiset = BTreeMap::new();
+    let mut consumed: Multiset = BTreeMap::new();
+    for a in canonical.values() {
+        match (&a.command, &a.response) {
+            (Some(Command::Hits { hits, .. }), CommandResponse::Decisions(ds)) => {
+                for (h, d) in hits.iter().zip(ds) {
+                    *decided
+                        .entry(decision_key(&h.limit, &h.key, h.cost, d))
+                        .or_default() += 1;
+                }
+            }
+            (Some(Command::Consumed { hits, .. }), _) => {
+                for h in hits {
+                    *consumed
+                        .entry(format!("{}/{}/{}", h.limit, h.key, h.cost))
+                        .or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut unmatched = 0;
+    let mut fast_lost: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for op in e.ops {
+        let Ok(decisions) = &op.outcome else { continue };
+        if decisions.len() != op.hits.len() {
+            v.push(Violation {
+                invariant: "one decision per hit",
+                detail: format!("{op:?}"),
+            });
+            continue;
+        }
+        for ((limit, key, cost), d) in op.hits.iter().zip(decisions) {
+            let dk = decision_key(limit, key, *cost, d);
+            match consistency_of(limit) {
+                Consistency::Strict => {
+                    if !take(&mut decided, &dk) {
+                        unmatched += 1;
+                        v.push(Violation {
+                            invariant: "strict acknowledged = committed",
+                            detail: format!(
+                                "client {} heard {} for {limit}/{key} cost {cost} from n{} at {}..{}ms, \
+                                 but no committed entry made that decision",
+                                op.client,
+                                if d.allowed { "ALLOWED" } else { "DENIED" },
+                                op.node,
+                                op.start_ms,
+                                op.end_ms
+                            ),
+                        });
+                    }
+                }
+                Consistency::Fast => {
+                    if !d.allowed || *cost == 0 || take(&mut decided, &dk) {
+                        continue;
+                    }
+                    if !take(&mut consumed, &format!("{limit}/{key}/{cost}")) {
+                        *fast_lost.entry((limit.clone(), key.clone())).or_default() += cost;
+                    }
+                }
+            }
+        }
+    }
+    (unmatched, fast_lost)
+}
+
+/// Fast grants lost to failover stay within the documented bound (docs/benchmarks.md,
+/// "Fast mode: quota lost on leader failover"): per failover, at most min(limit,
+/// inflight × max_hits + queue); none at all without a leader change.
+fn fast_loss_bound(
+    e: &Evidence<'_>,
+    lost: &BTreeMap<(String, String), u64>,
+    v: &mut Vec<Violation>,
+) {
+    let failovers = e.leaders.len().saturating_sub(1) as u64;
+    for ((limit, key), n) in lost {
+        let capacity = crate::workload::LIMITS
+            .iter()
+            .find(|l| l.name == limit)
+            .map_or(0, |l| l.capacity);
+        let bound = failovers.saturating_mul(capacity.min(e.fast_unreplicated_cap));
+        if *n > bound {
+            v.push(Violation {
+                invariant: "fast overshoot bound",
+                detail: format!(
+                    "{limit}/{key}: {n} acknowledged fast grants never reached the log; \
+                     bound is {bound} ({failovers} leader changes)"
+                ),
+            });
+        }
+    }
+}
+
+/// Strict grants in the committed log never exceed what each algorithm allows, in log
+/// time (the leaders' timestamps, clamped to be monotonic as the state machine does).
+fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violation>) {
+    // (limit, key) → [(log time, cost, rate, index)]
+    let mut grants: BTreeMap<(String, String), Vec<Grant>> = BTreeMap::new();
+    let mut clock: Nanos = 0;
+    for (index, a) in canonical {
+        let Some(command) = &a.command else { continue };
+        clock = clock.max(command.ts());
+        if let (Command::Hits { hits, .. }, CommandResponse::Decisions(ds)) = (command, &a.response)
+        {
+            for (h, d) in hits.iter().zip(ds) {
+                if d.allowed && h.cost > 0 && consistency_of(&h.limit) == Consistency::Strict {
+                    grants
+                        .entry((h.limit.clone(), h.key.clone()))
+                        .or_default()
+                        .push((clock, h.cost, h.rate, *index));
+                }
+            }
+        }
+    }
+    for ((limit, key), gs) in &grants {
+        if let Some(detail) = over_limit(gs) {
+            v.push(Violation {
+                invariant: "strict limit",
+                detail: format!("{limit}/{key}: {detail}"),
+            });
+        }
+    }
+}
+
+/// The first place where `grants` (in log order) exceed their algorithm's bound.
+fn over_limit(grants: &[Grant]) -> Option<String> {
+    let (_, _, rate, _) = grants.first()?;
+    let max_limit = grants.iter().map(|g| g.2.limit()).max().unwrap_or(0);
+    let window = rate.window().max(1);
+    match rate.algorithm() {
+        Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+            // Fixed window: the sum per aligned window. Sliding window of precision p:
+            // every p consecutive aligned slots (p = 1 is the two-counter form, whose
+            // current window alone never exceeds the limit).
+            let p = if rate.algorithm() == Algorithm::FixedWindow {
+                1
+            } else {
+                u64::from(rate.precision().max(1))
+            };
+            let slot = (window / p).max(1);
+            let mut per_slot: BTreeMap<u64, u64> = BTreeMap::new();
+            for g in grants {
+                *per_slot.entry(g.0 / slot).or_default() += g.1;
+            }
+            for (s, _) in per_slot.iter() {
+                let sum: u64 = per_slot
+                    .range(s.saturating_sub(p - 1)..=*s)
+                    .map(|(_, c)| c)
+                    .sum();
+                if sum > max_limit {
+                    let idx: Vec<u64> = grants
+                        .iter()
+                        .filter(|g| g.0 / slot + p > *s && g.0 / slot <= *s)
+                        .map(|g| g.3)
+                        .collect();
+                    return Some(format!(
+                        "{sum} granted in {p} slot(s) ending at slot {s} (limit {max_limit}); entries {idx:?}"
+                    ));
+                }
+            }
+            None
+        }
+        Algorithm::SlidingLog => {
+            for (i, g) in grants.iter().enumerate() {
+                let sum: u64 = grants[..=i]
+                    .iter()
+                    .filter(|h| h.0 + window > g.0)
+                    .map(|h| h.1)
+                    .sum();
+                if sum > max_limit {
+                    return Some(format!(
+                        "{sum} granted within one window ending at entry {} (limit {max_limit})",
+                        g.3
+                    ));
+                }
+            }
+            None
+        }
+        Algorithm::TokenBucket => {
+            let burst = grants.iter().map(|g| g.2.burst()).max().unwrap_or(0);
+            for a in 0..grants.len() {
+                let mut sum = 0u64;
+                for b in a..grants.len() {
+                    sum += grants[b].1;
+                    let elapsed = grants[b].0 - grants[a].0;
+                    let refill =
+                        (u128::from(elapsed) * u128::from(max_limit)).div_ceil(u128::from(window));
+                    if u128::from(sum) > u128::from(burst) + refill {
+                        return Some(format!(
+                            "{sum} granted between entries {} and {} ({elapsed} ns apart; burst {burst}, refill {refill})",
+                            grants[a].3, grants[b].3
+                        ));
+                    }
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Once faults heal, every node reaches the same applied index with the same state: a
+/// restarted node equals the leader at the same index, and nothing committed was lost.
+fn convergence(e: &Evidence<'_>, canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violation>) {
+    let committed = canonical.keys().next_back().copied();
+    let Some(reference) = e.finals.iter().max_by_key(|f| f.last_applied) else {
+        return;
+    };
+    for f in e.finals {
+        if f.last_applied < committed {
+            v.push(Violation {
+                invariant: "convergence",
+                detail: format!(
+                    "n{}#{} stopped at index {:?} after faults healed; {:?} was applied somewhere",
+                    f.node, f.incarnation, f.last_applied, committed
+                ),
+            });
+        } else if f.last_applied == reference.last_applied
+            && (f.counters != reference.counters || f.policy_versions != reference.policy_versions)
+        {
+            v.push(Violation {
+                invariant: "replica state",
+                detail: format!(
+                    "at index {:?}, n{}#{} and n{}#{} hold different counters or policies",
+                    f.last_applied, f.node, f.incarnation, reference.node, reference.incarnation
+                ),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use quorate_algorithms::CounterState;
+
+    const SECOND: Nanos = 1_000_000_000;
+    const T0: Nanos = 1_750_000_000_000_000_000;
+
+    fn rates() -> Vec<Rate> {
+        vec![
+            Rate::with_precision(Algorithm::FixedWindow, 7, SECOND, None, None).unwrap(),
+            Rate::with_precision(Algorithm::SlidingWindow, 7, SECOND, None, Some(1)).unwrap(),
+            Rate::with_precision(Algorithm::SlidingWindow, 8, 2 * SECOND, None, Some(4)).unwrap(),
+            Rate::with_precision(Algorithm::SlidingLog, 7, SECOND, None, None).unwrap(),
+            Rate::with_precision(Algorithm::TokenBucket, 3, SECOND, Some(6), None).unwrap(),
+        ]
+    }
+
+    /// Grants the real algorithm makes for hits `(gap after the previous, cost)`.
+    fn grants(rate: &Rate, hits: &[(u64, u64)]) -> Vec<Grant> {
+        let mut state = CounterState::new(rate);
+        let mut now = T0;
+        let mut out = Vec::new();
+        for (i, (gap, cost)) in hits.iter().enumerate() {
+            now += gap;
+            let d = state.check(rate, now, *cost);
+            if d.allowed && *cost > 0 {
+                out.push((now, *cost, *rate, i as u64));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// The checker's bounds never flag what the real algorithms grant: a violation
+        /// it reports is a real one.
+        #[test]
+        fn the_bounds_accept_every_real_algorithm_history(
+            hits in proptest::collection::vec((0u64..400_000_000, 0u64..4), 1..200),
+        ) {
+            for rate in rates() {
+                let g = grants(&rate, &hits);
+                prop_assert_eq!(over_limit(&g), None, "{:?}", rate);
+            }
+        }
+    }
+
+    #[test]
+    fn one_grant_too_many_is_flagged_for_every_algorithm() {
+        for rate in rates() {
+            let n = rate.capacity() + 1;
+            let g: Vec<_> = (0..n).map(|i| (T0, 1, rate, i)).collect();
+            assert!(
+                over_limit(&g).is_some(),
+                "{rate:?}: {n} grants at one instant passed"
+            );
+            assert_eq!(
+                over_limit(&g[..g.len() - 1]),
+                None,
+                "{rate:?}: a full quota was flagged"
+            );
+        }
+    }
+
+    #[test]
+    fn two_leaders_of_one_term_are_fine_only_in_increasing_node_order() {
+        let finals = [];
+        let evidence = |leaders: &[(u64, NodeId, u64)]| {
+            let mut v = Vec::new();
+            election_safety(
+                &Evidence {
+                    ops: &[],
+                    applied: &[],
+                    leaders,
+                    finals: &finals,
+                    fast_unreplicated_cap: 0,
+                },
+                &mut v,
+            );
+            v.len()
+        };
+        assert_eq!(evidence(&[(7, 2, 10), (7, 3, 20), (8, 1, 30)]), 0);
+        assert_eq!(
+            evidence(&[(7, 3, 10), (7, 2, 10)]),
+            0,
+            "same instant: unordered"
+        );
+        assert_eq!(evidence(&[(7, 3, 10), (7, 2, 11)]), 1);
+    }
+}
