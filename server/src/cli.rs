@@ -134,6 +134,13 @@ pub struct ServeArgs {
     /// certificate signed by one of them (mTLS). Reloaded like the certificate.
     #[arg(long, env = "QUORATE_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// Decisions (gRPC and forward-auth together) admitted at once; more are answered
+    /// at once with RESOURCE_EXHAUSTED / 503 instead of queueing. 0 = never shed.
+    #[arg(long, default_value_t = crate::overload::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Longest an admitted decision may take (DEADLINE_EXCEEDED / 504 after it).
+    #[arg(long, default_value_t = crate::overload::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
+    pub request_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -196,6 +203,10 @@ impl ServeArgs {
                 _ => None,
             },
             tls_watch_interval: crate::tls::WATCH_INTERVAL,
+            overload: crate::overload::OverloadSettings {
+                max_in_flight: self.max_in_flight,
+                request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            },
         })
     }
 }

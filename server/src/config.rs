@@ -57,6 +57,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// How often the certificate files are re-read.
     pub tls_watch_interval: Duration,
+    /// Load shedding and the request timeout on the decision surfaces.
+    pub overload: crate::overload::OverloadSettings,
 }
 
 /// Raft timing and compaction.
@@ -99,6 +101,7 @@ impl Config {
             batch: BatchSettings::default(),
             tls: None,
             tls_watch_interval: crate::tls::WATCH_INTERVAL,
+            overload: crate::overload::OverloadSettings::default(),
         }
     }
 }

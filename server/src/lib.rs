@@ -30,6 +30,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+pub mod overload;
 pub mod policy;
 pub mod policy_watch;
 pub mod raft;
