@@ -25,8 +25,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
-use quorate_server::raft::log_store::LogStore;
 use quorate_server::raft::typ::Entry;
+use quorate_server::raft::LogStore;
 use quorate_server::raft::{Command, Hit};
 use redb::{Database, Durability, TableDefinition};
 

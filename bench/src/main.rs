@@ -25,6 +25,7 @@ mod authz;
 mod keys;
 mod load;
 mod null_server;
+mod overload;
 mod procs;
 mod report;
 mod rls;
@@ -108,6 +109,29 @@ enum Command {
     },
     /// The Rust SDK next to raw gRPC: overhead per call, deny cache on a hot key.
     Sdk(SdkArgs),
+    /// One node offered 0.5x and 2x its capacity (open loop), with load shedding and
+    /// without; prints a markdown table.
+    Overload {
+        #[arg(long, default_value = "target/release/quorate")]
+        quorate: PathBuf,
+        /// `--max-in-flight` of the shedding node.
+        #[arg(long, default_value_t = 256)]
+        max_in_flight: usize,
+        /// Closed-loop calls in flight when finding the capacity.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Measured time of each phase.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// HTTP/2 connections the calls are spread over.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// A call not answered within this counts as a timeout.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        work_dir: PathBuf,
+    },
     /// Start one quorate node or a 3-node cluster with a policy and hold it up.
     Nodes {
         #[arg(long, default_value = "target/release/quorate")]
@@ -403,6 +427,31 @@ async fn main() -> anyhow::Result<()> {
                 keep,
             };
             suite::hold_nodes(n).await
+        }
+        Command::Overload {
+            quorate,
+            max_in_flight,
+            concurrency,
+            duration,
+            connections,
+            timeout,
+            work_dir,
+        } => {
+            let cfg = overload::OverloadConfig {
+                quorate,
+                max_in_flight,
+                concurrency,
+                duration,
+                connections,
+                timeout,
+                work_dir,
+            };
+            let markdown = tokio::select! {
+                r = overload::run(cfg) => r?,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
+            };
+            println!("{markdown}");
+            Ok(())
         }
         Command::Suite(args) => {
             let cfg = suite_config(args)?;

@@ -188,6 +188,13 @@ pub struct ServeArgs {
     /// PEM CA certificate(s) to trust for `rediss://` (default: the system's roots).
     #[arg(long, env = "QUORATE_STORE_CA")]
     pub store_ca_file: Option<PathBuf>,
+    /// Decisions (gRPC and forward-auth together) admitted at once; more are answered
+    /// at once with RESOURCE_EXHAUSTED / 503 instead of queueing. 0 = never shed.
+    #[arg(long, default_value_t = crate::overload::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Longest an admitted decision may take (DEADLINE_EXCEEDED / 504 after it).
+    #[arg(long, default_value_t = crate::overload::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
+    pub request_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -269,6 +276,10 @@ impl ServeArgs {
                         ..quorate_redis::RedisSettings::default()
                     },
                 )?),
+            },
+            overload: crate::overload::OverloadSettings {
+                max_in_flight: self.max_in_flight,
+                request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
             },
         })
     }

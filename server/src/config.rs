@@ -62,6 +62,8 @@ pub struct Config {
     pub tls_watch_interval: Duration,
     /// Stateless mode (`--store redis://…`): counters in this Redis, not in Raft.
     pub redis: Option<quorate_redis::RedisStore>,
+    /// Load shedding and the request timeout on the decision surfaces.
+    pub overload: crate::overload::OverloadSettings,
 }
 
 /// Raft timing and compaction.
@@ -105,6 +107,7 @@ impl Config {
             tls: None,
             tls_watch_interval: crate::tls::WATCH_INTERVAL,
             redis: None,
+            overload: crate::overload::OverloadSettings::default(),
         }
     }
 }

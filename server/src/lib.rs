@@ -39,6 +39,7 @@ pub mod ops;
 /// The policy model, its own crate (`policy/`): the server uses it, it cannot use the
 /// server.
 pub use quorate_policy as policy;
+pub mod overload;
 pub mod policy_watch;
 pub mod raft;
 pub mod tls;

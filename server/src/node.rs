@@ -13,18 +13,19 @@ use std::time::Duration;
 use openraft::SnapshotPolicy;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tower::Layer;
 
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::grpc::ratelimiter::RateLimiterService;
 use crate::metrics::Metrics;
-use crate::policy::{PolicyFormat, PolicySource, EXAMPLE_POLICY};
-use crate::raft::log_store::LogStore;
+use crate::policy::{PolicyFormat, PolicySet, PolicySource, EXAMPLE_POLICY};
 use crate::raft::network::Network;
 use crate::raft::peer::PeerService;
 use crate::raft::peer_auth::{PeerAuth, PeerAuthError};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::typ::Raft;
+use crate::raft::LogStore;
 use crate::raft::{Command, CommandResponse, Node};
 use crate::tls::incoming::{spawn_grpc, spawn_http};
 use crate::tls::{Role, Tls};
@@ -223,15 +224,20 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
+    // Decisions on both public listeners share one budget; see `overload.rs`.
+    let overload = crate::overload::Overload::new(config.overload);
+    let decisions = overload.grpc_layer();
     let grpc = tonic::transport::Server::builder()
-        .add_service(RateLimiterService::server(Arc::clone(&engine)))
-        .add_service(crate::grpc::rls::RlsService::server(
+        .add_service(decisions.layer(RateLimiterService::server(Arc::clone(&engine))))
+        .add_service(decisions.layer(crate::grpc::rls::RlsService::server(
             Arc::clone(&engine),
             Arc::clone(&metrics),
-        ))
-        .add_service(crate::grpc::ext_authz::ExtAuthzService::server(Arc::clone(
-            &authz,
         )))
+        .add_service(
+            decisions.layer(crate::grpc::ext_authz::ExtAuthzService::server(Arc::clone(
+                &authz,
+            ))),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -266,7 +272,7 @@ pub async fn run(
     }
 
     // HTTP: admin, metrics, health.
-    let app = crate::http::router(ctx.clone());
+    let app = crate::http::router(ctx.clone()).layer(overload.http_layer());
     let http_task = spawn_http(app, listeners.http, tls.clone(), wait_stop(stop_rx.clone()))?;
     if let Some(tls) = tls {
         tokio::spawn(tls.watch(config.tls_watch_interval));

@@ -1,7 +1,8 @@
 //! The Raft layer: type declarations, the log entry payload ([`Command`]) and its
 //! response, plus the storage, state machine and network that openraft drives.
 //!
-//! - [`log_store`]: the durable, group-committed Raft log and vote (ours, on disk).
+//! - [`LogStore`]: the durable, group-committed Raft log and vote (ours, on disk; the
+//!   `quorate-raft-log` crate).
 //! - [`state_machine`]: applies [`Command`]s to the counters and the policy. Pure: no
 //!   clock, no I/O during apply; every replica computes the same decisions.
 //! - [`network`]: outbound Raft RPCs to peers over tonic (`quorate.raft.v1`).
@@ -9,7 +10,6 @@
 //! - [`peer_auth`]: how peers prove they belong to the cluster (the seam for mTLS).
 //! - [`runtime`]: tokio with a seedable election-timeout RNG (for the simulator).
 
-pub mod log_store;
 pub mod network;
 pub mod peer;
 pub mod peer_auth;
@@ -37,6 +37,9 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = runtime::SeededTokio,
 );
+
+/// quorate's Raft log: the `quorate-raft-log` store for this type configuration.
+pub type LogStore = quorate_raft_log::LogStore<TypeConfig>;
 
 /// Aliases of openraft's generic types, declared once.
 pub mod typ {

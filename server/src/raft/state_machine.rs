@@ -126,7 +126,7 @@ impl StateMachine {
 
     /// Opens the state machine kept in `dir`, restoring the snapshot found there.
     pub fn open(dir: &Path) -> Result<StateMachine, std::io::Error> {
-        super::log_store::create_dir_durably(dir)?;
+        quorate_raft_log::create_dir_durably(dir)?;
         let mut sm = StateMachine {
             shared: Arc::new(SharedState {
                 counters: ArcSwap::from_pointee(CounterStore::new(

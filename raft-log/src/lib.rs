@@ -1,6 +1,14 @@
 //! The durable Raft log and vote: an append-only, segmented log file of our own with
 //! group commit, implementing openraft's `RaftLogStorage` (storage-v2).
 //!
+//! [`LogStore<C>`] is generic over openraft's `RaftTypeConfig`, so this crate knows
+//! nothing of the application whose entries it stores: quorate's server uses
+//! `LogStore<quorate_server::raft::TypeConfig>`. Entries are encoded with postcard
+//! (openraft's `serde` feature). Writes that fsync run on tokio's blocking pool, so the
+//! store must be used inside a tokio runtime. openraft's storage test suite
+//! (`openraft::testing::Suite`) runs against it with quorate's state machine in
+//! `server/tests/openraft_suite.rs`.
+//!
 //! # What it guarantees
 //!
 //! - **Nothing acknowledged is lost on `kill -9` or power loss.** An append is reported
@@ -85,12 +93,14 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, RaftTypeConfig, StorageIOError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::typ::{Entry, LogId, StorageError, Vote};
-use super::TypeConfig;
+// openraft's generic types, for the application's type configuration `C`.
+type LogId<C> = openraft::LogId<<C as RaftTypeConfig>::NodeId>;
+type Vote<C> = openraft::Vote<<C as RaftTypeConfig>::NodeId>;
+type StorageError<C> = openraft::StorageError<<C as RaftTypeConfig>::NodeId>;
 
 /// Default segment size: large enough that rolling (one extra fsync) is rare, small
 /// enough that purging frees disk space in useful steps.
@@ -173,39 +183,46 @@ impl LogStoreError {
 }
 
 // Conversions into openraft's error, by subject.
-fn write_logs_err(e: LogStoreError) -> StorageError {
+fn write_logs_err<C: RaftTypeConfig>(e: LogStoreError) -> StorageError<C> {
     StorageIOError::write_logs(&e).into()
 }
-fn read_logs_err(e: LogStoreError) -> StorageError {
+fn read_logs_err<C: RaftTypeConfig>(e: LogStoreError) -> StorageError<C> {
     StorageIOError::read_logs(&e).into()
 }
-fn write_vote_err(e: LogStoreError) -> StorageError {
+fn write_vote_err<C: RaftTypeConfig>(e: LogStoreError) -> StorageError<C> {
     StorageIOError::write_vote(&e).into()
 }
-fn read_vote_err(e: LogStoreError) -> StorageError {
+fn read_vote_err<C: RaftTypeConfig>(e: LogStoreError) -> StorageError<C> {
     StorageIOError::read_vote(&e).into()
 }
 
 /// The durable Raft log and vote. Cheap to clone: clones share one store.
 ///
 /// See the module documentation for the guarantees and the on-disk layout.
-#[derive(Clone)]
-pub struct LogStore {
-    inner: Arc<Inner>,
+pub struct LogStore<C: RaftTypeConfig> {
+    inner: Arc<Inner<C>>,
 }
 
-struct Inner {
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<C: RaftTypeConfig> {
     dir: PathBuf,
     opts: LogStoreOptions,
     /// What readers need; held only for in-memory work, never across I/O.
-    mem: Mutex<Mem>,
+    mem: Mutex<Mem<C>>,
     /// The writer side. Held during file I/O (including the rare fsyncs of roll,
     /// truncate, purge and vote, which run on the blocking pool), never by readers.
     /// Lock order: `files`, then `mem`.
     files: Mutex<Files>,
     shared: Arc<Shared>,
     /// `Some` until drop; dropping the sender stops the flusher.
-    flusher: Option<mpsc::Sender<Job>>,
+    flusher: Option<mpsc::Sender<Job<C>>>,
     flusher_thread: Option<JoinHandle<()>>,
 }
 
@@ -217,17 +234,17 @@ struct Shared {
     failed: AtomicBool,
 }
 
-struct Mem {
+struct Mem<C: RaftTypeConfig> {
     /// Index of `entries[0]` (or of the next entry when empty).
     first: u64,
-    entries: VecDeque<Slot>,
-    purged: Option<LogId>,
-    vote: Option<Vote>,
-    committed: Option<LogId>,
+    entries: VecDeque<Slot<C>>,
+    purged: Option<LogId<C>>,
+    vote: Option<Vote<C>>,
+    committed: Option<LogId<C>>,
 }
 
-struct Slot {
-    entry: Entry,
+struct Slot<C: RaftTypeConfig> {
+    entry: C::Entry,
     /// Byte offset of this entry's record in its segment, so `truncate` can cut there.
     offset: u64,
 }
@@ -249,19 +266,19 @@ struct Segment {
 }
 
 /// Work for the flusher thread.
-enum Job {
+enum Job<C: RaftTypeConfig> {
     /// Make `file` durable, then complete `callback`. `file` is `None` for an empty
     /// append, whose callback must still wait its turn: openraft treats a completion as
     /// "everything up to here is flushed".
     Flush {
         file: Option<Arc<File>>,
-        callback: LogFlushed<TypeConfig>,
+        callback: LogFlushed<C>,
     },
     /// Best-effort write of the committed log id (latest one wins).
-    Committed(Option<LogId>),
+    Committed(Option<LogId<C>>),
 }
 
-impl fmt::Debug for LogStore {
+impl<C: RaftTypeConfig> fmt::Debug for LogStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LogStore")
             .field("dir", &self.inner.dir)
@@ -272,20 +289,20 @@ impl fmt::Debug for LogStore {
 
 // === impl LogStore ===
 
-impl LogStore {
+impl<C: RaftTypeConfig> LogStore<C> {
     /// Opens (creating if needed) the log store in `dir` and recovers its content.
-    pub fn open(dir: &Path) -> Result<LogStore, LogStoreError> {
+    pub fn open(dir: &Path) -> Result<LogStore<C>, LogStoreError> {
         LogStore::open_with(dir, LogStoreOptions::default())
     }
 
     /// [`LogStore::open`] with explicit options.
-    pub fn open_with(dir: &Path, opts: LogStoreOptions) -> Result<LogStore, LogStoreError> {
+    pub fn open_with(dir: &Path, opts: LogStoreOptions) -> Result<LogStore<C>, LogStoreError> {
         create_dir_durably(dir).map_err(LogStoreError::io("create dir", dir))?;
         remove_tmp_files(dir)?;
 
-        let purged: Option<LogId> = read_meta(&dir.join(PURGED_FILE))?;
-        let vote: Option<Vote> = read_meta(&dir.join(VOTE_FILE))?;
-        let committed: Option<LogId> = match read_meta(&dir.join(COMMITTED_FILE)) {
+        let purged: Option<LogId<C>> = read_meta(&dir.join(PURGED_FILE))?;
+        let vote: Option<Vote<C>> = read_meta(&dir.join(VOTE_FILE))?;
+        let committed: Option<LogId<C>> = match read_meta(&dir.join(COMMITTED_FILE)) {
             Ok(c) => c,
             Err(e) => {
                 // Best effort by contract: a bad file only costs re-applying from the
@@ -295,11 +312,11 @@ impl LogStore {
             }
         };
 
-        let recovered = recover_segments(dir, purged)?;
+        let recovered = recover_segments::<C>(dir, purged.as_ref())?;
         let (files, entries) = (recovered.files, recovered.entries);
         let first = match entries.front() {
-            Some(slot) => slot.entry.log_id.index,
-            None => purged.map_or(0, |p| p.index + 1),
+            Some(slot) => slot.entry.get_log_id().index,
+            None => purged.as_ref().map_or(0, |p| p.index + 1),
         };
         let mem = Mem {
             first,
@@ -361,7 +378,7 @@ impl LogStore {
     async fn blocking<T, F>(&self, f: F) -> Result<T, LogStoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, LogStoreError> + Send + 'static,
+        F: FnOnce(&Inner<C>) -> Result<T, LogStoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
@@ -371,14 +388,23 @@ impl LogStore {
 
     async fn append_inner(
         &self,
-        entries: Vec<Entry>,
-        callback: LogFlushed<TypeConfig>,
+        mut entries: Vec<C::Entry>,
+        callback: LogFlushed<C>,
     ) -> Result<(), LogStoreError> {
         if self.inner.shared.failed.load(Ordering::Acquire) {
             callback.log_io_completed(Err(failed_io_error()));
             return Err(LogStoreError::Failed);
         }
-        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+        // Entries at or below the purge point are already part of the state machine (a
+        // purge follows a snapshot), so there is nothing to store: they are dropped and
+        // only acknowledged. openraft's storage suite appends such entries after
+        // `get_initial_state` purged up to the state machine's last applied id; writing
+        // them would leave a hole before the purge point.
+        let purged = self.inner.mem()?.purged.as_ref().map(|p| p.index);
+        if let Some(purged) = purged {
+            entries.retain(|e| e.get_log_id().index > purged);
+        }
+        let Some(first) = entries.first().map(|e| e.get_log_id().index) else {
             return self.inner.send_flush(None, callback);
         };
         // Opening or rolling a segment fsyncs; do it off the runtime. The common case
@@ -394,8 +420,8 @@ impl LogStore {
 
 // === impl Inner ===
 
-impl Inner {
-    fn mem(&self) -> Result<MutexGuard<'_, Mem>, LogStoreError> {
+impl<C: RaftTypeConfig> Inner<C> {
+    fn mem(&self) -> Result<MutexGuard<'_, Mem<C>>, LogStoreError> {
         self.mem.lock().map_err(|_| LogStoreError::Poisoned)
     }
 
@@ -415,7 +441,7 @@ impl Inner {
     fn expected_next(&self, files: &Files) -> Result<Option<u64>, LogStoreError> {
         Ok(match files.next_index {
             Some(n) => Some(n),
-            None => self.mem()?.purged.map(|p| p.index + 1),
+            None => self.mem()?.purged.as_ref().map(|p| p.index + 1),
         })
     }
 
@@ -472,7 +498,7 @@ impl Inner {
 
     /// Encodes and writes `entries` to the active segment (page cache only) and makes
     /// them readable. Returns the file the flusher must sync.
-    fn write_entries(&self, entries: Vec<Entry>) -> Result<Arc<File>, LogStoreError> {
+    fn write_entries(&self, entries: Vec<C::Entry>) -> Result<Arc<File>, LogStoreError> {
         let mut files = self.files()?;
         let files = &mut *files;
         let (Some(file), Some(seg)) = (files.active.clone(), files.segments.last_mut()) else {
@@ -486,10 +512,10 @@ impl Inner {
         buf.clear();
         let mut offsets = Vec::with_capacity(entries.len());
         for entry in &entries {
-            if entry.log_id.index != next {
+            if entry.get_log_id().index != next {
                 return Err(LogStoreError::NotConsecutive {
                     expected: next,
-                    got: entry.log_id.index,
+                    got: entry.get_log_id().index,
                 });
             }
             offsets.push(seg.len + buf.len() as u64);
@@ -513,7 +539,7 @@ impl Inner {
 
         let mut mem = self.mem()?;
         if mem.entries.is_empty() {
-            mem.first = offsets_first(&entries);
+            mem.first = offsets_first::<C>(&entries);
         }
         mem.entries.extend(
             entries
@@ -527,7 +553,7 @@ impl Inner {
     fn send_flush(
         &self,
         file: Option<Arc<File>>,
-        callback: LogFlushed<TypeConfig>,
+        callback: LogFlushed<C>,
     ) -> Result<(), LogStoreError> {
         let Some(tx) = &self.flusher else {
             callback.log_io_completed(Err(failed_io_error()));
@@ -619,9 +645,14 @@ impl Inner {
     }
 
     /// Forgets entries with index <= `log_id.index`, durably. Blocking.
-    fn purge(&self, log_id: LogId) -> Result<(), LogStoreError> {
+    fn purge(&self, log_id: LogId<C>) -> Result<(), LogStoreError> {
         let mut files = self.files()?;
-        if self.mem()?.purged.is_some_and(|p| p.index >= log_id.index) {
+        if self
+            .mem()?
+            .purged
+            .as_ref()
+            .is_some_and(|p| p.index >= log_id.index)
+        {
             return Ok(());
         }
         // The purge point is durable before any segment disappears: recovery skips
@@ -630,16 +661,16 @@ impl Inner {
         self.shared.fsyncs.fetch_add(2, Ordering::Relaxed);
         {
             let mut mem = self.mem()?;
-            mem.purged = Some(log_id);
+            mem.purged = Some(log_id.clone());
             while mem
                 .entries
                 .front()
-                .is_some_and(|s| s.entry.log_id.index <= log_id.index)
+                .is_some_and(|s| s.entry.get_log_id().index <= log_id.index)
             {
                 mem.entries.pop_front();
             }
             mem.first = match mem.entries.front() {
-                Some(s) => s.entry.log_id.index,
+                Some(s) => s.entry.get_log_id().index,
                 None => log_id.index + 1,
             };
         }
@@ -667,17 +698,17 @@ impl Inner {
         Ok(())
     }
 
-    fn save_vote(&self, vote: &Vote) -> Result<(), LogStoreError> {
+    fn save_vote(&self, vote: &Vote<C>) -> Result<(), LogStoreError> {
         // Serialized with the other writers.
         let _files = self.files()?;
         write_atomic(&self.dir, VOTE_FILE, vote, true)?;
         self.shared.fsyncs.fetch_add(2, Ordering::Relaxed);
-        self.mem()?.vote = Some(*vote);
+        self.mem()?.vote = Some(vote.clone());
         Ok(())
     }
 }
 
-impl Drop for Inner {
+impl<C: RaftTypeConfig> Drop for Inner<C> {
     fn drop(&mut self) {
         // Closing the channel lets the flusher finish queued work and exit; joining
         // means a store reopened right after drop never races a late write.
@@ -690,29 +721,29 @@ impl Drop for Inner {
     }
 }
 
-impl Mem {
-    fn last_log_id(&self) -> Option<LogId> {
+impl<C: RaftTypeConfig> Mem<C> {
+    fn last_log_id(&self) -> Option<LogId<C>> {
         match self.entries.back() {
-            Some(slot) => Some(slot.entry.log_id),
-            None => self.purged,
+            Some(slot) => Some(slot.entry.get_log_id().clone()),
+            None => self.purged.clone(),
         }
     }
 
     /// Whether a recovered committed id still names an entry of this log (it is
     /// written without fsync, so it may be ahead of what survived a crash).
-    fn holds_committed(&self, c: &LogId) -> bool {
-        if self.purged.is_some_and(|p| c.index <= p.index) {
+    fn holds_committed(&self, c: &LogId<C>) -> bool {
+        if self.purged.as_ref().is_some_and(|p| c.index <= p.index) {
             return true;
         }
         c.index
             .checked_sub(self.first)
             .and_then(|i| self.entries.get(i as usize))
-            .is_some_and(|s| s.entry.log_id == *c)
+            .is_some_and(|s| s.entry.get_log_id() == c)
     }
 }
 
-fn offsets_first(entries: &[Entry]) -> u64 {
-    entries.first().map_or(0, |e| e.log_id.index)
+fn offsets_first<C: RaftTypeConfig>(entries: &[C::Entry]) -> u64 {
+    entries.first().map_or(0, |e| e.get_log_id().index)
 }
 
 fn failed_io_error() -> io::Error {
@@ -723,9 +754,9 @@ fn failed_io_error() -> io::Error {
 
 /// Group commit: take everything queued, one `sync_data` per distinct file (almost
 /// always one), then complete every callback in arrival order.
-fn run_flusher(rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+fn run_flusher<C: RaftTypeConfig>(rx: mpsc::Receiver<Job<C>>, shared: Arc<Shared>) {
     let mut files: Vec<Arc<File>> = Vec::new();
-    let mut callbacks: Vec<LogFlushed<TypeConfig>> = Vec::new();
+    let mut callbacks: Vec<LogFlushed<C>> = Vec::new();
     let mut last_batch = 0;
     // The committed id is best effort (an older one is still correct: openraft learns
     // the rest from the leader), and replacing its file on every commit put a rename —
@@ -986,18 +1017,21 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, LogStoreError> {
     Ok(firsts)
 }
 
-struct Recovered {
+struct Recovered<C: RaftTypeConfig> {
     files: Files,
-    entries: VecDeque<Slot>,
+    entries: VecDeque<Slot<C>>,
     fsyncs: u64,
 }
 
 /// Reads every segment, checking each record, and rebuilds the in-memory log.
-fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogStoreError> {
+fn recover_segments<C: RaftTypeConfig>(
+    dir: &Path,
+    purged: Option<&LogId<C>>,
+) -> Result<Recovered<C>, LogStoreError> {
     let firsts = list_segments(dir)?;
     let truncating: Option<u64> = read_meta(&dir.join(TRUNCATING_FILE))?;
     let mut segments: Vec<Segment> = Vec::new();
-    let mut entries: VecDeque<Slot> = VecDeque::new();
+    let mut entries: VecDeque<Slot<C>> = VecDeque::new();
     let mut next: Option<u64> = None;
     let mut fsyncs = 0;
     let is_purged = |index: u64| purged.is_some_and(|p| index <= p.index);
@@ -1053,12 +1087,13 @@ fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogS
         while pos < buf.len() {
             let (reason, torn) = match read_frame(&buf, pos) {
                 Frame::Record { payload, end } => {
-                    let entry: Entry =
+                    let entry: C::Entry =
                         postcard::from_bytes(payload).map_err(|e| corrupt(pos, e.to_string()))?;
-                    if entry.log_id.index != index {
+                    let found = entry.get_log_id().index;
+                    if found != index {
                         return Err(corrupt(
                             pos,
-                            format!("expected entry {index}, found {}", entry.log_id.index),
+                            format!("expected entry {index}, found {found}"),
                         ));
                     }
                     if !is_purged(index) {
@@ -1118,7 +1153,7 @@ fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogS
     }
 
     if let (Some(p), Some(first_entry)) = (purged, entries.front()) {
-        if first_entry.entry.log_id.index != p.index + 1 {
+        if first_entry.entry.get_log_id().index != p.index + 1 {
             let first_segment = segments.first().map_or(0, |s| s.first);
             return Err(LogStoreError::Corrupt {
                 path: segment_path(dir, first_segment),
@@ -1127,7 +1162,8 @@ fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogS
                     "the log resumes at entry {} but was purged only up to {} (a segment \
                      before this one is missing); restore it, or wipe this node's data \
                      directory and let it re-sync from the leader's snapshot",
-                    first_entry.entry.log_id.index, p.index
+                    first_entry.entry.get_log_id().index,
+                    p.index
                 ),
             });
         }
@@ -1181,12 +1217,16 @@ fn recover_segments(dir: &Path, purged: Option<LogId>) -> Result<Recovered, LogS
 
 // === impl openraft traits ===
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C> RaftLogReader<C> for LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Clone,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        let mem = self.inner.mem().map_err(read_logs_err)?;
+    ) -> Result<Vec<C::Entry>, StorageError<C>> {
+        let mem = self.inner.mem().map_err(read_logs_err::<C>)?;
         let end_of_log = mem.first + mem.entries.len() as u64;
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
@@ -1211,13 +1251,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C> RaftLogStorage<C> for LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Clone,
+{
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let mem = self.inner.mem().map_err(read_logs_err)?;
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C>> {
+        let mem = self.inner.mem().map_err(read_logs_err::<C>)?;
         Ok(LogState {
-            last_purged_log_id: mem.purged,
+            last_purged_log_id: mem.purged.clone(),
             last_log_id: mem.last_log_id(),
         })
     }
@@ -1226,19 +1270,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let vote = *vote;
+    async fn save_vote(&mut self, vote: &Vote<C>) -> Result<(), StorageError<C>> {
+        let vote = vote.clone();
         self.blocking(move |inner| inner.save_vote(&vote))
             .await
-            .map_err(write_vote_err)
+            .map_err(write_vote_err::<C>)
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.inner.mem().map_err(read_vote_err)?.vote)
+    async fn read_vote(&mut self) -> Result<Option<Vote<C>>, StorageError<C>> {
+        Ok(self.inner.mem().map_err(read_vote_err::<C>)?.vote.clone())
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.inner.mem().map_err(write_logs_err)?.committed = committed;
+    async fn save_committed(&mut self, committed: Option<LogId<C>>) -> Result<(), StorageError<C>> {
+        self.inner.mem().map_err(write_logs_err::<C>)?.committed = committed.clone();
         // Written by the flusher, off the runtime; the latest value wins.
         if let Some(tx) = &self.inner.flusher {
             if tx.send(Job::Committed(committed)).is_err() {
@@ -1248,35 +1292,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.inner.mem().map_err(read_logs_err)?.committed)
+    async fn read_committed(&mut self) -> Result<Option<LogId<C>>, StorageError<C>> {
+        Ok(self
+            .inner
+            .mem()
+            .map_err(read_logs_err::<C>)?
+            .committed
+            .clone())
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C>>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
         self.append_inner(entries, callback)
             .await
-            .map_err(write_logs_err)
+            .map_err(write_logs_err::<C>)
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate(&mut self, log_id: LogId<C>) -> Result<(), StorageError<C>> {
         self.blocking(move |inner| inner.truncate(log_id.index))
             .await
-            .map_err(write_logs_err)
+            .map_err(write_logs_err::<C>)
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId<C>) -> Result<(), StorageError<C>> {
         self.blocking(move |inner| inner.purge(log_id))
             .await
-            .map_err(write_logs_err)
+            .map_err(write_logs_err::<C>)
     }
 }
 
@@ -1286,30 +1335,31 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
-    use crate::raft::{Command, Hit};
+
+    use std::io::Cursor;
+
+    openraft::declare_raft_types!(
+        /// A type configuration for these tests: string payloads, `u64` node ids.
+        pub TestConfig:
+    );
+
+    type LogStore = super::LogStore<TestConfig>;
+    type Entry = openraft::Entry<TestConfig>;
+    type LogId = super::LogId<TestConfig>;
+    type Vote = super::Vote<TestConfig>;
 
     fn log_id(term: u64, index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 
+    /// About the size of one quorate hit (limit, key, cost, rate), so that the small
+    /// segments of these tests roll every few entries.
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Command::Hits {
-                ts: index,
-                hits: vec![Hit {
-                    limit: "api".into(),
-                    key: format!("user-{index}"),
-                    cost: 1,
-                    rate: quorate_algorithms::Rate::new(
-                        quorate_algorithms::Algorithm::FixedWindow,
-                        100,
-                        quorate_algorithms::SECOND,
-                        None,
-                    )
-                    .unwrap(),
-                }],
-            }),
+            payload: EntryPayload::Normal(format!(
+                "hits ts={index} limit=api key=user-{index} cost=1"
+            )),
         }
     }
 
@@ -1550,8 +1600,18 @@ mod tests {
             (Some(log_id(2, 9)), Some(log_id(2, 9)))
         );
         assert!(all(&mut store).await.is_empty());
-        assert!(store.blocking_append([entry(2, 5)]).await.is_err());
-        store.blocking_append(entries(2, 10..12)).await.unwrap();
+        // Entries at or below the purge point are in the state machine already: they
+        // are acknowledged and dropped, and leave no hole before the next entry.
+        store.blocking_append([entry(2, 5)]).await.unwrap();
+        store.blocking_append(entries(2, 8..10)).await.unwrap();
+        assert!(all(&mut store).await.is_empty());
+        assert_eq!(
+            state(&mut store).await,
+            (Some(log_id(2, 9)), Some(log_id(2, 9)))
+        );
+        assert!(store.blocking_append([entry(2, 11)]).await.is_err());
+        // A batch across the purge point keeps only what follows it.
+        store.blocking_append(entries(2, 9..12)).await.unwrap();
         drop(store);
 
         let mut store = LogStore::open(dir.path()).unwrap();

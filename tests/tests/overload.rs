@@ -1,0 +1,179 @@
+//! Load shedding, attacked against the real binary: a node started with a small decision
+//! budget (`--max-in-flight`) is flooded with far more concurrent decisions than it
+//! admits, over gRPC (`quorate.v1` Check) and HTTP forward-auth. Excess decisions must be
+//! refused at once (`RESOURCE_EXHAUSTED` / `503` + `Retry-After`), long before the 2 s
+//! decision timeout; admitted ones must get correct decisions; a shed decision must not
+//! touch any counter; health and the admin API must still answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use quorate_e2e::api::{self, check};
+use quorate_e2e::{hit, pb, Cluster, NodeOptions};
+use tonic::Code;
+
+/// The node's decision budget.
+const MAX_IN_FLIGHT: usize = 4;
+/// Concurrent calls per flood: far above the budget.
+const FLOOD: usize = 400;
+/// HTTP/2 connections the gRPC flood is spread over.
+const CONNECTIONS: usize = 8;
+/// A shed answer must come far sooner than the engine's 2 s decision timeout.
+const AT_ONCE: Duration = Duration::from_millis(1000);
+
+const POLICY: &str = r#"
+limits:
+  # Never exhausted by the flood: every admitted hit is allowed, so the counter says
+  # exactly how many hits were admitted.
+  - {name: flood, limit: 100000, window: 365d}
+identities:
+  - name: anon
+    anonymous: {consumer: alice}
+routes:
+  - name: api
+    match: {path_prefix: /api/}
+    identities: [anon]
+    limits:
+      - {name: per_consumer, key: consumer, limit: 100000, window: 365d}
+defaults:
+  trusted_proxies: {forward_auth: [127.0.0.1/32]}
+"#;
+
+async fn node() -> Cluster {
+    Cluster::single(NodeOptions {
+        policy: Some(POLICY.to_string()),
+        extra_args: vec![format!("--max-in-flight={MAX_IN_FLIGHT}")],
+        ..NodeOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grpc_flood_is_shed_at_once_and_shed_calls_count_nothing() {
+    let cluster = node().await;
+    let node = cluster.node(1);
+    let clients: Vec<_> = (0..CONNECTIONS).map(|_| node.client()).collect();
+
+    let calls = (0..FLOOD).map(|i| {
+        let mut client = clients[i % CONNECTIONS].clone();
+        async move {
+            let started = Instant::now();
+            let result = client
+                .check(pb::CheckRequest {
+                    hits: vec![hit("flood", "k", Some(1))],
+                })
+                .await;
+            (result, started.elapsed())
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+
+    let (mut admitted, mut shed) = (0u64, 0u64);
+    let mut slowest_shed = Duration::ZERO;
+    for (result, took) in results {
+        match result {
+            Ok(response) => {
+                let decisions = response.into_inner().decisions;
+                assert_eq!(decisions.len(), 1);
+                assert!(decisions[0].allowed, "{:?}", decisions[0]);
+                assert_eq!(decisions[0].limit, "flood");
+                admitted += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("saturated"), "{status:?}");
+                slowest_shed = slowest_shed.max(took);
+                shed += 1;
+            }
+        }
+    }
+    assert!(
+        shed > 0,
+        "{FLOOD} concurrent calls with a budget of {MAX_IN_FLIGHT}: none shed"
+    );
+    assert!(admitted > 0, "every call was shed");
+    assert!(
+        slowest_shed < AT_ONCE,
+        "a shed call took {slowest_shed:?}: shedding must not wait"
+    );
+
+    // Exactly the admitted hits were counted: a peek (cost 0) sees the rest.
+    let peek = check(&mut node.client(), "flood", "k", Some(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        peek.remaining,
+        100_000 - admitted,
+        "{admitted} admitted, {shed} shed"
+    );
+
+    // The node is healthy and answers normally once the flood is over.
+    let after = check(&mut node.client(), "flood", "k", Some(1))
+        .await
+        .unwrap();
+    assert!(after.allowed);
+    let health = api::http()
+        .get(format!("http://{}/healthz", node.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forward_auth_flood_is_shed_with_503_and_retry_after() {
+    let cluster = node().await;
+    let node = cluster.node(1);
+    let url = format!("http://{}/authz", node.http);
+
+    let calls = (0..FLOOD).map(|_| {
+        let url = url.clone();
+        async move {
+            let started = Instant::now();
+            let response = api::http()
+                .get(url)
+                .header("x-forwarded-method", "GET")
+                .header("x-forwarded-uri", "/api/items")
+                .header("x-forwarded-host", "api.example.com")
+                .send()
+                .await
+                .unwrap();
+            (response, started.elapsed())
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+
+    let (mut admitted, mut shed) = (0u64, 0u64);
+    let mut slowest_shed = Duration::ZERO;
+    for (response, took) in results {
+        match response.status().as_u16() {
+            200 => admitted += 1,
+            503 => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                slowest_shed = slowest_shed.max(took);
+                shed += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        shed > 0,
+        "{FLOOD} concurrent calls with a budget of {MAX_IN_FLIGHT}: none shed"
+    );
+    assert!(admitted > 0, "every call was shed");
+    assert!(
+        slowest_shed < AT_ONCE,
+        "a shed call took {slowest_shed:?}: shedding must not wait"
+    );
+
+    // Not decisions, never shed: the admin API and metrics answer after the flood, and
+    // the metrics endpoint was reachable throughout (it is outside the budget).
+    let metrics = api::http()
+        .get(format!("http://{}/metrics", node.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+}
