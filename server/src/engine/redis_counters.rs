@@ -28,6 +28,8 @@ pub struct RedisCounters {
     metrics: Arc<Metrics>,
     /// Whether the last call succeeded: the log says so once per change, not per request.
     up: AtomicBool,
+    /// Whether an unsupported rate was logged already (once, not per request).
+    unsupported_logged: AtomicBool,
 }
 
 impl RedisCounters {
@@ -39,6 +41,7 @@ impl RedisCounters {
             clock: LeaderClock::default(),
             metrics,
             up: AtomicBool::new(true),
+            unsupported_logged: AtomicBool::new(false),
         }
     }
 
@@ -91,7 +94,10 @@ impl RedisCounters {
                 ))
             }
             Err(e @ StoreError::UnsupportedRate(_)) => {
-                tracing::error!(error = %e, "a limit's rate cannot be decided in Redis");
+                if !self.unsupported_logged.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "a limit's rate cannot be decided in Redis: \
+                        its hits fail until the policy changes it (logged once)");
+                }
                 Err(EngineError::Internal(e.to_string()))
             }
             Err(e) => Err(EngineError::Internal(e.to_string())),
