@@ -18,7 +18,7 @@ pub struct NodeContext {
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     /// A handle on the Raft log store, for its fsync count on `/metrics`.
-    pub log_store: crate::raft::log_store::LogStore,
+    pub log_store: crate::raft::LogStore,
     /// The bearer token every admin call needs.
     pub admin_token: String,
     /// This node's peer credentials (admin writes are forwarded over the peer channel).

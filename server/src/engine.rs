@@ -216,7 +216,16 @@ impl Engine {
         election_timeout_min: Duration,
     ) -> Engine {
         let clock = Arc::new(LeaderClock::default());
-        Engine::start_with_clock(raft, node_id, shared, metrics, settings, peer_auth, clock)
+        Engine::start_with_clock(
+            raft,
+            node_id,
+            shared,
+            metrics,
+            settings,
+            peer_auth,
+            election_timeout_min,
+            clock,
+        )
     }
 
     /// [`Engine::start`] with the leader's timestamps read from `clock` (the simulator
@@ -228,6 +237,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         settings: BatchSettings,
         peer_auth: crate::raft::peer_auth::PeerAuth,
+        election_timeout_min: Duration,
         clock: Arc<LeaderClock>,
     ) -> Engine {
         let fast = Arc::new(fast::FastPath::new(

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::grpc::ratelimiter::RateLimiterService;
 use crate::metrics::Metrics;
-use crate::policy::{PolicyFormat, PolicySet, PolicySource, EXAMPLE_POLICY};
+use crate::policy::{PolicyFormat, PolicySource, EXAMPLE_POLICY};
 use crate::raft::network::Network;
 use crate::raft::peer::PeerService;
 use crate::raft::peer_auth::{PeerAuth, PeerAuthError};

@@ -14,7 +14,6 @@ use crate::cli::{
     AdminTarget, CheckArgs, ClientTlsArgs, ClusterCommand, Output, PolicyCommand, PolicyTestArgs,
 };
 use crate::decide::simulate;
-use crate::http::admin::{AddLearner, MemberId, PutPolicy, Rollback};
 use crate::policy::{load, PolicySet};
 
 /// How a client command ended: the process exit code. `--help` lists them

@@ -36,6 +36,8 @@ pub struct SimNode {
     pub incarnation: u32,
     pub raft: Raft,
     pub engine: Arc<Engine>,
+    /// The engine's metrics (decisions resolve their limits against them).
+    pub metrics: Arc<Metrics>,
     pub shared: Arc<SharedState>,
 }
 
@@ -226,9 +228,10 @@ impl Cluster {
             raft.clone(),
             id,
             Arc::clone(&shared),
-            metrics,
+            Arc::clone(&metrics),
             self.settings,
             PeerAuth::default(),
+            std::time::Duration::from_millis(self.config.election_timeout_min),
             clock,
         ));
         let node = Arc::new(SimNode {
@@ -236,6 +239,7 @@ impl Cluster {
             incarnation,
             raft: raft.clone(),
             engine,
+            metrics,
             shared,
         });
         self.with_live(|l| l.insert(id, Arc::clone(&node)));

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quorate_algorithms::Decision;
+use quorate_server::decide::named::{resolve, NamedHit};
 use quorate_server::engine::EngineError;
 use quorate_server::policy::Consistency;
 use quorate_server::raft::{Command, CommandResponse, NodeId};
@@ -130,7 +131,15 @@ pub async fn client(cluster: Arc<Cluster>, id: usize, history: History, stop: Ar
             continue;
         };
         let start_ms = cluster.trace.millis();
-        let outcome = match node.engine.resolve_named(hits.clone()) {
+        let named = hits
+            .iter()
+            .map(|(limit, key, cost)| NamedHit {
+                limit: limit.clone(),
+                key: key.clone(),
+                cost: *cost,
+            })
+            .collect();
+        let outcome = match resolve(&node.engine.policy().set, named, &node.metrics) {
             Err(e) => Err(e),
             Ok(resolved) => {
                 match tokio::time::timeout(
