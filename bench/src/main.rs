@@ -114,9 +114,9 @@ enum Command {
     Overload {
         #[arg(long, default_value = "target/release/quorate")]
         quorate: PathBuf,
-        /// `--max-in-flight` of the shedding node.
-        #[arg(long, default_value_t = 256)]
-        max_in_flight: usize,
+        /// `--max-in-flight` of the shedding nodes, comma-separated (one node each).
+        #[arg(long, default_value = "256", value_delimiter = ',')]
+        max_in_flight: Vec<usize>,
         /// Closed-loop calls in flight when finding the capacity.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,

@@ -32,8 +32,10 @@ use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 /// Default `--max-in-flight`: decisions admitted at once per node (gRPC and HTTP
-/// together). Chosen by measurement (`docs/benchmarks.md`, "Overload"): at this depth a
-/// saturated node still answers with a p99 close to its unloaded p99.
+/// together). Group commit makes a node faster the more decisions it holds (one fsync
+/// per batch), so a small budget sheds at half load: in `docs/benchmarks.md`
+/// ("Overload") 32 shed 60% and 128 shed 5% of an offered 0.5x capacity. 256 leaves
+/// that headroom; at ~14k decisions/s it adds at most ~20 ms of queueing.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
 /// Default `--request-timeout-ms`: longer than the engine's own 2 s decision timeout, so
