@@ -50,6 +50,16 @@ impl std::fmt::Debug for SimNode {
     }
 }
 
+/// One node incarnation leading under one leader id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    pub term: u64,
+    pub node: NodeId,
+    pub incarnation: u32,
+    /// Simulated milliseconds since the start, when first seen.
+    pub at_ms: u64,
+}
+
 /// The fake address a node is known by (never bound); the port is the node id.
 pub fn node_addr(id: NodeId) -> Node {
     let port = u16::try_from(id).unwrap_or(u16::MAX);
@@ -74,8 +84,10 @@ pub struct Cluster {
     pub trace: Trace,
     pub faults: Faults,
     pub applied: ApplyLog,
-    /// `(term, node, simulated ms)` of every leadership, when first seen.
-    pub leaders: Arc<Mutex<Vec<(u64, NodeId, u64)>>>,
+    /// Every leadership, when first seen. openraft restores a restarted leader with its
+    /// old leader id at once (`Engine::startup`), so one id may lead in several
+    /// incarnations.
+    pub leaders: Arc<Mutex<Vec<Leadership>>>,
     disks: BTreeMap<NodeId, SharedDisk>,
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
     skews: BTreeMap<NodeId, Arc<AtomicI64>>,
@@ -244,12 +256,12 @@ impl Cluster {
         });
         self.with_live(|l| l.insert(id, Arc::clone(&node)));
         self.net.register(id, raft.clone());
-        self.watch_leadership(id, raft);
+        self.watch_leadership(id, incarnation, raft);
         Ok(node)
     }
 
     /// Records every (term, leader) this node reports, for the election-safety check.
-    fn watch_leadership(&self, id: NodeId, raft: Raft) {
+    fn watch_leadership(&self, id: NodeId, incarnation: u32, raft: Raft) {
         let leaders = Arc::clone(&self.leaders);
         let trace = self.trace.clone();
         tokio::spawn(async move {
@@ -269,14 +281,23 @@ impl Cluster {
                 if leads {
                     let new = {
                         let mut seen = leaders.lock().unwrap_or_else(|p| p.into_inner());
-                        let new = !seen.iter().any(|l| (l.0, l.1) == (term, id));
+                        let new = !seen
+                            .iter()
+                            .any(|l| (l.term, l.node, l.incarnation) == (term, id, incarnation));
                         if new {
-                            seen.push((term, id, trace.millis()));
+                            seen.push(Leadership {
+                                term,
+                                node: id,
+                                incarnation,
+                                at_ms: trace.millis(),
+                            });
                         }
                         new
                     };
                     if new {
-                        trace.event(format!("n{id} leads term {term} (vote {vote})"));
+                        trace.event(format!(
+                            "n{id}#{incarnation} leads term {term} (vote {vote})"
+                        ));
                     }
                 }
                 if rx.changed().await.is_err() {

@@ -133,7 +133,7 @@ pub struct Report {
     pub ops: usize,
     pub granted: usize,
     pub entries: usize,
-    /// Leaderships seen (distinct `(term, node)`).
+    /// Leaderships seen (node incarnations under a leader id).
     pub terms: usize,
     /// Terms that had more than one leader (legal in openraft's default mode).
     pub shared_terms: usize,
@@ -296,8 +296,10 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         terms: leaders.len(),
         shared_terms: {
             let mut per_term: BTreeMap<u64, usize> = BTreeMap::new();
-            for (term, _, _) in &leaders {
-                *per_term.entry(*term).or_default() += 1;
+            let ids: std::collections::BTreeSet<(u64, u64)> =
+                leaders.iter().map(|l| (l.term, l.node)).collect();
+            for (term, _) in ids {
+                *per_term.entry(term).or_default() += 1;
             }
             per_term.values().filter(|n| **n > 1).count()
         },

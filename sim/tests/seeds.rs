@@ -15,6 +15,10 @@ const QUICK_SEEDS: &[u64] = &[
     // their metrics watchers saw them in the opposite order. Checker regression: same-
     // instant leaderships are unordered.
     10204,
+    // The leader crashed and, restarted, resumed its leader id (openraft restores a
+    // committed self-vote as leader at once); fast grants lost in the crash were held to
+    // a zero bound because no leader *change* was seen. A crash is a leader failure.
+    10709, 10755,
 ];
 
 fn run(options: &Options) -> quorate_sim::Report {
