@@ -230,6 +230,7 @@ impl Engine {
 
     /// [`Engine::start`] with the leader's timestamps read from `clock` (the simulator
     /// gives each node its own, skewed clock).
+    #[allow(clippy::too_many_arguments)] // `start`'s arguments plus the clock
     pub fn start_with_clock(
         raft: Raft,
         node_id: NodeId,
