@@ -520,6 +520,7 @@ async fn a_node_without_a_token_generates_one_that_only_the_cli_with_the_file_us
         let mut args = vec![
             "cluster".to_string(),
             "status".into(),
+            "--output=json".into(),
             "--node".into(),
             node.http_url(),
         ];
