@@ -27,7 +27,7 @@ use quorate_algorithms::{Decision, Nanos};
 use thiserror::Error;
 
 use crate::metrics::Metrics;
-use crate::policy::Consistency;
+use crate::policy::{Consistency, PolicySet};
 use crate::raft::state_machine::SharedState;
 use crate::raft::typ::Raft;
 use crate::raft::{Hit, Node, NodeId};
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use forward::{check_forwarded, forward_handler, ForwardResult};
 pub use leadership::Leadership;
 pub use propose::BatchSettings;
-pub use redis_counters::RedisCounters;
+pub use redis_counters::{policy_fits_redis, RedisCounters};
 
 /// A hit resolved against the policy: what goes into the log, and how to decide it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +273,20 @@ impl Engine {
     pub fn with_redis(mut self, store: Option<quorate_redis::RedisStore>) -> Engine {
         self.redis = store.map(|s| RedisCounters::new(s, Arc::clone(&self.metrics)));
         self
+    }
+
+    /// Stateless mode: counters in Redis (`--store`).
+    pub fn is_stateless(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Whether `set` can go live on this node: always in Raft mode; in stateless mode
+    /// only if Redis can decide every limit exactly ([`policy_fits_redis`]).
+    pub fn accepts(&self, set: &PolicySet) -> Result<(), String> {
+        match &self.redis {
+            Some(_) => policy_fits_redis(set),
+            None => Ok(()),
+        }
     }
 
     /// The live policy.

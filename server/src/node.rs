@@ -107,7 +107,7 @@ pub async fn run(
     };
     let startup_policy = match &config.policy_file {
         Some(path) => Some(
-            crate::policy_watch::read_policy_file_off_runtime(path.clone())
+            crate::policy_watch::read_policy_file_off_runtime(path.clone(), config.redis.is_some())
                 .await
                 .map_err(|e| NodeError::Policy {
                     path: e.path,

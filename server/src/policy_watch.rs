@@ -24,22 +24,31 @@ pub struct PolicyFileError {
 
 /// Reads and validates a policy file (or a directory of envoyproxy/ratelimit files), in the
 /// format detected from its shape; the error names the file, line and reason.
-pub fn read_policy_file(path: &Path) -> Result<PolicySource, PolicyFileError> {
+pub fn read_policy_file(path: &Path, stateless: bool) -> Result<PolicySource, PolicyFileError> {
     let refused = |e: crate::policy::PolicyError| PolicyFileError {
         path: path.display().to_string(),
         reason: e.to_string(),
     };
     let source = crate::policy::load::load_path(path, None).map_err(refused)?;
-    PolicySet::compile(&source).map_err(refused)?;
+    let set = PolicySet::compile(&source).map_err(refused)?;
+    if stateless {
+        crate::engine::policy_fits_redis(&set).map_err(|reason| PolicyFileError {
+            path: path.display().to_string(),
+            reason,
+        })?;
+    }
     Ok(source)
 }
 
 /// [`read_policy_file`] on the blocking pool: reading a directory of files and compiling
 /// a large policy is blocking I/O and milliseconds of CPU that must not stall the async
 /// workers serving decisions.
-pub async fn read_policy_file_off_runtime(path: PathBuf) -> Result<PolicySource, PolicyFileError> {
+pub async fn read_policy_file_off_runtime(
+    path: PathBuf,
+    stateless: bool,
+) -> Result<PolicySource, PolicyFileError> {
     let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || read_policy_file(&path))
+    tokio::task::spawn_blocking(move || read_policy_file(&path, stateless))
         .await
         .unwrap_or_else(|e| {
             Err(PolicyFileError {
@@ -67,7 +76,9 @@ pub async fn watch(
     let mut last_error: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
-        let source = match read_policy_file_off_runtime(path.clone()).await {
+        let source = match read_policy_file_off_runtime(path.clone(), ctx.engine.is_stateless())
+            .await
+        {
             Ok(source) => {
                 last_error = None;
                 source

@@ -416,3 +416,66 @@ async fn rediss_with_an_acl_user_decides_over_tls() {
     assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
     assert!(!untrusting.node(1).logs(400).contains(password));
 }
+
+/// A limit with a window over ~52 days cannot be decided exactly by the Redis script, so
+/// stateless mode refuses such a policy where it enters — the admin API (422 naming the
+/// limit, the previous policy stays live) and the policy file at startup — rather than
+/// failing each hit later.
+#[tokio::test]
+async fn a_policy_redis_cannot_decide_exactly_is_refused_and_changes_nothing() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let node = stateless_node(policy(&[("fits", 5)]), &redis.url(), 2_000).await;
+    let http = node.node(1).http;
+    let live_version = || async {
+        let policy: serde_json::Value = quorate_e2e::api::http()
+            .get(format!("http://{http}/admin/v1/policy"))
+            .bearer_auth(quorate_e2e::node::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        policy["version"].clone()
+    };
+    let before = live_version().await;
+    assert!(before.is_u64(), "{before}");
+
+    let too_long = "limits:\n  - name: yearly\n    limit: 10\n    window: 365d\n";
+    let refused = quorate_e2e::api::admin(
+        reqwest::Method::PUT,
+        http,
+        "/policy",
+        serde_json::json!({ "source": too_long }),
+    )
+    .await
+    .expect_err("a 365-day window is refused in stateless mode");
+    let message = format!("{refused:#}");
+    assert!(message.contains("422"), "{message}");
+    assert!(message.contains("yearly"), "names the limit: {message}");
+    assert!(message.contains("52 days"), "says why: {message}");
+
+    assert_eq!(
+        live_version().await,
+        before,
+        "the previous policy stays live"
+    );
+    let d = node.node(1).check("fits", "k", None).await.unwrap();
+    assert!(d.allowed);
+
+    // The same policy as the startup file: the node refuses to start, and says why.
+    let dir = tempfile::tempdir().unwrap();
+    let options = NodeOptions {
+        policy: Some(too_long.to_string()),
+        extra_args: vec!["--store".into(), redis.url()],
+        ..NodeOptions::default()
+    };
+    let mut refused_node = quorate_e2e::node::TestNode::spawn(1, dir.path(), &options, None)
+        .expect("the process starts");
+    assert!(refused_node.wait_ready().await.is_err(), "never ready");
+    let stderr = refused_node.stderr();
+    assert!(
+        stderr.contains("yearly") && stderr.contains("52 days"),
+        "{stderr}"
+    );
+}

@@ -20,6 +20,18 @@ use super::{EngineError, LeaderClock, ResolvedHit};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 
+/// Refuses a policy with a limit whose rate the Redis script cannot decide exactly (e.g.
+/// a window over ~52 days): stateless mode checks every policy before it goes live, so
+/// no hit fails later because of its limit's rate.
+pub fn policy_fits_redis(set: &PolicySet) -> Result<(), String> {
+    for (name, def) in &set.limits {
+        if let Err(e) = RedisStore::supports(&def.rate) {
+            return Err(format!("limit {name:?}: {e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Decides hits in Redis, and reports Redis' health.
 #[derive(Debug)]
 pub struct RedisCounters {

@@ -629,14 +629,20 @@ async fn put_policy(State(ctx): State<NodeContext>, body: Bytes) -> Result<Respo
         format,
         text: req.source.clone(),
     };
-    if let Err(e) = PolicySet::compile(&source) {
-        return Err(AdminError {
-            kind: ErrorKind::Unprocessable,
-            message: e.to_string(),
-            line: e.line,
-            leader_http: None,
-        });
-    }
+    let set = match PolicySet::compile(&source) {
+        Ok(set) => set,
+        Err(e) => {
+            return Err(AdminError {
+                kind: ErrorKind::Unprocessable,
+                message: e.to_string(),
+                line: e.line,
+                leader_http: None,
+            })
+        }
+    };
+    ctx.engine
+        .accepts(&set)
+        .map_err(|message| AdminError::new(ErrorKind::Unprocessable, message))?;
     let resp = ctx
         .raft
         .client_write(Command::SetPolicy {
