@@ -427,15 +427,14 @@ async fn a_policy_redis_cannot_decide_exactly_is_refused_and_changes_nothing() {
     let node = stateless_node(policy(&[("fits", 5)]), &redis.url(), 2_000).await;
     let http = node.node(1).http;
     let live_version = || async {
-        let policy: serde_json::Value = quorate_e2e::api::http()
-            .get(format!("http://{http}/admin/v1/policy"))
-            .bearer_auth(quorate_e2e::node::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let policy = quorate_e2e::api::admin(
+            reqwest::Method::GET,
+            http,
+            "/policy",
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
         policy["version"].clone()
     };
     let before = live_version().await;
