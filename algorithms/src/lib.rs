@@ -34,6 +34,7 @@ mod arith;
 pub mod decision;
 pub mod fixed_window;
 pub mod rate;
+pub mod reservation;
 pub mod sliding_log;
 pub mod sliding_slots;
 pub mod sliding_window;
@@ -43,6 +44,7 @@ pub mod token_bucket;
 
 pub use decision::{Decision, DenyReason};
 pub use fixed_window::FixedWindow;
+pub use reservation::{ReserveRequest, Reserved};
 pub use rate::{Algorithm, Rate, RateError, DEFAULT_SLIDING_PRECISION, MAX_SLIDING_PRECISION};
 pub use sliding_log::SlidingLog;
 pub use sliding_slots::SlidingSlots;

@@ -270,6 +270,35 @@ impl Rate {
             _ => self.limit,
         }
     }
+
+    /// The end of the counting bucket that holds `now`: the epoch-aligned window (fixed
+    /// window, two-counter sliding window) or sub-window slot (sliding window with
+    /// precision > 1). Within one bucket, cost consumed at any instant is counted the
+    /// same, and a check later in the bucket is never stricter than one earlier (a
+    /// previous window's weight only decays), so quota checked at `now` may be spent at
+    /// any later instant before this end: what a durable reservation relies on.
+    ///
+    /// `None` for the token bucket (time-continuous: no buckets) and the sliding log
+    /// (every hit is remembered at its own instant).
+    pub fn bucket_end(&self, now: Nanos) -> Option<Nanos> {
+        let bucket = match self.algorithm {
+            Algorithm::FixedWindow => self.window,
+            Algorithm::SlidingWindow => {
+                let n = self.precision.clamp(1, MAX_SLIDING_PRECISION);
+                self.window / u64::from(n)
+            }
+            Algorithm::TokenBucket | Algorithm::SlidingLog => return None,
+        }
+        .max(1);
+        Some((now - now % bucket).saturating_add(bucket))
+    }
+
+    /// Nanoseconds of refill one token takes (`window / limit`, rounded up): how far a
+    /// token bucket's state moves per token.
+    pub fn emission_interval(&self) -> Nanos {
+        let limit = u128::from(self.limit.max(1));
+        u64::try_from(u128::from(self.window).div_ceil(limit)).unwrap_or(u64::MAX)
+    }
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{CounterState, Decision, Nanos, Rate};
+use crate::{CounterState, Decision, Nanos, Rate, ReserveRequest, Reserved};
 
 /// foldhash, seeded randomly per process: fast on short keys, and an attacker who picks
 /// keys cannot aim them at one bucket without knowing the seed. Decisions never depend on
@@ -300,6 +300,52 @@ impl CounterStore {
         let idle_at = fresh.idle_at(rate);
         self.insert(&mut index, key, fresh, idle_at);
         Checked { decision, evicted }
+    }
+
+    /// Reserves quota on `key` at `now` (see [`CounterState::reserve`]), creating the
+    /// counter if needed under the same caps as [`CounterStore::check_capped`]; returns
+    /// what was reserved and whether a counter was evicted for it. Nothing is stored when
+    /// nothing is granted.
+    pub fn reserve_capped(
+        &self,
+        key: &str,
+        cap: KeyCap,
+        rate: &Rate,
+        now: Nanos,
+        request: ReserveRequest,
+    ) -> (Reserved, bool) {
+        let partition = self.partition(limit_of(key));
+        let mut index = lock(&partition);
+        if let Some(mut stored) = self.counters.get_mut(key) {
+            let before = stored.idle_at;
+            let reserved = stored.state.reserve(rate, now, request);
+            stored.idle_at = stored.state.idle_at(rate);
+            if stored.idle_at != before {
+                let key = Arc::clone(stored.key());
+                reindex(&mut index, before, stored.idle_at, key);
+            }
+            return (reserved, false);
+        }
+        let mut fresh = CounterState::new(rate);
+        let reserved = fresh.reserve(rate, now, request);
+        if reserved.granted == 0 {
+            return (reserved, false);
+        }
+        let refused = |decision| Reserved {
+            granted: 0,
+            valid_until: now,
+            decision,
+        };
+        let evicted = match self.make_room(&partition, &mut index, cap, now) {
+            Ok(evicted) => evicted,
+            Err(NoRoom::Limit(_)) => {
+                return (refused(Decision::limit_keys_full(rate.capacity())), false)
+            }
+            Err(NoRoom::Store) => return (refused(Decision::store_full(rate.capacity())), false),
+        };
+        let idle_at = fresh.idle_at(rate);
+        self.insert(&mut index, key, fresh, idle_at);
+        (reserved, evicted)
     }
 
     /// Records `cost` on `key` at `now` without asking (see [`CounterState::force`]),
