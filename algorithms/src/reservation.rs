@@ -15,7 +15,8 @@
 //!   `valid_until − 1`. `tat = max(tat, t) + cost·T` grows with `t`, so recording late
 //!   bounds every sequence of hits spent in between; the check at `now` (the earliest
 //!   instant any of them can be spent) admits each of them. The lifetime is the refill
-//!   time of the amount, clamped to `[1 ms, horizon]`.
+//!   time of the amount, clamped to `[1 ms, horizon]`, and `tat` is pushed by one more
+//!   nanosecond per token to cover the rounding of spending it hit by hit.
 //! - sliding log: not reservable (each hit is remembered at its own instant); the amount
 //!   is exactly `need`, recorded at `now`, and only usable at once.
 //!
@@ -108,6 +109,11 @@ impl CounterState {
             now
         };
         self.force(rate, at, granted);
+        if let CounterState::TokenBucket(bucket) = self {
+            // Spent hit by hit, each hit's increment rounds up by under 1 ns: at most
+            // `granted` hits, so `granted` ns covers the rounding of any way of spending.
+            bucket.postpone(granted);
+        }
         Reserved {
             granted,
             valid_until,

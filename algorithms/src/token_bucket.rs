@@ -95,6 +95,11 @@ impl TokenBucket {
         self.tat
     }
 
+    /// Moves `tat` later by `nanos`: stricter, never looser.
+    pub(crate) fn postpone(&mut self, nanos: Nanos) {
+        self.tat = self.tat.saturating_add(nanos);
+    }
+
     fn consume(&mut self, rate: &Rate, now: Nanos, cost: u64) {
         let increment = saturate(mul_div_ceil(cost, rate.window, rate.limit));
         self.tat = self.tat.max(now).saturating_add(increment);
