@@ -151,6 +151,52 @@ pub struct PolicySet {
     pub retired_key_cap: quorate_algorithms::KeyCap,
     /// Identities, consumers, routes and their defaults (ext_authz and forward-auth).
     pub authz: crate::authz::AuthzPolicy,
+    /// How `strict` limits size their durable reservations.
+    pub reservations: ReservationSettings,
+}
+
+/// How the leader sizes the reservations `strict` limits are answered from.
+///
+/// A reservation covers the key's recent demand over `horizon`, but never more than
+/// `fraction` of the headroom left after the hit that asked for it, so it shrinks to
+/// exactly that hit (a commit per hit) near the limit. What a leader crash can cost is
+/// the unused part of the reservations it held: per key at most `fraction` of the limit
+/// (and, for a token bucket, the refill of one reservation's lifetime).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationSettings {
+    /// Largest share of a key's remaining headroom one reservation takes, in percent
+    /// (0–100; 0 commits every hit on its own, like `exact`). Default 10.
+    #[serde(default = "default_fraction_percent")]
+    pub fraction_percent: u8,
+    /// How much of the key's recent demand one reservation covers, e.g. `1s`. Also the
+    /// longest a token-bucket reservation stays usable. Default 1s.
+    #[serde(default = "default_horizon", deserialize_with = "deserialize_window")]
+    pub horizon: quorate_algorithms::Nanos,
+}
+
+fn default_fraction_percent() -> u8 {
+    10
+}
+
+fn default_horizon() -> quorate_algorithms::Nanos {
+    quorate_algorithms::SECOND
+}
+
+fn deserialize_window<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<quorate_algorithms::Nanos, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_window(&text).map_err(serde::de::Error::custom)
+}
+
+impl Default for ReservationSettings {
+    fn default() -> Self {
+        ReservationSettings {
+            fraction_percent: default_fraction_percent(),
+            horizon: default_horizon(),
+        }
+    }
 }
 
 impl Default for PolicySet {
@@ -166,6 +212,7 @@ impl Default for PolicySet {
                 on_full: quorate_algorithms::OnFull::Refuse,
             },
             authz: Default::default(),
+            reservations: ReservationSettings::default(),
         }
     }
 }
@@ -215,6 +262,8 @@ struct Document {
     routes: Vec<crate::authz::RawRoute>,
     #[serde(default)]
     defaults: crate::authz::RawDefaults,
+    #[serde(default)]
+    reservations: ReservationSettings,
 }
 
 impl PolicySet {
@@ -296,6 +345,15 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
         routes: doc.routes,
         defaults: doc.defaults,
     };
+    if doc.reservations.fraction_percent > 100 {
+        return Err(at(
+            "reservations",
+            format!(
+                "fraction_percent must be 0 to 100, got {}",
+                doc.reservations.fraction_percent
+            ),
+        ));
+    }
     let authz = crate::authz::compile(raw_authz, &mut limits, &|p| lines.line(p))?;
     Ok(PolicySet {
         limits,
@@ -303,6 +361,7 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
         headers: doc.headers,
         max_counters,
         authz,
+        reservations: doc.reservations,
         ..PolicySet::default()
     })
 }

@@ -13,12 +13,27 @@ use super::parse_window;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
-    /// Answer after the hit is committed by a quorum: exact, even across leader failure.
+    /// The leader answers from memory within a committed reservation ("key K may have
+    /// been granted up to R"): never over the limit, even across leader failure; a
+    /// failover may under-grant the unused part of the reservations then held.
     #[default]
     Strict,
+    /// Answer after the hit itself is committed by a quorum: exact, even across leader
+    /// failure (what `strict` meant before reservations).
+    Exact,
     /// The leader answers from memory at once and replicates behind; a leader crash may
     /// lose the hits of its last unreplicated batch.
     Fast,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Strict => "strict",
+            Consistency::Exact => "exact",
+            Consistency::Fast => "fast",
+        }
+    }
 }
 
 /// A compiled limit.

@@ -18,6 +18,7 @@ mod forward;
 mod leadership;
 mod propose;
 mod redis_counters;
+mod reserve;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -147,6 +148,11 @@ impl LeaderClock {
         }
     }
 
+    /// Never again reads earlier than `instant` (a log time this leader has seen).
+    pub fn observe(&self, instant: Nanos) {
+        self.last.fetch_max(instant, Ordering::Relaxed);
+    }
+
     pub fn now(&self) -> Nanos {
         let wall = match &self.source {
             Some(source) => source(),
@@ -195,6 +201,7 @@ pub struct Engine {
     leadership: Arc<Leadership>,
     strict: batcher::Batcher,
     fast: Arc<fast::FastPath>,
+    reserved: Arc<reserve::Reservations>,
     forwarder: forward::Forwarder,
     metrics: Arc<Metrics>,
     timeout: Duration,
@@ -248,10 +255,18 @@ impl Engine {
             Arc::clone(&metrics),
             settings,
         ));
+        let reserved = Arc::new(reserve::Reservations::start(
+            Arc::clone(&shared),
+            raft.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+            settings,
+        ));
         let leadership = Leadership::watch(
             raft.clone(),
             node_id,
             Arc::clone(&fast),
+            Arc::clone(&reserved),
             Arc::clone(&metrics),
             election_timeout_min,
         );
@@ -261,6 +276,7 @@ impl Engine {
             leadership,
             strict,
             fast,
+            reserved,
             forwarder: forward::Forwarder::new(peer_auth),
             metrics,
             timeout: settings.decision_timeout,
@@ -383,6 +399,19 @@ impl Engine {
     }
 
     async fn decide(&self, hits: Vec<ResolvedHit>) -> Result<Vec<Decision>, EngineError> {
+        // A request of strict hits only is decided from reservations when this leader
+        // may (all-or-nothing); otherwise, and for every other mix, per hit below.
+        let from_reservations = !hits.is_empty()
+            && hits.iter().all(|h| {
+                effective_consistency(h.consistency) == Consistency::Strict
+                    && reserve::reservable(&h.hit)
+            });
+        if from_reservations {
+            let plain: Vec<Hit> = hits.iter().map(|h| h.hit.clone()).collect();
+            if let reserve::Decided::Decisions(d) = self.reserved.decide(&plain, true).await? {
+                return Ok(d);
+            }
+        }
         // Fast hits are answered here and now when this leader may; the rest go to Raft.
         let mut decided: Vec<Option<Decision>> = vec![None; hits.len()];
         let mut strict = Vec::new();

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub batch_hits: Histogram,
     /// Fast-mode hits granted by a leader whose consumed quota never reached the log.
     pub fast_hits_unreplicated: IntCounter,
+    /// Durable reservations for `strict` limits, by outcome (`granted`, `refused`).
+    pub reservations: IntCounterVec,
+    /// Quota reserved for `strict` limits (granted reservations' amounts).
+    pub reserved_quota: IntCounter,
     pub raft_term: IntGauge,
     pub raft_last_applied: IntGauge,
     pub raft_last_log_index: IntGauge,
@@ -201,6 +205,21 @@ impl Metrics {
                 r,
                 "fast_hits_unreplicated_total",
                 "Fast-mode hits granted whose consumed quota was not replicated",
+            )?,
+            reservations: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "reservations_total",
+                        "Durable reservations for strict limits, by outcome",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            reserved_quota: counter(
+                r,
+                "reserved_quota_total",
+                "Quota reserved for strict limits by granted reservations",
             )?,
             raft_term: gauge(r, "raft_term", "Current Raft term")?,
             raft_last_applied: gauge(r, "raft_last_applied_index", "Last applied log index")?,

@@ -188,6 +188,7 @@ fn acknowledgements(
 ) -> (usize, BTreeMap<(String, String), u64>) {
     let mut decided: Multiset = BTreeMap::new();
     let mut consumed: Multiset = BTreeMap::new();
+    let mut reserved: BTreeMap<(String, String), u64> = BTreeMap::new();
     for a in canonical.values() {
         match (&a.command, &a.response) {
             (Some(Command::Hits { hits, .. }), CommandResponse::Decisions(ds)) => {
@@ -195,6 +196,13 @@ fn acknowledgements(
                     *decided
                         .entry(decision_key(&h.limit, &h.key, h.cost, d))
                         .or_default() += 1;
+                }
+            }
+            (Some(Command::Reserve { items, .. }), CommandResponse::Reserved { outcomes, .. }) => {
+                for (item, r) in items.iter().zip(outcomes) {
+                    *reserved
+                        .entry((item.limit.clone(), item.key.clone()))
+                        .or_default() += r.granted;
                 }
             }
             (Some(Command::Consumed { hits, .. }), _) => {
@@ -209,6 +217,7 @@ fn acknowledgements(
     }
     let mut unmatched = 0;
     let mut fast_lost: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut spent: BTreeMap<(String, String), u64> = BTreeMap::new();
     for op in e.ops {
         let Ok(decisions) = &op.outcome else { continue };
         if decisions.len() != op.hits.len() {
@@ -221,7 +230,14 @@ fn acknowledgements(
         for ((limit, key, cost), d) in op.hits.iter().zip(decisions) {
             let dk = decision_key(limit, key, *cost, d);
             match consistency_of(limit) {
+                // From reservations: a grant is either a committed decision (the request
+                // went down the exact path) or spent from a committed reservation.
                 Consistency::Strict => {
+                    if d.allowed && *cost > 0 && !take(&mut decided, &dk) {
+                        *spent.entry((limit.clone(), key.clone())).or_default() += cost;
+                    }
+                }
+                Consistency::Exact => {
                     if !take(&mut decided, &dk) {
                         unmatched += 1;
                         v.push(Violation {
@@ -247,6 +263,18 @@ fn acknowledgements(
                     }
                 }
             }
+        }
+    }
+    for ((limit, key), n) in &spent {
+        let covered = reserved.get(&(limit.clone(), key.clone())).copied().unwrap_or(0);
+        if *n > covered {
+            v.push(Violation {
+                invariant: "strict grants covered by reservations",
+                detail: format!(
+                    "{limit}/{key}: clients heard {n} granted from memory, \
+                     but committed reservations cover only {covered}"
+                ),
+            });
         }
     }
     (unmatched, fast_lost)
@@ -290,16 +318,30 @@ fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violati
     for (index, a) in canonical {
         let Some(command) = &a.command else { continue };
         clock = clock.max(command.ts());
-        if let (Command::Hits { hits, .. }, CommandResponse::Decisions(ds)) = (command, &a.response)
-        {
-            for (h, d) in hits.iter().zip(ds) {
-                if d.allowed && h.cost > 0 && consistency_of(&h.limit) == Consistency::Strict {
-                    grants
-                        .entry((h.limit.clone(), h.key.clone()))
-                        .or_default()
-                        .push((clock, h.cost, h.rate, *index));
+        match (command, &a.response) {
+            (Command::Hits { hits, .. }, CommandResponse::Decisions(ds)) => {
+                for (h, d) in hits.iter().zip(ds) {
+                    if d.allowed && h.cost > 0 && consistency_of(&h.limit) != Consistency::Fast {
+                        grants
+                            .entry((h.limit.clone(), h.key.clone()))
+                            .or_default()
+                            .push((clock, h.cost, h.rate, *index));
+                    }
                 }
             }
+            // A reservation counts as granted at its log time (the state machine checked
+            // it there; it records it no earlier).
+            (Command::Reserve { items, .. }, CommandResponse::Reserved { outcomes, .. }) => {
+                for (item, r) in items.iter().zip(outcomes) {
+                    if r.granted > 0 {
+                        grants
+                            .entry((item.limit.clone(), item.key.clone()))
+                            .or_default()
+                            .push((clock, r.granted, item.rate, *index));
+                    }
+                }
+            }
+            _ => {}
         }
     }
     for ((limit, key), gs) in &grants {

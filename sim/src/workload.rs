@@ -28,18 +28,23 @@ pub struct LimitSpec {
     pub consistency: Consistency,
 }
 
-/// Every algorithm in both consistency modes. `churn_strict`'s limit changes with each
-/// policy version.
+/// Every algorithm in every consistency mode (`strict`: from reservations; the sliding
+/// log has no reservations, so `log_exact` stands for it). `churn_strict`'s limit changes
+/// with each policy version.
 pub const LIMITS: &[LimitSpec] = &[
-    LimitSpec { name: "fixed_strict", capacity: 12, yaml: "{name: fixed_strict, algorithm: fixed_window, limit: 12, window: 1s, consistency: strict}", consistency: Consistency::Strict },
-    LimitSpec { name: "slots_strict", capacity: 12, yaml: "{name: slots_strict, algorithm: sliding_window, precision: 4, limit: 12, window: 2s, consistency: strict}", consistency: Consistency::Strict },
-    LimitSpec { name: "twocounter_strict", capacity: 12, yaml: "{name: twocounter_strict, algorithm: sliding_window, precision: 1, limit: 12, window: 1s, consistency: strict}", consistency: Consistency::Strict },
-    LimitSpec { name: "log_strict", capacity: 10, yaml: "{name: log_strict, algorithm: sliding_log, limit: 10, window: 1s, consistency: strict}", consistency: Consistency::Strict },
-    LimitSpec { name: "bucket_strict", capacity: 10, yaml: "{name: bucket_strict, algorithm: token_bucket, limit: 5, window: 1s, burst: 10, consistency: strict}", consistency: Consistency::Strict },
+    LimitSpec { name: "fixed_exact", capacity: 12, yaml: "{name: fixed_exact, algorithm: fixed_window, limit: 12, window: 1s, consistency: exact}", consistency: Consistency::Exact },
+    LimitSpec { name: "slots_exact", capacity: 12, yaml: "{name: slots_exact, algorithm: sliding_window, precision: 4, limit: 12, window: 2s, consistency: exact}", consistency: Consistency::Exact },
+    LimitSpec { name: "twocounter_exact", capacity: 12, yaml: "{name: twocounter_exact, algorithm: sliding_window, precision: 1, limit: 12, window: 1s, consistency: exact}", consistency: Consistency::Exact },
+    LimitSpec { name: "log_exact", capacity: 10, yaml: "{name: log_exact, algorithm: sliding_log, limit: 10, window: 1s, consistency: exact}", consistency: Consistency::Exact },
+    LimitSpec { name: "bucket_exact", capacity: 10, yaml: "{name: bucket_exact, algorithm: token_bucket, limit: 5, window: 1s, burst: 10, consistency: exact}", consistency: Consistency::Exact },
     LimitSpec { name: "fixed_fast", capacity: 12, yaml: "{name: fixed_fast, algorithm: fixed_window, limit: 12, window: 1s, consistency: fast}", consistency: Consistency::Fast },
     LimitSpec { name: "slots_fast", capacity: 12, yaml: "{name: slots_fast, algorithm: sliding_window, precision: 4, limit: 12, window: 2s, consistency: fast}", consistency: Consistency::Fast },
     LimitSpec { name: "log_fast", capacity: 10, yaml: "{name: log_fast, algorithm: sliding_log, limit: 10, window: 1s, consistency: fast}", consistency: Consistency::Fast },
     LimitSpec { name: "bucket_fast", capacity: 10, yaml: "{name: bucket_fast, algorithm: token_bucket, limit: 5, window: 1s, burst: 10, consistency: fast}", consistency: Consistency::Fast },
+    LimitSpec { name: "fixed_strict", capacity: 12, yaml: "{name: fixed_strict, algorithm: fixed_window, limit: 12, window: 1s, consistency: strict}", consistency: Consistency::Strict },
+    LimitSpec { name: "slots_strict", capacity: 12, yaml: "{name: slots_strict, algorithm: sliding_window, precision: 4, limit: 12, window: 2s, consistency: strict}", consistency: Consistency::Strict },
+    LimitSpec { name: "twocounter_strict", capacity: 12, yaml: "{name: twocounter_strict, algorithm: sliding_window, precision: 1, limit: 12, window: 1s, consistency: strict}", consistency: Consistency::Strict },
+    LimitSpec { name: "bucket_strict", capacity: 10, yaml: "{name: bucket_strict, algorithm: token_bucket, limit: 5, window: 1s, burst: 10, consistency: strict}", consistency: Consistency::Strict },
 ];
 
 /// The churning limit's name (strict fixed window; its limit changes per policy version).

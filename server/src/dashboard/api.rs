@@ -253,10 +253,7 @@ async fn policy(State(ctx): State<NodeContext>) -> Json<Value> {
             algorithm: d.rate.algorithm().as_str(),
             requests: d.rate.limit(),
             window: crate::decide::simulate::window_text(d.rate.window()),
-            consistency: match d.consistency {
-                crate::policy::Consistency::Strict => "strict",
-                crate::policy::Consistency::Fast => "fast",
-            },
+            consistency: d.consistency.as_str(),
             shadow_mode: d.shadow_mode,
         })
         .collect();

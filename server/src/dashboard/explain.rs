@@ -179,10 +179,7 @@ pub async fn explain(
                 "algorithm": def.rate.algorithm().as_str(),
                 "requests": def.rate.limit(),
                 "window": crate::decide::simulate::window_text(def.rate.window()),
-                "consistency": match def.consistency {
-                    crate::policy::Consistency::Strict => "strict",
-                    crate::policy::Consistency::Fast => "fast",
-                },
+                "consistency": def.consistency.as_str(),
                 "allowed": d.allowed,
                 "remaining": d.remaining,
                 "reset_after_ms": d.reset_after / 1_000_000,

@@ -431,10 +431,7 @@ fn describe(
             algorithm: l.rate.algorithm().as_str(),
             requests: l.rate.limit(),
             window: window_text(l.rate.window()),
-            consistency: match l.consistency {
-                crate::policy::Consistency::Strict => "strict",
-                crate::policy::Consistency::Fast => "fast",
-            },
+            consistency: l.consistency.as_str(),
             shadow_mode: l.shadow_mode,
             detailed_metric: l.detailed_metric,
             quota_mode: l.quota_mode,

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwapOption;
 
 use super::fast::FastPath;
+use super::reserve::Reservations;
 use crate::metrics::{Metrics, RaftGauges};
 use crate::raft::typ::{LogId, Raft, RaftMetrics};
 use crate::raft::{Node, NodeId};
@@ -41,6 +42,7 @@ impl Leadership {
         raft: Raft,
         node_id: NodeId,
         fast: Arc<FastPath>,
+        reserved: Arc<Reservations>,
         metrics: Arc<Metrics>,
         election_timeout_min: Duration,
     ) -> Arc<Leadership> {
@@ -59,7 +61,7 @@ impl Leadership {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let m = rx.borrow_and_update().clone();
-                this.update(&m, &fast, &metrics);
+                this.update(&m, &fast, &reserved, &metrics);
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return },
                     _ = tick.tick() => {}
@@ -69,7 +71,7 @@ impl Leadership {
         leadership
     }
 
-    fn update(&self, m: &RaftMetrics, fast: &FastPath, metrics: &Metrics) {
+    fn update(&self, m: &RaftMetrics, fast: &FastPath, reserved: &Reservations, metrics: &Metrics) {
         let leader = m.current_leader.and_then(|id| {
             m.membership_config
                 .membership()
@@ -93,6 +95,12 @@ impl Leadership {
             fast.enable(m.current_term);
         } else {
             fast.disable();
+        }
+        // Spending committed reservations needs no quorum: they are counted already.
+        if is_leader && caught_up {
+            reserved.enable(m.current_term);
+        } else {
+            reserved.disable();
         }
         metrics.observe_raft(RaftGauges {
             term: m.current_term,

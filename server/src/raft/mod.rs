@@ -20,7 +20,7 @@ use std::fmt;
 use std::io::Cursor;
 use std::net::SocketAddr;
 
-use quorate_algorithms::{Decision, Nanos, Rate};
+use quorate_algorithms::{Decision, Nanos, Rate, ReserveRequest, Reserved};
 use serde::{Deserialize, Serialize};
 
 /// A node's identity in the cluster.
@@ -130,6 +130,21 @@ pub enum Command {
     },
     /// Re-activate an earlier policy version (`quorate policy rollback`).
     RollbackPolicy { ts: Nanos, version: u64 },
+    /// Durable reservations for `strict` limits: each item's quota is checked and counted
+    /// as consumed when the entry applies; the leader then answers hits within it from
+    /// memory (see `engine::reserve`).
+    Reserve { ts: Nanos, items: Vec<ReserveItem> },
+}
+
+/// One key's reservation request in a [`Command::Reserve`] entry. Like a [`Hit`], it
+/// carries the rate (and sizing) in force when the leader asked, so every replica
+/// decides it from the entry alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveItem {
+    pub limit: String,
+    pub key: String,
+    pub rate: Rate,
+    pub request: ReserveRequest,
 }
 
 impl Default for Command {
@@ -150,7 +165,8 @@ impl Command {
             | Command::Consumed { ts, .. }
             | Command::SetPolicy { ts, .. }
             | Command::InitPolicy { ts, .. }
-            | Command::RollbackPolicy { ts, .. } => *ts,
+            | Command::RollbackPolicy { ts, .. }
+            | Command::Reserve { ts, .. } => *ts,
         }
     }
 }
@@ -168,4 +184,7 @@ pub enum CommandResponse {
     /// The policy version that is now live, or why the command was refused (the previous
     /// policy stays live).
     Policy(Result<u64, String>),
+    /// One outcome per item of a [`Command::Reserve`], in order, and the log time `at`
+    /// they apply from.
+    Reserved { at: Nanos, outcomes: Vec<Reserved> },
 }

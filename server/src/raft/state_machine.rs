@@ -22,9 +22,9 @@ use quorate_algorithms::{CounterStore, Nanos, StoredCounter, SECOND};
 use serde::{Deserialize, Serialize};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
-use super::{Command, CommandResponse, Hit, TypeConfig};
+use super::{Command, CommandResponse, Hit, ReserveItem, TypeConfig};
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
-use quorate_algorithms::{Decision, DenyReason};
+use quorate_algorithms::{Decision, DenyReason, Reserved};
 
 /// How often, in log time, idle counters are swept.
 const SWEEP_INTERVAL: Nanos = SECOND;
@@ -202,6 +202,10 @@ impl StateMachine {
         }
         match command {
             Command::Hits { hits, .. } => CommandResponse::Decisions(self.decide(now, &hits)),
+            Command::Reserve { items, .. } => CommandResponse::Reserved {
+                at: now,
+                outcomes: self.reserve(now, &items),
+            },
             Command::Consumed { hits, .. } => {
                 self.record_consumed(now, &hits);
                 CommandResponse::Consumed
@@ -252,6 +256,25 @@ impl StateMachine {
                 let refused = checked.decision.denied == Some(DenyReason::LimitKeysFull);
                 self.observe_key_cap(&hit.limit, refused, checked.evicted);
                 checked.decision
+            })
+            .collect()
+    }
+
+    /// Applies reservations: each is checked at `now` and counted as consumed, under the
+    /// same key caps as hits.
+    fn reserve(&self, now: Nanos, items: &[ReserveItem]) -> Vec<Reserved> {
+        let counters = self.shared.counters.load();
+        let policy = self.shared.policy.load();
+        items
+            .iter()
+            .map(|item| {
+                let cap = policy.set.key_cap(&item.limit);
+                let key = counter_key(&item.limit, &item.key);
+                let (reserved, evicted) =
+                    counters.reserve_capped(&key, cap, &item.rate, now, item.request);
+                let refused = reserved.decision.denied == Some(DenyReason::LimitKeysFull);
+                self.observe_key_cap(&item.limit, refused, evicted);
+                reserved
             })
             .collect()
     }

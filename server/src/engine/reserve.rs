@@ -1,0 +1,502 @@
+//! The `strict` consistency mode: hits answered from memory within durable reservations.
+//!
+//! The log records reservations, not hits. For a key, the leader commits a
+//! [`Command::Reserve`] entry — "key K may have been granted up to R more" — which every
+//! replica counts as consumed when it applies (see `quorate_algorithms::reservation` for
+//! why that record is never less strict than any way of spending it). The leader then
+//! answers hits within R from memory, with no commit each. So:
+//!
+//! - **overshoot is 0 across any failover**: every acknowledged grant is covered by a
+//!   committed reservation, and a new leader counts every earlier reservation as fully
+//!   used; an old leader cut off from its quorum can only spend what is already counted;
+//! - **under-grant** on failover is the unused part of the reservations held at that
+//!   moment: per key at most `fraction_percent` of the limit (the sizing, below), plus for
+//!   a token bucket the refill of one reservation's lifetime;
+//! - `remaining` is the leader's own view of the key (seeded from the replicated counter,
+//!   plus every hit it granted), so it stays exact, and denials come from it at once.
+//!
+//! **Sizing** ([`quorate_algorithms::ReserveRequest`]): a reservation asks for the hits
+//! waiting on it plus the key's recent demand over the policy's `horizon` (unbounded for a
+//! key new to this leader), and the state machine grants no more than `fraction_percent`
+//! of the headroom left after those hits — so near the limit reservations shrink to
+//! exactly the waiting hits: a commit per hit, decided exactly.
+//!
+//! A request's hits are decided together (all-or-nothing when `atomic`): every hit is
+//! checked against the leader's view, then, if some key lacks reservation, one
+//! reservation per such key is proposed (concurrent requests on a key share one) and the
+//! request is decided again once they applied. A reservation the ledger refuses denies
+//! the hits that needed it, with the ledger's answer.
+//!
+//! Reservations leave through their own propose loop (group commit, like strict hits),
+//! so a burst of new keys costs one entry per batch, not one per key.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use quorate_algorithms::{
+    counter_key, Algorithm, CounterState, Decision, Nanos, Rate, ReserveRequest, Reserved,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::batcher::write_error;
+use super::propose::{propose_batches, BatchSettings};
+use super::{EngineError, LeaderClock};
+use crate::metrics::Metrics;
+use crate::raft::state_machine::SharedState;
+use crate::raft::typ::Raft;
+use crate::raft::{Command, CommandResponse, Hit, ReserveItem};
+
+/// Reservation requests queued beyond this make callers wait.
+const QUEUE_DEPTH: usize = 8192;
+
+/// How often a request is decided again after waiting for reservations before it gives
+/// up (only reached when concurrent requests keep taking the fresh reservations first).
+const MAX_ROUNDS: usize = 8;
+
+/// Shortest span a demand estimate is taken over.
+const MIN_DEMAND_SPAN: Nanos = 1_000_000;
+
+/// Whether a hit can be decided from reservations: `strict` hits of every algorithm but
+/// the sliding log (each of its hits is remembered at its own instant).
+pub fn reservable(hit: &Hit) -> bool {
+    hit.rate.algorithm() != Algorithm::SlidingLog
+}
+
+/// What became of a reservation, as the hits waiting for it see it.
+type Outcome = Option<Result<Reserved, EngineError>>;
+
+/// The leader's state of one key in its term.
+#[derive(Debug)]
+struct KeyState {
+    /// The leader's view: the replicated counter when first touched, plus every hit
+    /// this leader granted since. Decides hits and reports `remaining`.
+    view: CounterState,
+    /// Reserved quota not yet spent, usable at instants in `[valid_from, valid_until)`
+    /// for hits of `rate`.
+    credit: u64,
+    valid_from: Nanos,
+    valid_until: Nanos,
+    rate: Rate,
+    /// A reservation in flight for this key: requests short of credit wait for it.
+    pending: Option<watch::Receiver<Outcome>>,
+    /// Demand since the last reservation request: (since, cost granted).
+    demand_since: Nanos,
+    demand: u64,
+    /// Whether a reservation was ever asked for in this term (a new key has no demand
+    /// estimate yet).
+    asked: bool,
+}
+
+impl KeyState {
+    fn credit_at(&self, rate: &Rate, now: Nanos) -> u64 {
+        if self.rate == *rate && self.valid_from <= now && now < self.valid_until {
+            self.credit
+        } else {
+            0
+        }
+    }
+
+    fn idle(&self, now: Nanos) -> bool {
+        self.pending.is_none() && self.valid_until <= now && self.view.idle_at(&self.rate) <= now
+    }
+}
+
+/// One leader term's reservations and views.
+#[derive(Debug)]
+struct Term {
+    term: u64,
+    keys: Mutex<HashMap<String, KeyState>>,
+    /// Sweep idle keys once the map holds this many.
+    sweep_at: AtomicUsize,
+}
+
+impl Term {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, KeyState>> {
+        // A panic while held leaves at worst a stale view, which only under-grants.
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Off,
+    On(Arc<Term>),
+}
+
+/// A reservation on its way into the log.
+#[derive(Debug)]
+struct Pending {
+    term: Arc<Term>,
+    key: String,
+    item: ReserveItem,
+    done: watch::Sender<Outcome>,
+}
+
+/// What [`Reservations::decide`] did.
+#[derive(Debug)]
+pub enum Decided {
+    Decisions(Vec<Decision>),
+    /// This node does not decide from reservations now (not a caught-up leader, or its
+    /// key table is full): decide on the exact path instead.
+    NotHere,
+}
+
+/// The reservations of this node while it leads.
+#[derive(Debug)]
+pub struct Reservations {
+    shared: Arc<SharedState>,
+    state: ArcSwap<State>,
+    clock: Arc<LeaderClock>,
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Reservations {
+    pub fn start(
+        shared: Arc<SharedState>,
+        raft: Raft,
+        clock: Arc<LeaderClock>,
+        metrics: Arc<Metrics>,
+        settings: BatchSettings,
+    ) -> Reservations {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(rx, raft, Arc::clone(&clock), metrics, settings));
+        Reservations {
+            shared,
+            state: ArcSwap::from_pointee(State::Off),
+            clock,
+            tx,
+        }
+    }
+
+    /// Starts deciding for `term` (keeps the state if already on for it). Called once the
+    /// leader has applied an entry of its own term, so every earlier reservation is in the
+    /// replicated counters the views are seeded from.
+    pub fn enable(&self, term: u64) {
+        if matches!(&**self.state.load(), State::On(t) if t.term == term) {
+            return;
+        }
+        let max = self.shared.policy.load().set.max_counters;
+        self.state.store(Arc::new(State::On(Arc::new(Term {
+            term,
+            keys: Mutex::new(HashMap::new()),
+            sweep_at: AtomicUsize::new(max.clamp(1024, 1 << 16)),
+        }))));
+        tracing::info!(term, "strict decisions from reservations enabled on this leader");
+    }
+
+    /// Stops deciding; unused reservations stay counted (under-granted, never over).
+    pub fn disable(&self) {
+        let previous = self.state.swap(Arc::new(State::Off));
+        if matches!(&*previous, State::On(_)) {
+            tracing::info!("strict decisions from reservations disabled: not a leader");
+        }
+    }
+
+    /// Decides `hits` (all reservable), all-or-nothing when `atomic`.
+    pub async fn decide(&self, hits: &[Hit], atomic: bool) -> Result<Decided, EngineError> {
+        // Ledger refusals seen by this request, by key: they deny hits short of credit.
+        let mut refused: HashMap<String, Decision> = HashMap::new();
+        for _ in 0..MAX_ROUNDS {
+            let term = match &**self.state.load() {
+                State::On(term) => Arc::clone(term),
+                State::Off => return Ok(Decided::NotHere),
+            };
+            let waits = match self.round(&term, hits, atomic, &refused)? {
+                Round::Done(decisions) => return Ok(Decided::Decisions(decisions)),
+                Round::NotHere => return Ok(Decided::NotHere),
+                Round::Wait(waits) => waits,
+            };
+            for (key, mut rx, mine) in waits {
+                let outcome = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| EngineError::Internal("reservation dropped".into()))?
+                    .clone();
+                match outcome {
+                    Some(Ok(r)) if r.granted == 0 && mine => {
+                        refused.insert(key, r.decision);
+                    }
+                    Some(Ok(_)) | None => {}
+                    Some(Err(e)) => return Err(e),
+                }
+            }
+        }
+        Err(EngineError::unavailable(
+            "reservations contended: try again",
+            None,
+        ))
+    }
+
+    /// One attempt at deciding `hits` under the term's lock.
+    fn round(
+        &self,
+        term: &Arc<Term>,
+        hits: &[Hit],
+        atomic: bool,
+        refused: &HashMap<String, Decision>,
+    ) -> Result<Round, EngineError> {
+        let mut keys = term.lock();
+        // Read under the lock: a reservation's credit is inserted under it after the
+        // clock has seen the reservation's log time, so `now` is never before it.
+        let now = self.clock.now();
+        // This request's working copy of each key it touches, and the credit it uses.
+        let mut work: HashMap<String, (CounterState, u64)> = HashMap::new();
+        let mut decisions = Vec::with_capacity(hits.len());
+        let mut denied = false;
+        let mut short: HashMap<String, u64> = HashMap::new();
+        for hit in hits {
+            let key = counter_key(&hit.limit, &hit.key);
+            // A policy change gave the key another rate: start again from the ledger.
+            let stale = keys
+                .get(&key)
+                .is_some_and(|s| s.rate != hit.rate && s.pending.is_none() && !work.contains_key(&key));
+            if stale {
+                keys.remove(&key);
+            }
+            if !keys.contains_key(&key) {
+                if keys.len() >= term.sweep_at.load(Ordering::Relaxed) {
+                    sweep(term, &mut keys, now);
+                    if keys.len() >= self.shared.policy.load().set.max_counters {
+                        return Ok(Round::NotHere);
+                    }
+                }
+                keys.insert(key.clone(), self.seed(&key, &hit.rate, now));
+            }
+            let Some(state) = keys.get(&key) else {
+                return Err(EngineError::Internal("key vanished under lock".into()));
+            };
+            let (view, used) = work
+                .entry(key.clone())
+                .or_insert_with(|| (state.view.clone(), 0));
+            let mut trial = view.clone();
+            let decision = trial.check(&hit.rate, now, hit.cost);
+            if !decision.allowed {
+                denied = true;
+                decisions.push(decision);
+                continue;
+            }
+            let credit = state.credit_at(&hit.rate, now).saturating_sub(*used);
+            if hit.cost > credit {
+                if let Some(ledger) = refused.get(&key) {
+                    // The ledger already refused this key for this request.
+                    denied = true;
+                    decisions.push(Decision {
+                        remaining: ledger.remaining.saturating_add(credit).min(decision.remaining),
+                        ..*ledger
+                    });
+                    continue;
+                }
+                *short.entry(key.clone()).or_default() += hit.cost - credit;
+            }
+            *view = trial;
+            *used = used.saturating_add(hit.cost);
+            decisions.push(decision);
+        }
+        if denied && atomic {
+            // Nothing is consumed for an atomic request that is denied: report the hits
+            // that would have passed as peeks.
+            for (hit, d) in hits.iter().zip(decisions.iter_mut()) {
+                if d.allowed {
+                    let key = counter_key(&hit.limit, &hit.key);
+                    if let Some(state) = keys.get(&key) {
+                        *d = state.view.clone().check(&hit.rate, now, 0);
+                    }
+                }
+            }
+            return Ok(Round::Done(decisions));
+        }
+        if !short.is_empty() {
+            let mut waits = Vec::with_capacity(short.len());
+            for (key, need) in short {
+                let Some(state) = keys.get_mut(&key) else {
+                    continue;
+                };
+                if let Some(rx) = &state.pending {
+                    waits.push((key, rx.clone(), false));
+                    continue;
+                }
+                let Some(hit) = hits
+                    .iter()
+                    .find(|h| counter_key(&h.limit, &h.key) == key)
+                else {
+                    continue;
+                };
+                let set = &self.shared.policy.load().set;
+                let horizon = set.reservations.horizon;
+                let extra_cap = if state.asked {
+                    let span = now.saturating_sub(state.demand_since).max(MIN_DEMAND_SPAN);
+                    let per_horizon = u128::from(state.demand) * u128::from(horizon)
+                        / u128::from(span);
+                    u64::try_from(per_horizon.saturating_mul(2)).unwrap_or(u64::MAX)
+                } else {
+                    u64::MAX
+                };
+                state.asked = true;
+                state.demand = 0;
+                state.demand_since = now;
+                let (done, rx) = watch::channel(None);
+                state.pending = Some(rx.clone());
+                let item = ReserveItem {
+                    limit: hit.limit.clone(),
+                    key: hit.key.clone(),
+                    rate: hit.rate,
+                    request: ReserveRequest {
+                        need,
+                        extra_cap,
+                        fraction_percent: set.reservations.fraction_percent,
+                        horizon,
+                    },
+                };
+                let pending = Pending {
+                    term: Arc::clone(term),
+                    key: key.clone(),
+                    item,
+                    done,
+                };
+                if self.tx.try_send(pending).is_err() {
+                    state.pending = None;
+                    return Err(EngineError::not_applied(
+                        "reservation queue full: the leader is saturated",
+                        None,
+                    ));
+                }
+                waits.push((key, rx, true));
+            }
+            return Ok(Round::Wait(waits));
+        }
+        // Every hit is allowed (or, not atomic, the denied ones consume nothing) and
+        // covered: spend.
+        for (key, (view, used)) in work {
+            if let Some(state) = keys.get_mut(&key) {
+                state.view = view;
+                state.credit = state.credit.saturating_sub(used);
+                state.demand = state.demand.saturating_add(used);
+            }
+        }
+        Ok(Round::Done(decisions))
+    }
+
+    /// A key's state when first touched in this term: the replicated counter, which
+    /// counts every reservation of earlier terms as used.
+    fn seed(&self, key: &str, rate: &Rate, now: Nanos) -> KeyState {
+        let view = self
+            .shared
+            .counters
+            .load()
+            .get(key)
+            .map(|c| c.state)
+            .filter(|s| s.runs(rate))
+            .unwrap_or_else(|| CounterState::new(rate));
+        KeyState {
+            view,
+            credit: 0,
+            valid_from: now,
+            valid_until: now,
+            rate: *rate,
+            pending: None,
+            demand_since: now,
+            demand: 0,
+            asked: false,
+        }
+    }
+}
+
+enum Round {
+    Done(Vec<Decision>),
+    NotHere,
+    /// Reservations to wait for: key, outcome, and whether this request asked for it
+    /// (only its own refusals deny its hits: another request may have needed more).
+    Wait(Vec<(String, watch::Receiver<Outcome>, bool)>),
+}
+
+/// Drops keys with no live reservation whose view has gone idle (they would be seeded
+/// again from the replicated counter, which is at least as strict). If the table is
+/// still large, the next sweep waits until it has doubled.
+fn sweep(term: &Term, keys: &mut HashMap<String, KeyState>, now: Nanos) {
+    keys.retain(|_, state| !state.idle(now));
+    term.sweep_at
+        .fetch_max(keys.len().saturating_mul(2), Ordering::Relaxed);
+}
+
+/// Proposes queued reservations in batches, one [`Command::Reserve`] entry each, and
+/// hands every outcome to its key and its waiters.
+async fn run(
+    rx: mpsc::Receiver<Pending>,
+    raft: Raft,
+    clock: Arc<LeaderClock>,
+    metrics: Arc<Metrics>,
+    settings: BatchSettings,
+) {
+    propose_batches(rx, settings, |_| 1, |batch, _, slot| {
+        let raft = raft.clone();
+        let clock = Arc::clone(&clock);
+        let metrics = Arc::clone(&metrics);
+        let ts = clock.now();
+        tokio::spawn(async move {
+            let items = batch.iter().map(|p| p.item.clone()).collect();
+            let result = raft.client_write(Command::Reserve { ts, items }).await;
+            drop(slot);
+            let outcomes = match result {
+                Ok(resp) => match resp.data {
+                    CommandResponse::Reserved { at, outcomes } if outcomes.len() == batch.len() => {
+                        // Hits spend credit only at instants from the log time on.
+                        clock.observe(at);
+                        Ok((at, outcomes))
+                    }
+                    other => {
+                        tracing::error!(?other, "reservation applied with an unexpected response");
+                        Err(EngineError::Internal("unexpected apply response".into()))
+                    }
+                },
+                Err(e) => Err(write_error(e)),
+            };
+            match outcomes {
+                Ok((at, outcomes)) => {
+                    for (pending, reserved) in batch.into_iter().zip(outcomes) {
+                        let outcome = if reserved.granted > 0 { "granted" } else { "refused" };
+                        metrics.reservations.with_label_values(&[outcome]).inc();
+                        metrics.reserved_quota.inc_by(reserved.granted);
+                        credit(&pending, at, &reserved);
+                        let _ = pending.done.send(Some(Ok(reserved)));
+                    }
+                }
+                Err(e) => {
+                    for pending in batch {
+                        if let Some(state) = pending.term.lock().get_mut(&pending.key) {
+                            state.pending = None;
+                        }
+                        let _ = pending.done.send(Some(Err(e.clone())));
+                    }
+                }
+            }
+        });
+    })
+    .await;
+}
+
+/// Adds a committed reservation to its key's credit. Credit of the same rate that is
+/// still valid is kept, usable until the earlier of both ends.
+fn credit(pending: &Pending, at: Nanos, reserved: &Reserved) {
+    let mut keys = pending.term.lock();
+    let Some(state) = keys.get_mut(&pending.key) else {
+        return;
+    };
+    state.pending = None;
+    if reserved.granted == 0 {
+        return;
+    }
+    let rate = pending.item.rate;
+    let kept = state.credit_at(&rate, at);
+    state.credit = kept.saturating_add(reserved.granted);
+    state.valid_until = if kept > 0 {
+        state.valid_until.min(reserved.valid_until)
+    } else {
+        reserved.valid_until
+    };
+    state.valid_from = at;
+    state.rate = rate;
+}
