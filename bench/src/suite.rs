@@ -10,6 +10,7 @@
 //! | `single/strict`, `single/fast` | single node | strict, fast |
 //! | `3-node/strict`, `3-node/fast` | cluster, via the leader | strict, fast |
 //! | `3-node/strict via follower` | cluster, via a follower (forwarded) | strict |
+//! | `single/exact`, `3-node/exact` | single node, cluster via the leader | exact (a commit per hit batch) |
 //!
 //! Client and servers share the machine's cores, as in the brief's reference table, so
 //! every ratio is "on the same hardware, in the same minute". Around each measured window
@@ -33,6 +34,8 @@ use crate::report::{grouped, problems_line};
 pub const STRICT_LIMIT: &str = "bench_strict";
 /// The fast limit of the benchmark policy.
 pub const FAST_LIMIT: &str = "bench_fast";
+/// The exact (a commit per hit batch) limit of the benchmark policy.
+pub const EXACT_LIMIT: &str = "bench_exact";
 
 /// The benchmark policy: limits so large that every hit is allowed, so the numbers
 /// measure the decision path and not denials.
@@ -47,6 +50,10 @@ limits:
     limit: 1000000000000
     window: 1h
     consistency: fast
+  - name: bench_exact
+    limit: 1000000000000
+    window: 1h
+    consistency: exact
 ";
 
 /// How long a server may take to say it is ready.
@@ -107,6 +114,8 @@ enum CaseId {
     ClusterStrict,
     ClusterFast,
     ClusterStrictFollower,
+    SingleExact,
+    ClusterExact,
 }
 
 impl CaseId {
@@ -118,12 +127,15 @@ impl CaseId {
             CaseId::ClusterStrict => "quorate, 3 nodes, strict (via leader)",
             CaseId::ClusterFast => "quorate, 3 nodes, fast (via leader)",
             CaseId::ClusterStrictFollower => "quorate, 3 nodes, strict (via follower)",
+            CaseId::SingleExact => "quorate, 1 node, exact",
+            CaseId::ClusterExact => "quorate, 3 nodes, exact (via leader)",
         }
     }
 
     fn limit(self) -> &'static str {
         match self {
             CaseId::SingleFast | CaseId::ClusterFast => FAST_LIMIT,
+            CaseId::SingleExact | CaseId::ClusterExact => EXACT_LIMIT,
             _ => STRICT_LIMIT,
         }
     }
@@ -234,6 +246,8 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
         CaseId::SingleFast,
         CaseId::ClusterStrict,
         CaseId::ClusterFast,
+        CaseId::SingleExact,
+        CaseId::ClusterExact,
     ];
     if cfg.follower {
         cases.push(CaseId::ClusterStrictFollower);
@@ -246,10 +260,10 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
         for (case, runs) in &mut samples {
             let (target, pids, leader_http) = match case {
                 CaseId::Null => (null_addr, vec![null.pid()], None),
-                CaseId::SingleStrict | CaseId::SingleFast => {
+                CaseId::SingleStrict | CaseId::SingleFast | CaseId::SingleExact => {
                     (single.grpc, vec![single.proc.pid()], Some(single.http))
                 }
-                CaseId::ClusterStrict | CaseId::ClusterFast => {
+                CaseId::ClusterStrict | CaseId::ClusterFast | CaseId::ClusterExact => {
                     (cluster[0].grpc, cluster_pids.clone(), Some(cluster[0].http))
                 }
                 CaseId::ClusterStrictFollower => {
@@ -750,6 +764,31 @@ fn render(
             )),
             None => md.push('\n'),
         }
+    }
+    // Goals of issue 12 (strict from durable reservations).
+    md.push_str("\nGoals (issue 12, strict = reservations):\n\n");
+    if let (Some(r), Some(n)) = (
+        ratio(samples, CaseId::ClusterStrict, CaseId::ClusterFast),
+        ratio(samples, CaseId::ClusterStrict, CaseId::Null),
+    ) {
+        md.push_str(&format!(
+            "- 3 nodes strict ≥ 0.9× 3 nodes fast and ≥ 0.65× the do-nothing server: {r:.2}×, {n:.2}× — {}\n",
+            verdict(r >= 0.9 && n >= 0.65)
+        ));
+    }
+    if let Some(r) = ratio(samples, CaseId::SingleStrict, CaseId::Null) {
+        md.push_str(&format!(
+            "- 1 node strict ≥ 0.75× the do-nothing server: {r:.2}× — {}\n",
+            verdict(r >= 0.75)
+        ));
+    }
+    if let (Some(c), Some(n)) = (find(CaseId::ClusterStrict), find(CaseId::Null)) {
+        md.push_str(&format!(
+            "- 3 nodes strict p99 ≤ 2× the do-nothing server's: {:.2} ms vs {:.2} ms — {}\n",
+            c.p99 / 1000.0,
+            n.p99 / 1000.0,
+            verdict(c.p99 <= 2.0 * n.p99)
+        ));
     }
     let failures: Vec<String> = samples
         .iter()

@@ -400,7 +400,7 @@ impl Engine {
 
     async fn decide(&self, hits: Vec<ResolvedHit>) -> Result<Vec<Decision>, EngineError> {
         // A request of strict hits only is decided from reservations when this leader
-        // may (all-or-nothing); otherwise, and for every other mix, per hit below.
+        // may; otherwise, and for every other mix, per hit below.
         let from_reservations = !hits.is_empty()
             && hits.iter().all(|h| {
                 effective_consistency(h.consistency) == Consistency::Strict
@@ -408,7 +408,7 @@ impl Engine {
             });
         if from_reservations {
             let plain: Vec<Hit> = hits.iter().map(|h| h.hit.clone()).collect();
-            if let reserve::Decided::Decisions(d) = self.reserved.decide(&plain, true).await? {
+            if let reserve::Decided::Decisions(d) = self.reserved.decide(&plain, false).await? {
                 return Ok(d);
             }
         }
