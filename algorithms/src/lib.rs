@@ -44,8 +44,8 @@ pub mod token_bucket;
 
 pub use decision::{Decision, DenyReason};
 pub use fixed_window::FixedWindow;
-pub use reservation::{ReserveRequest, Reserved};
 pub use rate::{Algorithm, Rate, RateError, DEFAULT_SLIDING_PRECISION, MAX_SLIDING_PRECISION};
+pub use reservation::{ReserveRequest, Reserved};
 pub use sliding_log::SlidingLog;
 pub use sliding_slots::SlidingSlots;
 pub use sliding_window::SlidingWindow;

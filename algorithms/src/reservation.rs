@@ -70,8 +70,8 @@ impl CounterState {
             };
         }
         let reservable = rate.algorithm != Algorithm::SlidingLog;
-        let share = u128::from(for_need.remaining) * u128::from(request.fraction_percent.min(100))
-            / 100;
+        let share =
+            u128::from(for_need.remaining) * u128::from(request.fraction_percent.min(100)) / 100;
         let extra = if reservable {
             u64::try_from(share)
                 .unwrap_or(u64::MAX)
@@ -177,8 +177,13 @@ mod tests {
     }
 
     fn windowed_rate() -> impl Strategy<Value = Rate> {
-        (0..3u8, 1..50u64, 1..4u64, prop::sample::select(vec![1u16, 2, 4])).prop_map(
-            |(alg, limit, secs, precision)| match alg {
+        (
+            0..3u8,
+            1..50u64,
+            1..4u64,
+            prop::sample::select(vec![1u16, 2, 4]),
+        )
+            .prop_map(|(alg, limit, secs, precision)| match alg {
                 0 => Rate::new(Algorithm::FixedWindow, limit, secs * SECOND, None).unwrap(),
                 1 => Rate::with_precision(
                     Algorithm::SlidingWindow,
@@ -196,8 +201,7 @@ mod tests {
                     Some(1),
                 )
                 .unwrap(),
-            },
-        )
+            })
     }
 
     /// Random history: (gap, cost) pairs applied with `force`.

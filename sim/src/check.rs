@@ -266,7 +266,10 @@ fn acknowledgements(
         }
     }
     for ((limit, key), n) in &spent {
-        let covered = reserved.get(&(limit.clone(), key.clone())).copied().unwrap_or(0);
+        let covered = reserved
+            .get(&(limit.clone(), key.clone()))
+            .copied()
+            .unwrap_or(0);
         if *n > covered {
             v.push(Violation {
                 invariant: "strict grants covered by reservations",

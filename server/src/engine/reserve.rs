@@ -30,7 +30,7 @@
 //! Reservations leave through their own propose loop (group commit, like strict hits),
 //! so a burst of new keys costs one entry per batch, not one per key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -38,7 +38,7 @@ use arc_swap::ArcSwap;
 use quorate_algorithms::{
     counter_key, Algorithm, CounterState, Decision, Nanos, Rate, ReserveRequest, Reserved,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, Notify};
 
 use super::batcher::write_error;
 use super::propose::{propose_batches, BatchSettings};
@@ -65,7 +65,35 @@ pub fn reservable(hit: &Hit) -> bool {
 }
 
 /// What became of a reservation, as the hits waiting for it see it.
-type Outcome = Option<Result<Reserved, EngineError>>;
+type Outcome = Result<Reserved, EngineError>;
+
+/// A reservation's outcome, once known, for every request waiting on it. (Not a
+/// `tokio::sync::watch`: its waiters wake in a random order, and the simulator needs runs
+/// to replay exactly.)
+#[derive(Debug, Default)]
+struct OutcomeCell {
+    outcome: std::sync::OnceLock<Outcome>,
+    known: Notify,
+}
+
+impl OutcomeCell {
+    fn set(&self, outcome: Outcome) {
+        let _ = self.outcome.set(outcome);
+        self.known.notify_waiters();
+    }
+
+    async fn wait(&self) -> Outcome {
+        loop {
+            let known = self.known.notified();
+            tokio::pin!(known);
+            known.as_mut().enable();
+            if let Some(outcome) = self.outcome.get() {
+                return outcome.clone();
+            }
+            known.await;
+        }
+    }
+}
 
 /// The leader's state of one key in its term.
 #[derive(Debug)]
@@ -80,7 +108,7 @@ struct KeyState {
     valid_until: Nanos,
     rate: Rate,
     /// A reservation in flight for this key: requests short of credit wait for it.
-    pending: Option<watch::Receiver<Outcome>>,
+    pending: Option<Arc<OutcomeCell>>,
     /// Demand since the last reservation request: (since, cost granted).
     demand_since: Nanos,
     demand: u64,
@@ -133,7 +161,7 @@ struct Pending {
     term: Arc<Term>,
     key: String,
     item: ReserveItem,
-    done: watch::Sender<Outcome>,
+    done: Arc<OutcomeCell>,
 }
 
 /// What [`Reservations::decide`] did.
@@ -185,7 +213,10 @@ impl Reservations {
             keys: Mutex::new(HashMap::new()),
             sweep_at: AtomicUsize::new(max.clamp(1024, 1 << 16)),
         }))));
-        tracing::info!(term, "strict decisions from reservations enabled on this leader");
+        tracing::info!(
+            term,
+            "strict decisions from reservations enabled on this leader"
+        );
     }
 
     /// Stops deciding; unused reservations stay counted (under-granted, never over).
@@ -210,18 +241,13 @@ impl Reservations {
                 Round::NotHere => return Ok(Decided::NotHere),
                 Round::Wait(waits) => waits,
             };
-            for (key, mut rx, mine) in waits {
-                let outcome = rx
-                    .wait_for(Option::is_some)
-                    .await
-                    .map_err(|_| EngineError::Internal("reservation dropped".into()))?
-                    .clone();
-                match outcome {
-                    Some(Ok(r)) if r.granted == 0 && mine => {
+            for (key, cell, mine) in waits {
+                match cell.wait().await {
+                    Ok(r) if r.granted == 0 && mine => {
                         refused.insert(key, r.decision);
                     }
-                    Some(Ok(_)) | None => {}
-                    Some(Err(e)) => return Err(e),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -244,16 +270,18 @@ impl Reservations {
         // clock has seen the reservation's log time, so `now` is never before it.
         let now = self.clock.now();
         // This request's working copy of each key it touches, and the credit it uses.
-        let mut work: HashMap<String, (CounterState, u64)> = HashMap::new();
+        let mut work: BTreeMap<String, (CounterState, u64)> = BTreeMap::new();
         let mut decisions = Vec::with_capacity(hits.len());
         let mut denied = false;
-        let mut short: HashMap<String, u64> = HashMap::new();
+        // Ordered, so reservations are proposed in the same order on every run (the
+        // simulator replays seeds).
+        let mut short: BTreeMap<String, u64> = BTreeMap::new();
         for hit in hits {
             let key = counter_key(&hit.limit, &hit.key);
             // A policy change gave the key another rate: start again from the ledger.
-            let stale = keys
-                .get(&key)
-                .is_some_and(|s| s.rate != hit.rate && s.pending.is_none() && !work.contains_key(&key));
+            let stale = keys.get(&key).is_some_and(|s| {
+                s.rate != hit.rate && s.pending.is_none() && !work.contains_key(&key)
+            });
             if stale {
                 keys.remove(&key);
             }
@@ -285,7 +313,10 @@ impl Reservations {
                     // The ledger already refused this key for this request.
                     denied = true;
                     decisions.push(Decision {
-                        remaining: ledger.remaining.saturating_add(credit).min(decision.remaining),
+                        remaining: ledger
+                            .remaining
+                            .saturating_add(credit)
+                            .min(decision.remaining),
                         ..*ledger
                     });
                     continue;
@@ -315,22 +346,19 @@ impl Reservations {
                 let Some(state) = keys.get_mut(&key) else {
                     continue;
                 };
-                if let Some(rx) = &state.pending {
-                    waits.push((key, rx.clone(), false));
+                if let Some(cell) = &state.pending {
+                    waits.push((key, Arc::clone(cell), false));
                     continue;
                 }
-                let Some(hit) = hits
-                    .iter()
-                    .find(|h| counter_key(&h.limit, &h.key) == key)
-                else {
+                let Some(hit) = hits.iter().find(|h| counter_key(&h.limit, &h.key) == key) else {
                     continue;
                 };
                 let set = &self.shared.policy.load().set;
                 let horizon = set.reservations.horizon;
                 let extra_cap = if state.asked {
                     let span = now.saturating_sub(state.demand_since).max(MIN_DEMAND_SPAN);
-                    let per_horizon = u128::from(state.demand) * u128::from(horizon)
-                        / u128::from(span);
+                    let per_horizon =
+                        u128::from(state.demand) * u128::from(horizon) / u128::from(span);
                     u64::try_from(per_horizon.saturating_mul(2)).unwrap_or(u64::MAX)
                 } else {
                     u64::MAX
@@ -338,8 +366,8 @@ impl Reservations {
                 state.asked = true;
                 state.demand = 0;
                 state.demand_since = now;
-                let (done, rx) = watch::channel(None);
-                state.pending = Some(rx.clone());
+                let done = Arc::new(OutcomeCell::default());
+                state.pending = Some(Arc::clone(&done));
                 let item = ReserveItem {
                     limit: hit.limit.clone(),
                     key: hit.key.clone(),
@@ -355,7 +383,7 @@ impl Reservations {
                     term: Arc::clone(term),
                     key: key.clone(),
                     item,
-                    done,
+                    done: Arc::clone(&done),
                 };
                 if self.tx.try_send(pending).is_err() {
                     state.pending = None;
@@ -364,7 +392,7 @@ impl Reservations {
                         None,
                     ));
                 }
-                waits.push((key, rx, true));
+                waits.push((key, done, true));
             }
             return Ok(Round::Wait(waits));
         }
@@ -410,7 +438,7 @@ enum Round {
     NotHere,
     /// Reservations to wait for: key, outcome, and whether this request asked for it
     /// (only its own refusals deny its hits: another request may have needed more).
-    Wait(Vec<(String, watch::Receiver<Outcome>, bool)>),
+    Wait(Vec<(String, Arc<OutcomeCell>, bool)>),
 }
 
 /// Drops keys with no live reservation whose view has gone idle (they would be seeded
@@ -431,50 +459,64 @@ async fn run(
     metrics: Arc<Metrics>,
     settings: BatchSettings,
 ) {
-    propose_batches(rx, settings, |_| 1, |batch, _, slot| {
-        let raft = raft.clone();
-        let clock = Arc::clone(&clock);
-        let metrics = Arc::clone(&metrics);
-        let ts = clock.now();
-        tokio::spawn(async move {
-            let items = batch.iter().map(|p| p.item.clone()).collect();
-            let result = raft.client_write(Command::Reserve { ts, items }).await;
-            drop(slot);
-            let outcomes = match result {
-                Ok(resp) => match resp.data {
-                    CommandResponse::Reserved { at, outcomes } if outcomes.len() == batch.len() => {
-                        // Hits spend credit only at instants from the log time on.
-                        clock.observe(at);
-                        Ok((at, outcomes))
-                    }
-                    other => {
-                        tracing::error!(?other, "reservation applied with an unexpected response");
-                        Err(EngineError::Internal("unexpected apply response".into()))
-                    }
-                },
-                Err(e) => Err(write_error(e)),
-            };
-            match outcomes {
-                Ok((at, outcomes)) => {
-                    for (pending, reserved) in batch.into_iter().zip(outcomes) {
-                        let outcome = if reserved.granted > 0 { "granted" } else { "refused" };
-                        metrics.reservations.with_label_values(&[outcome]).inc();
-                        metrics.reserved_quota.inc_by(reserved.granted);
-                        credit(&pending, at, &reserved);
-                        let _ = pending.done.send(Some(Ok(reserved)));
-                    }
-                }
-                Err(e) => {
-                    for pending in batch {
-                        if let Some(state) = pending.term.lock().get_mut(&pending.key) {
-                            state.pending = None;
+    propose_batches(
+        rx,
+        settings,
+        |_| 1,
+        |batch, _, slot| {
+            let raft = raft.clone();
+            let clock = Arc::clone(&clock);
+            let metrics = Arc::clone(&metrics);
+            let ts = clock.now();
+            tokio::spawn(async move {
+                let items = batch.iter().map(|p| p.item.clone()).collect();
+                let result = raft.client_write(Command::Reserve { ts, items }).await;
+                drop(slot);
+                let outcomes = match result {
+                    Ok(resp) => match resp.data {
+                        CommandResponse::Reserved { at, outcomes }
+                            if outcomes.len() == batch.len() =>
+                        {
+                            // Hits spend credit only at instants from the log time on.
+                            clock.observe(at);
+                            Ok((at, outcomes))
                         }
-                        let _ = pending.done.send(Some(Err(e.clone())));
+                        other => {
+                            tracing::error!(
+                                ?other,
+                                "reservation applied with an unexpected response"
+                            );
+                            Err(EngineError::Internal("unexpected apply response".into()))
+                        }
+                    },
+                    Err(e) => Err(write_error(e)),
+                };
+                match outcomes {
+                    Ok((at, outcomes)) => {
+                        for (pending, reserved) in batch.into_iter().zip(outcomes) {
+                            let outcome = if reserved.granted > 0 {
+                                "granted"
+                            } else {
+                                "refused"
+                            };
+                            metrics.reservations.with_label_values(&[outcome]).inc();
+                            metrics.reserved_quota.inc_by(reserved.granted);
+                            credit(&pending, at, &reserved);
+                            pending.done.set(Ok(reserved));
+                        }
+                    }
+                    Err(e) => {
+                        for pending in batch {
+                            if let Some(state) = pending.term.lock().get_mut(&pending.key) {
+                                state.pending = None;
+                            }
+                            pending.done.set(Err(e.clone()));
+                        }
                     }
                 }
-            }
-        });
-    })
+            });
+        },
+    )
     .await;
 }
 
