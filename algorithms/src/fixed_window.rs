@@ -82,6 +82,14 @@ impl FixedWindow {
         self.consume(&view, cost);
     }
 
+    /// Takes back `cost` counted in the window that starts at `start` (an unused
+    /// reservation); nothing if that window is no longer the stored one.
+    pub(crate) fn refund(&mut self, rate: &Rate, start: Nanos, cost: u64) {
+        if window_start(self.window_start, rate.window) == start {
+            self.count = self.count.saturating_sub(cost);
+        }
+    }
+
     /// From this instant on the state behaves like [`FixedWindow::default`]: the stored
     /// window has ended.
     pub fn idle_at(&self, rate: &Rate) -> Nanos {

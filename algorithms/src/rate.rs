@@ -281,6 +281,12 @@ impl Rate {
     /// `None` for the token bucket (time-continuous: no buckets) and the sliding log
     /// (every hit is remembered at its own instant).
     pub fn bucket_end(&self, now: Nanos) -> Option<Nanos> {
+        let bucket = self.bucket_len()?;
+        Some((now - now % bucket).saturating_add(bucket))
+    }
+
+    /// The length of the counting buckets of [`Rate::bucket_end`].
+    pub fn bucket_len(&self) -> Option<Nanos> {
         let bucket = match self.algorithm {
             Algorithm::FixedWindow => self.window,
             Algorithm::SlidingWindow => {
@@ -288,9 +294,8 @@ impl Rate {
                 self.window / u64::from(n)
             }
             Algorithm::TokenBucket | Algorithm::SlidingLog => return None,
-        }
-        .max(1);
-        Some((now - now % bucket).saturating_add(bucket))
+        };
+        Some(bucket.max(1))
     }
 
     /// Nanoseconds of refill one token takes (`window / limit`, rounded up): how far a

@@ -122,6 +122,33 @@ impl CounterState {
     }
 }
 
+impl CounterState {
+    /// Takes back the unused part `cost` of a reservation that was valid until
+    /// `valid_until` (a settle). Only windowed algorithms can: the reservation is counted
+    /// in the bucket ending at `valid_until`, and while that bucket is still stored the
+    /// count simply shrinks. A token bucket or sliding log, or a bucket already dropped,
+    /// is left as it is (stricter, never looser).
+    pub fn refund(&mut self, rate: &Rate, valid_until: Nanos, cost: u64) {
+        let Some(len) = rate.bucket_len() else {
+            return;
+        };
+        // Only the end of a bucket of this rate names one.
+        if valid_until % len != 0 || valid_until < len {
+            return;
+        }
+        let start = valid_until - len;
+        if !self.runs(rate) {
+            return;
+        }
+        match self {
+            CounterState::FixedWindow(s) => s.refund(rate, start, cost),
+            CounterState::SlidingWindow(s) => s.refund(rate, start, cost),
+            CounterState::SlidingSlots(s) => s.refund(rate, start, cost),
+            CounterState::TokenBucket(_) | CounterState::SlidingLog(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -259,6 +286,35 @@ mod tests {
                 let a = ledger.clone().check(&rate, probe, 0);
                 let b = truth.clone().check(&rate, probe, 0);
                 prop_assert_eq!(a.remaining, b.remaining);
+            }
+        }
+
+        /// Windowed algorithms: giving back the unused part of a reservation, at any
+        /// later time, leaves the ledger exactly as strict as the hits actually spent.
+        #[test]
+        fn refunding_the_unused_part_leaves_what_was_spent(
+            rate in windowed_rate(),
+            past in history(),
+            gap in 0..SECOND,
+            need in 1..5u64,
+            spend_share in 0u64..=100,
+            settle_after in 0..3 * SECOND,
+        ) {
+            let (state, last) = replay(&rate, &past);
+            let now = last + gap;
+            let mut ledger = state.clone();
+            let r = ledger.reserve(&rate, now, request(need, u64::MAX));
+            prop_assume!(r.granted > 0);
+            let spent = r.granted * spend_share / 100;
+            let mut truth = state.clone();
+            if spent > 0 {
+                prop_assert!(truth.check(&rate, now, spent).allowed);
+            }
+            ledger.refund(&rate, r.valid_until, r.granted - spent);
+            for probe in [now, r.valid_until - 1, now + settle_after, r.valid_until + rate.window()] {
+                let a = ledger.clone().check(&rate, probe, 0);
+                let b = truth.clone().check(&rate, probe, 0);
+                prop_assert_eq!(a.remaining, b.remaining, "at {}", probe);
             }
         }
 

@@ -240,6 +240,36 @@ impl SlidingSlots {
         }
     }
 
+    /// Takes back `cost` counted in the slot that starts at `start` (an unused
+    /// reservation) while that slot is still stored; nothing otherwise.
+    pub(crate) fn refund(&mut self, rate: &Rate, start: Nanos, cost: u64) {
+        let g = Geometry::of(rate);
+        let newest = window_start(self.newest_start, g.slot);
+        let Some(behind) = newest.checked_sub(start) else {
+            return;
+        };
+        if behind % g.slot != 0 {
+            return;
+        }
+        let Ok(age) = usize::try_from(behind / g.slot) else {
+            return;
+        };
+        match &mut self.counts {
+            Counts::Narrow(c) if c.len() == g.n + 1 => {
+                if let Some(v) = c.get_mut(age) {
+                    *v = v.saturating_sub(u16::try_from(cost).unwrap_or(u16::MAX));
+                }
+            }
+            Counts::Wide(c) if c.len() == g.n + 1 => {
+                if let Some(v) = c.get_mut(age) {
+                    *v = v.saturating_sub(cost);
+                }
+            }
+            // Another shape holds one total at the newest position.
+            _ => {}
+        }
+    }
+
     fn view(&self, g: Geometry, now: Nanos) -> View {
         // Re-align the stored start in case the slot length changed since it was written.
         let stored = window_start(self.newest_start, g.slot);

@@ -202,6 +202,19 @@ impl SlidingWindow {
         }
     }
 
+    /// Takes back `cost` counted in the window that starts at `start` (an unused
+    /// reservation), whether it is still the current window or has become the previous
+    /// one; nothing if it is older.
+    pub(crate) fn refund(&mut self, rate: &Rate, start: Nanos, cost: u64) {
+        let window = rate.window.max(1);
+        let stored = window_start(self.window_start, window);
+        if stored == start {
+            self.current = self.current.saturating_sub(cost);
+        } else if start.checked_add(window) == Some(stored) {
+            self.previous = self.previous.saturating_sub(cost);
+        }
+    }
+
     fn view(&self, window: Nanos, now: Nanos) -> View {
         // Re-align the stored start in case the window length changed since it was written.
         let stored = window_start(self.window_start, window);

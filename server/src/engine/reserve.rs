@@ -115,6 +115,13 @@ struct KeyState {
     /// Whether a reservation was ever asked for in this term (a new key has no demand
     /// estimate yet).
     asked: bool,
+    /// What the replicated counter had left after this leader's last reservation on the
+    /// key (its own credit counted as used), known until `ledger_until`. Quota can only
+    /// come back to a key with time (a sliding window's decay, a bucket's refill), so
+    /// this is a lower bound meanwhile: `ledger_left + credit` is what this leader can
+    /// still grant without asking.
+    ledger_left: u64,
+    ledger_until: Nanos,
 }
 
 impl KeyState {
@@ -124,6 +131,13 @@ impl KeyState {
         } else {
             0
         }
+    }
+
+    /// What this leader can grant for `rate` at `now` without asking the ledger, when
+    /// known.
+    fn grantable(&self, rate: &Rate, now: Nanos) -> Option<u64> {
+        (self.rate == *rate && now < self.ledger_until)
+            .then(|| self.ledger_left.saturating_add(self.credit_at(rate, now)))
     }
 
     fn idle(&self, now: Nanos) -> bool {
@@ -301,10 +315,34 @@ impl Reservations {
                 .entry(key.clone())
                 .or_insert_with(|| (state.view.clone(), 0));
             let mut trial = view.clone();
-            let decision = trial.check(&hit.rate, now, hit.cost);
+            let mut decision = trial.check(&hit.rate, now, hit.cost);
+            // What the ledger still lets this leader grant bounds `remaining` (the
+            // view does not count earlier leaders' unused reservations).
+            let grantable = state
+                .grantable(&hit.rate, now)
+                .map(|g| g.saturating_sub(*used));
+            if let Some(g) = grantable {
+                let left_after = g.saturating_sub(if decision.allowed { hit.cost } else { 0 });
+                decision.remaining = decision.remaining.min(left_after);
+            }
             if !decision.allowed {
                 denied = true;
                 decisions.push(decision);
+                continue;
+            }
+            // A fixed window's ledger only changes within its window by this leader's
+            // own reservations: when it has not enough left, deny without asking.
+            if hit.rate.algorithm() == Algorithm::FixedWindow
+                && grantable.is_some_and(|g| g < hit.cost)
+            {
+                denied = true;
+                decisions.push(Decision {
+                    allowed: false,
+                    remaining: grantable.unwrap_or(0),
+                    retry_after: Some(state.ledger_until.saturating_sub(now)),
+                    denied: Some(quorate_algorithms::DenyReason::OverLimit),
+                    ..decision
+                });
                 continue;
             }
             let credit = state.credit_at(&hit.rate, now).saturating_sub(*used);
@@ -429,6 +467,8 @@ impl Reservations {
             demand_since: now,
             demand: 0,
             asked: false,
+            ledger_left: 0,
+            ledger_until: now,
         }
     }
 }
@@ -528,10 +568,19 @@ fn credit(pending: &Pending, at: Nanos, reserved: &Reserved) {
         return;
     };
     state.pending = None;
+    let rate = pending.item.rate;
+    if state.rate == rate || state.ledger_until <= at {
+        state.ledger_left = reserved.decision.remaining;
+        state.ledger_until = match rate.bucket_end(at) {
+            // Within a window the ledger only moves by this leader's reservations.
+            Some(end) => end,
+            // A bucket refills: the figure is a lower bound for a moment only.
+            None => reserved.valid_until.max(at.saturating_add(1)),
+        };
+    }
     if reserved.granted == 0 {
         return;
     }
-    let rate = pending.item.rate;
     let kept = state.credit_at(&rate, at);
     state.credit = kept.saturating_add(reserved.granted);
     state.valid_until = if kept > 0 {
