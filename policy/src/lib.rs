@@ -22,6 +22,7 @@ mod lines;
 pub mod load;
 pub mod metadata;
 mod plan;
+pub mod rlqs;
 mod rule;
 
 use std::collections::BTreeMap;
@@ -151,6 +152,8 @@ pub struct PolicySet {
     pub retired_key_cap: quorate_algorithms::KeyCap,
     /// Identities, consumers, routes and their defaults (ext_authz and forward-auth).
     pub authz: crate::authz::AuthzPolicy,
+    /// Envoy Rate Limit Quota Service buckets (`rlqs:`).
+    pub rlqs: crate::rlqs::RlqsPolicy,
 }
 
 impl Default for PolicySet {
@@ -166,6 +169,7 @@ impl Default for PolicySet {
                 on_full: quorate_algorithms::OnFull::Refuse,
             },
             authz: Default::default(),
+            rlqs: Default::default(),
         }
     }
 }
@@ -215,6 +219,8 @@ struct Document {
     routes: Vec<crate::authz::RawRoute>,
     #[serde(default)]
     defaults: crate::authz::RawDefaults,
+    #[serde(default)]
+    rlqs: Option<crate::rlqs::RawRlqs>,
 }
 
 impl PolicySet {
@@ -297,12 +303,17 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
         defaults: doc.defaults,
     };
     let authz = crate::authz::compile(raw_authz, &mut limits, &|p| lines.line(p))?;
+    let rlqs = match doc.rlqs {
+        Some(raw) => raw.compile().map_err(|(p, reason)| at(&p, reason))?,
+        None => Default::default(),
+    };
     Ok(PolicySet {
         limits,
         domains,
         headers: doc.headers,
         max_counters,
         authz,
+        rlqs,
         ..PolicySet::default()
     })
 }
