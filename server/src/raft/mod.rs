@@ -130,6 +130,12 @@ pub enum Command {
     },
     /// Re-activate an earlier policy version (`quorate policy rollback`).
     RollbackPolicy { ts: Nanos, version: u64 },
+    /// Envoy RLQS shares the leader is about to push (`crate::quota`): recorded in the
+    /// replicated grant table, so every share is committed before a proxy sees it.
+    Assign {
+        ts: Nanos,
+        grants: Vec<crate::quota::Grant>,
+    },
 }
 
 impl Default for Command {
@@ -150,7 +156,8 @@ impl Command {
             | Command::Consumed { ts, .. }
             | Command::SetPolicy { ts, .. }
             | Command::InitPolicy { ts, .. }
-            | Command::RollbackPolicy { ts, .. } => *ts,
+            | Command::RollbackPolicy { ts, .. }
+            | Command::Assign { ts, .. } => *ts,
         }
     }
 }
@@ -168,4 +175,6 @@ pub enum CommandResponse {
     /// The policy version that is now live, or why the command was refused (the previous
     /// policy stays live).
     Policy(Result<u64, String>),
+    /// A [`Command::Assign`] was recorded.
+    Assigned,
 }
