@@ -102,7 +102,10 @@ enum Strat {
     Allow,
     Deny,
     /// Refill rate (tokens/s) and capacity.
-    Bucket { rate: f64, max: f64 },
+    Bucket {
+        rate: f64,
+        max: f64,
+    },
 }
 
 #[derive(Debug)]
@@ -356,7 +359,10 @@ async fn serve_stream(
     };
     tx.send(report(&mut last_report, true)).await.ok()?;
     stats.reports.fetch_add(1, Ordering::Relaxed);
-    let mut responses = match client.stream_rate_limit_quotas(ReceiverStream::new(rx)).await {
+    let mut responses = match client
+        .stream_rate_limit_quotas(ReceiverStream::new(rx))
+        .await
+    {
         Ok(r) => r.into_inner(),
         Err(status) => return Some(status),
     };
@@ -508,7 +514,10 @@ async fn a_fleet_shares_one_limit_without_overshoot_and_follows_demand() {
          riser fair share {fair:.0}/s reached in {converged:?} (interval {INTERVAL:?})",
         peak.saturating_sub(LIMIT)
     );
-    assert!(peak <= LIMIT, "admitted {peak} in one window, limit {LIMIT}");
+    assert!(
+        peak <= LIMIT,
+        "admitted {peak} in one window, limit {LIMIT}"
+    );
     assert!(
         worst * 10 >= LIMIT * 9,
         "utilisation below 90 % with demand at twice the limit: {steady:?}"
@@ -604,11 +613,12 @@ fn reports(domain: &str, ids: Vec<BucketId>) -> RateLimitQuotaUsageReports {
 
 async fn bad_streams_get_clear_errors(addr: SocketAddr) {
     let api = || bucket(&[("name", "api")]);
-    let expect = |r: Result<Vec<RateLimitQuotaResponse>, tonic::Status>, code: Code, words: &str| {
-        let status = r.expect_err("the stream should have failed");
-        assert_eq!(status.code(), code, "{status:?}");
-        assert!(status.message().contains(words), "{status:?}");
-    };
+    let expect =
+        |r: Result<Vec<RateLimitQuotaResponse>, tonic::Status>, code: Code, words: &str| {
+            let status = r.expect_err("the stream should have failed");
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(words), "{status:?}");
+        };
 
     expect(
         attack(addr, vec![reports("nope", vec![api()])]).await,
@@ -641,7 +651,11 @@ async fn bad_streams_get_clear_errors(addr: SocketAddr) {
     );
     let long = "x".repeat(300);
     expect(
-        attack(addr, vec![reports(DOMAIN, vec![bucket(&[("name", &long)])])]).await,
+        attack(
+            addr,
+            vec![reports(DOMAIN, vec![bucket(&[("name", &long)])])],
+        )
+        .await,
         Code::InvalidArgument,
         "bucket_id",
     );
@@ -666,7 +680,11 @@ async fn bad_streams_get_clear_errors(addr: SocketAddr) {
     );
     // A huge report: 2 MiB in one message.
     let huge = "v".repeat(2 << 20);
-    let huge = attack(addr, vec![reports(DOMAIN, vec![bucket(&[("name", &huge)])])]).await;
+    let huge = attack(
+        addr,
+        vec![reports(DOMAIN, vec![bucket(&[("name", &huge)])])],
+    )
+    .await;
     let status = huge.expect_err("a 2 MiB report must be refused");
     assert!(
         matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
@@ -722,7 +740,9 @@ async fn bad_streams_get_clear_errors(addr: SocketAddr) {
         first.bucket_action[0].bucket_action,
         Some(Action::QuotaAssignmentAction(_))
     ));
-    let answers = attack(addr, vec![reports(DOMAIN, vec![api()])]).await.unwrap();
+    let answers = attack(addr, vec![reports(DOMAIN, vec![api()])])
+        .await
+        .unwrap();
     let shared = answers.iter().flat_map(|r| &r.bucket_action).any(|a| {
         matches!(
             &a.bucket_action,

@@ -342,12 +342,13 @@ impl Rlqs {
                     rule: rule.clone(),
                     subscribers: BTreeMap::new(),
                 });
+            let previous = state.subscribers.get(&sub.id).map(|s| s.demand);
             state.subscribers.insert(
                 sub.id,
                 Subscriber {
                     stream: stream_id,
                     bucket_id,
-                    demand,
+                    demand: quota::smooth_demand(previous, demand),
                     last_report: now,
                 },
             );
@@ -571,12 +572,12 @@ fn assign(strategy: Strategy, ttl: Nanos) -> Action {
     })
 }
 
-/// A share as Envoy enforces it: a one-token bucket refilled at the granted rate (the
-/// interval rounded up, so the proxy never refills faster than granted).
+/// A share as Envoy enforces it: a small token bucket refilled one token at a time at the
+/// granted rate (the interval rounded up, so the proxy never refills faster than granted).
 fn token_bucket(g: &Grant) -> Strategy {
     let interval = (u128::from(SECOND) * 1000).div_ceil(u128::from(g.rate.max(1)));
     Strategy::TokenBucket(TokenBucket {
-        max_tokens: 1,
+        max_tokens: g.max_tokens,
         tokens_per_fill: Some(UInt32Value { value: 1 }),
         fill_interval: Some(nanos_pb(u64::try_from(interval).unwrap_or(u64::MAX))),
     })
@@ -660,6 +661,7 @@ mod tests {
             bucket: "b".into(),
             proxy: 1,
             rate: 3_000, // 3 per second
+            max_tokens: 2,
             fresh: true,
             expires_at: 0,
             hold_until: 0,
@@ -668,7 +670,7 @@ mod tests {
             panic!("not a token bucket")
         };
         let interval = tb.fill_interval.unwrap();
-        assert_eq!(tb.max_tokens, 1);
+        assert_eq!(tb.max_tokens, 2);
         assert_eq!((interval.seconds, interval.nanos), (0, 333_333_334));
     }
 

@@ -5,17 +5,18 @@
 //! commits what it returns before pushing anything.
 //!
 //! # The guarantee and why it holds
-//! Every proxy enforces its share as a token bucket of **one** token refilled at its
-//! granted rate, so over any span `t` a proxy holding grant `g` admits at most
-//! `1 + rate(g) · t`. A limit of `L` requests per window `W` becomes a *rate pool*
+//! Every proxy enforces its share as a token bucket of `b` tokens (1 or 2,
+//! [`bucket_tokens`]) refilled at its granted rate, so over any span `t` a proxy holding
+//! grant `g` admits at most `b + rate(g) · t`. A limit of `L` requests per window `W` becomes a *rate pool*
 //! `(L − T) / W` and a *token pool* `T` ([`Pool::of`]):
 //! - **rate**: at every instant the sum, over proxies, of the highest rate among their
 //!   unexpired grants is at most the rate pool. A proxy uses at most one grant at a time
 //!   and never one past its expiry, so the fleet's refill rate never exceeds the pool. A
 //!   lowered share therefore frees capacity only when the higher grant expires.
 //! - **tokens**: a grant that starts a new bucket at the proxy (a changed rate, or no
-//!   live grant to extend: a *fresh* grant) brings one token; it is charged to the token
-//!   pool until its expiry plus one window. Extending an unchanged rate starts nothing.
+//!   live grant to extend: a *fresh* grant) brings its `b` starting tokens; they are
+//!   charged to the token pool until its expiry plus one window. Extending an unchanged
+//!   rate starts nothing.
 //!
 //! So in any window `W` the fleet admits at most `(L − T) + T = L`. For a token-bucket
 //! limit (rate `L/W`, burst `B`) the token pool is at most `B`, which keeps the fleet
@@ -125,6 +126,24 @@ pub fn targets(pool: MilliRate, demands: &[Demand], floor: f64) -> Vec<MilliRate
     out
 }
 
+/// A smoothed demand estimate: a rise is taken at once (a proxy that needs more must
+/// get it within a few intervals), a fall or small wobble is averaged with the previous
+/// estimate, so report jitter does not change shares (each change costs tokens).
+pub fn smooth_demand(previous: Option<MilliRate>, reported: MilliRate) -> MilliRate {
+    match previous {
+        Some(old) if reported <= old.saturating_add(old / 4) => old / 2 + reported / 2,
+        _ => reported,
+    }
+}
+
+/// Capacity of each proxy's token bucket in a round: 2 when the token pool affords two
+/// changed shares per proxy (a one-token bucket wastes refill between evenly spaced
+/// requests), else 1.
+pub fn bucket_tokens(pool: Pool, proxies: usize) -> u32 {
+    let per_proxy = pool.tokens / (2 * proxies.max(1) as u64);
+    u32::try_from(per_proxy.clamp(1, 2)).unwrap_or(1)
+}
+
 /// One round for one bucket at leader time `now`: each reporting proxy's share, such
 /// that committing every returned grant keeps both pools' invariants (module docs).
 pub fn plan(
@@ -136,16 +155,30 @@ pub fn plan(
     now: Nanos,
 ) -> Vec<(u64, Share)> {
     let targets = targets(pool.rate, demands, settings.floor);
+    let size = bucket_tokens(pool, demands.len());
     // What every proxy (reporting or not, e.g. a stream of an earlier leader) holds now.
     let held: u128 = charge.held.values().map(|&r| u128::from(r)).sum();
     let mut headroom = u128::from(pool.rate).saturating_sub(held);
     let mut tokens = pool.tokens.saturating_sub(charge.tokens);
+    let live = |proxy: &u64| {
+        charge
+            .latest
+            .get(proxy)
+            .filter(|l| l.expires_at > now.saturating_add(settings.guard))
+    };
+    // Within 5 % of the live rate, a proxy keeps it: no new bucket, no churn.
+    let near = |proxy: &u64, target: MilliRate| {
+        live(proxy).is_some_and(|l| l.max_tokens == size && l.rate.abs_diff(target) <= l.rate / 20)
+    };
 
     // Raises are paid from headroom, in proportion to what each one asks for.
     let wants: Vec<u128> = demands
         .iter()
         .zip(&targets)
         .map(|(d, &t)| {
+            if near(&d.proxy, t) {
+                return 0;
+            }
             let had = charge.held.get(&d.proxy).copied().unwrap_or(0);
             u128::from(t.saturating_sub(had))
         })
@@ -160,60 +193,45 @@ pub fn plan(
     for i in order {
         let (d, target, want) = (&demands[i], targets[i], wants[i]);
         let had = charge.held.get(&d.proxy).copied().unwrap_or(0);
-        let mut rate = if want == 0 {
-            target
-        } else {
+        let latest = live(&d.proxy);
+        let mut rate = if want > 0 {
             let raise = if scale_down {
                 want * headroom / asked.max(1)
             } else {
                 want
             };
             had + u64::try_from(raise).unwrap_or(0)
-        };
-        let latest = charge.latest.get(&d.proxy);
-        // Hysteresis: within 5 % of the live rate, keep it (no new bucket, no churn) —
-        // but never hold on to more than the target while a raise elsewhere waits for it.
-        if let Some(l) = latest {
-            let near = l.rate.abs_diff(rate) <= l.rate / 20;
-            if near && (l.rate <= rate || !scale_down) {
-                rate = l.rate;
+        } else {
+            match latest {
+                // Keep a near rate, unless a raise elsewhere waits for the difference.
+                Some(l) if near(&d.proxy, target) && (l.rate <= target || !scale_down) => l.rate,
+                _ => target,
             }
-        }
-        let extendable =
-            latest.filter(|l| l.rate == rate && l.expires_at > now.saturating_add(settings.guard));
+        };
+        let grant = |rate, fresh: bool| Grant {
+            bucket: bucket.to_string(),
+            proxy: d.proxy,
+            rate,
+            max_tokens: latest.filter(|_| !fresh).map_or(size, |l| l.max_tokens),
+            fresh,
+            expires_at: now.saturating_add(settings.ttl),
+            hold_until: now.saturating_add(settings.ttl).saturating_add(if fresh {
+                pool.window
+            } else {
+                0
+            }),
+        };
         let share = if rate == 0 {
             Share::Deny
-        } else if extendable.is_some() {
-            Share::Grant(Grant {
-                bucket: bucket.to_string(),
-                proxy: d.proxy,
-                rate,
-                fresh: false,
-                expires_at: now.saturating_add(settings.ttl),
-                hold_until: now.saturating_add(settings.ttl),
-            })
-        } else if tokens > 0 {
-            tokens -= 1;
-            Share::Grant(Grant {
-                bucket: bucket.to_string(),
-                proxy: d.proxy,
-                rate,
-                fresh: true,
-                expires_at: now.saturating_add(settings.ttl),
-                hold_until: now.saturating_add(settings.ttl).saturating_add(pool.window),
-            })
-        } else if let Some(l) = latest.filter(|l| l.expires_at > now.saturating_add(settings.guard))
-        {
-            // No token for a new bucket: extend what the proxy holds (it is ≤ its charge).
+        } else if latest.is_some_and(|l| l.rate == rate && l.max_tokens == size) {
+            Share::Grant(grant(rate, false))
+        } else if tokens >= u64::from(size) {
+            tokens -= u64::from(size);
+            Share::Grant(grant(rate, true))
+        } else if let Some(l) = latest {
+            // No tokens for a new bucket: extend what the proxy holds (≤ its charge).
             rate = l.rate;
-            Share::Grant(Grant {
-                bucket: bucket.to_string(),
-                proxy: d.proxy,
-                rate,
-                fresh: false,
-                expires_at: now.saturating_add(settings.ttl),
-                hold_until: now.saturating_add(settings.ttl),
-            })
+            Share::Grant(grant(rate, false))
         } else {
             rate = 0;
             Share::Wait

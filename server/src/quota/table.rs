@@ -19,7 +19,10 @@ pub struct Grant {
     pub proxy: u64,
     /// Milli-tokens per second.
     pub rate: MilliRate,
-    /// Whether the proxy starts a new one-token bucket with it (module docs of `quota`).
+    /// Capacity of the proxy's token bucket (it starts full).
+    pub max_tokens: u32,
+    /// Whether the proxy starts a new bucket with it (module docs of `quota`): its
+    /// `max_tokens` are charged to the token pool.
     pub fresh: bool,
     pub expires_at: Nanos,
     /// Until when it is charged: `expires_at`, plus one window for a fresh grant's token.
@@ -33,7 +36,7 @@ pub struct BucketCharge {
     pub held: HashMap<u64, MilliRate>,
     /// Per proxy, its most recent unexpired grant.
     pub latest: HashMap<u64, Grant>,
-    /// Fresh grants whose token is still charged.
+    /// Starting tokens of fresh grants still charged.
     pub tokens: u64,
 }
 
@@ -61,7 +64,7 @@ impl AssignmentTable {
         let mut charge = BucketCharge::default();
         for g in self.buckets.get(bucket).into_iter().flatten() {
             if g.fresh && g.hold_until > now {
-                charge.tokens += 1;
+                charge.tokens += u64::from(g.max_tokens);
             }
             if g.expires_at > now {
                 let held = charge.held.entry(g.proxy).or_insert(0);
@@ -102,6 +105,7 @@ mod tests {
             bucket: "b".into(),
             proxy,
             rate,
+            max_tokens: 1,
             fresh,
             expires_at: at + 10,
             hold_until: at + if fresh { 15 } else { 10 },

@@ -751,6 +751,7 @@ mod tests {
             bucket: "b".into(),
             proxy: 7,
             rate: 5_000,
+            max_tokens: 1,
             fresh: true,
             expires_at: 10 * SECOND,
             hold_until: 11 * SECOND,
