@@ -459,6 +459,22 @@ rlqs:
     }
 
     #[test]
+    fn the_policy_documented_in_the_envoy_example_compiles() {
+        let example = include_str!("../../examples/envoy/rlqs.yaml");
+        let policy: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("#   rlqs:"))
+            .take_while(|l| l.starts_with("#   "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        let set = compile(&policy).unwrap();
+        let edge = &set.rlqs;
+        assert_eq!(edge.settings.interval, SECOND, "reporting_interval in the example is 1s");
+        assert!(edge.find("edge", &[("name", "api")]).is_some());
+        assert!(edge.find("edge", &[("tenant", "acme")]).is_some());
+    }
+
+    #[test]
     fn errors_name_their_line() {
         let bad = POLICY.replace("requests_per_unit: 10,", "requests_per_unit: 0,");
         let err = compile(&bad).unwrap_err();
