@@ -42,7 +42,7 @@ pub struct RlqsSettings {
     /// How often the leader re-divides every bucket and pushes assignments. Set Envoy's
     /// `reporting_interval` to the same value.
     pub interval: Nanos,
-    /// Lifetime of an assignment (at least `interval`; default 2 × `interval`).
+    /// Lifetime of an assignment (at least `interval`; default 1.5 × `interval`).
     pub ttl: Nanos,
     /// Fraction of each limit never assigned as rate; it absorbs the one token each new
     /// per-proxy bucket starts with.
@@ -62,7 +62,7 @@ impl Default for RlqsSettings {
     fn default() -> Self {
         RlqsSettings {
             interval: DEFAULT_INTERVAL,
-            ttl: 2 * DEFAULT_INTERVAL,
+            ttl: DEFAULT_INTERVAL + DEFAULT_INTERVAL / 2,
             reserve: DEFAULT_RESERVE,
             floor: DEFAULT_FLOOR,
             abandon_after: DEFAULT_ABANDON_AFTER,
@@ -246,7 +246,7 @@ impl RawRlqs {
         if interval < 50_000_000 {
             return Err(at("rlqs.interval", "must be at least 50ms".into()));
         }
-        let ttl = window("ttl", &self.ttl)?.unwrap_or(2 * interval);
+        let ttl = window("ttl", &self.ttl)?.unwrap_or(interval + interval / 2);
         if ttl < interval {
             return Err(at(
                 "rlqs.ttl",
@@ -432,7 +432,7 @@ rlqs:
         let set = compile(POLICY).unwrap();
         let r = &set.rlqs;
         assert_eq!(r.settings.interval, 250_000_000);
-        assert_eq!(r.settings.ttl, 500_000_000, "default ttl is two intervals");
+        assert_eq!(r.settings.ttl, 375_000_000, "default ttl is 1.5 intervals");
         let a = r
             .find("envoy", &[("tenant", "a"), ("tier", "gold")])
             .unwrap();
@@ -469,7 +469,10 @@ rlqs:
             .collect();
         let set = compile(&policy).unwrap();
         let edge = &set.rlqs;
-        assert_eq!(edge.settings.interval, SECOND, "reporting_interval in the example is 1s");
+        assert_eq!(
+            edge.settings.interval, SECOND,
+            "reporting_interval in the example is 1s"
+        );
         assert!(edge.find("edge", &[("name", "api")]).is_some());
         assert!(edge.find("edge", &[("tenant", "acme")]).is_some());
     }

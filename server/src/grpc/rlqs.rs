@@ -69,6 +69,9 @@ pub struct Rlqs {
     clock: LeaderClock,
     hub: Mutex<Hub>,
     next_id: AtomicU64,
+    /// Rings when a report asks for more (a new subscriber, a rise in demand): a round
+    /// runs early instead of at the next interval.
+    wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Rlqs {
@@ -124,6 +127,7 @@ impl Rlqs {
             clock: LeaderClock::default(),
             hub: Mutex::new(Hub::default()),
             next_id: AtomicU64::new(seed),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -265,6 +269,7 @@ impl Rlqs {
         }
         let now = self.clock.now();
         let mut allow_all = Vec::new();
+        let mut wake = false;
         let mut hub = self.hub();
         for (i, usage) in usages.into_iter().enumerate() {
             let bucket_id = usage.bucket_id.unwrap_or_default();
@@ -343,6 +348,9 @@ impl Rlqs {
                     subscribers: BTreeMap::new(),
                 });
             let previous = state.subscribers.get(&sub.id).map(|s| s.demand);
+            if previous.is_none_or(|p| demand > p.saturating_add(p / 4)) {
+                wake = true;
+            }
             state.subscribers.insert(
                 sub.id,
                 Subscriber {
@@ -353,16 +361,28 @@ impl Rlqs {
                 },
             );
         }
+        drop(hub);
+        if wake {
+            self.wake.notify_one();
+        }
         Ok((!allow_all.is_empty()).then_some(RateLimitQuotaResponse {
             bucket_action: allow_all,
         }))
     }
 
-    /// Runs share rounds forever: once per `rlqs.interval` while this node leads.
+    /// Runs share rounds forever while this node leads: every `rlqs.interval`, early when
+    /// a report asks for more, and again as soon as an expiring share frees capacity a
+    /// raise waits for (never closer together than a fifth of the interval).
     pub async fn run_rounds(self: Arc<Self>) {
+        let mut next = tokio::time::Instant::now();
         loop {
             let settings = self.settings();
-            tokio::time::sleep(Duration::from_nanos(settings.interval)).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = self.wake.notified() => {}
+            }
+            let started = tokio::time::Instant::now();
+            next = started + Duration::from_nanos(settings.interval);
             if !self.engine.leadership().is_leader() {
                 self.close_all();
                 continue;
@@ -375,9 +395,22 @@ impl Rlqs {
                 self.close_all();
                 continue;
             }
-            if let Err(e) = self.round(settings).await {
-                tracing::warn!(error = %e, "RLQS round not committed; shares will expire");
+            match self.round(settings).await {
+                Ok(Some(frees_at)) => {
+                    let wait = frees_at
+                        .saturating_sub(self.clock.now())
+                        .saturating_add(1_000_000);
+                    next = next.min(tokio::time::Instant::now() + Duration::from_nanos(wait));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "RLQS round not committed; shares will expire")
+                }
             }
+            let gap = Duration::from_nanos(settings.interval / 5);
+            next = next.max(started + gap);
+            // Early wake-ups arriving during this round were for it.
+            tokio::time::sleep_until(started + gap).await;
         }
     }
 
@@ -396,8 +429,9 @@ impl Rlqs {
         self.metrics.rlqs.observe_hub(0, 0);
     }
 
-    /// One round: plan every bucket, commit, push.
-    async fn round(&self, settings: RlqsSettings) -> Result<(), String> {
+    /// One round: plan every bucket, commit, push. Returns when capacity that a raise is
+    /// waiting for frees up, if one is.
+    async fn round(&self, settings: RlqsSettings) -> Result<Option<Nanos>, String> {
         let policy = self.engine.policy();
         let shared = Arc::clone(self.engine.shared());
         let now = self.clock.now();
@@ -413,6 +447,7 @@ impl Rlqs {
         let mut pushes: HashMap<u64, Vec<(BucketId, Share)>> = HashMap::new();
         let mut abandons: HashMap<u64, Vec<BucketId>> = HashMap::new();
         let mut grants = Vec::new();
+        let mut frees_at = None;
         {
             let mut hub = self.hub();
             let mut subscriptions = 0;
@@ -463,7 +498,26 @@ impl Rlqs {
                     .collect();
                 let pool = Pool::of(limit, settings.reserve);
                 let charge = shared.assignment_charge(&key, now);
-                for (proxy, share) in quota::plan(&key, pool, &demands, &charge, share, now) {
+                let targets: HashMap<u64, quota::MilliRate> = demands
+                    .iter()
+                    .map(|d| d.proxy)
+                    .zip(quota::targets(pool.rate, &demands, settings.floor))
+                    .collect();
+                let planned = quota::plan(&key, pool, &demands, &charge, share, now);
+                // A share below its target waits for capacity (or tokens) to free up.
+                let short = planned.iter().any(|(proxy, s)| {
+                    let t = targets.get(proxy).copied().unwrap_or(0);
+                    match s {
+                        Share::Grant(g) => g.rate < t - t / 20,
+                        _ => t > 0,
+                    }
+                });
+                if short {
+                    if let Some(e) = charge.next_expiry {
+                        frees_at = Some(frees_at.map_or(e, |f: Nanos| f.min(e)));
+                    }
+                }
+                for (proxy, share) in planned {
                     if let Share::Grant(g) = &share {
                         grants.push(g.clone());
                     }
@@ -500,7 +554,7 @@ impl Rlqs {
                 .map_err(|e| e.to_string())?;
         }
         self.push(pushes, abandons, settings);
-        Ok(())
+        Ok(frees_at)
     }
 
     fn push(
@@ -560,7 +614,7 @@ impl Rlqs {
 /// How much sooner than its committed expiry a proxy's copy of a share lapses: covers
 /// the push's delivery and the clock difference between leaders.
 fn guard(settings: RlqsSettings) -> Nanos {
-    (settings.interval / 4).max(20_000_000)
+    (settings.interval / 5).max(20_000_000)
 }
 
 fn assign(strategy: Strategy, ttl: Nanos) -> Action {

@@ -255,8 +255,8 @@ mod tests {
     fn settings() -> ShareSettings {
         ShareSettings {
             floor: 0.1,
-            ttl: 2 * INTERVAL,
-            guard: INTERVAL / 4,
+            ttl: INTERVAL + INTERVAL / 2,
+            guard: INTERVAL / 5,
         }
     }
 

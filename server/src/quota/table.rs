@@ -38,6 +38,8 @@ pub struct BucketCharge {
     pub latest: HashMap<u64, Grant>,
     /// Starting tokens of fresh grants still charged.
     pub tokens: u64,
+    /// When the earliest unexpired grant expires (capacity a waiting raise can use).
+    pub next_expiry: Option<Nanos>,
 }
 
 /// Grants by bucket, each bucket's in commit order.
@@ -67,6 +69,11 @@ impl AssignmentTable {
                 charge.tokens += u64::from(g.max_tokens);
             }
             if g.expires_at > now {
+                charge.next_expiry = Some(
+                    charge
+                        .next_expiry
+                        .map_or(g.expires_at, |e| e.min(g.expires_at)),
+                );
                 let held = charge.held.entry(g.proxy).or_insert(0);
                 *held = (*held).max(g.rate);
                 // Later in the list = committed later.
