@@ -72,6 +72,9 @@ pub struct Rlqs {
     /// Rings when a report asks for more (a new subscriber, a rise in demand): a round
     /// runs early instead of at the next interval.
     wake: tokio::sync::Notify,
+    /// The term in which this node last confirmed its leadership and applied everything
+    /// earlier leaders committed.
+    linearized_term: AtomicU64,
 }
 
 impl std::fmt::Debug for Rlqs {
@@ -128,6 +131,7 @@ impl Rlqs {
             hub: Mutex::new(Hub::default()),
             next_id: AtomicU64::new(seed),
             wake: tokio::sync::Notify::new(),
+            linearized_term: AtomicU64::new(0),
         })
     }
 
@@ -390,10 +394,15 @@ impl Rlqs {
             if self.hub().buckets.is_empty() {
                 continue;
             }
-            // Every entry of earlier leaders applied here before their grants are read.
-            if self.raft.ensure_linearizable().await.is_err() {
-                self.close_all();
-                continue;
+            // Every entry of earlier leaders applied here before their grants are read:
+            // once per term (after this leader's own entry applied, all earlier ones are).
+            let term = self.raft.metrics().borrow().current_term;
+            if self.linearized_term.load(Ordering::Acquire) != term {
+                if self.raft.ensure_linearizable().await.is_err() {
+                    self.close_all();
+                    continue;
+                }
+                self.linearized_term.store(term, Ordering::Release);
             }
             match self.round(settings).await {
                 Ok(Some(frees_at)) => {
@@ -717,6 +726,7 @@ mod tests {
             rate: 3_000, // 3 per second
             max_tokens: 2,
             fresh: true,
+            since: 0,
             expires_at: 0,
             hold_until: 0,
         };

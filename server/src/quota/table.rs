@@ -21,11 +21,13 @@ pub struct Grant {
     pub rate: MilliRate,
     /// Capacity of the proxy's token bucket (it starts full).
     pub max_tokens: u32,
-    /// Whether the proxy starts a new bucket with it (module docs of `quota`): its
-    /// `max_tokens` are charged to the token pool.
+    /// Whether the proxy starts a new bucket with it (module docs of `quota`).
     pub fresh: bool,
+    /// When the bucket this grant starts or extends was started: grants with the same
+    /// proxy and `since` are one bucket at the proxy, whose `max_tokens` are charged once.
+    pub since: Nanos,
     pub expires_at: Nanos,
-    /// Until when it is charged: `expires_at`, plus one window for a fresh grant's token.
+    /// Until when its bucket's tokens are charged: `expires_at` plus one window.
     pub hold_until: Nanos,
 }
 
@@ -36,7 +38,7 @@ pub struct BucketCharge {
     pub held: HashMap<u64, MilliRate>,
     /// Per proxy, its most recent unexpired grant.
     pub latest: HashMap<u64, Grant>,
-    /// Starting tokens of fresh grants still charged.
+    /// Tokens of the proxies' buckets (live, or ended less than a window ago).
     pub tokens: u64,
     /// When the earliest unexpired grant expires (capacity a waiting raise can use).
     pub next_expiry: Option<Nanos>,
@@ -64,8 +66,9 @@ impl AssignmentTable {
     /// What `bucket`'s grants hold at `now`.
     pub fn charge(&self, bucket: &str, now: Nanos) -> BucketCharge {
         let mut charge = BucketCharge::default();
+        let mut buckets = std::collections::HashSet::new();
         for g in self.buckets.get(bucket).into_iter().flatten() {
-            if g.fresh && g.hold_until > now {
+            if g.hold_until > now && buckets.insert((g.proxy, g.since)) {
                 charge.tokens += u64::from(g.max_tokens);
             }
             if g.expires_at > now {
@@ -114,8 +117,9 @@ mod tests {
             rate,
             max_tokens: 1,
             fresh,
+            since: at,
             expires_at: at + 10,
-            hold_until: at + if fresh { 15 } else { 10 },
+            hold_until: at + 15,
         }
     }
 

@@ -753,6 +753,7 @@ mod tests {
             rate: 5_000,
             max_tokens: 1,
             fresh: true,
+            since: 0,
             expires_at: 10 * SECOND,
             hold_until: 11 * SECOND,
         };
