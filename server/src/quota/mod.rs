@@ -190,9 +190,16 @@ pub fn plan(
     let asked: u128 = wants.iter().sum();
     let scale_down = asked > headroom;
 
-    // Lowered shares first: when tokens are scarce they free capacity for the raises.
+    // When tokens are scarce, the biggest changes get them first (a small correction can
+    // wait; a proxy far from its share cannot).
     let mut order: Vec<usize> = (0..demands.len()).collect();
-    order.sort_by_key(|&i| (wants[i] > 0, demands[i].proxy));
+    order.sort_by_key(|&i| {
+        let current = live(&demands[i].proxy).map_or(0, |l| l.rate);
+        (
+            std::cmp::Reverse(current.abs_diff(targets[i])),
+            demands[i].proxy,
+        )
+    });
     let mut out = Vec::with_capacity(demands.len());
     for i in order {
         let (d, target, want) = (&demands[i], targets[i], wants[i]);
