@@ -522,7 +522,7 @@ impl Rlqs {
                     }
                 });
                 if short {
-                    if let Some(e) = charge.next_expiry {
+                    if let Some(e) = charge.lowered_until {
                         frees_at = Some(frees_at.map_or(e, |f: Nanos| f.min(e)));
                     }
                 }

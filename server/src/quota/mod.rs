@@ -213,8 +213,15 @@ pub fn plan(
             };
             let raised = had + u64::try_from(raise).unwrap_or(0);
             match latest {
-                // A raise too small to matter is not worth a new bucket.
-                Some(l) if l.max_tokens == size && l.rate.abs_diff(raised) <= l.rate / 20 => l.rate,
+                // A raise too small to matter is not worth a new bucket, nor is less than
+                // half of one: the rest frees up when the lowered shares expire, and each
+                // new bucket costs tokens for a window.
+                Some(l)
+                    if l.max_tokens == size
+                        && (l.rate.abs_diff(raised) <= l.rate / 20 || raise * 2 < want) =>
+                {
+                    l.rate
+                }
                 _ => raised,
             }
         } else {

@@ -40,8 +40,9 @@ pub struct BucketCharge {
     pub latest: HashMap<u64, Grant>,
     /// Tokens of the proxies' buckets (live, or ended less than a window ago).
     pub tokens: u64,
-    /// When the earliest unexpired grant expires (capacity a waiting raise can use).
-    pub next_expiry: Option<Nanos>,
+    /// When the last grant above its proxy's current rate expires: by then every lowered
+    /// share has freed its capacity for a waiting raise.
+    pub lowered_until: Option<Nanos>,
 }
 
 /// Grants by bucket, each bucket's in commit order.
@@ -72,15 +73,20 @@ impl AssignmentTable {
                 charge.tokens += u64::from(g.max_tokens);
             }
             if g.expires_at > now {
-                charge.next_expiry = Some(
-                    charge
-                        .next_expiry
-                        .map_or(g.expires_at, |e| e.min(g.expires_at)),
-                );
                 let held = charge.held.entry(g.proxy).or_insert(0);
                 *held = (*held).max(g.rate);
                 // Later in the list = committed later.
                 charge.latest.insert(g.proxy, g.clone());
+            }
+        }
+        for g in self.buckets.get(bucket).into_iter().flatten() {
+            let lowered = charge.latest.get(&g.proxy).is_some_and(|l| l.rate < g.rate);
+            if g.expires_at > now && lowered {
+                charge.lowered_until = Some(
+                    charge
+                        .lowered_until
+                        .map_or(g.expires_at, |e| e.max(g.expires_at)),
+                );
             }
         }
         charge
