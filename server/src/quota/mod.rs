@@ -138,10 +138,11 @@ pub fn smooth_demand(previous: Option<MilliRate>, reported: MilliRate) -> MilliR
 }
 
 /// Capacity of each proxy's token bucket in a round: 2 when the token pool holds every
-/// proxy's bucket at 2 with room for one change per proxy (a one-token bucket wastes
-/// refill between evenly spaced requests), else 1.
+/// proxy's bucket at 2 with room for two changes per proxy within a window (a demand
+/// rise usually shows over two reports), else 1 (a one-token bucket wastes refill
+/// between evenly spaced requests: a few percent of utilisation).
 pub fn bucket_tokens(pool: Pool, proxies: usize) -> u32 {
-    if pool.tokens >= 4 * proxies.max(1) as u64 {
+    if pool.tokens >= 6 * proxies.max(1) as u64 {
         2
     } else {
         1
