@@ -29,7 +29,7 @@ pub const MAX_BUCKET_PAIRS: usize = 16;
 
 /// The compiled `rlqs:` section. Empty (no domains) when the policy has none: every
 /// stream is then refused as an unknown domain.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RlqsPolicy {
     pub settings: RlqsSettings,
     /// Domain name → its bucket rules in file order.
@@ -68,15 +68,6 @@ impl Default for RlqsSettings {
             abandon_after: DEFAULT_ABANDON_AFTER,
             max_buckets: DEFAULT_MAX_BUCKETS,
             max_buckets_per_stream: DEFAULT_MAX_BUCKETS_PER_STREAM,
-        }
-    }
-}
-
-impl Default for RlqsPolicy {
-    fn default() -> Self {
-        RlqsPolicy {
-            settings: RlqsSettings::default(),
-            domains: Default::default(),
         }
     }
 }
