@@ -814,3 +814,45 @@ async fn bad_streams_get_clear_errors(addr: SocketAddr) {
     });
     assert!(shared, "no token bucket share: {answers:?}");
 }
+
+#[tokio::test]
+async fn policy_test_shows_the_bucket_a_sample_falls_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, POLICY).unwrap();
+    let run = |sample: &str| {
+        let out = std::process::Command::new(quorate_e2e::bin::quorate())
+            .args(["policy", "test", "--json", "-f"])
+            .arg(&file)
+            .args(["--rlqs", sample])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["rlqs"][0].clone()
+    };
+    let tenant = run(r#"{"domain":"fleet","bucket_id":{"tenant":"acme"}}"#);
+    assert_eq!(tenant["rule"], "per_tenant", "{tenant}");
+    assert_eq!(tenant["bucket"], "fleet/per_tenant/tenant=acme", "{tenant}");
+    // 10/s with a 5 % reserve: 1 token kept back, 9/s shared.
+    assert_eq!(tenant["rate_pool"], 9_000, "{tenant}");
+    let unmatched = run(r#"{"domain":"fleet","bucket_id":{"other":"x"}}"#);
+    assert!(unmatched.get("rule").is_none(), "{unmatched}");
+    let unknown = run(r#"{"domain":"nope","bucket_id":{"name":"api"}}"#);
+    assert!(
+        unknown["refused"].as_str().unwrap().contains("unknown"),
+        "{unknown}"
+    );
+    // A malformed sample is refused with its number.
+    let out = std::process::Command::new(quorate_e2e::bin::quorate())
+        .args(["policy", "test", "-f"])
+        .arg(&file)
+        .args(["--rlqs", r#"{"domain":"fleet"}"#])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--rlqs #1"),
+        "{out:?}"
+    );
+}
