@@ -55,6 +55,9 @@ use crate::raft::{Command, NodeId};
 pub const MAX_REPORT_BYTES: usize = 1 << 20;
 /// Most usages in one report message.
 pub const MAX_USAGES_PER_REPORT: usize = 1_000;
+/// Most (stream, bucket) subscriptions the leader tracks, over all streams: the bucket
+/// caps bound distinct buckets, this bounds many streams reporting the same ones.
+pub const MAX_SUBSCRIPTIONS: usize = 100_000;
 /// Responses queued for a stream that reads slowly; a push that finds the queue full is
 /// skipped (the proxy's share simply expires, which is safe).
 const STREAM_QUEUE: usize = 8;
@@ -90,6 +93,15 @@ impl std::fmt::Debug for Rlqs {
 struct Hub {
     streams: HashMap<u64, Sender>,
     buckets: BTreeMap<String, BucketState>,
+    /// Subscriptions in `buckets`: counted up on each new one, recounted exactly when
+    /// streams end and at every round (so it may briefly over-count, never under).
+    subscriptions: usize,
+}
+
+impl Hub {
+    fn recount(&mut self) {
+        self.subscriptions = self.buckets.values().map(|b| b.subscribers.len()).sum();
+    }
 }
 
 #[derive(Debug)]
@@ -213,6 +225,7 @@ impl Rlqs {
             b.subscribers.retain(|_, s| s.stream != stream_id);
             !b.subscribers.is_empty()
         });
+        hub.recount();
     }
 
     /// Validates one report and records its demand. Returns an immediate answer for
@@ -343,6 +356,7 @@ impl Rlqs {
                     )),
                 ));
             }
+            let hub = &mut *hub;
             let state = hub
                 .buckets
                 .entry(key.clone())
@@ -352,6 +366,17 @@ impl Rlqs {
                     subscribers: BTreeMap::new(),
                 });
             let previous = state.subscribers.get(&sub.id).map(|s| s.demand);
+            if previous.is_none() {
+                if hub.subscriptions >= MAX_SUBSCRIPTIONS {
+                    return Err(self.refuse(
+                        "too_many_buckets",
+                        Status::resource_exhausted(format!(
+                            "the leader tracks {MAX_SUBSCRIPTIONS} subscriptions already"
+                        )),
+                    ));
+                }
+                hub.subscriptions += 1;
+            }
             if previous.is_none_or(|p| demand > p.saturating_add(p / 4)) {
                 wake = true;
             }
@@ -435,6 +460,7 @@ impl Rlqs {
         }
         hub.streams.clear();
         hub.buckets.clear();
+        hub.subscriptions = 0;
         self.metrics.rlqs.observe_hub(0, 0);
     }
 
@@ -540,6 +566,7 @@ impl Rlqs {
                 subscriptions += state.subscribers.len();
                 most = most.max(state.subscribers.len());
             }
+            hub.subscriptions = subscriptions;
             self.metrics
                 .rlqs
                 .observe_hub(hub.buckets.len(), subscriptions);
