@@ -599,6 +599,21 @@ async fn a_leader_kill_mid_run_causes_no_overshoot() {
     let mut cluster = Cluster::three(options()).await.unwrap();
     let leader = cluster.wait_leader(&[1, 2, 3]).await.unwrap();
     let addrs: Vec<SocketAddr> = cluster.nodes().iter().map(|n| n.grpc).collect();
+
+    // A follower refuses the stream and names the leader.
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let refused = attack(
+        cluster.node(follower).grpc,
+        vec![reports(DOMAIN, vec![bucket(&[("name", "api")])])],
+    )
+    .await
+    .expect_err("a follower must not serve RLQS");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let hint = refused.metadata().get("x-quorate-leader").unwrap();
+    assert_eq!(
+        hint.to_str().unwrap(),
+        cluster.node(leader).grpc.to_string()
+    );
     let fleet = Fleet::start(addrs, &zipf(DEMAND, PROXIES));
 
     tokio::time::sleep(Duration::from_secs(4)).await;
