@@ -22,6 +22,7 @@ mod lines;
 pub mod load;
 pub mod metadata;
 mod plan;
+pub mod rlqs;
 mod rule;
 
 use std::collections::BTreeMap;
@@ -153,6 +154,8 @@ pub struct PolicySet {
     pub authz: crate::authz::AuthzPolicy,
     /// How `strict` limits size their durable reservations.
     pub reservations: ReservationSettings,
+    /// Envoy Rate Limit Quota Service buckets (`rlqs:`).
+    pub rlqs: crate::rlqs::RlqsPolicy,
 }
 
 /// How the leader sizes the reservations `strict` limits are answered from.
@@ -213,6 +216,7 @@ impl Default for PolicySet {
             },
             authz: Default::default(),
             reservations: ReservationSettings::default(),
+            rlqs: Default::default(),
         }
     }
 }
@@ -264,6 +268,7 @@ struct Document {
     defaults: crate::authz::RawDefaults,
     #[serde(default)]
     reservations: ReservationSettings,
+    rlqs: Option<crate::rlqs::RawRlqs>,
 }
 
 impl PolicySet {
@@ -355,6 +360,10 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
         ));
     }
     let authz = crate::authz::compile(raw_authz, &mut limits, &|p| lines.line(p))?;
+    let rlqs = match doc.rlqs {
+        Some(raw) => raw.compile().map_err(|(p, reason)| at(&p, reason))?,
+        None => Default::default(),
+    };
     Ok(PolicySet {
         limits,
         domains,
@@ -362,6 +371,7 @@ fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
         max_counters,
         authz,
         reservations: doc.reservations,
+        rlqs,
         ..PolicySet::default()
     })
 }

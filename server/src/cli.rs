@@ -478,6 +478,11 @@ pub struct PolicyTestArgs {
     /// ext_authz and forward-auth decide it.
     #[arg(long = "authz", value_name = "JSON")]
     pub authz: Vec<String>,
+    /// A sample Envoy RLQS bucket (repeatable), e.g.
+    /// '{"domain":"edge","bucket_id":{"tenant":"acme"}}': shows the bucket rule it
+    /// matches, its bucket key and limit, and what the leader divides among proxies.
+    #[arg(long = "rlqs", value_name = "JSON")]
+    pub rlqs: Vec<String>,
     /// A file of sample requests, one JSON per line (blank and `#` lines skipped).
     #[arg(long, value_name = "FILE")]
     pub requests_file: Option<PathBuf>,

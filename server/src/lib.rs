@@ -19,6 +19,7 @@
 //!   share; [`bounds`]: request caps; [`metrics`]: Prometheus and the dashboard's traffic.
 //! - See `docs/architecture.md` for the layers and the path of a decision.
 //! - [`tls`]: certificates for the listeners and peers, reloaded when their files change.
+//! - [`quota`]: sharing a global limit among Envoy proxies (RLQS), pure.
 //! - [`cli`] and [`ops`]: the `quorate` command line.
 
 pub mod authz;
@@ -41,5 +42,6 @@ pub mod ops;
 pub use quorate_policy as policy;
 pub mod overload;
 pub mod policy_watch;
+pub mod quota;
 pub mod raft;
 pub mod tls;

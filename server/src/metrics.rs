@@ -26,10 +26,78 @@ pub struct RaftGauges {
 pub mod hotkeys;
 pub mod traffic;
 
+/// Envoy RLQS (`grpc/rlqs.rs`): the leader's buckets, subscribers and share churn.
+#[derive(Debug)]
+pub struct RlqsMetrics {
+    /// Buckets with subscribers on this leader.
+    pub buckets: IntGauge,
+    /// (stream, bucket) subscriptions on this leader: proxies per bucket, summed.
+    pub subscriptions: IntGauge,
+    /// The most proxies subscribed to one bucket.
+    pub max_proxies_per_bucket: IntGauge,
+    /// Committed shares by kind: `fresh` (a changed share: the churn) or `extended`.
+    pub grants: IntCounterVec,
+    /// Subscriptions abandoned (silent proxies, buckets the policy dropped).
+    pub abandoned: IntCounter,
+    /// Streams ended or refused, by reason.
+    pub refused: IntCounterVec,
+}
+
+impl RlqsMetrics {
+    fn new(r: &Registry) -> prometheus::Result<RlqsMetrics> {
+        Ok(RlqsMetrics {
+            buckets: gauge(
+                r,
+                "rlqs_buckets",
+                "RLQS buckets with subscribers on this leader",
+            )?,
+            subscriptions: gauge(
+                r,
+                "rlqs_subscriptions",
+                "RLQS (stream, bucket) subscriptions on this leader",
+            )?,
+            max_proxies_per_bucket: gauge(
+                r,
+                "rlqs_max_proxies_per_bucket",
+                "The most proxies subscribed to one RLQS bucket",
+            )?,
+            grants: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rlqs_grants_total",
+                        "Committed RLQS shares by kind (fresh = changed)",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            abandoned: counter(r, "rlqs_abandoned_total", "RLQS subscriptions abandoned")?,
+            refused: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rlqs_streams_refused_total",
+                        "RLQS streams ended or refused, by reason",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+        })
+    }
+
+    pub fn observe_hub(&self, buckets: usize, subscriptions: usize) {
+        self.buckets.set(i64::try_from(buckets).unwrap_or(i64::MAX));
+        self.subscriptions
+            .set(i64::try_from(subscriptions).unwrap_or(i64::MAX));
+    }
+}
+
 /// Every metric this node exports.
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Envoy RLQS.
+    pub rlqs: RlqsMetrics,
     /// Decisions by outcome (`allowed`, `over_limit`, `cost_exceeds_limit`, `store_full`,
     /// `limit_keys_full`).
     pub decisions: IntCounterVec,
@@ -174,6 +242,7 @@ impl Metrics {
         ]
         .map(|o| decisions.with_label_values(&[o]));
         Ok(Metrics {
+            rlqs: RlqsMetrics::new(r)?,
             decisions,
             decision_outcomes,
             unknown_limits: counter(r, "unknown_limit_total", "Hits naming an unknown limit")?,

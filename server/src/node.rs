@@ -227,6 +227,15 @@ pub async fn run(
     // Decisions on both public listeners share one budget; see `overload.rs`.
     let overload = crate::overload::Overload::new(config.overload);
     let decisions = overload.grpc_layer();
+    // RLQS streams live long: outside the per-decision overload budget; bounded by the
+    // policy's bucket caps instead.
+    let rlqs = crate::grpc::rlqs::Rlqs::new(
+        raft.clone(),
+        Arc::clone(&engine),
+        Arc::clone(&metrics),
+        config.id,
+    );
+    tokio::spawn(Arc::clone(&rlqs).run_rounds());
     let grpc = tonic::transport::Server::builder()
         .add_service(decisions.layer(RateLimiterService::server(Arc::clone(&engine))))
         .add_service(decisions.layer(crate::grpc::rls::RlsService::server(
@@ -238,6 +247,7 @@ pub async fn run(
                 &authz,
             ))),
         )
+        .add_service(rlqs.server())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

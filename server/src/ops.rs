@@ -514,6 +514,13 @@ fn policy_test(args: PolicyTestArgs) -> Result<Exit, Failure> {
                 .map_err(|e| Failure::new(Exit::Rejected, anyhow!("--authz #{}: {e}", i + 1)))?,
         );
     }
+    let mut rlqs = Vec::new();
+    for (i, json) in args.rlqs.iter().enumerate() {
+        rlqs.push(
+            rlqs_sample(&policy, json)
+                .map_err(|e| Failure::new(Exit::Rejected, anyhow!("--rlqs #{}: {e}", i + 1)))?,
+        );
+    }
     let reports = simulate::simulate(&policy, &samples);
     let warnings = policy.warnings();
     let out = if args.json {
@@ -526,6 +533,7 @@ fn policy_test(args: PolicyTestArgs) -> Result<Exit, Failure> {
             "limits": policy.limits.len(),
             "requests": reports,
             "authz": authz,
+            "rlqs": rlqs,
         });
         format!("{value:#}\n")
     } else {
@@ -538,7 +546,7 @@ fn policy_test(args: PolicyTestArgs) -> Result<Exit, Failure> {
         for w in &warnings {
             out.push_str(&format!("warning: {w}\n"));
         }
-        if samples.is_empty() && authz.is_empty() {
+        if samples.is_empty() && authz.is_empty() && rlqs.is_empty() {
             out.push_str("no --request or --requests-file given: nothing to evaluate\n");
         }
         for a in &authz {
@@ -553,6 +561,20 @@ fn policy_test(args: PolicyTestArgs) -> Result<Exit, Failure> {
                 a["host"].as_str().unwrap_or(""),
                 a["path"].as_str().unwrap_or(""),
                 a["canonical_path"].as_str().unwrap_or("-"),
+            ));
+        }
+        for r in &rlqs {
+            let line = match (&r["refused"], &r["rule"]) {
+                (serde_json::Value::String(why), _) => why.clone(),
+                (_, serde_json::Value::String(rule)) => format!(
+                    "bucket rule {rule}, bucket {}, limit {}; shared among proxies as {} milli-tokens/s + {} tokens",
+                    r["bucket"], r["limit"], r["rate_pool"], r["token_pool"]
+                ),
+                _ => "no bucket rule matches: ALLOW_ALL".to_string(),
+            };
+            out.push_str(&format!(
+                "rlqs {} {}: {line}\n",
+                r["domain"], r["bucket_id"]
             ));
         }
         out.push_str(&simulate::render_text(&reports));
@@ -585,6 +607,42 @@ fn authz_sample(policy: &PolicySet, json: &str) -> Result<serde_json::Value, Str
             out["route"] = route.into();
         }
         Err(why) => out["refused"] = why.into(),
+    }
+    Ok(out)
+}
+
+/// One `--rlqs` sample: `{"domain", "bucket_id": {key: value}}` → the bucket it falls in.
+fn rlqs_sample(policy: &PolicySet, json: &str) -> Result<serde_json::Value, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    let domain = v
+        .get("domain")
+        .and_then(|d| d.as_str())
+        .ok_or("`domain` (a string) is required")?;
+    let map = v
+        .get("bucket_id")
+        .and_then(|b| b.as_object())
+        .ok_or("`bucket_id` (an object of strings) is required")?;
+    let mut pairs = Vec::new();
+    for (k, value) in map {
+        let value = value
+            .as_str()
+            .ok_or_else(|| format!("bucket_id.{k} must be a string"))?;
+        pairs.push((k.as_str(), value));
+    }
+    pairs.sort();
+    let mut out = serde_json::json!({"domain": domain, "bucket_id": map});
+    if !policy.rlqs.has_domain(domain) {
+        out["refused"] = "unknown RLQS domain: streams for it get NOT_FOUND".into();
+        return Ok(out);
+    }
+    if let Some(m) = policy.rlqs.find(domain, &pairs) {
+        let pool = crate::quota::Pool::of(m.rule.limit, policy.rlqs.settings.reserve);
+        let (requests, window) = m.rule.limit.rate();
+        out["rule"] = m.rule.name.clone().into();
+        out["bucket"] = m.key.replace('\u{1f}', "/").into();
+        out["limit"] = format!("{requests} per {}ms", window / 1_000_000).into();
+        out["rate_pool"] = pool.rate.into();
+        out["token_pool"] = pool.tokens.into();
     }
     Ok(out)
 }

@@ -47,7 +47,9 @@ python3 tests/python/gen_stubs.py "$proto_root" "$work/stubs" \
   envoy/extensions/filters/http/ext_authz/v3/ext_authz.proto \
   envoy/extensions/filters/http/ratelimit/v3/rate_limit.proto \
   envoy/extensions/filters/http/router/v3/router.proto \
-  envoy/extensions/upstreams/http/v3/http_protocol_options.proto
+  envoy/extensions/upstreams/http/v3/http_protocol_options.proto \
+  envoy/extensions/filters/http/rate_limit_quota/v3/rate_limit_quota.proto \
+  envoy/type/matcher/v3/http_inputs.proto
 
 echo "== python: starting $BIN serve"
 "$BIN" serve --grpc 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$work/data" \
@@ -81,11 +83,12 @@ if [ -z "$grpc_addr" ] || [ "${version:-0}" -lt 1 ]; then
   exit 1
 fi
 
-echo "== python: pytest tests/python/test_rls.py test_ext_authz.py test_envoy_snippet.py"
+echo "== python: pytest tests/python/test_rls.py test_ext_authz.py test_envoy_snippet.py test_rlqs_snippet.py"
 set +e
 PYTHONDONTWRITEBYTECODE=1 QUORATE_GRPC="$grpc_addr" PYTHONPATH="$work/stubs${PYTHONPATH:+:$PYTHONPATH}" \
   python3 -m pytest -q -p no:cacheprovider tests/python/test_rls.py \
-  tests/python/test_ext_authz.py tests/python/test_envoy_snippet.py
+  tests/python/test_ext_authz.py tests/python/test_envoy_snippet.py \
+  tests/python/test_rlqs_snippet.py
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

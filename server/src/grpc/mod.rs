@@ -3,9 +3,11 @@
 //! - [`ratelimiter`]: `quorate.v1.RateLimiter`, our own API.
 //! - [`rls`]: Envoy's Rate Limit Service v3.
 //! - [`ext_authz`]: Envoy's external authorization v3.
+//! - [`rlqs`]: Envoy's Rate Limit Quota Service (a stream; shares from [`crate::quota`]).
 
 pub mod ext_authz;
 pub mod ratelimiter;
+pub mod rlqs;
 pub mod rls;
 
 use quorate_algorithms::{Decision, DenyReason, Nanos};

@@ -134,6 +134,12 @@ pub enum Command {
     /// as consumed when the entry applies; the leader then answers hits within it from
     /// memory (see `engine::reserve`).
     Reserve { ts: Nanos, items: Vec<ReserveItem> },
+    /// Envoy RLQS shares the leader is about to push (`crate::quota`): recorded in the
+    /// replicated grant table, so every share is committed before a proxy sees it.
+    Assign {
+        ts: Nanos,
+        grants: Vec<crate::quota::Grant>,
+    },
 }
 
 /// One key's reservation request in a [`Command::Reserve`] entry. Like a [`Hit`], it
@@ -166,7 +172,8 @@ impl Command {
             | Command::SetPolicy { ts, .. }
             | Command::InitPolicy { ts, .. }
             | Command::RollbackPolicy { ts, .. }
-            | Command::Reserve { ts, .. } => *ts,
+            | Command::Reserve { ts, .. }
+            | Command::Assign { ts, .. } => *ts,
         }
     }
 }
@@ -187,4 +194,6 @@ pub enum CommandResponse {
     /// One outcome per item of a [`Command::Reserve`], in order, and the log time `at`
     /// they apply from.
     Reserved { at: Nanos, outcomes: Vec<Reserved> },
+    /// A [`Command::Assign`] was recorded.
+    Assigned,
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{Command, CommandResponse, Hit, ReserveItem, TypeConfig};
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+use crate::quota::{AssignmentTable, Grant};
 use quorate_algorithms::{Decision, DenyReason, Reserved};
 
 /// How often, in log time, idle counters are swept.
@@ -66,6 +67,8 @@ pub struct SharedState {
     history: Mutex<Vec<PolicyVersion>>,
     /// Snapshots this node built (for `/metrics`).
     pub snapshots: SnapshotStats,
+    /// Committed Envoy RLQS shares still charged (`crate::quota`).
+    pub assignments: Mutex<AssignmentTable>,
 }
 
 /// Counts of the snapshots a node built, read by the metrics scrape.
@@ -80,6 +83,14 @@ impl SharedState {
     /// Every kept policy version, oldest first.
     pub fn policy_history(&self) -> Vec<PolicyVersion> {
         self.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// What `bucket`'s committed RLQS grants hold at `now`.
+    pub fn assignment_charge(&self, bucket: &str, now: Nanos) -> crate::quota::BucketCharge {
+        self.assignments
+            .lock()
+            .map(|t| t.charge(bucket, now))
+            .unwrap_or_default()
     }
 }
 
@@ -99,6 +110,37 @@ struct SnapshotBody {
     next_sweep: Nanos,
     policy_history: Vec<PolicyVersion>,
     counters: Vec<(String, StoredCounter)>,
+    /// RLQS grants (added later: [`decode_body`] reads snapshots written without it).
+    #[serde(default)]
+    assignments: Vec<Grant>,
+}
+
+/// [`SnapshotBody`] as written before RLQS grants existed.
+#[derive(Debug, Deserialize)]
+struct SnapshotBodyV1 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    clock: Nanos,
+    next_sweep: Nanos,
+    policy_history: Vec<PolicyVersion>,
+    counters: Vec<(String, StoredCounter)>,
+}
+
+/// Decodes a snapshot body of this version or of the one before it (postcard is not
+/// self-describing: a missing trailing field is an error, not a default).
+fn decode_body(bytes: &[u8]) -> Result<SnapshotBody, postcard::Error> {
+    postcard::from_bytes::<SnapshotBody>(bytes).or_else(|e| {
+        let v1: SnapshotBodyV1 = postcard::from_bytes(bytes).map_err(|_| e)?;
+        Ok(SnapshotBody {
+            last_applied: v1.last_applied,
+            membership: v1.membership,
+            clock: v1.clock,
+            next_sweep: v1.next_sweep,
+            policy_history: v1.policy_history,
+            counters: v1.counters,
+            assignments: Vec::new(),
+        })
+    })
 }
 
 /// quorate's [`RaftStateMachine`].
@@ -135,6 +177,7 @@ impl StateMachine {
                 policy: ArcSwap::from_pointee(LivePolicy::default()),
                 history: Mutex::new(Vec::new()),
                 snapshots: SnapshotStats::default(),
+                assignments: Mutex::new(AssignmentTable::default()),
             }),
             last_applied: None,
             membership: StoredMembership::default(),
@@ -149,7 +192,7 @@ impl StateMachine {
         if path.exists() {
             let bytes = std::fs::read(&path)?;
             let stored: StoredSnapshot = postcard::from_bytes(&bytes).map_err(invalid_data)?;
-            let body: SnapshotBody = postcard::from_bytes(&stored.data).map_err(invalid_data)?;
+            let body = decode_body(&stored.data).map_err(invalid_data)?;
             sm.restore(body);
             tracing::info!(last_applied = ?sm.last_applied, "restored state machine from snapshot");
             set_snapshot(&sm.current_snapshot, Some(stored));
@@ -176,6 +219,9 @@ impl StateMachine {
         self.shared
             .counters
             .store(Arc::new(CounterStore::import(body.counters, max)));
+        if let Ok(mut t) = self.shared.assignments.lock() {
+            *t = AssignmentTable::import(body.assignments);
+        }
     }
 
     fn body(&self) -> SnapshotBody {
@@ -186,6 +232,12 @@ impl StateMachine {
             next_sweep: self.next_sweep,
             policy_history: self.shared.policy_history(),
             counters: self.shared.counters.load().export(),
+            assignments: self
+                .shared
+                .assignments
+                .lock()
+                .map(|t| t.export())
+                .unwrap_or_default(),
         }
     }
 
@@ -224,6 +276,12 @@ impl StateMachine {
                     Err(e) => return CommandResponse::Policy(Err(e.to_string())),
                 };
                 CommandResponse::Policy(self.activate(now, source, None))
+            }
+            Command::Assign { grants, .. } => {
+                if let Ok(mut t) = self.shared.assignments.lock() {
+                    t.apply(now, grants);
+                }
+                CommandResponse::Assigned
             }
             Command::RollbackPolicy { version, .. } => {
                 let old = self
@@ -490,7 +548,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let body: SnapshotBody = postcard::from_bytes(&data)
+        let body = decode_body(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &invalid_data(e)))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
@@ -706,6 +764,65 @@ mod tests {
             assert_eq!(allowed(&r[0]), 1);
             assert_eq!(m.applied_state().await.unwrap().0.map(|l| l.index), Some(3));
         }
+    }
+
+    #[tokio::test]
+    async fn rlqs_grants_survive_snapshots_and_old_snapshots_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let grant = Grant {
+            bucket: "b".into(),
+            proxy: 7,
+            rate: 5_000,
+            max_tokens: 1,
+            fresh: true,
+            since: 0,
+            expires_at: 10 * SECOND,
+            hold_until: 11 * SECOND,
+        };
+        sm.apply(vec![entry(
+            1,
+            Command::Assign {
+                ts: SECOND,
+                grants: vec![grant],
+            },
+        )])
+        .await
+        .unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let snap = builder.build_snapshot().await.unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut other = StateMachine::open(other_dir.path()).unwrap();
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let charge = other.shared().assignment_charge("b", 2 * SECOND);
+        assert_eq!(charge.held.get(&7), Some(&5_000));
+        assert_eq!(charge.tokens, 1);
+
+        // A body written before the grant table existed.
+        #[derive(Serialize)]
+        struct V1 {
+            last_applied: Option<LogId>,
+            membership: StoredMembership,
+            clock: Nanos,
+            next_sweep: Nanos,
+            policy_history: Vec<PolicyVersion>,
+            counters: Vec<(String, StoredCounter)>,
+        }
+        let old = postcard::to_stdvec(&V1 {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            clock: 42,
+            next_sweep: 0,
+            policy_history: Vec::new(),
+            counters: Vec::new(),
+        })
+        .unwrap();
+        let body = decode_body(&old).unwrap();
+        assert_eq!(body.clock, 42);
+        assert!(body.assignments.is_empty());
     }
 
     #[tokio::test]
