@@ -13,6 +13,8 @@
 //!   over-limit key), against a node started with `bench/sdk-policy.yaml`;
 //! - `nodes`: start one node or a 3-node cluster (as `suite` does) and hold it up, for
 //!   scripts that measure other clients or servers next to quorate (`bench/envoy.sh`).
+//! - `keys-sweep`: RLS throughput and memory per live key as the key count grows, on one
+//!   node and 3 nodes ([`key_sweep`]);
 //! - `sliding-accuracy`: generated Poisson and bursty traffic through the sliding window
 //!   at several precisions and the exact sliding log, in process ([`accuracy`]).
 //!
@@ -22,6 +24,7 @@
 
 mod accuracy;
 mod authz;
+mod key_sweep;
 mod keys;
 mod load;
 mod null_server;
@@ -131,6 +134,48 @@ enum Command {
         timeout: Duration,
         #[arg(long, default_value_os_t = std::env::temp_dir())]
         work_dir: PathBuf,
+    },
+    /// RLS throughput and memory per live key as the number of keys grows (fresh servers
+    /// per key count, all keys made live first); prints a markdown table.
+    KeysSweep {
+        #[arg(long, default_value = "target/release/quorate")]
+        quorate: PathBuf,
+        /// Key counts, comma-separated.
+        #[arg(
+            long,
+            default_value = "1000,10000,100000,1000000",
+            value_delimiter = ','
+        )]
+        keys: Vec<u64>,
+        /// Cluster sizes, comma-separated (1 and/or 3).
+        #[arg(long, default_value = "1,3", value_delimiter = ',')]
+        nodes: Vec<usize>,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 16)]
+        per_connection: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Measured windows per case (medians shown).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Distinct keys per fill request (1 to 64).
+        #[arg(long, default_value_t = 64)]
+        fill_descriptors: usize,
+        /// Extra flag for every `quorate serve` (repeatable).
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        work_dir: PathBuf,
+        #[arg(long)]
+        keep: bool,
+        /// Also write the markdown report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Start one quorate node or a 3-node cluster with a policy and hold it up.
     Nodes {
@@ -338,6 +383,11 @@ struct SuiteArgs {
     /// A line of free text for the report, e.g. the commit measured (repeatable).
     #[arg(long = "note")]
     notes: Vec<String>,
+    /// An outside Envoy RLS server to measure next to quorate, NAME=IP:PORT[@PID]
+    /// (repeatable; PID adds its CPU time). Adds the RLS rows (domain bench1, descriptor
+    /// k1=<key>): configure it like bench/envoy/limitador-limits.yaml.
+    #[arg(long = "extra-target")]
+    extra_targets: Vec<suite::ExtraTarget>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -427,6 +477,47 @@ async fn main() -> anyhow::Result<()> {
                 keep,
             };
             suite::hold_nodes(n).await
+        }
+        Command::KeysSweep {
+            quorate,
+            keys,
+            nodes,
+            concurrency,
+            per_connection,
+            duration,
+            warmup,
+            timeout,
+            rounds,
+            fill_descriptors,
+            server_args,
+            work_dir,
+            keep,
+            out,
+        } => {
+            let cfg = key_sweep::SweepConfig {
+                quorate: std::fs::canonicalize(&quorate)
+                    .with_context(|| format!("no quorate binary at {}", quorate.display()))?,
+                keys,
+                nodes,
+                concurrency,
+                per_channel: per_connection,
+                duration,
+                warmup,
+                timeout,
+                rounds,
+                fill_descriptors,
+                server_args,
+                work_dir,
+                keep,
+                out,
+                command_line: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let markdown = tokio::select! {
+                r = key_sweep::run(cfg) => r?,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
+            };
+            println!("{markdown}");
+            Ok(())
         }
         Command::Overload {
             quorate,
@@ -619,6 +710,7 @@ fn suite_config(args: SuiteArgs) -> anyhow::Result<suite::SuiteConfig> {
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
         notes: args.notes,
         perf: args.perf,
+        extra_targets: args.extra_targets,
     })
 }
 

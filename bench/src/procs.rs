@@ -244,6 +244,20 @@ pub fn cpu_time(stat_path: &str) -> anyhow::Result<Duration> {
     ))
 }
 
+/// Resident memory of a process (`VmRSS` of `/proc/<pid>/status`), in bytes.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_vm_rss(&status).ok_or_else(|| anyhow!("no VmRSS line in {path}"))
+}
+
+/// The `VmRSS:   1234 kB` line of a `/proc/<pid>/status` text, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Counts the fsync-family system calls (`fdatasync`, `fsync`) of some processes with
 /// `perf stat` on the kernel's syscall tracepoints: cheap, no ptrace, and needs nothing
 /// from the server. Needs `perf` and permission to trace those processes.
@@ -393,6 +407,16 @@ mod tests {
             dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
             "hello world"
         );
+    }
+
+    #[test]
+    fn reads_resident_memory() {
+        let status = "Name:\tquorate\nVmHWM:\t  20480 kB\nVmRSS:\t   10240 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(status), Some(10_485_760));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS:\tlots kB\n"), None);
+        let own = rss_bytes(std::process::id()).unwrap();
+        assert!(own > 0);
     }
 
     #[test]

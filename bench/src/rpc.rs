@@ -63,6 +63,23 @@ where
     C: Caller,
     F: Fn(Channel) -> C,
 {
+    Ok(run_observed(spec, make, || async {}).await?.0)
+}
+
+/// [`run`], calling `at_measure_start` when the warm-up ends (the suite samples CPU time
+/// and server metrics there) and returning what it produced, as
+/// [`crate::load::run_observed`] does for `Check`.
+pub async fn run_observed<C, F, O, Fut, T>(
+    spec: &RunSpec,
+    make: F,
+    at_measure_start: O,
+) -> anyhow::Result<(Report, T)>
+where
+    C: Caller,
+    F: Fn(Channel) -> C,
+    O: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
     ensure!(spec.concurrency > 0, "--concurrency must be at least 1");
     ensure!(spec.per_channel > 0, "--per-connection must be at least 1");
     let connections = spec.concurrency.div_ceil(spec.per_channel);
@@ -85,6 +102,9 @@ where
             histogram,
         )));
     }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let observed = at_measure_start().await;
+
     let mut report = Report {
         targets: spec.targets.clone(),
         concurrency: spec.concurrency,
@@ -102,7 +122,7 @@ where
         latency: new_histogram()?,
     };
     report.collect(workers, measure_from).await?;
-    Ok(report)
+    Ok((report, observed))
 }
 
 async fn worker<C: Caller>(

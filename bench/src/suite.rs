@@ -12,6 +12,14 @@
 //! | `3-node/strict via follower` | cluster, via a follower (forwarded) | strict |
 //! | `single/exact`, `3-node/exact` | single node, cluster via the leader | exact (a commit per hit batch) |
 //!
+//! With `--extra-target NAME=IP:PORT` (e.g. a Limitador started by a script), the suite
+//! adds an Envoy RLS block to the same table, since an outside rate limiter speaks RLS and
+//! not `quorate.v1`: a do-nothing RLS server, the single node and the cluster (strict) over
+//! RLS, and every extra target — the same load (one descriptor `k1 = <key>` in domain
+//! `bench1`, keys drawn as for the other rows), their ratios against the do-nothing RLS
+//! server. An extra target must be configured to count `descriptors[0].k1` in namespace
+//! `bench1` with a limit no run exhausts (`bench/envoy/limitador-limits.yaml`).
+//!
 //! Client and servers share the machine's cores, as in the brief's reference table, so
 //! every ratio is "on the same hardware, in the same minute". Around each measured window
 //! the suite samples the CPU time of the servers and of itself, and the leader's
@@ -24,11 +32,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 
 use crate::keys::{Distribution, KeySpace};
 use crate::load::{self, LoadConfig, Report};
 use crate::procs::{self, Proc, TempDir};
 use crate::report::{grouped, problems_line};
+use crate::{rls, rpc};
 
 /// The strict limit of the benchmark policy.
 pub const STRICT_LIMIT: &str = "bench_strict";
@@ -37,10 +47,18 @@ pub const FAST_LIMIT: &str = "bench_fast";
 /// The exact (a commit per hit batch) limit of the benchmark policy.
 pub const EXACT_LIMIT: &str = "bench_exact";
 
+/// The RLS domain of the suite's RLS rows (descriptor `k1 = <key>`, strict).
+pub const RLS_DOMAIN: &str = "bench1";
+
 /// The benchmark policy: limits so large that every hit is allowed, so the numbers
 /// measure the decision path and not denials.
 const POLICY: &str = "\
 # quorate-bench suite policy: quotas no benchmark run can exhaust (1e12 per hour).
+domains:
+  - domain: bench1
+    descriptors:
+      - key: k1
+        rate_limit: {name: bench_rls, unit: hour, requests_per_unit: 1000000000000}
 limits:
   - name: bench_strict
     limit: 1000000000000
@@ -57,7 +75,7 @@ limits:
 ";
 
 /// How long a server may take to say it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the suite runs.
 #[derive(Debug, Clone)]
@@ -94,15 +112,62 @@ pub struct SuiteConfig {
     pub notes: Vec<String>,
     /// Count the servers' fsyncs with `perf stat` during each measured window.
     pub perf: bool,
+    /// Outside RLS servers measured next to quorate (adds the RLS block of rows).
+    pub extra_targets: Vec<ExtraTarget>,
+}
+
+/// An RLS server the suite did not start (`--extra-target NAME=IP:PORT[@PID]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraTarget {
+    /// Its row's name in the table.
+    pub name: String,
+    /// Its Envoy RLS gRPC address.
+    pub addr: SocketAddr,
+    /// Its process, when given: its CPU time is then sampled like the suite's servers'.
+    pub pid: Option<u32>,
+}
+
+impl std::str::FromStr for ExtraTarget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ExtraTarget, String> {
+        let usage = "expected NAME=IP:PORT or NAME=IP:PORT@PID";
+        let (name, rest) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: {usage}"))?;
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 || name.contains('|') {
+            return Err(format!(
+                "{text:?}: the name must be 1 to 64 characters, no '|'"
+            ));
+        }
+        let (addr, pid) = match rest.split_once('@') {
+            Some((addr, pid)) => {
+                let pid = pid
+                    .parse::<u32>()
+                    .map_err(|_| format!("{text:?}: {pid:?} is not a process id"))?;
+                (addr, Some(pid))
+            }
+            None => (rest, None),
+        };
+        let addr = addr
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{text:?}: {addr:?} is not IP:PORT ({e}); {usage}"))?;
+        Ok(ExtraTarget {
+            name: name.to_string(),
+            addr,
+            pid,
+        })
+    }
 }
 
 /// One quorate node the suite started.
 #[derive(Debug)]
-struct QNode {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    peer: SocketAddr,
-    proc: Proc,
+pub(crate) struct QNode {
+    pub(crate) grpc: SocketAddr,
+    pub(crate) http: SocketAddr,
+    pub(crate) peer: SocketAddr,
+    pub(crate) proc: Proc,
 }
 
 /// Which case, in table order.
@@ -116,19 +181,58 @@ enum CaseId {
     ClusterStrictFollower,
     SingleExact,
     ClusterExact,
+    /// The RLS block (only with extra targets): do-nothing RLS server, quorate over RLS,
+    /// then `cfg.extra_targets[i]`.
+    NullRls,
+    SingleStrictRls,
+    ClusterStrictRls,
+    Extra(usize),
 }
 
 impl CaseId {
-    fn label(self) -> &'static str {
+    fn label(self, cfg: &SuiteConfig) -> String {
         match self {
-            CaseId::Null => "do-nothing tonic server",
-            CaseId::SingleStrict => "quorate, 1 node, strict",
-            CaseId::SingleFast => "quorate, 1 node, fast",
-            CaseId::ClusterStrict => "quorate, 3 nodes, strict (via leader)",
-            CaseId::ClusterFast => "quorate, 3 nodes, fast (via leader)",
-            CaseId::ClusterStrictFollower => "quorate, 3 nodes, strict (via follower)",
-            CaseId::SingleExact => "quorate, 1 node, exact",
-            CaseId::ClusterExact => "quorate, 3 nodes, exact (via leader)",
+            CaseId::Null => "do-nothing tonic server".into(),
+            CaseId::SingleStrict => "quorate, 1 node, strict".into(),
+            CaseId::SingleFast => "quorate, 1 node, fast".into(),
+            CaseId::ClusterStrict => "quorate, 3 nodes, strict (via leader)".into(),
+            CaseId::ClusterFast => "quorate, 3 nodes, fast (via leader)".into(),
+            CaseId::ClusterStrictFollower => "quorate, 3 nodes, strict (via follower)".into(),
+            CaseId::SingleExact => "quorate, 1 node, exact".into(),
+            CaseId::ClusterExact => "quorate, 3 nodes, exact (via leader)".into(),
+            CaseId::NullRls => "RLS: do-nothing tonic RLS server".into(),
+            CaseId::SingleStrictRls => "RLS: quorate, 1 node, strict".into(),
+            CaseId::ClusterStrictRls => "RLS: quorate, 3 nodes, strict (via leader)".into(),
+            CaseId::Extra(i) => match cfg.extra_targets.get(i) {
+                Some(t) => format!("RLS: {} (extra target {})", t.name, t.addr),
+                None => format!("RLS: extra target #{i}"),
+            },
+        }
+    }
+
+    /// Over RLS (the block compared with the do-nothing RLS server).
+    fn is_rls(self) -> bool {
+        matches!(
+            self,
+            CaseId::NullRls | CaseId::SingleStrictRls | CaseId::ClusterStrictRls | CaseId::Extra(_)
+        )
+    }
+
+    /// The do-nothing server this case's "× null" compares with.
+    fn null_reference(self) -> CaseId {
+        if self.is_rls() {
+            CaseId::NullRls
+        } else {
+            CaseId::Null
+        }
+    }
+
+    /// The single-node case this case's "× 1 node" compares with (none for the nulls).
+    fn single_reference(self) -> Option<CaseId> {
+        match self {
+            CaseId::Null | CaseId::NullRls => None,
+            c if c.is_rls() => Some(CaseId::SingleStrictRls),
+            _ => Some(CaseId::SingleStrict),
         }
     }
 
@@ -240,6 +344,22 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
     // (c) three nodes.
     let cluster = start_cluster(&cfg, tmp.path(), &policy).await?;
 
+    // (d) with extra targets: the RLS ceiling too.
+    let null_rls = if cfg.extra_targets.is_empty() {
+        None
+    } else {
+        let addr = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
+        let mut proc = Proc::spawn(
+            "null-rls",
+            &cfg.myself,
+            &["null-rls".into(), "--grpc".into(), addr.to_string()],
+            &tmp.path().join("null-rls.log"),
+        )?;
+        proc.wait_line("quorate-bench null-rls ready", READY_TIMEOUT)
+            .await?;
+        Some((addr, proc))
+    };
+
     let mut cases = vec![
         CaseId::Null,
         CaseId::SingleStrict,
@@ -252,6 +372,14 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
     if cfg.follower {
         cases.push(CaseId::ClusterStrictFollower);
     }
+    if null_rls.is_some() {
+        cases.extend([
+            CaseId::NullRls,
+            CaseId::SingleStrictRls,
+            CaseId::ClusterStrictRls,
+        ]);
+        cases.extend((0..cfg.extra_targets.len()).map(CaseId::Extra));
+    }
     let keys = KeySpace::new(cfg.distribution, cfg.keys, cfg.zipf_s)?;
     let cluster_pids: Vec<u32> = cluster.iter().map(|n| n.proc.pid()).collect();
     let mut samples: Vec<(CaseId, Vec<Sample>)> = cases.iter().map(|&c| (c, vec![])).collect();
@@ -260,36 +388,75 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
         for (case, runs) in &mut samples {
             let (target, pids, leader_http) = match case {
                 CaseId::Null => (null_addr, vec![null.pid()], None),
-                CaseId::SingleStrict | CaseId::SingleFast | CaseId::SingleExact => {
+                CaseId::SingleStrict
+                | CaseId::SingleFast
+                | CaseId::SingleExact
+                | CaseId::SingleStrictRls => {
                     (single.grpc, vec![single.proc.pid()], Some(single.http))
                 }
-                CaseId::ClusterStrict | CaseId::ClusterFast | CaseId::ClusterExact => {
+                CaseId::ClusterStrict
+                | CaseId::ClusterFast
+                | CaseId::ClusterExact
+                | CaseId::ClusterStrictRls => {
                     (cluster[0].grpc, cluster_pids.clone(), Some(cluster[0].http))
                 }
                 CaseId::ClusterStrictFollower => {
                     (cluster[1].grpc, cluster_pids.clone(), Some(cluster[0].http))
                 }
+                CaseId::NullRls => match &null_rls {
+                    Some((addr, proc)) => (*addr, vec![proc.pid()], None),
+                    None => bail!("no do-nothing RLS server was started"),
+                },
+                CaseId::Extra(i) => match cfg.extra_targets.get(*i) {
+                    Some(t) => (t.addr, t.pid.into_iter().collect(), None),
+                    None => bail!("no extra target #{i}"),
+                },
             };
-            let load = LoadConfig {
-                targets: vec![format!("http://{target}")],
-                concurrency: cfg.concurrency,
-                per_channel: cfg.per_channel,
-                duration: cfg.duration,
-                warmup: cfg.warmup,
-                keys: keys.clone(),
-                key_prefix: "k".into(),
-                limit: case.limit().into(),
-                cost: cfg.cost,
-                hits_per_request: cfg.hits_per_request,
-                timeout: cfg.timeout,
-                seed: round as u64,
-            };
-            eprintln!("\n== round {round}/{}: {} ==", cfg.rounds, case.label());
+            eprintln!("\n== round {round}/{}: {} ==", cfg.rounds, case.label(&cfg));
             let perf_out = tmp.path().join("perf-stat.txt");
             let count_fsyncs =
-                (cfg.perf && *case != CaseId::Null).then_some((perf_out.as_path(), cfg.duration));
-            let (report, mut before) =
-                load::run_observed(&load, || probe(&pids, leader_http, count_fsyncs)).await?;
+                (cfg.perf && leader_http.is_some()).then_some((perf_out.as_path(), cfg.duration));
+            let observe = || probe(&pids, leader_http, count_fsyncs);
+            let (report, mut before) = if case.is_rls() {
+                let spec = rpc::RunSpec {
+                    targets: vec![format!("http://{target}")],
+                    concurrency: cfg.concurrency,
+                    per_channel: cfg.per_channel,
+                    duration: cfg.duration,
+                    warmup: cfg.warmup,
+                    timeout: cfg.timeout,
+                    seed: round as u64,
+                    label: format!("rls {RLS_DOMAIN} ×1"),
+                    items_per_request: 1,
+                };
+                // Outside servers may answer with the overall code only (Limitador does).
+                let statuses = !matches!(case, CaseId::Extra(_));
+                let make = |channel| rls::RlsCaller {
+                    client: RateLimitServiceClient::new(channel),
+                    domain: RLS_DOMAIN.into(),
+                    descriptors: 1,
+                    prefix: "k".into(),
+                    keys: keys.clone(),
+                    statuses,
+                };
+                rpc::run_observed(&spec, make, observe).await?
+            } else {
+                let load = LoadConfig {
+                    targets: vec![format!("http://{target}")],
+                    concurrency: cfg.concurrency,
+                    per_channel: cfg.per_channel,
+                    duration: cfg.duration,
+                    warmup: cfg.warmup,
+                    keys: keys.clone(),
+                    key_prefix: "k".into(),
+                    limit: case.limit().into(),
+                    cost: cfg.cost,
+                    hits_per_request: cfg.hits_per_request,
+                    timeout: cfg.timeout,
+                    seed: round as u64,
+                };
+                load::run_observed(&load, observe).await?
+            };
             let after = probe(&pids, leader_http, None).await;
             let mut fsyncs = delta(before.fsyncs, after.fsyncs);
             if let Some(counter) = before.counter.take() {
@@ -319,6 +486,7 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
         std::fs::write(out, &markdown)
             .with_context(|| format!("cannot write {}", out.display()))?;
     }
+    drop(null_rls);
     drop(cluster);
     drop(single);
     drop(null);
@@ -348,7 +516,7 @@ fn sample_notes(s: &Sample) -> String {
 }
 
 /// Starts one `quorate serve` on fresh loopback ports.
-async fn start_node(
+pub(crate) async fn start_node(
     cfg: &SuiteConfig,
     root: &Path,
     name: &str,
@@ -386,7 +554,7 @@ async fn start_node(
 }
 
 /// Node 1 bootstraps with the policy; nodes 2 and 3 join as learners and are promoted.
-async fn start_cluster(
+pub(crate) async fn start_cluster(
     cfg: &SuiteConfig,
     root: &Path,
     policy: &Path,
@@ -510,42 +678,11 @@ pub async fn hold_nodes(n: NodesConfig) -> anyhow::Result<()> {
         "no quorate binary at {}",
         n.quorate.display()
     );
-    let cfg = SuiteConfig {
-        quorate: n.quorate.clone(),
-        myself: PathBuf::new(),
-        duration: Duration::ZERO,
-        warmup: Duration::ZERO,
-        concurrency: 1,
-        per_channel: 1,
-        keys: 1,
-        distribution: Distribution::Uniform,
-        zipf_s: 1.0,
-        cost: 1,
-        hits_per_request: 1,
-        timeout: Duration::ZERO,
-        rounds: 1,
-        follower: false,
-        server_args: n.server_args.clone(),
-        work_dir: n.work_dir.clone(),
-        keep: n.keep,
-        out: None,
-        command_line: String::new(),
-        notes: Vec::new(),
-        perf: false,
-    };
+    let cfg = SuiteConfig::for_nodes(&n.quorate, &n.server_args, &n.work_dir, n.keep);
     let tmp = TempDir::new(&n.work_dir, n.keep)?;
     let policy = std::fs::canonicalize(&n.policy)
         .with_context(|| format!("no policy at {}", n.policy.display()))?;
-    let nodes = if n.nodes == 1 {
-        let mut single = start_node(&cfg, tmp.path(), "single", 1, Some(&policy)).await?;
-        single
-            .proc
-            .wait_line("quorate ready:", READY_TIMEOUT)
-            .await?;
-        vec![single]
-    } else {
-        start_cluster(&cfg, tmp.path(), &policy).await?
-    };
+    let nodes = start_nodes(&cfg, tmp.path(), &policy, n.nodes).await?;
     let grpc: Vec<String> = nodes.iter().map(|q| q.grpc.to_string()).collect();
     let http: Vec<String> = nodes.iter().map(|q| q.http.to_string()).collect();
     let pids: Vec<String> = nodes.iter().map(|q| q.proc.pid().to_string()).collect();
@@ -563,6 +700,63 @@ pub async fn hold_nodes(n: NodesConfig) -> anyhow::Result<()> {
     }
     drop(nodes);
     Ok(())
+}
+
+impl SuiteConfig {
+    /// What [`start_node`] and [`start_cluster`] read, for callers that only start nodes
+    /// (`nodes`, `keys-sweep`); the load fields are unused there.
+    pub(crate) fn for_nodes(
+        quorate: &Path,
+        server_args: &[String],
+        work_dir: &Path,
+        keep: bool,
+    ) -> SuiteConfig {
+        SuiteConfig {
+            quorate: quorate.to_path_buf(),
+            myself: PathBuf::new(),
+            duration: Duration::ZERO,
+            warmup: Duration::ZERO,
+            concurrency: 1,
+            per_channel: 1,
+            keys: 1,
+            distribution: Distribution::Uniform,
+            zipf_s: 1.0,
+            cost: 1,
+            hits_per_request: 1,
+            timeout: Duration::ZERO,
+            rounds: 1,
+            follower: false,
+            server_args: server_args.to_vec(),
+            work_dir: work_dir.to_path_buf(),
+            keep,
+            out: None,
+            command_line: String::new(),
+            notes: Vec::new(),
+            perf: false,
+            extra_targets: Vec::new(),
+        }
+    }
+}
+
+/// One ready node (`count` = 1) or a ready 3-node cluster led by node 1, under `root`.
+pub(crate) async fn start_nodes(
+    cfg: &SuiteConfig,
+    root: &Path,
+    policy: &Path,
+    count: usize,
+) -> anyhow::Result<Vec<QNode>> {
+    match count {
+        1 => {
+            let mut single = start_node(cfg, root, "single", 1, Some(policy)).await?;
+            single
+                .proc
+                .wait_line("quorate ready:", READY_TIMEOUT)
+                .await?;
+            Ok(vec![single])
+        }
+        3 => start_cluster(cfg, root, policy).await,
+        n => bail!("1 or 3 nodes, not {n}"),
+    }
 }
 
 // === the report ===
@@ -685,6 +879,15 @@ fn render(
         cfg.cost,
         cfg.hits_per_request,
     ));
+    if !cfg.extra_targets.is_empty() {
+        md.push_str(&format!(
+            "Rows marked RLS: the same concurrency and keys over Envoy RLS `ShouldRateLimit` \
+             (one descriptor `k1 = <key>` in domain `{RLS_DOMAIN}`, strict on quorate; \
+             extra targets answer with their own limits file and only their overall code is \
+             checked); their × null is against the do-nothing RLS server, × 1 node against \
+             quorate's single node over RLS.\n\n"
+        ));
+    }
     md.push_str(&format!("Command: `{}`\n\n", cfg.command_line));
     for note in &cfg.notes {
         md.push_str(&format!("{note}\n\n"));
@@ -698,14 +901,13 @@ fn render(
         |v: Option<f64>, digits: usize| v.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"));
     for (case, runs) in samples {
         let s = summarize(runs);
-        let vs_null = ratio(samples, *case, CaseId::Null);
-        let vs_single = match case {
-            CaseId::Null => None,
-            _ => ratio(samples, *case, CaseId::SingleStrict),
-        };
+        let vs_null = ratio(samples, *case, case.null_reference());
+        let vs_single = case
+            .single_reference()
+            .and_then(|reference| ratio(samples, *case, reference));
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |\n",
-            case.label(),
+            case.label(cfg),
             grouped(s.throughput.round() as u64),
             opt(vs_null, 2),
             opt(vs_single, 2),
@@ -795,7 +997,7 @@ fn render(
         .flat_map(|(case, runs)| {
             runs.iter()
                 .filter(|s| s.report.problems() > 0)
-                .map(move |s| format!("- {}: {}\n", case.label(), problems_line(&s.report)))
+                .map(move |s| format!("- {}: {}\n", case.label(cfg), problems_line(&s.report)))
         })
         .collect();
     if !failures.is_empty() {
@@ -808,7 +1010,7 @@ fn render(
 }
 
 /// `YYYY-MM-DD HH:MM UTC` without a date crate (civil-from-days, proleptic Gregorian).
-fn utc_timestamp(t: SystemTime) -> String {
+pub(crate) fn utc_timestamp(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -849,5 +1051,44 @@ mod tests {
     #[test]
     fn the_policy_names_both_limits() {
         assert!(POLICY.contains(STRICT_LIMIT) && POLICY.contains(FAST_LIMIT));
+        assert!(POLICY.contains(&format!("domain: {RLS_DOMAIN}")));
+    }
+
+    #[test]
+    fn parses_extra_targets() {
+        let t: ExtraTarget = "limitador=127.0.0.1:8081".parse().unwrap();
+        assert_eq!(t.name, "limitador");
+        assert_eq!(t.addr, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(t.pid, None);
+        let t: ExtraTarget = "lim redis=[::1]:9000@4242".parse().unwrap();
+        assert_eq!(t.name, "lim redis");
+        assert_eq!(t.addr, "[::1]:9000".parse().unwrap());
+        assert_eq!(t.pid, Some(4242));
+        for bad in [
+            "127.0.0.1:8081",
+            "=127.0.0.1:8081",
+            "x=localhost:8081",
+            "x=127.0.0.1",
+            "x=127.0.0.1:8081@",
+            "x=127.0.0.1:8081@-1",
+            "a|b=127.0.0.1:1",
+        ] {
+            assert!(bad.parse::<ExtraTarget>().is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn rls_rows_compare_with_the_rls_ceiling() {
+        assert_eq!(CaseId::Extra(0).null_reference(), CaseId::NullRls);
+        assert_eq!(CaseId::SingleStrict.null_reference(), CaseId::Null);
+        assert_eq!(
+            CaseId::ClusterStrictRls.single_reference(),
+            Some(CaseId::SingleStrictRls)
+        );
+        assert_eq!(CaseId::NullRls.single_reference(), None);
+        assert_eq!(
+            CaseId::ClusterFast.single_reference(),
+            Some(CaseId::SingleStrict)
+        );
     }
 }
