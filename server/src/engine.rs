@@ -8,6 +8,20 @@
 //!    when the batch applies; `fast` hits are decided at once from the leader's memory and
 //!    their consumed quota joins the next [`Command::Consumed`] batch.
 //!
+//! A request is *atomic* (all-or-nothing) unless its caller says otherwise: its hits are
+//! granted only if every one passes, and a denied request consumes nothing from any
+//! counter; its hits that would have passed are answered as peeks (allowed, `remaining`
+//! unchanged), so callers can show the culprit. Where it is decided:
+//! - every hit `strict`: one request of a [`Command::Requests`] entry, decided as one at
+//!   apply ([`quorate_algorithms::CounterStore::check_all`]), the same on every replica;
+//! - every hit `fast`: checked together in the leader's fast store, under the locks of
+//!   every limit involved ([`fast::FastPath::decide_all`]);
+//! - `fast` and `strict` mixed: the whole request goes down the log path as one atomic
+//!   request (simplest correct rule: no fast quota is taken before the strict part is
+//!   known). Its fast-limit hits are then decided by the replicated counters, which lag
+//!   the leader's fast counters by the consumed hits not yet applied (what fast mode
+//!   replicates behind), and once granted they are added to the leader's fast counters.
+//!
 //! A leader that lost its quorum cannot commit, so its strict hits time out as
 //! `UNAVAILABLE` and are never granted. Fast hits stop too once the leader has not heard
 //! from a quorum for an election timeout.
@@ -33,7 +47,9 @@ use crate::raft::typ::Raft;
 use crate::raft::{Hit, Node, NodeId};
 use serde::{Deserialize, Serialize};
 
-pub use forward::{check_forwarded, forward_handler, ForwardResult};
+pub use forward::{
+    check_forwarded, decode_forwarded, forward_handler, ForwardResult, ForwardedCheck,
+};
 pub use leadership::Leadership;
 pub use propose::BatchSettings;
 pub use redis_counters::{policy_fits_redis, RedisCounters};
@@ -304,11 +320,13 @@ impl Engine {
         &self.leadership
     }
 
-    /// Decides every hit, in order. `forwarded` marks a request a follower already
-    /// forwarded here, so it is never forwarded twice.
+    /// Decides every hit, in order; `atomic` ones all-or-nothing (see the module docs).
+    /// `forwarded` marks a request a follower already forwarded here, so it is never
+    /// forwarded twice.
     pub async fn check(
         &self,
         hits: Vec<ResolvedHit>,
+        atomic: bool,
         forwarded: bool,
     ) -> Result<Vec<Decision>, EngineError> {
         // The dashboard's per-limit traffic and hot keys count each hit once, on the node
@@ -318,7 +336,7 @@ impl Engine {
                 .map(|h| (h.hit.limit.clone(), h.hit.key.clone()))
                 .collect()
         });
-        let result = self.check_here_or_at_leader(hits, forwarded).await;
+        let result = self.check_here_or_at_leader(hits, atomic, forwarded).await;
         if let (Some(counted), Ok(decisions)) = (counted, &result) {
             let now_ms = wall_nanos() / 1_000_000;
             self.metrics.traffic.record_limits(
@@ -348,11 +366,14 @@ impl Engine {
     async fn check_here_or_at_leader(
         &self,
         hits: Vec<ResolvedHit>,
+        atomic: bool,
         forwarded: bool,
     ) -> Result<Vec<Decision>, EngineError> {
         // The one place stateless mode differs: the counters' home.
         if let Some(redis) = &self.redis {
-            return redis.check(hits, &self.shared.policy.load().set).await;
+            return redis
+                .check(hits, atomic, &self.shared.policy.load().set)
+                .await;
         }
         if !self.leadership.is_leader() {
             if forwarded {
@@ -365,11 +386,18 @@ impl Engine {
                 .leadership
                 .leader_node()
                 .ok_or_else(|| EngineError::not_applied("no leader elected yet", None))?;
-            return self.forwarder.forward(leader, hits, self.timeout).await;
+            return self
+                .forwarder
+                .forward(leader, hits, atomic, self.timeout)
+                .await;
         }
-        let decided = tokio::time::timeout(self.timeout, self.decide(hits))
-            .await
-            .map_err(|_| {
+        let atomic = atomic && hits.len() > 1;
+        let decided = if atomic {
+            tokio::time::timeout(self.timeout, self.decide_atomic(hits)).await
+        } else {
+            tokio::time::timeout(self.timeout, self.decide(hits)).await
+        };
+        let decided = decided.map_err(|_| {
                 self.metrics.decision_timeouts.inc();
                 EngineError::unavailable(
                     "no quorum: the hit could not be committed in time",
@@ -380,6 +408,36 @@ impl Engine {
             self.metrics.observe_decision(d);
         }
         Ok(decided)
+    }
+
+    /// Decides one all-or-nothing request of two or more hits (see the module docs).
+    async fn decide_atomic(&self, hits: Vec<ResolvedHit>) -> Result<Vec<Decision>, EngineError> {
+        let is_fast = |h: &ResolvedHit| effective_consistency(h.consistency) == Consistency::Fast;
+        let fast_count = hits.iter().filter(|h| is_fast(h)).count();
+        if fast_count == hits.len() {
+            let hits: Vec<Hit> = hits.into_iter().map(|h| h.hit).collect();
+            let guards = loop {
+                match self.fast.decide_all(&hits) {
+                    fast::FastGroupOutcome::Decided(decisions) => return Ok(decisions),
+                    fast::FastGroupOutcome::Strict(guards) => break guards,
+                    fast::FastGroupOutcome::Wait => self.fast.ready().await,
+                }
+            };
+            return self.strict.submit(hits, true, guards).await;
+        }
+        // Mixed (or all strict): the whole request down the log path. Its fast-limit hits
+        // hold guards, as every fast-limit hit sent down the strict path does.
+        let fast_hits: Vec<Hit> = hits
+            .iter()
+            .filter(|h| is_fast(h))
+            .map(|h| h.hit.clone())
+            .collect();
+        let guards = (0..fast_count).map(|_| self.fast.hold(1)).collect();
+        let absorb = self.fast.before_log(&fast_hits);
+        let hits: Vec<Hit> = hits.into_iter().map(|h| h.hit).collect();
+        let decisions = self.strict.submit(hits, true, guards).await?;
+        self.fast.after_log(absorb, &fast_hits, &decisions);
+        Ok(decisions)
     }
 
     async fn decide(&self, hits: Vec<ResolvedHit>) -> Result<Vec<Decision>, EngineError> {
@@ -417,7 +475,7 @@ impl Engine {
             // Fast hits decided above already took their quota: if the strict ones fail,
             // this request's outcome is no longer "not counted".
             let fast_counted = decided.iter().any(Option::is_some);
-            let outcomes = self.strict.submit(strict, guards).await.map_err(|e| {
+            let outcomes = self.strict.submit(strict, false, guards).await.map_err(|e| {
                 if fast_counted {
                     e.outcome_unknown()
                 } else {

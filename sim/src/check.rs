@@ -190,8 +190,13 @@ fn acknowledgements(
     let mut consumed: Multiset = BTreeMap::new();
     for a in canonical.values() {
         match (&a.command, &a.response) {
-            (Some(Command::Hits { hits, .. }), CommandResponse::Decisions(ds)) => {
-                for (h, d) in hits.iter().zip(ds) {
+            (Some(command @ (Command::Hits { .. } | Command::Requests { .. })), CommandResponse::Decisions(ds)) => {
+                let hits = command
+                    .decided_requests()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|(_, hits)| hits);
+                for (h, d) in hits.zip(ds) {
                     *decided
                         .entry(decision_key(&h.limit, &h.key, h.cost, d))
                         .or_default() += 1;
@@ -290,10 +295,20 @@ fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violati
     for (index, a) in canonical {
         let Some(command) = &a.command else { continue };
         clock = clock.max(command.ts());
-        if let (Command::Hits { hits, .. }, CommandResponse::Decisions(ds)) = (command, &a.response)
+        if let (Some(requests), CommandResponse::Decisions(ds)) =
+            (command.decided_requests(), &a.response)
         {
-            for (h, d) in hits.iter().zip(ds) {
-                if d.allowed && h.cost > 0 && consistency_of(&h.limit) == Consistency::Strict {
+            // Each hit with whether it consumed: an atomic request's hits consume only
+            // when every one of them was allowed (otherwise the allowed ones were peeks).
+            let mut ds = ds.iter();
+            let mut consumed = Vec::new();
+            for (atomic, hits) in requests {
+                let these: Vec<_> = ds.by_ref().take(hits.len()).collect();
+                let granted = !atomic || these.iter().all(|d| d.allowed);
+                consumed.extend(hits.iter().zip(these).map(|(h, d)| (h, d.allowed && granted)));
+            }
+            for (h, allowed) in consumed {
+                if allowed && h.cost > 0 && consistency_of(&h.limit) == Consistency::Strict {
                     grants
                         .entry((h.limit.clone(), h.key.clone()))
                         .or_default()

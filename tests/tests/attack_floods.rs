@@ -72,7 +72,7 @@ async fn flood(node: &TestNode, limit: &str, prefix: &str, n: usize) -> Vec<pb::
         let calls = wave.chunks(BATCH).map(|batch| {
             let mut client = node.client();
             let hits = batch.iter().map(|k| hit(limit, k, Some(1))).collect();
-            async move { client.check(pb::CheckRequest { hits }).await }
+            async move { client.check(pb::CheckRequest { hits, atomic: None }).await }
         });
         for response in futures::future::join_all(calls).await {
             decisions.extend(response.unwrap().into_inner().decisions);

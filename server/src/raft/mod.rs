@@ -130,6 +130,24 @@ pub enum Command {
     },
     /// Re-activate an earlier policy version (`quorate policy rollback`).
     RollbackPolicy { ts: Nanos, version: u64 },
+    /// `strict` hits with their request boundaries: each request is decided when the
+    /// entry applies, in log order, all-or-nothing when it is `atomic` (see
+    /// [`HitRequest`]). What the engine proposes since all-or-nothing requests; old logs'
+    /// [`Command::Hits`] entries still apply hit by hit. (Last, so older logs decode.)
+    Requests {
+        ts: Nanos,
+        requests: Vec<HitRequest>,
+    },
+}
+
+/// One request's strict hits in a [`Command::Requests`] entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HitRequest {
+    /// All-or-nothing: every hit consumes if every hit passes, otherwise none does (its
+    /// passing hits are answered as peeks). `false`: each hit decided on its own, as in
+    /// [`Command::Hits`].
+    pub atomic: bool,
+    pub hits: Vec<Hit>,
 }
 
 impl Default for Command {
@@ -150,7 +168,26 @@ impl Command {
             | Command::Consumed { ts, .. }
             | Command::SetPolicy { ts, .. }
             | Command::InitPolicy { ts, .. }
-            | Command::RollbackPolicy { ts, .. } => *ts,
+            | Command::RollbackPolicy { ts, .. }
+            | Command::Requests { ts, .. } => *ts,
+        }
+    }
+}
+
+impl Command {
+    /// The requests whose decisions this entry's [`CommandResponse::Decisions`] lists, in
+    /// order: `(atomic, hits)`. A [`Command::Hits`] is one request decided hit by hit.
+    /// A hit of an atomic request consumed only if every decision of its request allowed.
+    pub fn decided_requests(&self) -> Option<Vec<(bool, &[Hit])>> {
+        match self {
+            Command::Hits { hits, .. } => Some(vec![(false, hits.as_slice())]),
+            Command::Requests { requests, .. } => Some(
+                requests
+                    .iter()
+                    .map(|r| (r.atomic, r.hits.as_slice()))
+                    .collect(),
+            ),
+            _ => None,
         }
     }
 }
@@ -161,7 +198,8 @@ pub enum CommandResponse {
     /// Membership changes and blank entries.
     #[default]
     Empty,
-    /// One decision per hit of a [`Command::Hits`], in order.
+    /// One decision per hit of a [`Command::Hits`] (or of every request of a
+    /// [`Command::Requests`], flattened), in order.
     Decisions(Vec<Decision>),
     /// A [`Command::Consumed`] batch was recorded.
     Consumed,

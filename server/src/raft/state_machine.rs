@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use quorate_algorithms::{CounterStore, Nanos, StoredCounter, SECOND};
+use quorate_algorithms::{CounterStore, GroupHit, Nanos, StoredCounter, SECOND};
 use serde::{Deserialize, Serialize};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
@@ -202,6 +202,17 @@ impl StateMachine {
         }
         match command {
             Command::Hits { hits, .. } => CommandResponse::Decisions(self.decide(now, &hits)),
+            Command::Requests { requests, .. } => {
+                let mut decisions = Vec::with_capacity(requests.iter().map(|r| r.hits.len()).sum());
+                for request in &requests {
+                    if request.atomic && request.hits.len() > 1 {
+                        decisions.extend(self.decide_atomic(now, &request.hits));
+                    } else {
+                        decisions.extend(self.decide(now, &request.hits));
+                    }
+                }
+                CommandResponse::Decisions(decisions)
+            }
             Command::Consumed { hits, .. } => {
                 self.record_consumed(now, &hits);
                 CommandResponse::Consumed
@@ -249,6 +260,34 @@ impl StateMachine {
                 let cap = policy.set.key_cap(&hit.limit);
                 let key = counter_key(&hit.limit, &hit.key);
                 let checked = counters.check_capped(&key, cap, &hit.rate, now, hit.cost);
+                let refused = checked.decision.denied == Some(DenyReason::LimitKeysFull);
+                self.observe_key_cap(&hit.limit, refused, checked.evicted);
+                checked.decision
+            })
+            .collect()
+    }
+
+    /// Decides one request's strict hits all-or-nothing ([`CounterStore::check_all`]):
+    /// a denied request changes no counter, on every replica alike.
+    fn decide_atomic(&self, now: Nanos, hits: &[Hit]) -> Vec<Decision> {
+        let counters = self.shared.counters.load();
+        let policy = self.shared.policy.load();
+        let keys: Vec<String> = hits.iter().map(|h| counter_key(&h.limit, &h.key)).collect();
+        let group: Vec<GroupHit<'_>> = hits
+            .iter()
+            .zip(&keys)
+            .map(|(hit, key)| GroupHit {
+                key,
+                cap: policy.set.key_cap(&hit.limit),
+                rate: &hit.rate,
+                cost: hit.cost,
+            })
+            .collect();
+        counters
+            .check_all(&group, now, &|_| None)
+            .into_iter()
+            .zip(hits)
+            .map(|(checked, hit)| {
                 let refused = checked.decision.denied == Some(DenyReason::LimitKeysFull);
                 self.observe_key_cap(&hit.limit, refused, checked.evicted);
                 checked.decision

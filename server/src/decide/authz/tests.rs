@@ -30,12 +30,38 @@ impl Counter for MemCounter {
         Arc::clone(&self.policy)
     }
 
-    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
+    fn check(
+        &self,
+        hits: Vec<ResolvedHit>,
+        atomic: bool,
+    ) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
         Box::pin(async move {
             if self.unavailable.load(Ordering::SeqCst) {
                 return Err(EngineError::unavailable("no quorum (test)", None));
             }
             let now = wall_nanos();
+            if atomic {
+                let keys: Vec<String> = hits
+                    .iter()
+                    .map(|h| store_key(&h.hit.limit, &h.hit.key))
+                    .collect();
+                let group: Vec<quorate_algorithms::GroupHit<'_>> = hits
+                    .iter()
+                    .zip(&keys)
+                    .map(|(h, key)| quorate_algorithms::GroupHit {
+                        key,
+                        cap: quorate_algorithms::KeyCap::NONE,
+                        rate: &h.hit.rate,
+                        cost: h.hit.cost,
+                    })
+                    .collect();
+                let out = self.store.check_all(&group, now, &|_| None);
+                self.hits
+                    .lock()
+                    .unwrap()
+                    .extend(hits.into_iter().map(|h| h.hit));
+                return Ok(out.into_iter().map(|c| c.decision).collect());
+            }
             let mut out = Vec::new();
             for h in hits {
                 out.push(self.store.check(
