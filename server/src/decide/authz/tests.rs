@@ -1106,3 +1106,21 @@ routes:
     .unwrap_err();
     assert!(bad.reason.contains("ipv6_prefix"), "{bad}");
 }
+
+/// A route's limits (and its consumer's) are one decision: the request the `shared`
+/// limit (2 per hour) denies takes nothing from `per_consumer`, `per_tenant` or alice's
+/// own daily limit.
+#[tokio::test]
+async fn a_route_request_denied_by_one_limit_consumes_none_of_the_others() {
+    let (a, counter, _) = authorizer();
+    let call = || request("GET", "/v1/items", &[("x-api-key", ALICE_KEY), ("x-tenant", "t1")]);
+    for _ in 0..2 {
+        allowed(&a.decide(call()).await.unwrap());
+    }
+    let before = counter.store.export();
+    for _ in 0..3 {
+        let d = a.decide(call()).await.unwrap();
+        assert_eq!(denied(&d).status, 429);
+    }
+    assert_eq!(counter.store.export(), before, "no counter moved");
+}
