@@ -117,8 +117,15 @@ impl CounterStore {
         let mut done: Vec<Checked> = Vec::with_capacity(hits.len());
         for h in hits {
             let i = slot(h.key);
-            let checked =
-                self.check_in(&partitions[i], &mut guards[i], h.key, h.cap, h.rate, now, h.cost);
+            let checked = self.check_in(
+                &partitions[i],
+                &mut guards[i],
+                h.key,
+                h.cap,
+                h.rate,
+                now,
+                h.cost,
+            );
             let refused = !checked.decision.allowed;
             done.push(checked);
             if refused {
@@ -184,7 +191,10 @@ mod tests {
             assert_eq!(again[1].decision.remaining, 99);
         }
         let big_now = store.check("big\u{1f}k", &big, 30, 0);
-        assert_eq!(big_now.remaining, 99, "big was never consumed by a denied group");
+        assert_eq!(
+            big_now.remaining, 99,
+            "big was never consumed by a denied group"
+        );
     }
 
     #[test]
@@ -244,7 +254,9 @@ mod tests {
     fn huge_costs_and_many_hits_neither_panic_nor_grant() {
         let store = CounterStore::new(1_000);
         let r = rate(5);
-        let keys: Vec<String> = (0..2_000).map(|i| format!("l{}\u{1f}k{i}", i % 7)).collect();
+        let keys: Vec<String> = (0..2_000)
+            .map(|i| format!("l{}\u{1f}k{i}", i % 7))
+            .collect();
         let mut group: Vec<GroupHit<'_>> = keys.iter().map(|k| hit(k, &r, 1)).collect();
         group.push(hit("l0\u{1f}k0", &r, u64::MAX));
         let out = store.check_all(&group, 10, &no_seed);
@@ -254,7 +266,9 @@ mod tests {
         // Without the huge hit, more new keys than the store holds: refused, put back.
         group.pop();
         let out = store.check_all(&group, 10, &no_seed);
-        assert!(out.iter().any(|c| c.decision.denied == Some(DenyReason::StoreFull)));
+        assert!(out
+            .iter()
+            .any(|c| c.decision.denied == Some(DenyReason::StoreFull)));
         assert!(store.is_empty(), "every new key taken back");
     }
 

@@ -44,7 +44,10 @@ impl Client {
         }
         // An all-or-nothing call the deny cache already denies takes nothing: its other
         // hits are only peeked.
-        let peek_only = atomic && decided.iter().any(|d| d.as_ref().is_some_and(|d| !d.allowed));
+        let peek_only = atomic
+            && decided
+                .iter()
+                .any(|d| d.as_ref().is_some_and(|d| !d.allowed));
         let request = pb::CheckRequest {
             hits: to_send
                 .iter()

@@ -398,12 +398,12 @@ impl Engine {
             tokio::time::timeout(self.timeout, self.decide(hits)).await
         };
         let decided = decided.map_err(|_| {
-                self.metrics.decision_timeouts.inc();
-                EngineError::unavailable(
-                    "no quorum: the hit could not be committed in time",
-                    self.leadership.leader_node(),
-                )
-            })??;
+            self.metrics.decision_timeouts.inc();
+            EngineError::unavailable(
+                "no quorum: the hit could not be committed in time",
+                self.leadership.leader_node(),
+            )
+        })??;
         for d in &decided {
             self.metrics.observe_decision(d);
         }
@@ -475,13 +475,11 @@ impl Engine {
             // Fast hits decided above already took their quota: if the strict ones fail,
             // this request's outcome is no longer "not counted".
             let fast_counted = decided.iter().any(Option::is_some);
-            let outcomes = self.strict.submit(strict, false, guards).await.map_err(|e| {
-                if fast_counted {
-                    e.outcome_unknown()
-                } else {
-                    e
-                }
-            })?;
+            let outcomes = self
+                .strict
+                .submit(strict, false, guards)
+                .await
+                .map_err(|e| if fast_counted { e.outcome_unknown() } else { e })?;
             for (slot, decision) in strict_slots.into_iter().zip(outcomes) {
                 decided[slot] = Some(decision);
             }

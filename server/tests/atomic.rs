@@ -78,10 +78,7 @@ async fn shop_request(rls: &mut Rls, domain: &str) -> (Code, [(Code, u32); 2]) {
         rls,
         request(
             domain,
-            vec![
-                descriptor(&[("small", "u1")]),
-                descriptor(&[("big", "u1")]),
-            ],
+            vec![descriptor(&[("small", "u1")]), descriptor(&[("big", "u1")])],
             0,
         ),
     )
@@ -106,7 +103,10 @@ async fn rls_request_denied_by_one_descriptor_consumes_nothing_from_the_others()
         );
     }
     let r = call_one(&mut rls, "shop", &[("big", "u1")]).await;
-    assert_eq!(r.statuses[0].limit_remaining, 98, "big went 99 -> 98, not 96 -> 95");
+    assert_eq!(
+        r.statuses[0].limit_remaining, 98,
+        "big went 99 -> 98, not 96 -> 95"
+    );
 }
 
 #[tokio::test]
@@ -140,7 +140,10 @@ async fn quorate_v1_requests_are_atomic_unless_told_otherwise() {
     assert_eq!(remaining(&mut client, "big", "k").await, 99);
     let r = v1_check(&mut client, pair(), Some(false)).await;
     assert!(!r.allowed);
-    assert_eq!(r.decisions[1].remaining, 98, "atomic: false counts big anyway");
+    assert_eq!(
+        r.decisions[1].remaining, 98,
+        "atomic: false counts big anyway"
+    );
     assert_eq!(remaining(&mut client, "big", "k").await, 98);
 }
 
@@ -234,10 +237,7 @@ async fn many_hits_and_huge_costs_are_denied_without_consuming() {
     assert_eq!(r.decisions.len(), 256);
     hits.push(v1_hit("strict_many", "k256", 1));
     let too_many = client
-        .check(pb::CheckRequest {
-            hits,
-            atomic: None,
-        })
+        .check(pb::CheckRequest { hits, atomic: None })
         .await
         .unwrap_err();
     assert_eq!(too_many.code(), tonic::Code::InvalidArgument);

@@ -190,7 +190,10 @@ fn acknowledgements(
     let mut consumed: Multiset = BTreeMap::new();
     for a in canonical.values() {
         match (&a.command, &a.response) {
-            (Some(command @ (Command::Hits { .. } | Command::Requests { .. })), CommandResponse::Decisions(ds)) => {
+            (
+                Some(command @ (Command::Hits { .. } | Command::Requests { .. })),
+                CommandResponse::Decisions(ds),
+            ) => {
                 let hits = command
                     .decided_requests()
                     .unwrap_or_default()
@@ -305,7 +308,11 @@ fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violati
             for (atomic, hits) in requests {
                 let these: Vec<_> = ds.by_ref().take(hits.len()).collect();
                 let granted = !atomic || these.iter().all(|d| d.allowed);
-                consumed.extend(hits.iter().zip(these).map(|(h, d)| (h, d.allowed && granted)));
+                consumed.extend(
+                    hits.iter()
+                        .zip(these)
+                        .map(|(h, d)| (h, d.allowed && granted)),
+                );
             }
             for (h, allowed) in consumed {
                 if allowed && h.cost > 0 && consistency_of(&h.limit) == Consistency::Strict {

@@ -290,7 +290,8 @@ fn count(
             _ => &[],
         })
         .collect();
-    let real = |h: &crate::engine::ResolvedHit| decide(&h.hit.limit, &h.hit.key, &h.hit.rate, h.hit.cost);
+    let real =
+        |h: &crate::engine::ResolvedHit| decide(&h.hit.limit, &h.hit.key, &h.hit.rate, h.hit.cost);
     if !policy.rls_all_or_nothing(&sample.domain) || limited.iter().any(|l| l.quota_mode) {
         return hits.iter().map(real).collect();
     }
@@ -733,12 +734,18 @@ mod tests {
             .unwrap();
         let samples = [s.clone(), s.clone(), s.clone(), s];
         for (switch, big_left) in [("", 99), ("all_or_nothing: false\n", 96)] {
-            let reports = simulate(&policy(PolicyFormat::EnvoyRatelimit, &file(switch)), &samples);
+            let reports = simulate(
+                &policy(PolicyFormat::EnvoyRatelimit, &file(switch)),
+                &samples,
+            );
             let last = &reports[3];
             assert_eq!(last.overall_code, "OVER_LIMIT");
             assert_eq!(last.descriptors[0].status.code, "OVER_LIMIT");
             assert_eq!(last.descriptors[1].status.code, "OK");
-            assert_eq!(last.descriptors[1].status.limit_remaining, big_left, "{switch:?}");
+            assert_eq!(
+                last.descriptors[1].status.limit_remaining, big_left,
+                "{switch:?}"
+            );
         }
     }
 

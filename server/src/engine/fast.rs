@@ -272,17 +272,16 @@ impl FastPath {
             .collect();
         let replicated = self.shared.counters.load();
         let now = self.clock.now();
-        let checked = term.store.check_all(&group, now, &|key| replicated.get(key));
+        let checked = term
+            .store
+            .check_all(&group, now, &|key| replicated.get(key));
         let granted = checked.iter().all(|c| c.decision.allowed);
         let mut decisions = Vec::with_capacity(hits.len());
         for ((hit, checked), guard) in hits.iter().zip(checked).zip(guards) {
             let refused = checked.decision.denied == Some(DenyReason::LimitKeysFull);
             self.metrics
                 .observe_key_cap(&hit.limit, refused, checked.evicted);
-            if granted
-                && hit.cost > 0
-                && self.consumed.try_send((hit.clone(), guard)).is_err()
-            {
+            if granted && hit.cost > 0 && self.consumed.try_send((hit.clone(), guard)).is_err() {
                 self.metrics.fast_hits_unreplicated.inc();
             }
             decisions.push(checked.decision);
@@ -327,7 +326,11 @@ impl FastPath {
         for hit in hits {
             let key = counter_key(&hit.limit, &hit.key);
             let cap = policy.set.key_cap(&hit.limit);
-            if term.store.force_capped(&key, cap, &hit.rate, now, hit.cost).is_err() {
+            if term
+                .store
+                .force_capped(&key, cap, &hit.rate, now, hit.cost)
+                .is_err()
+            {
                 self.metrics.observe_key_cap(&hit.limit, true, false);
             }
         }

@@ -827,7 +827,9 @@ mod tests {
         let r = sm.apply(entries).await.unwrap();
         assert!(decisions(&r[0]).iter().all(|d| d.allowed));
         for later in &r[1..] {
-            let [small, big] = decisions(later) else { panic!() };
+            let [small, big] = decisions(later) else {
+                panic!()
+            };
             assert_eq!(small.denied, Some(DenyReason::OverLimit));
             assert!(big.allowed, "the innocent limit is answered as a peek");
             assert_eq!(big.remaining, 99, "big stays at 99");
@@ -837,7 +839,11 @@ mod tests {
             .apply(vec![entry(5, requests(SECOND, vec![request(false)]))])
             .await
             .unwrap();
-        assert_eq!(decisions(&r[0])[1].remaining, 98, "non-atomic: big consumed");
+        assert_eq!(
+            decisions(&r[0])[1].remaining,
+            98,
+            "non-atomic: big consumed"
+        );
         assert_ne!(
             sm.shared().counters.load().get(&counter_key("big", "k")),
             big
@@ -882,7 +888,14 @@ mod tests {
                     let reqs = (0..3)
                         .map(|j| {
                             let hits = (0..3)
-                                .map(|h| hit_on(&format!("l{h}"), &format!("k{}", (i + j) % 2), 1 + (h as u64 % 2), 3 + h as u64))
+                                .map(|h| {
+                                    hit_on(
+                                        &format!("l{h}"),
+                                        &format!("k{}", (i + j) % 2),
+                                        1 + (h as u64 % 2),
+                                        3 + h as u64,
+                                    )
+                                })
                                 .collect();
                             (j % 2 == 0, hits)
                         })

@@ -1113,7 +1113,13 @@ routes:
 #[tokio::test]
 async fn a_route_request_denied_by_one_limit_consumes_none_of_the_others() {
     let (a, counter, _) = authorizer();
-    let call = || request("GET", "/v1/items", &[("x-api-key", ALICE_KEY), ("x-tenant", "t1")]);
+    let call = || {
+        request(
+            "GET",
+            "/v1/items",
+            &[("x-api-key", ALICE_KEY), ("x-tenant", "t1")],
+        )
+    };
     for _ in 0..2 {
         allowed(&a.decide(call()).await.unwrap());
     }
