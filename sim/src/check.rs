@@ -226,6 +226,9 @@ fn acknowledgements(
             });
             continue;
         }
+        // The workload's requests are all-or-nothing: a denied one consumed nothing, its
+        // allowed decisions were peeks.
+        let granted = decisions.iter().all(|d| d.allowed);
         for ((limit, key, cost), d) in op.hits.iter().zip(decisions) {
             let dk = decision_key(limit, key, *cost, d);
             match consistency_of(limit) {
@@ -247,7 +250,7 @@ fn acknowledgements(
                     }
                 }
                 Consistency::Fast => {
-                    if !d.allowed || *cost == 0 || take(&mut decided, &dk) {
+                    if !d.allowed || !granted || *cost == 0 || take(&mut decided, &dk) {
                         continue;
                     }
                     if !take(&mut consumed, &format!("{limit}/{key}/{cost}")) {
