@@ -90,7 +90,10 @@ async fn check_all_is_all_or_nothing_and_check_each_is_not() {
     let (url, _stop, _dir) = start_node().await;
     let client = Client::builder().endpoint(url).connect().await.unwrap();
     ready(&client).await;
-    let hits = [Hit::new("three", "fine", 1), Hit::new("three", "culprit", 4)];
+    let hits = [
+        Hit::new("three", "fine", 1),
+        Hit::new("three", "culprit", 4),
+    ];
     let d = client.check_all(&hits).await.unwrap();
     assert!(d[0].allowed, "a peek");
     assert_eq!(d[0].remaining, 3);
