@@ -16,6 +16,7 @@
 //!   bucket; see [`token_bucket`] for the equivalence.
 //! - [`CounterStore`] maps counter keys to states, expires idle keys and caps memory, per
 //!   limit ([`KeyCap`]: refuse new keys or evict the idlest) and store-wide.
+//!   [`CounterStore::check_all`] ([`group`]) decides one request's hits all-or-nothing.
 //!
 //! # Time going backwards
 //! A new Raft leader may have a slower clock than the old one. Every algorithm clamps:
@@ -33,6 +34,7 @@
 mod arith;
 pub mod decision;
 pub mod fixed_window;
+pub mod group;
 pub mod rate;
 pub mod reservation;
 pub mod sliding_log;
@@ -44,6 +46,7 @@ pub mod token_bucket;
 
 pub use decision::{Decision, DenyReason};
 pub use fixed_window::FixedWindow;
+pub use group::GroupHit;
 pub use rate::{Algorithm, Rate, RateError, DEFAULT_SLIDING_PRECISION, MAX_SLIDING_PRECISION};
 pub use reservation::{ReserveRequest, Reserved};
 pub use sliding_log::SlidingLog;

@@ -164,11 +164,11 @@ enum NoRoom {
 
 /// One limit's counters, ordered by `(idle_at, key)`: the sweep and eviction order.
 #[derive(Debug, Default)]
-struct Partition {
+pub(crate) struct Partition {
     by_idle: BTreeSet<(Nanos, Arc<str>)>,
 }
 
-type SharedPartition = Arc<Mutex<Partition>>;
+pub(crate) type SharedPartition = Arc<Mutex<Partition>>;
 
 /// Concurrent map from counter key to counter state. `Send + Sync`; share it by reference
 /// or `Arc`.
@@ -198,7 +198,7 @@ impl fmt::Debug for CounterStore {
 
 /// Locks a partition. A panic while it was held cannot leave the index half-updated in a
 /// way later calls could not live with (it only ever lags the map), so poisoning is ignored.
-fn lock(partition: &Mutex<Partition>) -> MutexGuard<'_, Partition> {
+pub(crate) fn lock(partition: &Mutex<Partition>) -> MutexGuard<'_, Partition> {
     partition
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -260,12 +260,28 @@ impl CounterStore {
     ) -> Checked {
         let partition = self.partition(limit_of(key));
         let mut index = lock(&partition);
+        self.check_in(&partition, &mut index, key, cap, rate, now, cost)
+    }
+
+    /// [`CounterStore::check_capped`] with `key`'s limit already locked (`index` is the
+    /// guard of `partition`).
+    #[allow(clippy::too_many_arguments)] // `check_capped`'s arguments plus the lock
+    pub(crate) fn check_in(
+        &self,
+        partition: &SharedPartition,
+        index: &mut Partition,
+        key: &str,
+        cap: KeyCap,
+        rate: &Rate,
+        now: Nanos,
+        cost: u64,
+    ) -> Checked {
         if let Some(mut stored) = self.counters.get_mut(key) {
             let before = stored.idle_at;
             let decision = stored.check(rate, now, cost);
             if stored.idle_at != before {
                 let key = Arc::clone(stored.key());
-                reindex(&mut index, before, stored.idle_at, key);
+                reindex(index, before, stored.idle_at, key);
             }
             return Checked {
                 decision,
@@ -282,7 +298,7 @@ impl CounterStore {
                 evicted: false,
             };
         }
-        let evicted = match self.make_room(&partition, &mut index, cap, now) {
+        let evicted = match self.make_room(partition, index, cap, now) {
             Ok(evicted) => evicted,
             Err(NoRoom::Limit(_)) => {
                 return Checked {
@@ -298,7 +314,7 @@ impl CounterStore {
             }
         };
         let idle_at = fresh.idle_at(rate);
-        self.insert(&mut index, key, fresh, idle_at);
+        self.insert(index, key, fresh, idle_at);
         Checked { decision, evicted }
     }
 
@@ -507,7 +523,7 @@ impl CounterStore {
 
     /// The index of `limit`, created if needed. The map's shard lock is released before
     /// the caller locks the partition.
-    fn partition(&self, limit: &str) -> SharedPartition {
+    pub(crate) fn partition(&self, limit: &str) -> SharedPartition {
         if let Some(partition) = self.partitions.get(limit) {
             return Arc::clone(partition.value());
         }
@@ -587,6 +603,32 @@ impl CounterStore {
         let key: Arc<str> = Arc::from(key);
         index.by_idle.insert((idle_at, Arc::clone(&key)));
         self.counters.insert(key, StoredCounter { state, idle_at });
+    }
+
+    /// Puts `key` back to `previous` (its counter before a group changed it; `None`: it
+    /// was not stored), with its limit locked. A counter that must come back is stored
+    /// even past the key caps: dropping it would hand its quota out again.
+    pub(crate) fn put_back(
+        &self,
+        index: &mut Partition,
+        key: &str,
+        previous: Option<StoredCounter>,
+    ) {
+        if let Some((key, current)) = self.counters.remove(key) {
+            index.by_idle.remove(&(current.idle_at, key));
+            self.release_slots(1);
+        }
+        if let Some(StoredCounter { state, idle_at }) = previous {
+            self.slots_taken.fetch_add(1, Ordering::AcqRel);
+            self.insert(index, key, state, idle_at);
+        }
+    }
+
+    /// Stores `counter` under `key` (absent) if a slot is free, with its limit locked.
+    pub(crate) fn seed_in(&self, index: &mut Partition, key: &str, counter: StoredCounter) {
+        if !self.counters.contains_key(key) && self.try_reserve_slot() {
+            self.insert(index, key, counter.state, counter.idle_at);
+        }
     }
 
     fn try_reserve_slot(&self) -> bool {

@@ -41,7 +41,12 @@ impl Counter for MemCounter {
         Arc::clone(&self.policy)
     }
 
-    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
+    // Hit by hit whatever `atomic` says: the benchmarks time one-hit decisions.
+    fn check(
+        &self,
+        hits: Vec<ResolvedHit>,
+        _atomic: bool,
+    ) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
         Box::pin(async move {
             let now = wall_nanos();
             Ok(hits

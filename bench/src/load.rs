@@ -280,7 +280,7 @@ async fn worker(
                 cost: Some(config.cost),
             })
             .collect();
-        let call = client.check(pb::CheckRequest { hits });
+        let call = client.check(pb::CheckRequest { hits, atomic: None });
         let result = tokio::time::timeout(config.timeout, call).await;
         let answered = Instant::now();
         let measured = sent >= measure_from;

@@ -267,6 +267,7 @@ async fn open_loop(cfg: &OverloadConfig, target: &str, rate: f64) -> anyhow::Res
                     key,
                     cost: Some(1),
                 }],
+                atomic: None,
             };
             let outcome = match tokio::time::timeout(timeout, client.check(request)).await {
                 Ok(Ok(_)) => Ok(()),

@@ -74,6 +74,7 @@ impl Caller for Raw {
                 key,
                 cost: Some(1),
             }],
+            atomic: None,
         };
         match self.client.check(request).await {
             Ok(r) => match r.into_inner().decisions.as_slice() {

@@ -15,12 +15,24 @@ impl Client {
             .ok_or_else(|| Error::protocol("the server returned no decision"))
     }
 
-    /// Checks several hits in one call; one decision each, in order.
+    /// Checks several hits as one all-or-nothing decision; one decision each, in order.
     ///
-    /// This is one network call, not one atomic decision: each hit is decided on its
-    /// own, so an allowed hit is counted even when another hit of the call is denied.
-    /// All-or-nothing decisions need an engine change and will come with it.
+    /// The hits are granted only if every one passes; a denied call consumes nothing
+    /// from any counter, and its hits that would have passed come back allowed with
+    /// `remaining` unchanged (a peek), so the denied ones name the culprit. The call is
+    /// granted when every decision is allowed. [`Client::check_each`] decides each hit
+    /// on its own instead.
     pub async fn check_all(&self, hits: &[Hit]) -> Result<Vec<Decision>, Error> {
+        self.check_batch(hits, true).await
+    }
+
+    /// Checks several hits in one call, each decided on its own: an allowed hit is
+    /// counted even when another hit of the call is denied.
+    pub async fn check_each(&self, hits: &[Hit]) -> Result<Vec<Decision>, Error> {
+        self.check_batch(hits, false).await
+    }
+
+    async fn check_batch(&self, hits: &[Hit], atomic: bool) -> Result<Vec<Decision>, Error> {
         let cache = self.inner.deny_cache.as_ref();
         let mut decided: Vec<Option<Decision>> = hits
             .iter()
@@ -30,15 +42,22 @@ impl Client {
         if to_send.is_empty() {
             return Ok(decided.into_iter().flatten().collect());
         }
+        // An all-or-nothing call the deny cache already denies takes nothing: its other
+        // hits are only peeked.
+        let peek_only = atomic
+            && decided
+                .iter()
+                .any(|d| d.as_ref().is_some_and(|d| !d.allowed));
         let request = pb::CheckRequest {
             hits: to_send
                 .iter()
                 .map(|&i| pb::Hit {
                     limit: hits[i].limit.clone(),
                     key: hits[i].key.clone(),
-                    cost: Some(hits[i].cost),
+                    cost: Some(if peek_only { 0 } else { hits[i].cost }),
                 })
                 .collect(),
+            atomic: Some(atomic),
         };
         let sent = cache.map(|c| c.now());
         let answers = match self.send(request).await {

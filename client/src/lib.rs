@@ -78,9 +78,10 @@
 //! marked [`Source::FailClosed`]).
 //!
 //! # Several limits in one call
-//! [`Client::check_all`] sends several hits in one call and returns one decision per hit.
-//! Each is decided on its own; an all-or-nothing decision needs an engine change and will
-//! come with it.
+//! [`Client::check_all`] sends several hits in one call as one all-or-nothing decision
+//! and returns one decision per hit: granted only if every hit passes, and a denied call
+//! consumes nothing (its hits that would have passed come back allowed, with `remaining`
+//! unchanged). [`Client::check_each`] decides each hit on its own.
 
 #![deny(missing_docs, missing_debug_implementations)]
 

@@ -71,7 +71,7 @@ async fn check_all_answers_in_order_and_cost_beyond_limit_never_passes() {
     let client = Client::builder().endpoint(url).connect().await.unwrap();
     ready(&client).await;
     let decisions = client
-        .check_all(&[
+        .check_each(&[
             Hit::new("bucket", "k", 2),
             Hit::new("three", "k", 4),
             Hit::new("bucket", "k", 1),
@@ -83,6 +83,27 @@ async fn check_all_answers_in_order_and_cost_beyond_limit_never_passes() {
     assert_eq!(decisions[1].reason, Some(DenyReason::CostExceedsLimit));
     assert_eq!(decisions[1].retry_after, None);
     assert!(!decisions[2].allowed, "burst of 2 already spent");
+}
+
+#[tokio::test]
+async fn check_all_is_all_or_nothing_and_check_each_is_not() {
+    let (url, _stop, _dir) = start_node().await;
+    let client = Client::builder().endpoint(url).connect().await.unwrap();
+    ready(&client).await;
+    let hits = [
+        Hit::new("three", "fine", 1),
+        Hit::new("three", "culprit", 4),
+    ];
+    let d = client.check_all(&hits).await.unwrap();
+    assert!(d[0].allowed, "a peek");
+    assert_eq!(d[0].remaining, 3);
+    assert_eq!(d[1].reason, Some(DenyReason::CostExceedsLimit));
+    let left = client.check("three", "fine", 0).await.unwrap().remaining;
+    assert_eq!(left, 3, "a denied check_all takes nothing");
+    let d = client.check_each(&hits).await.unwrap();
+    assert!(d[0].allowed && !d[1].allowed);
+    let left = client.check("three", "fine", 0).await.unwrap().remaining;
+    assert_eq!(left, 2, "check_each counts the hit that passed");
 }
 
 #[tokio::test]

@@ -32,13 +32,29 @@ use super::parse_window;
 pub use super::rule::{EnvoyUnit, RateUnit, RuleSpec};
 
 /// One domain: its descriptor tree and its conditional limits.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Domain {
     pub name: String,
     pub root: Level,
     /// Limitador-style limits (conditions + variables over the whole request), in policy
     /// order; see [`super::conditions`].
     pub conditional: Vec<ConditionalLimit>,
+    /// `all_or_nothing:` (default true): a request's descriptors are one decision — an
+    /// OVER_LIMIT request consumes nothing from any of its limits. `false` keeps
+    /// envoyproxy/ratelimit's default, each descriptor counted on its own even when
+    /// another is over (what its `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT=false` does).
+    pub all_or_nothing: bool,
+}
+
+impl Default for Domain {
+    fn default() -> Self {
+        Domain {
+            name: String::new(),
+            root: Level::default(),
+            conditional: Vec::new(),
+            all_or_nothing: true,
+        }
+    }
 }
 
 /// The children of a node: how the next entry is matched.
@@ -676,6 +692,13 @@ pub(super) struct RawDomain {
     pub domain: String,
     #[serde(default)]
     pub descriptors: Vec<RawNode>,
+    /// quorate's addition to the format: see [`Domain::all_or_nothing`].
+    #[serde(default = "all_or_nothing_default")]
+    pub all_or_nothing: bool,
+}
+
+fn all_or_nothing_default() -> bool {
+    true
 }
 
 impl RawDomain {
@@ -696,6 +719,7 @@ impl RawDomain {
             root: Level::compile(self.descriptors, &descriptors)?,
             name: self.domain,
             conditional: Vec::new(),
+            all_or_nothing: self.all_or_nothing,
         })
     }
 }
@@ -725,6 +749,16 @@ mod tests {
             Some(Rule::Blocked { .. }) => Some("blocked".into()),
             None => None,
         })
+    }
+
+    #[test]
+    fn all_or_nothing_defaults_on_and_can_be_switched_off() {
+        assert!(domain("domain: d\n").all_or_nothing);
+        assert!(domain("domain: d\nall_or_nothing: true\n").all_or_nothing);
+        assert!(!domain("domain: d\nall_or_nothing: false\n").all_or_nothing);
+        assert!(Domain::default().all_or_nothing, "Limitador namespaces too");
+        let bad: Result<RawDomain, _> = serde_yaml_ng::from_str("domain: d\nall_or_nothing: 3\n");
+        assert!(bad.is_err());
     }
 
     const TREE: &str = r#"

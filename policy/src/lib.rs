@@ -304,6 +304,12 @@ impl PolicySet {
         self.limits.get(name).filter(|l| l.exposed)
     }
 
+    /// Whether an RLS request to `domain` is one all-or-nothing decision (see
+    /// [`Domain::all_or_nothing`]); true for a domain the policy does not have.
+    pub fn rls_all_or_nothing(&self, domain: &str) -> bool {
+        self.domains.get(domain).is_none_or(|d| d.all_or_nothing)
+    }
+
     /// The key cap counters of limit `name` live under.
     pub fn key_cap(&self, name: &str) -> quorate_algorithms::KeyCap {
         self.limits

@@ -3,10 +3,30 @@
 //! One path for every hit, top to bottom:
 //! 1. resolve each hit's limit in the live policy (unknown → `NOT_FOUND`);
 //! 2. on a follower, forward the whole request to the leader;
-//! 3. on the leader, `strict` hits join the next [`Command::Hits`] batch (group commit:
-//!    one Raft entry, one fsync, for every request that arrived meanwhile) and are decided
-//!    when the batch applies; `fast` hits are decided at once from the leader's memory and
-//!    their consumed quota joins the next [`Command::Consumed`] batch.
+//! 3. on the leader, a request of `strict` hits is answered from the leader's memory
+//!    within durable reservations ([`reserve`]: the log records reservations, not hits);
+//!    `exact` hits (and `strict` ones the leader cannot reserve for: sliding logs, mixed
+//!    requests, a leader not yet caught up) join the next [`Command::Requests`] batch
+//!    (group commit: one Raft entry, one fsync, for every request that arrived meanwhile)
+//!    and are decided when the batch applies; `fast` hits are decided at once from the
+//!    leader's memory and their consumed quota joins the next [`Command::Consumed`] batch.
+//!
+//! A request is *atomic* (all-or-nothing) unless its caller says otherwise: its hits are
+//! granted only if every one passes, and a denied request consumes nothing from any
+//! counter; its hits that would have passed are answered as peeks (allowed, `remaining`
+//! unchanged), so callers can show the culprit. Where it is decided:
+//! - every hit `strict` and reservable: checked together against the leader's view and
+//!   reservations, spent together or not at all ([`reserve`]);
+//! - every hit `exact` (or `strict` but not decided from reservations): one request of a
+//!   [`Command::Requests`] entry, decided as one at apply
+//!   ([`quorate_algorithms::CounterStore::check_all`]), the same on every replica;
+//! - every hit `fast`: checked together in the leader's fast store, under the locks of
+//!   every limit involved ([`fast::FastPath::decide_all`]);
+//! - `fast` and `strict`/`exact` mixed: the whole request goes down the log path as one atomic
+//!   request (simplest correct rule: no fast quota is taken before the strict part is
+//!   known). Its fast-limit hits are then decided by the replicated counters, which lag
+//!   the leader's fast counters by the consumed hits not yet applied (what fast mode
+//!   replicates behind), and once granted they are added to the leader's fast counters.
 //!
 //! A leader that lost its quorum cannot commit, so its strict hits time out as
 //! `UNAVAILABLE` and are never granted. Fast hits stop too once the leader has not heard
@@ -18,7 +38,7 @@ mod forward;
 mod leadership;
 mod propose;
 mod redis_counters;
-mod reserve;
+pub mod reserve;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,7 +54,9 @@ use crate::raft::typ::Raft;
 use crate::raft::{Hit, Node, NodeId};
 use serde::{Deserialize, Serialize};
 
-pub use forward::{check_forwarded, forward_handler, ForwardResult};
+pub use forward::{
+    check_forwarded, decode_forwarded, forward_handler, ForwardResult, ForwardedCheck,
+};
 pub use leadership::Leadership;
 pub use propose::BatchSettings;
 pub use redis_counters::{policy_fits_redis, RedisCounters};
@@ -320,11 +342,13 @@ impl Engine {
         &self.leadership
     }
 
-    /// Decides every hit, in order. `forwarded` marks a request a follower already
-    /// forwarded here, so it is never forwarded twice.
+    /// Decides every hit, in order; `atomic` ones all-or-nothing (see the module docs).
+    /// `forwarded` marks a request a follower already forwarded here, so it is never
+    /// forwarded twice.
     pub async fn check(
         &self,
         hits: Vec<ResolvedHit>,
+        atomic: bool,
         forwarded: bool,
     ) -> Result<Vec<Decision>, EngineError> {
         // The dashboard's per-limit traffic and hot keys count each hit once, on the node
@@ -334,7 +358,7 @@ impl Engine {
                 .map(|h| (h.hit.limit.clone(), h.hit.key.clone()))
                 .collect()
         });
-        let result = self.check_here_or_at_leader(hits, forwarded).await;
+        let result = self.check_here_or_at_leader(hits, atomic, forwarded).await;
         if let (Some(counted), Ok(decisions)) = (counted, &result) {
             let now_ms = wall_nanos() / 1_000_000;
             self.metrics.traffic.record_limits(
@@ -364,11 +388,14 @@ impl Engine {
     async fn check_here_or_at_leader(
         &self,
         hits: Vec<ResolvedHit>,
+        atomic: bool,
         forwarded: bool,
     ) -> Result<Vec<Decision>, EngineError> {
         // The one place stateless mode differs: the counters' home.
         if let Some(redis) = &self.redis {
-            return redis.check(hits, &self.shared.policy.load().set).await;
+            return redis
+                .check(hits, atomic, &self.shared.policy.load().set)
+                .await;
         }
         if !self.leadership.is_leader() {
             if forwarded {
@@ -381,26 +408,32 @@ impl Engine {
                 .leadership
                 .leader_node()
                 .ok_or_else(|| EngineError::not_applied("no leader elected yet", None))?;
-            return self.forwarder.forward(leader, hits, self.timeout).await;
+            return self
+                .forwarder
+                .forward(leader, hits, atomic, self.timeout)
+                .await;
         }
-        let decided = tokio::time::timeout(self.timeout, self.decide(hits))
-            .await
-            .map_err(|_| {
-                self.metrics.decision_timeouts.inc();
-                EngineError::unavailable(
-                    "no quorum: the hit could not be committed in time",
-                    self.leadership.leader_node(),
-                )
-            })??;
+        let decided = tokio::time::timeout(self.timeout, self.decide_here(hits, atomic));
+        let decided = decided.await.map_err(|_| {
+            self.metrics.decision_timeouts.inc();
+            EngineError::unavailable(
+                "no quorum: the hit could not be committed in time",
+                self.leadership.leader_node(),
+            )
+        })??;
         for d in &decided {
             self.metrics.observe_decision(d);
         }
         Ok(decided)
     }
 
-    async fn decide(&self, hits: Vec<ResolvedHit>) -> Result<Vec<Decision>, EngineError> {
-        // A request of strict hits only is decided from reservations when this leader
-        // may; otherwise, and for every other mix, per hit below.
+    /// Decides a request on the leader: from reservations when every hit is `strict` and
+    /// reservable and this leader may; otherwise down the log or fast paths.
+    async fn decide_here(
+        &self,
+        hits: Vec<ResolvedHit>,
+        atomic: bool,
+    ) -> Result<Vec<Decision>, EngineError> {
         let from_reservations = !hits.is_empty()
             && hits.iter().all(|h| {
                 effective_consistency(h.consistency) == Consistency::Strict
@@ -408,10 +441,48 @@ impl Engine {
             });
         if from_reservations {
             let plain: Vec<Hit> = hits.iter().map(|h| h.hit.clone()).collect();
-            if let reserve::Decided::Decisions(d) = self.reserved.decide(&plain, false).await? {
+            if let reserve::Decided::Decisions(d) = self.reserved.decide(&plain, atomic).await? {
                 return Ok(d);
             }
         }
+        if atomic && hits.len() > 1 {
+            self.decide_atomic(hits).await
+        } else {
+            self.decide(hits).await
+        }
+    }
+
+    /// Decides one all-or-nothing request of two or more hits (see the module docs).
+    async fn decide_atomic(&self, hits: Vec<ResolvedHit>) -> Result<Vec<Decision>, EngineError> {
+        let is_fast = |h: &ResolvedHit| effective_consistency(h.consistency) == Consistency::Fast;
+        let fast_count = hits.iter().filter(|h| is_fast(h)).count();
+        if fast_count == hits.len() {
+            let hits: Vec<Hit> = hits.into_iter().map(|h| h.hit).collect();
+            let guards = loop {
+                match self.fast.decide_all(&hits) {
+                    fast::FastGroupOutcome::Decided(decisions) => return Ok(decisions),
+                    fast::FastGroupOutcome::Strict(guards) => break guards,
+                    fast::FastGroupOutcome::Wait => self.fast.ready().await,
+                }
+            };
+            return self.strict.submit(hits, true, guards).await;
+        }
+        // Mixed (or all strict): the whole request down the log path. Its fast-limit hits
+        // hold guards, as every fast-limit hit sent down the strict path does.
+        let fast_hits: Vec<Hit> = hits
+            .iter()
+            .filter(|h| is_fast(h))
+            .map(|h| h.hit.clone())
+            .collect();
+        let guards = (0..fast_count).map(|_| self.fast.hold(1)).collect();
+        let absorb = self.fast.before_log(&fast_hits);
+        let hits: Vec<Hit> = hits.into_iter().map(|h| h.hit).collect();
+        let decisions = self.strict.submit(hits, true, guards).await?;
+        self.fast.after_log(absorb, &fast_hits, &decisions);
+        Ok(decisions)
+    }
+
+    async fn decide(&self, hits: Vec<ResolvedHit>) -> Result<Vec<Decision>, EngineError> {
         // Fast hits are answered here and now when this leader may; the rest go to Raft.
         let mut decided: Vec<Option<Decision>> = vec![None; hits.len()];
         let mut strict = Vec::new();
@@ -446,13 +517,11 @@ impl Engine {
             // Fast hits decided above already took their quota: if the strict ones fail,
             // this request's outcome is no longer "not counted".
             let fast_counted = decided.iter().any(Option::is_some);
-            let outcomes = self.strict.submit(strict, guards).await.map_err(|e| {
-                if fast_counted {
-                    e.outcome_unknown()
-                } else {
-                    e
-                }
-            })?;
+            let outcomes = self
+                .strict
+                .submit(strict, false, guards)
+                .await
+                .map_err(|e| if fast_counted { e.outcome_unknown() } else { e })?;
             for (slot, decision) in strict_slots.into_iter().zip(outcomes) {
                 decided[slot] = Some(decision);
             }

@@ -148,7 +148,8 @@ async fn imported_policies_decide_and_bad_ones_leave_the_live_policy_alone() {
     }
     let r = call(&mut rls, post()).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
-    // GETs are not writes: only per_user applies, and it counted all six POSTs.
+    // GETs are not writes: only per_user applies. It counted the five allowed POSTs; the
+    // sixth, over writes_per_user, took nothing (all-or-nothing, as Limitador does too).
     let r = call_one(
         &mut rls,
         "toystore",
@@ -158,7 +159,7 @@ async fn imported_policies_decide_and_bad_ones_leave_the_live_policy_alone() {
     assert_eq!(r.overall_code, Code::Ok as i32);
     let status = &r.statuses[0];
     assert_eq!(status.current_limit.as_ref().unwrap().name, "per_user");
-    assert_eq!(status.limit_remaining, 100 - 7);
+    assert_eq!(status.limit_remaining, 100 - 6);
     // The banned user is refused outright.
     let r = call_one(&mut rls, "toystore", &[("user_id", "mallory")]).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);

@@ -590,17 +590,27 @@ async fn each_descriptor_is_checked_and_statuses_follow_request_order() {
                 0,
             ),
         )
+        // All-or-nothing: every descriptor is checked, none is counted — client "b" and
+        // foo keep their full quota (so nothing is pending a reset); the one over the
+        // limit is OVER_LIMIT.
         .overall(Code::OverLimit)
-        .status(St::Limited(Code::Ok, client, 1))
+        .status(St::Raw {
+            code: Code::Ok,
+            requests_per_unit: 2,
+            unit: Unit::Hour,
+            remaining: 2,
+            reset: false,
+        })
         .status(St::NoLimit)
         .status(St::Limited(Code::OverLimit, client, 0))
         .status(St::NoLimit)
-        // Checked (and counted) even though an earlier descriptor is over the limit.
-        .status(St::Limited(
-            Code::Ok,
-            limit("rules/foo=foo*", 2, Unit::Hour),
-            1,
-        )),
+        .status(St::Raw {
+            code: Code::Ok,
+            requests_per_unit: 2,
+            unit: Unit::Hour,
+            remaining: 2,
+            reset: false,
+        }),
         // The same descriptor twice in one request counts twice.
         step(
             "the same descriptor twice",

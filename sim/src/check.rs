@@ -191,8 +191,16 @@ fn acknowledgements(
     let mut reserved: BTreeMap<(String, String), u64> = BTreeMap::new();
     for a in canonical.values() {
         match (&a.command, &a.response) {
-            (Some(Command::Hits { hits, .. }), CommandResponse::Decisions(ds)) => {
-                for (h, d) in hits.iter().zip(ds) {
+            (
+                Some(command @ (Command::Hits { .. } | Command::Requests { .. })),
+                CommandResponse::Decisions(ds),
+            ) => {
+                let hits = command
+                    .decided_requests()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|(_, hits)| hits);
+                for (h, d) in hits.zip(ds) {
                     *decided
                         .entry(decision_key(&h.limit, &h.key, h.cost, d))
                         .or_default() += 1;
@@ -227,13 +235,16 @@ fn acknowledgements(
             });
             continue;
         }
+        // The workload's requests are all-or-nothing: a denied one consumed nothing, its
+        // allowed decisions were peeks.
+        let granted = decisions.iter().all(|d| d.allowed);
         for ((limit, key, cost), d) in op.hits.iter().zip(decisions) {
             let dk = decision_key(limit, key, *cost, d);
             match consistency_of(limit) {
                 // From reservations: a grant is either a committed decision (the request
                 // went down the exact path) or spent from a committed reservation.
                 Consistency::Strict => {
-                    if d.allowed && *cost > 0 && !take(&mut decided, &dk) {
+                    if d.allowed && granted && *cost > 0 && !take(&mut decided, &dk) {
                         *spent.entry((limit.clone(), key.clone())).or_default() += cost;
                     }
                 }
@@ -255,7 +266,7 @@ fn acknowledgements(
                     }
                 }
                 Consistency::Fast => {
-                    if !d.allowed || *cost == 0 || take(&mut decided, &dk) {
+                    if !d.allowed || !granted || *cost == 0 || take(&mut decided, &dk) {
                         continue;
                     }
                     if !take(&mut consumed, &format!("{limit}/{key}/{cost}")) {
@@ -321,30 +332,44 @@ fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violati
     for (index, a) in canonical {
         let Some(command) = &a.command else { continue };
         clock = clock.max(command.ts());
-        match (command, &a.response) {
-            (Command::Hits { hits, .. }, CommandResponse::Decisions(ds)) => {
-                for (h, d) in hits.iter().zip(ds) {
-                    if d.allowed && h.cost > 0 && consistency_of(&h.limit) != Consistency::Fast {
-                        grants
-                            .entry((h.limit.clone(), h.key.clone()))
-                            .or_default()
-                            .push((clock, h.cost, h.rate, *index));
-                    }
+        if let (Some(requests), CommandResponse::Decisions(ds)) =
+            (command.decided_requests(), &a.response)
+        {
+            // Each hit with whether it consumed: an atomic request's hits consume only
+            // when every one of them was allowed (otherwise the allowed ones were peeks).
+            let mut ds = ds.iter();
+            let mut consumed = Vec::new();
+            for (atomic, hits) in requests {
+                let these: Vec<_> = ds.by_ref().take(hits.len()).collect();
+                let granted = !atomic || these.iter().all(|d| d.allowed);
+                consumed.extend(
+                    hits.iter()
+                        .zip(these)
+                        .map(|(h, d)| (h, d.allowed && granted)),
+                );
+            }
+            for (h, allowed) in consumed {
+                if allowed && h.cost > 0 && consistency_of(&h.limit) != Consistency::Fast {
+                    grants
+                        .entry((h.limit.clone(), h.key.clone()))
+                        .or_default()
+                        .push((clock, h.cost, h.rate, *index));
                 }
             }
-            // A reservation counts as granted at its log time (the state machine checked
-            // it there; it records it no earlier).
-            (Command::Reserve { items, .. }, CommandResponse::Reserved { outcomes, .. }) => {
-                for (item, r) in items.iter().zip(outcomes) {
-                    if r.granted > 0 {
-                        grants
-                            .entry((item.limit.clone(), item.key.clone()))
-                            .or_default()
-                            .push((clock, r.granted, item.rate, *index));
-                    }
+        }
+        // A reservation counts as granted at its log time (the state machine checked it
+        // there; it records it no earlier).
+        if let (Command::Reserve { items, .. }, CommandResponse::Reserved { outcomes, .. }) =
+            (command, &a.response)
+        {
+            for (item, r) in items.iter().zip(outcomes) {
+                if r.granted > 0 {
+                    grants
+                        .entry((item.limit.clone(), item.key.clone()))
+                        .or_default()
+                        .push((clock, r.granted, item.rate, *index));
                 }
             }
-            _ => {}
         }
     }
     for ((limit, key), gs) in &grants {

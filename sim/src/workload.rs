@@ -149,7 +149,7 @@ pub async fn client(cluster: Arc<Cluster>, id: usize, history: History, stop: Ar
             Ok(resolved) => {
                 match tokio::time::timeout(
                     Duration::from_secs(3),
-                    node.engine.check(resolved, true),
+                    node.engine.check(resolved, true, true),
                 )
                 .await
                 {

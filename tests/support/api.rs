@@ -68,6 +68,7 @@ pub async fn check(
     let response = client
         .check(pb::CheckRequest {
             hits: vec![hit(limit, key, cost)],
+            atomic: None,
         })
         .await?
         .into_inner();

@@ -39,7 +39,7 @@ async fn check_raw(
     hits: Vec<pb::Hit>,
 ) -> Result<pb::CheckResponse, tonic::Status> {
     node.client()
-        .check(pb::CheckRequest { hits })
+        .check(pb::CheckRequest { hits, atomic: None })
         .await
         .map(tonic::Response::into_inner)
 }

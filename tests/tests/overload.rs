@@ -63,6 +63,7 @@ async fn a_grpc_flood_is_shed_at_once_and_shed_calls_count_nothing() {
             let result = client
                 .check(pb::CheckRequest {
                     hits: vec![hit("flood", "k", Some(1))],
+                    atomic: None,
                 })
                 .await;
             (result, started.elapsed())

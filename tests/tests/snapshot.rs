@@ -46,7 +46,7 @@ async fn new_learner_receives_100k_counters_by_snapshot_and_decides_consistently
                         .collect();
                     let n = hits.len();
                     let response = client
-                        .check(pb::CheckRequest { hits })
+                        .check(pb::CheckRequest { hits, atomic: None })
                         .await
                         .unwrap()
                         .into_inner();

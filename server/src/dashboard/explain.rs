@@ -42,19 +42,23 @@ impl Counter for PeekCounter {
         self.shared.policy.load_full()
     }
 
-    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
-        let decisions = hits
-            .iter()
-            .map(|h| {
-                peek(
-                    &self.shared,
-                    &h.hit.limit,
-                    &h.hit.key,
-                    &h.hit.rate,
-                    h.hit.cost,
-                )
-            })
-            .collect();
+    fn check(
+        &self,
+        hits: Vec<ResolvedHit>,
+        atomic: bool,
+    ) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
+        let decide = |h: &ResolvedHit, cost: u64| {
+            peek(&self.shared, &h.hit.limit, &h.hit.key, &h.hit.rate, cost)
+        };
+        let mut decisions: Vec<Decision> = hits.iter().map(|h| decide(h, h.hit.cost)).collect();
+        // All-or-nothing: a denied request's passing hits are answered as peeks.
+        if atomic && decisions.iter().any(|d| !d.allowed) {
+            for (d, h) in decisions.iter_mut().zip(&hits) {
+                if d.allowed {
+                    *d = decide(h, 0);
+                }
+            }
+        }
         Box::pin(async move { Ok(decisions) })
     }
 }

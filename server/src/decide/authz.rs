@@ -318,7 +318,10 @@ impl Authorizer {
         let decisions = if hits.is_empty() {
             Vec::new()
         } else {
-            match self.engine.check(hits).await {
+            // A route's limits (and its consumer's) are one all-or-nothing decision: a
+            // request denied by one limit takes nothing from the others.
+            let advisory: Vec<bool> = limits.iter().map(|l| l.shadow_mode).collect();
+            match super::check_all_or_nothing(self.engine.as_ref(), hits, &advisory).await {
                 Ok(d) => d,
                 Err(EngineError::Unavailable { reason, .. }) => {
                     tracing::warn!(route = %route.name, %reason, "cannot decide: no quorum");

@@ -36,8 +36,12 @@ use crate::raft::Hit;
 pub trait Counter: Send + Sync + 'static {
     /// The live policy (one snapshot per decision).
     fn policy(&self) -> Arc<LivePolicy>;
-    /// Decides every hit, in order (see [`Engine::check`]).
-    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>>;
+    /// Decides every hit, in order; `atomic`: all-or-nothing (see [`Engine::check`]).
+    fn check(
+        &self,
+        hits: Vec<ResolvedHit>,
+        atomic: bool,
+    ) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>>;
 }
 
 impl Counter for Engine {
@@ -45,8 +49,12 @@ impl Counter for Engine {
         Engine::policy(self)
     }
 
-    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
-        Box::pin(Engine::check(self, hits, false))
+    fn check(
+        &self,
+        hits: Vec<ResolvedHit>,
+        atomic: bool,
+    ) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
+        Box::pin(Engine::check(self, hits, atomic, false))
     }
 }
 
@@ -67,4 +75,51 @@ pub fn hit(
         },
         consistency,
     }
+}
+
+/// Decides one request's hits all-or-nothing, except the `advisory` ones (shadow-mode
+/// limits: counted, but they never deny). The enforced hits are one atomic request; the
+/// advisory ones are then counted if it was granted, and only peeked (cost 0) if not, so
+/// a denied request consumes nothing, shadow counters included. `advisory` has one entry
+/// per hit.
+pub async fn check_all_or_nothing(
+    counter: &dyn Counter,
+    hits: Vec<ResolvedHit>,
+    advisory: &[bool],
+) -> Result<Vec<Decision>, EngineError> {
+    let is_advisory = |i: usize| advisory.get(i).copied().unwrap_or(false);
+    let n = hits.len();
+    let enforced_count = (0..hits.len()).filter(|&i| !is_advisory(i)).count();
+    if enforced_count == hits.len() {
+        return counter.check(hits, true).await;
+    }
+    if enforced_count == 0 {
+        return counter.check(hits, false).await;
+    }
+    let (mut enforced, mut shadow) = (Vec::new(), Vec::new());
+    for (i, h) in hits.into_iter().enumerate() {
+        if is_advisory(i) {
+            shadow.push(h);
+        } else {
+            enforced.push(h);
+        }
+    }
+    let decided = counter.check(enforced, true).await?;
+    if !decided.iter().all(|d| d.allowed) {
+        for h in &mut shadow {
+            h.hit.cost = 0;
+        }
+    }
+    let shadow_decided = counter.check(shadow, false).await?;
+    let (mut decided, mut shadow_decided) = (decided.into_iter(), shadow_decided.into_iter());
+    (0..n)
+        .map(|i| {
+            let next = if is_advisory(i) {
+                shadow_decided.next()
+            } else {
+                decided.next()
+            };
+            next.ok_or_else(|| EngineError::Internal("a hit was left undecided".into()))
+        })
+        .collect()
 }

@@ -71,11 +71,13 @@ pub fn resolve(
         .collect()
 }
 
-/// Decides validated named hits against the live policy.
+/// Decides validated named hits against the live policy; `atomic`: all-or-nothing (a
+/// denied request consumes nothing; its passing hits are answered as peeks).
 pub async fn decide(
     counter: &dyn Counter,
     metrics: &Metrics,
     hits: Vec<NamedHit>,
+    atomic: bool,
 ) -> Result<Vec<NamedDecision>, EngineError> {
     let live = counter.policy();
     let hits = resolve(&live.set, hits, metrics)?;
@@ -83,7 +85,7 @@ pub async fn decide(
         .iter()
         .map(|h| (h.hit.limit.clone(), h.hit.rate.window()))
         .collect();
-    let decisions = counter.check(hits).await?;
+    let decisions = counter.check(hits, atomic).await?;
     Ok(shape
         .into_iter()
         .zip(decisions)

@@ -301,7 +301,7 @@ pub async fn decide(
     let decisions = if hits.is_empty() {
         Vec::new()
     } else {
-        counter.check(hits).await?
+        check(counter, &live.set, request, &plans, hits).await?
     };
     let limited = plans.iter().flat_map(|p| match p {
         DescriptorPlan::Limited(limits) => limits.as_slice(),
@@ -318,6 +318,45 @@ pub async fn decide(
     let answer = answer(request, &plans, &decisions, live.set.headers);
     metrics.observe_rls(answer.over_limit);
     Ok(answer)
+}
+
+/// Counts a planned request's hits: all-or-nothing unless its domain says
+/// `all_or_nothing: false` (envoyproxy/ratelimit's per-descriptor counting).
+///
+/// All-or-nothing: shadow-mode limits are counted but never deny (see
+/// [`super::check_all_or_nothing`]); a request with a blocked descriptor (a rule of 0
+/// requests) is OVER_LIMIT whatever its counters say, so its hits are only peeked. A
+/// request that matches a `quota_mode` rule is counted per descriptor: in quota mode the
+/// request is over only when *every* quota limit is, which no single all-or-nothing
+/// decision of its hits expresses.
+async fn check(
+    counter: &dyn Counter,
+    policy: &PolicySet,
+    request: &RlsRequest,
+    plans: &[DescriptorPlan],
+    mut hits: Vec<ResolvedHit>,
+) -> Result<Vec<Decision>, EngineError> {
+    let limited: Vec<_> = plans
+        .iter()
+        .flat_map(|p| match p {
+            DescriptorPlan::Limited(limits) => limits.as_slice(),
+            _ => &[],
+        })
+        .collect();
+    let quota = limited.iter().any(|l| l.quota_mode);
+    if !policy.rls_all_or_nothing(&request.domain) || quota {
+        return counter.check(hits, false).await;
+    }
+    if plans
+        .iter()
+        .any(|p| matches!(p, DescriptorPlan::Blocked { .. }))
+    {
+        for h in &mut hits {
+            h.hit.cost = 0;
+        }
+    }
+    let advisory: Vec<bool> = limited.iter().map(|l| l.shadow_mode).collect();
+    super::check_all_or_nothing(counter, hits, &advisory).await
 }
 
 /// `RateLimitResponse.dynamic_metadata` as envoyproxy/ratelimit shapes it — `domain`,

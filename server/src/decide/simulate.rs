@@ -271,6 +271,74 @@ pub fn simulate(policy: &PolicySet, samples: &[RlsRequest]) -> Vec<SampleReport>
     })
 }
 
+/// Counts one sample's hits as the server does ([`rls`]'s all-or-nothing rules), with
+/// `decide` alone: every hit is peeked first, and a hit passes if its cost, plus what
+/// earlier hits of the sample take from the same counter, fits what the peek left (the
+/// [`Decision::remaining`] contract). Only a sample whose enforced hits all pass is then
+/// counted for real.
+fn count(
+    policy: &PolicySet,
+    sample: &RlsRequest,
+    plans: &[DescriptorPlan],
+    hits: &[crate::engine::ResolvedHit],
+    decide: &dyn Fn(&str, &str, &quorate_algorithms::Rate, u64) -> Decision,
+) -> Vec<Decision> {
+    let limited: Vec<&LimitedPlan> = plans
+        .iter()
+        .flat_map(|p| match p {
+            DescriptorPlan::Limited(limits) => limits.as_slice(),
+            _ => &[],
+        })
+        .collect();
+    let real =
+        |h: &crate::engine::ResolvedHit| decide(&h.hit.limit, &h.hit.key, &h.hit.rate, h.hit.cost);
+    if !policy.rls_all_or_nothing(&sample.domain) || limited.iter().any(|l| l.quota_mode) {
+        return hits.iter().map(real).collect();
+    }
+    let blocked = plans
+        .iter()
+        .any(|p| matches!(p, DescriptorPlan::Blocked { .. }));
+    let advisory = |i: usize| limited.get(i).is_some_and(|l| l.shadow_mode);
+    let peeks: Vec<Decision> = hits
+        .iter()
+        .map(|h| decide(&h.hit.limit, &h.hit.key, &h.hit.rate, 0))
+        .collect();
+    if blocked {
+        return peeks;
+    }
+    let mut taken: std::collections::HashMap<(&str, &str), u64> = Default::default();
+    let fits: Vec<bool> = hits
+        .iter()
+        .zip(&peeks)
+        .map(|(h, peek)| {
+            let t = taken.entry((&h.hit.limit, &h.hit.key)).or_default();
+            *t = t.saturating_add(h.hit.cost);
+            *t <= peek.remaining && h.hit.cost <= peek.limit
+        })
+        .collect();
+    let granted = (0..hits.len()).all(|i| advisory(i) || fits[i]);
+    hits.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            if granted {
+                real(h)
+            } else if fits[i] || advisory(i) {
+                peeks[i]
+            } else if h.hit.cost > peeks[i].remaining {
+                // Denied on its own: the real check says why, and takes nothing.
+                real(h)
+            } else {
+                Decision {
+                    allowed: false,
+                    retry_after: None,
+                    denied: Some(quorate_algorithms::DenyReason::OverLimit),
+                    ..peeks[i]
+                }
+            }
+        })
+        .collect()
+}
+
 /// Evaluates samples in order against `policy`, deciding each counted limit with
 /// `decide(limit, key, rate, cost)` (the dashboard's explain passes the live counters,
 /// read without spending anything).
@@ -284,10 +352,7 @@ pub fn simulate_with(
         .enumerate()
         .map(|(n, sample)| {
             let RlsPlan { plans, hits } = rls::plan(policy, sample);
-            let decisions: Vec<Decision> = hits
-                .iter()
-                .map(|h| decide(&h.hit.limit, &h.hit.key, &h.hit.rate, h.hit.cost))
-                .collect();
+            let decisions = count(policy, sample, &plans, &hits, decide);
             // Each descriptor's counted limits with their decisions, for the report.
             let mut decided = decisions.iter();
             let counted: Vec<Vec<(LimitedPlan, Decision)>> = plans
@@ -653,6 +718,32 @@ mod tests {
         assert!(text.contains("no rule: no descriptor"), "{text}");
         let json = serde_json::to_string(&reports).unwrap();
         assert!(json.contains("\"outcome\":\"limited\""));
+    }
+
+    #[test]
+    fn samples_are_counted_all_or_nothing_unless_the_domain_says_otherwise() {
+        let file = |switch: &str| {
+            format!(
+                "domain: shop\n{switch}descriptors:\n  - key: small\n    rate_limit: {{unit: hour, requests_per_unit: 1}}\n  - key: big\n    rate_limit: {{unit: hour, requests_per_unit: 100}}\n"
+            )
+        };
+        let s = parse_sample(r#"{"domain":"shop","descriptors":[[["small","u"]],[["big","u"]]]}"#)
+            .unwrap();
+        let samples = [s.clone(), s.clone(), s.clone(), s];
+        for (switch, big_left) in [("", 99), ("all_or_nothing: false\n", 96)] {
+            let reports = simulate(
+                &policy(PolicyFormat::EnvoyRatelimit, &file(switch)),
+                &samples,
+            );
+            let last = &reports[3];
+            assert_eq!(last.overall_code, "OVER_LIMIT");
+            assert_eq!(last.descriptors[0].status.code, "OVER_LIMIT");
+            assert_eq!(last.descriptors[1].status.code, "OK");
+            assert_eq!(
+                last.descriptors[1].status.limit_remaining, big_left,
+                "{switch:?}"
+            );
+        }
     }
 
     #[test]

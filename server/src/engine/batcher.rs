@@ -2,7 +2,8 @@
 //!
 //! Requests queue on a channel. The batcher takes one in-flight slot, waits for the first
 //! request, drains whatever else is already queued (up to `max_hits`), and proposes it all
-//! as one [`Command::Hits`] entry. Because only `max_inflight` entries are in flight at
+//! as one [`Command::Requests`] entry (each request's hits kept together, so an atomic
+//! request is decided all-or-nothing at apply). Because only `max_inflight` entries are in flight at
 //! once, requests arriving while the log is busy pile up and leave together in the next
 //! entry: under load batches grow, at rest a lone request leaves at once (no timer wait).
 
@@ -17,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::raft::typ::{ClientWriteError, Raft, RaftError};
 use quorate_algorithms::Decision;
 
-use crate::raft::{Command, CommandResponse, Hit};
+use crate::raft::{Command, CommandResponse, Hit, HitRequest};
 
 /// Requests queued beyond this make callers wait: the queue cannot grow without bound.
 const QUEUE_DEPTH: usize = 8192;
@@ -26,6 +27,8 @@ type Reply = oneshot::Sender<Result<Vec<Decision>, EngineError>>;
 
 struct Pending {
     hits: Vec<Hit>,
+    /// Decide these hits all-or-nothing.
+    atomic: bool,
     reply: Reply,
     /// Released once the entry has applied or failed, even if the caller gave up.
     guards: Vec<InFlightGuard>,
@@ -57,17 +60,20 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// Queues `hits` for the next entry and waits for their outcomes, in order. `guards`
-    /// are held until the entry has applied or failed.
+    /// Queues `hits` for the next entry and waits for their outcomes, in order; `atomic`
+    /// hits are decided all-or-nothing. `guards` are held until the entry has applied or
+    /// failed.
     pub async fn submit(
         &self,
         hits: Vec<Hit>,
+        atomic: bool,
         guards: Vec<InFlightGuard>,
     ) -> Result<Vec<Decision>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending {
                 hits,
+                atomic,
                 reply,
                 guards,
             })
@@ -92,16 +98,19 @@ async fn run(
         let ts = clock.now();
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let mut hits = Vec::with_capacity(total);
+            let mut requests = Vec::with_capacity(batch.len());
             let mut replies = Vec::with_capacity(batch.len());
             let mut guards = Vec::new();
             for p in batch {
                 replies.push((p.hits.len(), p.reply));
-                hits.extend(p.hits);
+                requests.push(HitRequest {
+                    atomic: p.atomic,
+                    hits: p.hits,
+                });
                 guards.extend(p.guards);
             }
             let proposed = std::time::Instant::now();
-            let result = raft.client_write(Command::Hits { ts, hits }).await;
+            let result = raft.client_write(Command::Requests { ts, requests }).await;
             metrics
                 .batch_commit_seconds
                 .observe(proposed.elapsed().as_secs_f64());

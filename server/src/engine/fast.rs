@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use quorate_algorithms::{CounterStore, Decision};
+use quorate_algorithms::{CounterStore, Decision, DenyReason, GroupHit};
 use tokio::sync::{mpsc, Notify};
 
 use super::propose::{propose_batches, BatchSettings};
@@ -224,6 +224,116 @@ impl FastPath {
             self.metrics.fast_hits_unreplicated.inc();
         }
         FastOutcome::Decided(decision)
+    }
+}
+
+/// What [`FastPath::decide_all`] did with a request's fast hits.
+#[derive(Debug)]
+pub enum FastGroupOutcome {
+    Decided(Vec<Decision>),
+    /// Decide them on the strict path (all-or-nothing too), holding the guards until
+    /// their entry applies.
+    Strict(Vec<InFlightGuard>),
+    /// Fast decisions are about to start: wait with [`FastPath::ready`], then ask again.
+    Wait,
+}
+
+/// The fast store a mixed all-or-nothing request's fast-limit hits must reach once their
+/// log entry granted them ([`FastPath::before_log`], [`FastPath::after_log`]).
+#[derive(Debug)]
+pub struct Absorb {
+    term: Option<Arc<FastTerm>>,
+}
+
+impl FastPath {
+    /// Decides one request's fast hits all-or-nothing now if this node may: all consume,
+    /// or none does (the passing ones are answered as peeks). Atomic against every other
+    /// fast decision on the same keys: [`CounterStore::check_all`] holds the locks of
+    /// every limit involved while it decides (see its docs for what it does not promise).
+    pub fn decide_all(&self, hits: &[Hit]) -> FastGroupOutcome {
+        // Counted before the state is read, as in `decide`.
+        let guards: Vec<InFlightGuard> = hits.iter().map(|_| self.hold(1)).collect();
+        let term = match &**self.state.load() {
+            State::On(term) => Arc::clone(term),
+            State::Off => return FastGroupOutcome::Strict(guards),
+            State::Draining(_) => return FastGroupOutcome::Wait,
+        };
+        let policy = self.shared.policy.load();
+        let keys: Vec<String> = hits.iter().map(|h| counter_key(&h.limit, &h.key)).collect();
+        let group: Vec<GroupHit<'_>> = hits
+            .iter()
+            .zip(&keys)
+            .map(|(hit, key)| GroupHit {
+                key,
+                cap: policy.set.key_cap(&hit.limit),
+                rate: &hit.rate,
+                cost: hit.cost,
+            })
+            .collect();
+        let replicated = self.shared.counters.load();
+        let now = self.clock.now();
+        let checked = term
+            .store
+            .check_all(&group, now, &|key| replicated.get(key));
+        let granted = checked.iter().all(|c| c.decision.allowed);
+        let mut decisions = Vec::with_capacity(hits.len());
+        for ((hit, checked), guard) in hits.iter().zip(checked).zip(guards) {
+            let refused = checked.decision.denied == Some(DenyReason::LimitKeysFull);
+            self.metrics
+                .observe_key_cap(&hit.limit, refused, checked.evicted);
+            if granted && hit.cost > 0 && self.consumed.try_send((hit.clone(), guard)).is_err() {
+                self.metrics.fast_hits_unreplicated.inc();
+            }
+            decisions.push(checked.decision);
+        }
+        FastGroupOutcome::Decided(decisions)
+    }
+
+    /// Before a mixed all-or-nothing request sends fast-limit `hits` down the log while
+    /// this term's store decides: seeds their keys now, from replicated counters that do
+    /// not hold these hits yet, so [`FastPath::after_log`] can add them exactly once.
+    pub fn before_log(&self, hits: &[Hit]) -> Absorb {
+        let term = match &**self.state.load() {
+            State::On(term) => Arc::clone(term),
+            // No live store: the next one seeds after these hits' guards are released,
+            // from counters that hold them.
+            _ => return Absorb { term: None },
+        };
+        let replicated = self.shared.counters.load();
+        for hit in hits {
+            let key = counter_key(&hit.limit, &hit.key);
+            if term.store.get(&key).is_none() {
+                if let Some(counter) = replicated.get(&key) {
+                    term.store.seed(&key, counter);
+                }
+            }
+        }
+        Absorb { term: Some(term) }
+    }
+
+    /// After the log decided a mixed request: its granted fast-limit hits are added to
+    /// the store they were seeded in, if it still decides, so this leader's fast counters
+    /// hold everything that was granted.
+    pub fn after_log(&self, absorb: Absorb, hits: &[Hit], decisions: &[Decision]) {
+        let Some(term) = absorb.term else { return };
+        let live = matches!(&**self.state.load(), State::On(t) if Arc::ptr_eq(t, &term));
+        let granted = decisions.iter().all(|d| d.allowed);
+        if !live || !granted {
+            return;
+        }
+        let policy = self.shared.policy.load();
+        let now = self.clock.now();
+        for hit in hits {
+            let key = counter_key(&hit.limit, &hit.key);
+            let cap = policy.set.key_cap(&hit.limit);
+            if term
+                .store
+                .force_capped(&key, cap, &hit.rate, now, hit.cost)
+                .is_err()
+            {
+                self.metrics.observe_key_cap(&hit.limit, true, false);
+            }
+        }
     }
 }
 

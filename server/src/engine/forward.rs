@@ -12,6 +12,7 @@ use quorate_algorithms::Decision;
 use quorate_proto::raft::raft_client::RaftClient;
 use quorate_proto::raft::RaftPayload;
 use quorate_proto::wire::connection_refused;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::{Engine, EngineError, ResolvedHit};
@@ -22,6 +23,26 @@ use crate::raft::Node;
 /// What the leader answers to a forwarded request.
 pub type ForwardResult = Result<Vec<Decision>, EngineError>;
 
+/// A forwarded request: its resolved hits and whether they are all-or-nothing. Encoded
+/// with the hits first, so a leader that predates `atomic` still decodes the hits (and
+/// ignores the flag); a request from such a follower (just the hits) is decided hit by
+/// hit, as that follower's clients expect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedCheck {
+    pub hits: Vec<ResolvedHit>,
+    pub atomic: bool,
+}
+
+/// Decodes a forwarded request, new or old shape.
+pub fn decode_forwarded(data: &[u8]) -> Result<ForwardedCheck, tonic::Status> {
+    decode_payload::<ForwardedCheck>(data).or_else(|_| {
+        decode_payload::<Vec<ResolvedHit>>(data).map(|hits| ForwardedCheck {
+            hits,
+            atomic: false,
+        })
+    })
+}
+
 /// The leader side of forwarding, the engine's own peer RPC (the node registers it with
 /// the peer service): decode the hits as hostile, cap them, decide them here without
 /// forwarding again.
@@ -29,9 +50,9 @@ pub fn forward_handler(engine: Arc<Engine>) -> PeerHandler {
     Arc::new(move |data| {
         let engine = Arc::clone(&engine);
         Box::pin(async move {
-            let hits: Vec<ResolvedHit> = decode_payload(&data)?;
+            let ForwardedCheck { hits, atomic } = decode_forwarded(&data)?;
             check_forwarded(&hits).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            let result: ForwardResult = engine.check(hits, true).await;
+            let result: ForwardResult = engine.check(hits, atomic, true).await;
             encode_payload(&result)
         })
     })
@@ -70,10 +91,12 @@ impl Forwarder {
         &self,
         leader: Node,
         hits: Vec<ResolvedHit>,
+        atomic: bool,
         timeout: Duration,
     ) -> Result<Vec<Decision>, EngineError> {
         let mut client = self.client(leader).await?;
-        let data = postcard::to_stdvec(&hits).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let data = postcard::to_stdvec(&ForwardedCheck { hits, atomic })
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut request = tonic::Request::new(RaftPayload { data: data.into() });
         request.set_timeout(timeout);
         let response = client.forward(request).await.map_err(|status| {

@@ -58,9 +58,16 @@ impl RedisCounters {
     }
 
     /// Decides every hit, in order, with the key caps of the live `policy`.
+    ///
+    /// **Not all-or-nothing** (`_atomic` is not honoured yet): the script decides and
+    /// writes each hit in turn, so a denied request may have consumed its other hits, as
+    /// before. Making it atomic needs a two-pass script (check every hit on copies, then
+    /// write, putting counters back on a key-cap refusal), and on a Redis Cluster the
+    /// hits of different limits live in different slots and cannot share one script call.
     pub async fn check(
         &self,
         hits: Vec<ResolvedHit>,
+        _atomic: bool,
         policy: &PolicySet,
     ) -> Result<Vec<Decision>, EngineError> {
         let batch: Vec<RedisHit<'_>> = hits

@@ -21,8 +21,10 @@ impl RateLimiterService {
     }
 }
 
-fn decode(request: pb::CheckRequest) -> Vec<NamedHit> {
-    request
+/// The request's hits, and whether they are all-or-nothing (absent means yes).
+fn decode(request: pb::CheckRequest) -> (Vec<NamedHit>, bool) {
+    let atomic = request.atomic.unwrap_or(true);
+    let hits = request
         .hits
         .into_iter()
         .map(|h| NamedHit {
@@ -30,7 +32,8 @@ fn decode(request: pb::CheckRequest) -> Vec<NamedHit> {
             key: h.key,
             cost: h.cost.unwrap_or(1),
         })
-        .collect()
+        .collect();
+    (hits, atomic)
 }
 
 #[tonic::async_trait]
@@ -60,8 +63,9 @@ impl RateLimiterService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let hits = named::validate(decode(request.into_inner())).map_err(to_status)?;
-        let decided = named::decide(self.engine.as_ref(), self.engine.metrics(), hits)
+        let (hits, atomic) = decode(request.into_inner());
+        let hits = named::validate(hits).map_err(to_status)?;
+        let decided = named::decide(self.engine.as_ref(), self.engine.metrics(), hits, atomic)
             .await
             .map_err(to_status)?;
         let decisions: Vec<pb::Decision> = decided

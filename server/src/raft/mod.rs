@@ -130,6 +130,14 @@ pub enum Command {
     },
     /// Re-activate an earlier policy version (`quorate policy rollback`).
     RollbackPolicy { ts: Nanos, version: u64 },
+    /// `strict` hits with their request boundaries: each request is decided when the
+    /// entry applies, in log order, all-or-nothing when it is `atomic` (see
+    /// [`HitRequest`]). What the engine proposes since all-or-nothing requests; old logs'
+    /// [`Command::Hits`] entries still apply hit by hit. (Last, so older logs decode.)
+    Requests {
+        ts: Nanos,
+        requests: Vec<HitRequest>,
+    },
     /// Durable reservations for `strict` limits: each item's quota is checked and counted
     /// as consumed when the entry applies; the leader then answers hits within it from
     /// memory (see `engine::reserve`).
@@ -153,6 +161,16 @@ pub struct ReserveItem {
     pub request: ReserveRequest,
 }
 
+/// One request's strict hits in a [`Command::Requests`] entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HitRequest {
+    /// All-or-nothing: every hit consumes if every hit passes, otherwise none does (its
+    /// passing hits are answered as peeks). `false`: each hit decided on its own, as in
+    /// [`Command::Hits`].
+    pub atomic: bool,
+    pub hits: Vec<Hit>,
+}
+
 impl Default for Command {
     /// An empty hit batch (openraft's test suite needs a default payload).
     fn default() -> Self {
@@ -172,8 +190,27 @@ impl Command {
             | Command::SetPolicy { ts, .. }
             | Command::InitPolicy { ts, .. }
             | Command::RollbackPolicy { ts, .. }
+            | Command::Requests { ts, .. }
             | Command::Reserve { ts, .. }
             | Command::Assign { ts, .. } => *ts,
+        }
+    }
+}
+
+impl Command {
+    /// The requests whose decisions this entry's [`CommandResponse::Decisions`] lists, in
+    /// order: `(atomic, hits)`. A [`Command::Hits`] is one request decided hit by hit.
+    /// A hit of an atomic request consumed only if every decision of its request allowed.
+    pub fn decided_requests(&self) -> Option<Vec<(bool, &[Hit])>> {
+        match self {
+            Command::Hits { hits, .. } => Some(vec![(false, hits.as_slice())]),
+            Command::Requests { requests, .. } => Some(
+                requests
+                    .iter()
+                    .map(|r| (r.atomic, r.hits.as_slice()))
+                    .collect(),
+            ),
+            _ => None,
         }
     }
 }
@@ -184,7 +221,8 @@ pub enum CommandResponse {
     /// Membership changes and blank entries.
     #[default]
     Empty,
-    /// One decision per hit of a [`Command::Hits`], in order.
+    /// One decision per hit of a [`Command::Hits`] (or of every request of a
+    /// [`Command::Requests`], flattened), in order.
     Decisions(Vec<Decision>),
     /// A [`Command::Consumed`] batch was recorded.
     Consumed,

@@ -244,6 +244,22 @@ mod fuzz {
                 },
                 openraft::Entry {
                     log_id: log_id(6),
+                    payload: EntryPayload::Normal(Command::Requests {
+                        ts: 8,
+                        requests: vec![
+                            crate::raft::HitRequest {
+                                atomic: true,
+                                hits: vec![hit(), hit()],
+                            },
+                            crate::raft::HitRequest {
+                                atomic: false,
+                                hits: vec![hit()],
+                            },
+                        ],
+                    }),
+                },
+                openraft::Entry {
+                    log_id: log_id(7),
                     payload: EntryPayload::Normal(Command::SetPolicy {
                         ts: 8,
                         format: "quorate".into(),
@@ -268,6 +284,10 @@ mod fuzz {
             hit: hit(),
             consistency: Consistency::Fast,
         }];
+        let forwarded_check = crate::engine::ForwardedCheck {
+            hits: forward.clone(),
+            atomic: true,
+        };
         let forward_result: ForwardResult = Err(EngineError::InvalidArgument("x".into()));
         let vote_result: Result<VoteResponse<NodeId>, RaftError> =
             Ok(VoteResponse::new(Vote::new(3, 1), Some(log_id(6)), true));
@@ -287,6 +307,7 @@ mod fuzz {
             ("append", enc(&append)),
             ("snapshot", enc(&snapshot)),
             ("forward", enc(&forward)),
+            ("forwarded_check", enc(&forwarded_check)),
             (
                 "admin",
                 enc(&ForwardedAdmin {
@@ -337,12 +358,22 @@ mod fuzz {
                 {
                     assert!(hits.iter().all(|h| rate_is_valid(&h.rate)));
                 }
+                if let EntryPayload::Normal(Command::Requests { requests, .. }) = &entry.payload {
+                    assert!(requests
+                        .iter()
+                        .flat_map(|r| &r.hits)
+                        .all(|h| rate_is_valid(&h.rate)));
+                }
             }
         }
         let _ = decode_payload::<InstallSnapshotRequest<TypeConfig>>(bytes);
         if let Ok(hits) = decode_payload::<Vec<ResolvedHit>>(bytes) {
             assert!(hits.iter().all(|h| rate_is_valid(&h.hit.rate)));
             let _ = check_forwarded(&hits);
+        }
+        if let Ok(forwarded) = crate::engine::decode_forwarded(bytes) {
+            assert!(forwarded.hits.iter().all(|h| rate_is_valid(&h.hit.rate)));
+            let _ = check_forwarded(&forwarded.hits);
         }
         let _ = decode_payload::<ForwardedAdmin>(bytes);
         let _ = decode_payload::<ForwardResult>(bytes);
@@ -366,6 +397,20 @@ mod fuzz {
         let forward = &valid_payloads()[3].1;
         let hits: Vec<ResolvedHit> = decode_payload(forward).unwrap();
         assert_eq!(hits[0].hit, hit());
+    }
+
+    #[test]
+    fn forwarded_checks_decode_in_both_shapes() {
+        let payloads = valid_payloads();
+        // A follower that predates `atomic` sends just the hits: decided hit by hit.
+        let old = crate::engine::decode_forwarded(&payloads[3].1).unwrap();
+        assert!(!old.atomic);
+        assert_eq!(old.hits[0].hit, hit());
+        let new = crate::engine::decode_forwarded(&payloads[4].1).unwrap();
+        assert!(new.atomic);
+        // A leader that predates `atomic` still reads the hits of the new shape.
+        let hits: Vec<ResolvedHit> = decode_payload(&payloads[4].1).unwrap();
+        assert_eq!(hits, new.hits);
     }
 
     /// A mutation of a valid payload: overwrite, insert or delete bytes, or truncate.

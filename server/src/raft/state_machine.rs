@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use quorate_algorithms::{CounterStore, Nanos, StoredCounter, SECOND};
+use quorate_algorithms::{CounterStore, GroupHit, Nanos, StoredCounter, SECOND};
 use serde::{Deserialize, Serialize};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
@@ -258,6 +258,17 @@ impl StateMachine {
                 at: now,
                 outcomes: self.reserve(now, &items),
             },
+            Command::Requests { requests, .. } => {
+                let mut decisions = Vec::with_capacity(requests.iter().map(|r| r.hits.len()).sum());
+                for request in &requests {
+                    if request.atomic && request.hits.len() > 1 {
+                        decisions.extend(self.decide_atomic(now, &request.hits));
+                    } else {
+                        decisions.extend(self.decide(now, &request.hits));
+                    }
+                }
+                CommandResponse::Decisions(decisions)
+            }
             Command::Consumed { hits, .. } => {
                 self.record_consumed(now, &hits);
                 CommandResponse::Consumed
@@ -333,6 +344,34 @@ impl StateMachine {
                 let refused = reserved.decision.denied == Some(DenyReason::LimitKeysFull);
                 self.observe_key_cap(&item.limit, refused, evicted);
                 reserved
+            })
+            .collect()
+    }
+
+    /// Decides one request's strict hits all-or-nothing ([`CounterStore::check_all`]):
+    /// a denied request changes no counter, on every replica alike.
+    fn decide_atomic(&self, now: Nanos, hits: &[Hit]) -> Vec<Decision> {
+        let counters = self.shared.counters.load();
+        let policy = self.shared.policy.load();
+        let keys: Vec<String> = hits.iter().map(|h| counter_key(&h.limit, &h.key)).collect();
+        let group: Vec<GroupHit<'_>> = hits
+            .iter()
+            .zip(&keys)
+            .map(|(hit, key)| GroupHit {
+                key,
+                cap: policy.set.key_cap(&hit.limit),
+                rate: &hit.rate,
+                cost: hit.cost,
+            })
+            .collect();
+        counters
+            .check_all(&group, now, &|_| None)
+            .into_iter()
+            .zip(hits)
+            .map(|(checked, hit)| {
+                let refused = checked.decision.denied == Some(DenyReason::LimitKeysFull);
+                self.observe_key_cap(&hit.limit, refused, checked.evicted);
+                checked.decision
             })
             .collect()
     }
@@ -876,6 +915,178 @@ mod tests {
         let live = sm.shared().policy.load_full();
         assert_eq!(live.set.limit("l").map(|l| l.rate.limit()), Some(3));
         assert_eq!(live.version.as_ref().and_then(|v| v.rollback_of), Some(1));
+    }
+
+    fn hit_on(limit: &str, key: &str, cost: u64, limit_value: u64) -> Hit {
+        Hit {
+            limit: limit.into(),
+            key: key.into(),
+            cost,
+            rate: quorate_algorithms::Rate::new(
+                quorate_algorithms::Algorithm::FixedWindow,
+                limit_value,
+                3600 * SECOND,
+                None,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn requests(ts: Nanos, requests: Vec<(bool, Vec<Hit>)>) -> Command {
+        Command::Requests {
+            ts,
+            requests: requests
+                .into_iter()
+                .map(|(atomic, hits)| crate::raft::HitRequest { atomic, hits })
+                .collect(),
+        }
+    }
+
+    fn decisions(r: &CommandResponse) -> &[Decision] {
+        match r {
+            CommandResponse::Decisions(d) => d,
+            other => panic!("not decisions: {other:?}"),
+        }
+    }
+
+    /// The scenario: `small` 1/hour and `big` 100/hour in one request, four
+    /// times. Atomic: `big` is consumed once; per hit (the old way): four times.
+    #[tokio::test]
+    async fn an_atomic_request_denied_by_one_limit_consumes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let request = |atomic| {
+            (
+                atomic,
+                vec![hit_on("small", "k", 1, 1), hit_on("big", "k", 1, 100)],
+            )
+        };
+        let entries: Vec<Entry> = (1..=4)
+            .map(|i| entry(i, requests(SECOND, vec![request(true)])))
+            .collect();
+        let r = sm.apply(entries).await.unwrap();
+        assert!(decisions(&r[0]).iter().all(|d| d.allowed));
+        for later in &r[1..] {
+            let [small, big] = decisions(later) else {
+                panic!()
+            };
+            assert_eq!(small.denied, Some(DenyReason::OverLimit));
+            assert!(big.allowed, "the innocent limit is answered as a peek");
+            assert_eq!(big.remaining, 99, "big stays at 99");
+        }
+        let big = sm.shared().counters.load().get(&counter_key("big", "k"));
+        let r = sm
+            .apply(vec![entry(5, requests(SECOND, vec![request(false)]))])
+            .await
+            .unwrap();
+        assert_eq!(
+            decisions(&r[0])[1].remaining,
+            98,
+            "non-atomic: big consumed"
+        );
+        assert_ne!(
+            sm.shared().counters.load().get(&counter_key("big", "k")),
+            big
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_of_one_entry_are_decided_apart_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let r = sm
+            .apply(vec![entry(
+                1,
+                requests(
+                    SECOND,
+                    vec![
+                        // Denied (b over), so a is untouched for the next request.
+                        (true, vec![hit_on("a", "k", 1, 1), hit_on("b", "k", 2, 1)]),
+                        (true, vec![hit_on("a", "k", 1, 1)]),
+                        // Non-atomic: c is consumed although d is denied.
+                        (false, vec![hit_on("c", "k", 1, 1), hit_on("d", "k", 5, 1)]),
+                        (true, vec![hit_on("c", "k", 1, 1), hit_on("e", "k", 1, 1)]),
+                    ],
+                ),
+            )])
+            .await
+            .unwrap();
+        let allowed: Vec<bool> = decisions(&r[0]).iter().map(|d| d.allowed).collect();
+        assert_eq!(
+            allowed,
+            [true, false, true, true, false, false, true],
+            "{r:?}"
+        );
+    }
+
+    /// Every replica applying the same entries holds the same counters (and snapshot).
+    #[tokio::test]
+    async fn replicas_agree_on_atomic_requests() {
+        let entries = || {
+            (1..=20)
+                .map(|i| {
+                    let reqs = (0..3)
+                        .map(|j| {
+                            let hits = (0..3)
+                                .map(|h| {
+                                    hit_on(
+                                        &format!("l{h}"),
+                                        &format!("k{}", (i + j) % 2),
+                                        1 + (h as u64 % 2),
+                                        3 + h as u64,
+                                    )
+                                })
+                                .collect();
+                            (j % 2 == 0, hits)
+                        })
+                        .collect();
+                    entry(i, requests(SECOND * i, reqs))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut exports = Vec::new();
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = StateMachine::open(dir.path()).unwrap();
+            answers.push(sm.apply(entries()).await.unwrap());
+            exports.push(sm.shared().counters.load().export());
+        }
+        assert_eq!(answers[0], answers[1]);
+        assert_eq!(exports[0], exports[1]);
+    }
+
+    proptest::proptest! {
+        /// For any batch of atomic requests over a few limits: a denied request leaves
+        /// every counter exactly as it was before it, and a granted one allowed every hit.
+        #[test]
+        fn a_denied_atomic_request_leaves_every_counter_as_it_was(
+            batch in proptest::collection::vec(
+                proptest::collection::vec((0usize..3, 0usize..2, 0u64..4), 1..5),
+                1..12,
+            )
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut sm = StateMachine::open(dir.path()).unwrap();
+                for (i, request) in batch.iter().enumerate() {
+                    let hits: Vec<Hit> = request
+                        .iter()
+                        .map(|&(l, k, cost)| hit_on(&format!("l{l}"), &format!("k{k}"), cost, 2 + l as u64))
+                        .collect();
+                    let before = sm.shared().counters.load().export();
+                    let r = sm
+                        .apply(vec![entry(i as u64 + 1, requests(SECOND, vec![(true, hits)]))])
+                        .await
+                        .unwrap();
+                    let ds = decisions(&r[0]);
+                    if !ds.iter().all(|d| d.allowed) {
+                        assert_eq!(sm.shared().counters.load().export(), before);
+                    }
+                }
+            });
+        }
     }
 
     #[tokio::test]

@@ -30,12 +30,38 @@ impl Counter for MemCounter {
         Arc::clone(&self.policy)
     }
 
-    fn check(&self, hits: Vec<ResolvedHit>) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
+    fn check(
+        &self,
+        hits: Vec<ResolvedHit>,
+        atomic: bool,
+    ) -> BoxFuture<'_, Result<Vec<Decision>, EngineError>> {
         Box::pin(async move {
             if self.unavailable.load(Ordering::SeqCst) {
                 return Err(EngineError::unavailable("no quorum (test)", None));
             }
             let now = wall_nanos();
+            if atomic {
+                let keys: Vec<String> = hits
+                    .iter()
+                    .map(|h| store_key(&h.hit.limit, &h.hit.key))
+                    .collect();
+                let group: Vec<quorate_algorithms::GroupHit<'_>> = hits
+                    .iter()
+                    .zip(&keys)
+                    .map(|(h, key)| quorate_algorithms::GroupHit {
+                        key,
+                        cap: quorate_algorithms::KeyCap::NONE,
+                        rate: &h.hit.rate,
+                        cost: h.hit.cost,
+                    })
+                    .collect();
+                let out = self.store.check_all(&group, now, &|_| None);
+                self.hits
+                    .lock()
+                    .unwrap()
+                    .extend(hits.into_iter().map(|h| h.hit));
+                return Ok(out.into_iter().map(|c| c.decision).collect());
+            }
             let mut out = Vec::new();
             for h in hits {
                 out.push(self.store.check(
@@ -1079,4 +1105,28 @@ routes:
     )
     .unwrap_err();
     assert!(bad.reason.contains("ipv6_prefix"), "{bad}");
+}
+
+/// A route's limits (and its consumer's) are one decision: the request the `shared`
+/// limit (2 per hour) denies takes nothing from `per_consumer`, `per_tenant` or alice's
+/// own daily limit.
+#[tokio::test]
+async fn a_route_request_denied_by_one_limit_consumes_none_of_the_others() {
+    let (a, counter, _) = authorizer();
+    let call = || {
+        request(
+            "GET",
+            "/v1/items",
+            &[("x-api-key", ALICE_KEY), ("x-tenant", "t1")],
+        )
+    };
+    for _ in 0..2 {
+        allowed(&a.decide(call()).await.unwrap());
+    }
+    let before = counter.store.export();
+    for _ in 0..3 {
+        let d = a.decide(call()).await.unwrap();
+        assert_eq!(denied(&d).status, 429);
+    }
+    assert_eq!(counter.store.export(), before, "no counter moved");
 }
