@@ -133,7 +133,7 @@ impl CounterState {
             return;
         };
         // Only the end of a bucket of this rate names one.
-        if valid_until % len != 0 || valid_until < len {
+        if !valid_until.is_multiple_of(len) || valid_until < len {
             return;
         }
         let start = valid_until - len;
