@@ -58,7 +58,7 @@ impl RlqsMetrics {
             )?,
             max_proxies_per_bucket: gauge(
                 r,
-                "rlqs_max_proxies_per_bucket",
+                "rlqs_proxies_per_bucket_max",
                 "The most proxies subscribed to one RLQS bucket",
             )?,
             grants: register(

@@ -25,8 +25,9 @@ const AT_ONCE: Duration = Duration::from_millis(1000);
 const POLICY: &str = r#"
 limits:
   # Never exhausted by the flood: every admitted hit is allowed, so the counter says
-  # exactly how many hits were admitted.
-  - {name: flood, limit: 100000, window: 365d}
+  # exactly how many hits were admitted. `exact`: each decision waits for its commit, so
+  # a flood really queues (a `strict` one answers from memory, too fast to saturate).
+  - {name: flood, limit: 100000, window: 365d, consistency: exact}
 identities:
   - name: anon
     anonymous: {consumer: alice}
@@ -35,7 +36,7 @@ routes:
     match: {path_prefix: /api/}
     identities: [anon]
     limits:
-      - {name: per_consumer, key: consumer, limit: 100000, window: 365d}
+      - {name: per_consumer, key: consumer, limit: 100000, window: 365d, consistency: exact}
 defaults:
   trusted_proxies: {forward_auth: [127.0.0.1/32]}
 "#;

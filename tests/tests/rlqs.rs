@@ -537,7 +537,7 @@ async fn a_fleet_shares_one_limit_without_overshoot_and_follows_demand() {
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, "quorate_rlqs_max_proxies_per_bucket"),
+        metric(&metrics, "quorate_rlqs_proxies_per_bucket_max"),
         Some(PROXIES as f64)
     );
     let fresh = metric(&metrics, "quorate_rlqs_grants_total{kind=\"fresh\"}").unwrap_or(0.0);

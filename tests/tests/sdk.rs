@@ -26,7 +26,7 @@ const WORKERS: usize = 4;
 
 async fn three_nodes() -> Cluster {
     Cluster::three(NodeOptions {
-        policy: Some(policy(&[("big", "fixed_window", L, "strict")])),
+        policy: Some(policy(&[("big", "fixed_window", L, "exact")])),
         ..NodeOptions::default()
     })
     .await

@@ -21,7 +21,7 @@ const INSTALLED: &str = "installed snapshot";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_learner_receives_100k_counters_by_snapshot_and_decides_consistently() {
     let options = NodeOptions {
-        policy: Some(policy(&[("wide", "fixed_window", L, "strict")])),
+        policy: Some(policy(&[("wide", "fixed_window", L, "exact")])),
         snapshot_every: Some(200),
         ..NodeOptions::default()
     };

@@ -58,10 +58,17 @@ const MAX_ROUNDS: usize = 8;
 /// Shortest span a demand estimate is taken over.
 const MIN_DEMAND_SPAN: Nanos = 1_000_000;
 
-/// Whether a hit can be decided from reservations: `strict` hits of every algorithm but
-/// the sliding log (each of its hits is remembered at its own instant).
+/// Whether a hit can be decided from reservations: `strict` hits of the windowed
+/// algorithms (fixed window, sliding window). The sliding log remembers each hit at its
+/// own instant. The token bucket is reservable in `quorate_algorithms::reservation`, but
+/// a reservation there must be recorded at the end of its lifetime, which near the limit
+/// (one hit per reservation) delays the ledger's refill by that lifetime each time: until
+/// that is solved its `strict` hits are decided like `exact` ones.
 pub fn reservable(hit: &Hit) -> bool {
-    hit.rate.algorithm() != Algorithm::SlidingLog
+    matches!(
+        hit.rate.algorithm(),
+        Algorithm::FixedWindow | Algorithm::SlidingWindow
+    )
 }
 
 /// What became of a reservation, as the hits waiting for it see it.
@@ -569,7 +576,10 @@ fn credit(pending: &Pending, at: Nanos, reserved: &Reserved) {
     };
     state.pending = None;
     let rate = pending.item.rate;
-    if state.rate == rate || state.ledger_until <= at {
+    // A refusal for room (a full limit or store) says nothing about the key's quota.
+    let quota_answer = reserved.granted > 0
+        || reserved.decision.denied == Some(quorate_algorithms::DenyReason::OverLimit);
+    if quota_answer && (state.rate == rate || state.ledger_until <= at) {
         state.ledger_left = reserved.decision.remaining;
         state.ledger_until = match rate.bucket_end(at) {
             // Within a window the ledger only moves by this leader's reservations.
