@@ -246,6 +246,34 @@ mod tests {
         (s, now)
     }
 
+    /// Spends reservation `r` (made at `now`) on `truth` hit by hit: `spends` are
+    /// (instant in thousandths of its lifetime, cost) pairs, taken in time order, each
+    /// cost cut to what is left. Every hit must pass the algorithm. Returns what is left.
+    fn spend(
+        truth: &mut CounterState,
+        rate: &Rate,
+        now: Nanos,
+        r: &Reserved,
+        spends: &[(u64, u64)],
+    ) -> Result<u64, TestCaseError> {
+        let span = r.valid_until - now;
+        let mut times: Vec<Nanos> = spends.iter().map(|(f, _)| now + span * f / 1000).collect();
+        times.sort_unstable();
+        let mut left = r.granted;
+        for (t, (_, cost)) in times.into_iter().zip(spends) {
+            let cost = (*cost).min(left);
+            if cost == 0 {
+                break;
+            }
+            prop_assert!(
+                truth.check(rate, t, cost).allowed,
+                "spent hit denied at {t}"
+            );
+            left -= cost;
+        }
+        Ok(left)
+    }
+
     proptest! {
         /// Windowed algorithms: spending a reservation at any instants before it expires
         /// is allowed hit by hit by the algorithm itself, and the reservation's record is
@@ -266,17 +294,8 @@ mod tests {
             prop_assume!(r.granted > 0);
             prop_assert!(r.valid_until > now);
             // Spend it all at random instants in [now, valid_until), in time order.
-            let span = r.valid_until - now;
-            let mut times: Vec<Nanos> = spends.iter().map(|(f, _)| now + span * f / 1000).collect();
-            times.sort_unstable();
             let mut truth = state.clone();
-            let mut left = r.granted;
-            for (t, (_, cost)) in times.into_iter().zip(&spends) {
-                let cost = (*cost).min(left);
-                if cost == 0 { break; }
-                prop_assert!(truth.check(&rate, t, cost).allowed, "spent hit denied at {t}");
-                left -= cost;
-            }
+            let left = spend(&mut truth, &rate, now, &r, &spends)?;
             if left > 0 {
                 let t = r.valid_until - 1;
                 prop_assert!(truth.check(&rate, t, left).allowed);
@@ -336,17 +355,8 @@ mod tests {
             let mut ledger = state.clone();
             let r = ledger.reserve(&rate, now, request(need, extra_cap));
             prop_assume!(r.granted > 0);
-            let span = r.valid_until - now;
-            let mut times: Vec<Nanos> = spends.iter().map(|(f, _)| now + span * f / 1000).collect();
-            times.sort_unstable();
             let mut truth = state.clone();
-            let mut left = r.granted;
-            for (t, (_, cost)) in times.into_iter().zip(&spends) {
-                let cost = (*cost).min(left);
-                if cost == 0 { break; }
-                prop_assert!(truth.check(&rate, t, cost).allowed, "spent hit denied at {t}");
-                left -= cost;
-            }
+            spend(&mut truth, &rate, now, &r, &spends)?;
             let (CounterState::TokenBucket(l), CounterState::TokenBucket(t)) = (&ledger, &truth) else {
                 return Err(TestCaseError::fail("not a token bucket"));
             };
