@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use quorate_algorithms::{CounterStore, Decision, DenyReason, GroupHit};
+use quorate_algorithms::{CounterStore, Decision, DenyReason};
 use tokio::sync::{mpsc, Notify};
 
 use super::propose::{propose_batches, BatchSettings};
@@ -260,16 +260,7 @@ impl FastPath {
         };
         let policy = self.shared.policy.load();
         let keys: Vec<String> = hits.iter().map(|h| counter_key(&h.limit, &h.key)).collect();
-        let group: Vec<GroupHit<'_>> = hits
-            .iter()
-            .zip(&keys)
-            .map(|(hit, key)| GroupHit {
-                key,
-                cap: policy.set.key_cap(&hit.limit),
-                rate: &hit.rate,
-                cost: hit.cost,
-            })
-            .collect();
+        let group = crate::raft::group_hits(hits, &keys, &policy.set);
         let replicated = self.shared.counters.load();
         let now = self.clock.now();
         let checked = term

@@ -296,7 +296,7 @@ impl Reservations {
         let mut denied = false;
         // Ordered, so reservations are proposed in the same order on every run (the
         // simulator replays seeds).
-        let mut short: BTreeMap<String, u64> = BTreeMap::new();
+        let mut short: BTreeMap<String, (u64, &Hit)> = BTreeMap::new();
         for hit in hits {
             let key = counter_key(&hit.limit, &hit.key);
             // A policy change gave the key another rate: start again from the ledger.
@@ -366,7 +366,7 @@ impl Reservations {
                     });
                     continue;
                 }
-                *short.entry(key.clone()).or_default() += hit.cost - credit;
+                short.entry(key.clone()).or_insert((0, hit)).0 += hit.cost - credit;
             }
             *view = trial;
             *used = used.saturating_add(hit.cost);
@@ -387,7 +387,7 @@ impl Reservations {
         }
         if !short.is_empty() {
             let mut waits = Vec::with_capacity(short.len());
-            for (key, need) in short {
+            for (key, (need, hit)) in short {
                 let Some(state) = keys.get_mut(&key) else {
                     continue;
                 };
@@ -395,9 +395,6 @@ impl Reservations {
                     waits.push((key, Arc::clone(cell), false));
                     continue;
                 }
-                let Some(hit) = hits.iter().find(|h| counter_key(&h.limit, &h.key) == key) else {
-                    continue;
-                };
                 let set = &self.shared.policy.load().set;
                 let horizon = set.reservations.horizon;
                 let extra_cap = if state.asked {

@@ -104,6 +104,24 @@ pub struct Hit {
     pub rate: Rate,
 }
 
+/// `hits` as one group for `CounterStore::check_all`, each under its limit's key cap in
+/// `set`; `keys` are their counter keys, in the same order.
+pub(crate) fn group_hits<'a>(
+    hits: &'a [Hit],
+    keys: &'a [String],
+    set: &crate::policy::PolicySet,
+) -> Vec<quorate_algorithms::GroupHit<'a>> {
+    hits.iter()
+        .zip(keys)
+        .map(|(hit, key)| quorate_algorithms::GroupHit {
+            key,
+            cap: set.key_cap(&hit.limit),
+            rate: &hit.rate,
+            cost: hit.cost,
+        })
+        .collect()
+}
+
 /// The payload of a Raft log entry. Every entry carries the leader's timestamp `ts`:
 /// replicas never read their own clock while applying.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use quorate_algorithms::{CounterStore, GroupHit, Nanos, StoredCounter, SECOND};
+use quorate_algorithms::{CounterStore, Nanos, StoredCounter, SECOND};
 use serde::{Deserialize, Serialize};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
@@ -354,16 +354,7 @@ impl StateMachine {
         let counters = self.shared.counters.load();
         let policy = self.shared.policy.load();
         let keys: Vec<String> = hits.iter().map(|h| counter_key(&h.limit, &h.key)).collect();
-        let group: Vec<GroupHit<'_>> = hits
-            .iter()
-            .zip(&keys)
-            .map(|(hit, key)| GroupHit {
-                key,
-                cap: policy.set.key_cap(&hit.limit),
-                rate: &hit.rate,
-                cost: hit.cost,
-            })
-            .collect();
+        let group = super::group_hits(hits, &keys, &policy.set);
         counters
             .check_all(&group, now, &|_| None)
             .into_iter()
