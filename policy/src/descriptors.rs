@@ -167,6 +167,8 @@ struct RawRateLimit {
     on_full: OnFull,
     #[serde(default)]
     expose: Option<bool>,
+    #[serde(default)]
+    reservation_percent: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +262,7 @@ fn compile_rule(key: &str, raw: RawRateLimit) -> Result<Rule, String> {
         max_keys: raw.max_keys,
         on_full: raw.on_full,
         expose: raw.expose,
+        reservation_percent: raw.reservation_percent,
     };
     cap.validate().map_err(|e| format!("{what}: {e}"))?;
     Ok(Rule::Limited {

@@ -316,6 +316,16 @@ impl PolicySet {
             .get(name)
             .map_or(self.retired_key_cap, |l| l.key_cap)
     }
+
+    /// The share of a key's headroom one `strict` reservation of limit `name` may take,
+    /// in percent: the limit's `reservation_percent`, else the policy-wide
+    /// `reservations.fraction_percent`.
+    pub fn reservation_percent(&self, name: &str) -> u8 {
+        self.limits
+            .get(name)
+            .and_then(|l| l.reservation_percent)
+            .unwrap_or(self.reservations.fraction_percent)
+    }
 }
 
 fn compile_quorate(text: &str) -> Result<PolicySet, PolicyError> {
@@ -452,6 +462,25 @@ mod tests {
         assert_eq!(cap("b").max_keys, 30);
         assert_eq!(cap("c").on_full, quorate_algorithms::OnFull::Refuse);
         assert_eq!(cap("retired").max_keys, 30);
+    }
+
+    #[test]
+    fn a_limit_can_size_its_reservations_apart_from_the_policy() {
+        let set = compile(
+            "reservations: {fraction_percent: 20}\nlimits:\n  - {name: a, limit: 10, window: 1s, reservation_percent: 0}\n  - {name: b, limit: 10, window: 1s}\ndomains:\n  - domain: d\n    descriptors:\n      - {key: k, rate_limit: {unit: second, requests_per_unit: 5, reservation_percent: 50}}\n",
+        )
+        .unwrap();
+        assert_eq!(set.reservation_percent("a"), 0);
+        assert_eq!(set.reservation_percent("b"), 20);
+        assert_eq!(set.reservation_percent("d/k"), 50);
+        // A limit the policy no longer has takes the policy-wide share.
+        assert_eq!(set.reservation_percent("gone"), 20);
+        let bad = compile(
+            "limits:\n  - {name: a, limit: 10, window: 1s}\n  - {name: b, limit: 10, window: 1s, reservation_percent: 101}\n",
+        )
+        .unwrap_err();
+        assert_eq!(bad.line, Some(3), "{bad}");
+        assert!(bad.reason.contains("reservation_percent must be 0 to 100"), "{bad}");
     }
 
     #[test]

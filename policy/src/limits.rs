@@ -58,22 +58,31 @@ pub struct LimitDef {
     pub exposed: bool,
     /// The cap in force, filled in by [`assign_key_caps`] once every limit is known.
     pub key_cap: KeyCap,
+    /// `reservation_percent` as written: this limit's share of a key's headroom one
+    /// `strict` reservation may take, instead of the policy-wide
+    /// `reservations.fraction_percent`.
+    pub reservation_percent: Option<u8>,
 }
 
-/// `max_keys`, `on_full` and `expose` as written, wherever a limit can be written (named
-/// limits, descriptor rules, route and consumer limits).
+/// `max_keys`, `on_full`, `expose` and `reservation_percent` as written, wherever a
+/// limit can be written (named limits, descriptor rules, route and consumer limits).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyCapDoc {
     pub max_keys: Option<usize>,
     pub on_full: OnFull,
     pub expose: Option<bool>,
+    pub reservation_percent: Option<u8>,
 }
 
 impl KeyCapDoc {
-    /// Checks `max_keys`; the error is the reason, without position.
+    /// Checks `max_keys` and `reservation_percent`; the error is the reason, without
+    /// position.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_keys == Some(0) {
             return Err("max_keys must be at least 1".into());
+        }
+        if let Some(p) = self.reservation_percent.filter(|p| *p > 100) {
+            return Err(format!("reservation_percent must be 0 to 100, got {p}"));
         }
         Ok(())
     }
@@ -138,6 +147,7 @@ impl LimitDef {
             expose: cap.expose,
             exposed: cap.expose.unwrap_or(exposed_by_default),
             key_cap: KeyCap::NONE,
+            reservation_percent: cap.reservation_percent,
         }
     }
 
@@ -173,6 +183,8 @@ pub(super) struct LimitDoc {
     on_full: OnFull,
     #[serde(default)]
     expose: Option<bool>,
+    #[serde(default)]
+    reservation_percent: Option<u8>,
 }
 
 /// Builds the rate a policy writes, with the policy defaults: `fixed_window` when no
@@ -222,6 +234,7 @@ impl LimitDoc {
             max_keys: doc.max_keys,
             on_full: doc.on_full,
             expose: doc.expose,
+            reservation_percent: doc.reservation_percent,
         };
         cap.validate()
             .map_err(|e| format!("limit {:?}: {e}", doc.name))?;

@@ -244,6 +244,8 @@ struct RawLimit {
     on_full: Option<quorate_algorithms::OnFull>,
     #[serde(default)]
     expose: Option<bool>,
+    #[serde(default)]
+    reservation_percent: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1387,9 +1389,10 @@ fn compile_limit(
             || raw.max_keys.is_some()
             || raw.on_full.is_some()
             || raw.expose.is_some()
+            || raw.reservation_percent.is_some()
         {
             return Err(
-                "`use` refers to a named limit: do not also give limit, window, algorithm, burst, precision, consistency, max_keys, on_full or expose"
+                "`use` refers to a named limit: do not also give limit, window, algorithm, burst, precision, consistency, max_keys, on_full, expose or reservation_percent"
                     .into(),
             );
         }
@@ -1431,6 +1434,7 @@ fn compile_limit(
         max_keys: raw.max_keys,
         on_full: raw.on_full.unwrap_or_default(),
         expose: raw.expose,
+        reservation_percent: raw.reservation_percent,
     };
     cap.validate()?;
     limits.insert(

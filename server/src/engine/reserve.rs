@@ -417,7 +417,7 @@ impl Reservations {
                     request: ReserveRequest {
                         need,
                         extra_cap,
-                        fraction_percent: set.reservations.fraction_percent,
+                        fraction_percent: set.reservation_percent(&hit.limit),
                         horizon,
                     },
                 };
