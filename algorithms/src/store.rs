@@ -364,6 +364,23 @@ impl CounterStore {
         (reserved, evicted)
     }
 
+    /// Takes back the unused part `cost` of a reservation on `key` that was valid until
+    /// `valid_until` (see [`CounterState::refund`]). A key no longer stored has nothing
+    /// to take back.
+    pub fn refund(&self, key: &str, rate: &Rate, valid_until: Nanos, cost: u64) {
+        let partition = self.partition(limit_of(key));
+        let mut index = lock(&partition);
+        if let Some(mut stored) = self.counters.get_mut(key) {
+            let before = stored.idle_at;
+            stored.state.refund(rate, valid_until, cost);
+            stored.idle_at = stored.state.idle_at(rate);
+            if stored.idle_at != before {
+                let key = Arc::clone(stored.key());
+                reindex(&mut index, before, stored.idle_at, key);
+            }
+        }
+    }
+
     /// Records `cost` on `key` at `now` without asking (see [`CounterState::force`]),
     /// creating the counter if needed, with only the store-wide cap.
     pub fn force(&self, key: &str, rate: &Rate, now: Nanos, cost: u64) -> Result<(), StoreError> {

@@ -480,7 +480,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(bad.line, Some(3), "{bad}");
-        assert!(bad.reason.contains("reservation_percent must be 0 to 100"), "{bad}");
+        assert!(
+            bad.reason.contains("reservation_percent must be 0 to 100"),
+            "{bad}"
+        );
     }
 
     #[test]

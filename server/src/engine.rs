@@ -381,6 +381,12 @@ impl Engine {
     }
 
     /// The metrics registry this engine reports to.
+    /// Gives back the unused quota this leader reserved (graceful shutdown): the next
+    /// leader starts from what was really spent.
+    pub async fn settle_reservations(&self) {
+        self.reserved.settle_all().await;
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

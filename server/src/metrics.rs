@@ -127,6 +127,8 @@ pub struct Metrics {
     pub reservations: IntCounterVec,
     /// Quota reserved for `strict` limits (granted reservations' amounts).
     pub reserved_quota: IntCounter,
+    /// Unused reserved quota given back by committed settles.
+    pub settled_quota: IntCounter,
     pub raft_term: IntGauge,
     pub raft_last_applied: IntGauge,
     pub raft_last_log_index: IntGauge,
@@ -289,6 +291,11 @@ impl Metrics {
                 r,
                 "reserved_quota_total",
                 "Quota reserved for strict limits by granted reservations",
+            )?,
+            settled_quota: counter(
+                r,
+                "settled_quota_total",
+                "Unused reserved quota given back by committed settles",
             )?,
             raft_term: gauge(r, "raft_term", "Current Raft term")?,
             raft_last_applied: gauge(r, "raft_last_applied_index", "Last applied log index")?,

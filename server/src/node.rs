@@ -309,6 +309,7 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("shutting down");
+    engine.settle_reservations().await;
     let _ = stop_tx.send(true);
     let _ = raft.shutdown().await;
     let _ = grpc_task.await;

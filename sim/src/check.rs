@@ -213,6 +213,15 @@ fn acknowledgements(
                         .or_default() += r.granted;
                 }
             }
+            // A settle gives back reserved quota the leader took out of its memory.
+            (Some(Command::Settle { items, .. }), _) => {
+                for item in items {
+                    let r = reserved
+                        .entry((item.limit.clone(), item.key.clone()))
+                        .or_default();
+                    *r = r.saturating_sub(item.unused);
+                }
+            }
             (Some(Command::Consumed { hits, .. }), _) => {
                 for h in hits {
                     *consumed
@@ -328,6 +337,8 @@ fn fast_loss_bound(
 fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violation>) {
     // (limit, key) → [(log time, cost, rate, index)]
     let mut grants: BTreeMap<(String, String), Vec<Grant>> = BTreeMap::new();
+    // (limit, key) → [(end of the bucket refunded, unused quota given back)]
+    let mut settled: BTreeMap<(String, String), Vec<(Nanos, u64)>> = BTreeMap::new();
     let mut clock: Nanos = 0;
     for (index, a) in canonical {
         let Some(command) = &a.command else { continue };
@@ -371,9 +382,20 @@ fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violati
                 }
             }
         }
+        if let Command::Settle { items, .. } = command {
+            for item in items {
+                settled
+                    .entry((item.limit.clone(), item.key.clone()))
+                    .or_default()
+                    .push((item.valid_until, item.unused));
+            }
+        }
     }
     for ((limit, key), gs) in &grants {
-        if let Some(detail) = over_limit(gs) {
+        let refunds = settled
+            .get(&(limit.clone(), key.clone()))
+            .map_or(&[][..], Vec::as_slice);
+        if let Some(detail) = over_limit(gs, refunds) {
             v.push(Violation {
                 invariant: "strict limit",
                 detail: format!("{limit}/{key}: {detail}"),
@@ -382,8 +404,10 @@ fn strict_window_bounds(canonical: &BTreeMap<u64, &Applied>, v: &mut Vec<Violati
     }
 }
 
-/// The first place where `grants` (in log order) exceed their algorithm's bound.
-fn over_limit(grants: &[Grant]) -> Option<String> {
+/// The first place where `grants` (in log order) exceed their algorithm's bound, once
+/// `refunds` (settled reservations: the end of the bucket each was recorded in, and the
+/// quota given back) are taken out of windowed buckets.
+fn over_limit(grants: &[Grant], refunds: &[(Nanos, u64)]) -> Option<String> {
     let (_, _, rate, _) = grants.first()?;
     let max_limit = grants.iter().map(|g| g.2.limit()).max().unwrap_or(0);
     let window = rate.window().max(1);
@@ -401,6 +425,12 @@ fn over_limit(grants: &[Grant]) -> Option<String> {
             let mut per_slot: BTreeMap<u64, u64> = BTreeMap::new();
             for g in grants {
                 *per_slot.entry(g.0 / slot).or_default() += g.1;
+            }
+            for (valid_until, unused) in refunds {
+                let s = per_slot
+                    .entry(valid_until.saturating_sub(1) / slot)
+                    .or_default();
+                *s = s.saturating_sub(*unused);
             }
             for (s, _) in per_slot.iter() {
                 let sum: u64 = per_slot
@@ -531,7 +561,7 @@ mod tests {
         ) {
             for rate in rates() {
                 let g = grants(&rate, &hits);
-                prop_assert_eq!(over_limit(&g), None, "{:?}", rate);
+                prop_assert_eq!(over_limit(&g, &[]), None, "{:?}", rate);
             }
         }
     }
@@ -542,11 +572,11 @@ mod tests {
             let n = rate.capacity() + 1;
             let g: Vec<_> = (0..n).map(|i| (T0, 1, rate, i)).collect();
             assert!(
-                over_limit(&g).is_some(),
+                over_limit(&g, &[]).is_some(),
                 "{rate:?}: {n} grants at one instant passed"
             );
             assert_eq!(
-                over_limit(&g[..g.len() - 1]),
+                over_limit(&g[..g.len() - 1], &[]),
                 None,
                 "{rate:?}: a full quota was flagged"
             );

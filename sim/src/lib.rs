@@ -133,6 +133,8 @@ pub struct Report {
     pub ops: usize,
     pub granted: usize,
     pub entries: usize,
+    /// Unused reserved quota given back by committed settles.
+    pub settled: u64,
     /// Leaderships seen (node incarnations under a leader id).
     pub terms: usize,
     /// Terms that had more than one leader (legal in openraft's default mode).
@@ -284,6 +286,15 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         .filter(|d| d.allowed)
         .count();
     let entries = applied.iter().map(|a| a.log_id.index).max().unwrap_or(0) as usize;
+    let settles: BTreeMap<u64, u64> = applied
+        .iter()
+        .filter_map(|a| match &a.command {
+            Some(Command::Settle { items, .. }) => {
+                Some((a.log_id.index, items.iter().map(|i| i.unused).sum()))
+            }
+            _ => None,
+        })
+        .collect();
     Ok(Report {
         options,
         violations,
@@ -293,6 +304,7 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         ops: ops.len(),
         granted,
         entries,
+        settled: settles.values().sum(),
         terms: leaders.len(),
         shared_terms: {
             let mut per_term: BTreeMap<u64, usize> = BTreeMap::new();

@@ -95,8 +95,8 @@ fn main() -> ExitCode {
                 }
             }
             println!(
-                "seed {seed}: ok ({} ops, {} granted, {} entries, {} leaderships, {} shared terms, hash {:016x})",
-                report.ops, report.granted, report.entries, report.terms, report.shared_terms, report.hash
+                "seed {seed}: ok ({} ops, {} granted, {} entries, {} settled, {} leaderships, {} shared terms, hash {:016x})",
+                report.ops, report.granted, report.entries, report.settled, report.terms, report.shared_terms, report.hash
             );
         } else {
             println!("{}", report.describe());

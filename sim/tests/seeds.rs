@@ -35,8 +35,10 @@ fn run(options: &Options) -> quorate_sim::Report {
 #[test]
 fn quick_seeds_hold_every_invariant_under_faults() {
     let mut failures = Vec::new();
+    let mut settled = 0;
     for seed in QUICK_SEEDS {
         let report = run(&Options::new(*seed));
+        settled += report.settled;
         assert!(
             report.ops > 100,
             "seed {seed}: the workload barely ran ({} ops)",
@@ -47,6 +49,8 @@ fn quick_seeds_hold_every_invariant_under_faults() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The checker saw reservations given back, not only taken.
+    assert!(settled > 0, "no seed settled any reservation");
 }
 
 #[test]

@@ -29,10 +29,18 @@
 //!
 //! Reservations leave through their own propose loop (group commit, like strict hits),
 //! so a burst of new keys costs one entry per batch, not one per key.
+//!
+//! **Settling.** Credit the leader can no longer spend — its window ended, the key went
+//! idle for a `horizon`, the limit's rate changed, or the node is shutting down — is
+//! taken out of memory and given back with a [`Command::Settle`] entry, which refunds it
+//! from the counting bucket it was recorded in. A sliding window's next window then
+//! weighs only what was spent, and a crash after an idle spell loses nothing. Settling
+//! is best effort: a settle that never commits only leaves quota counted (under-grant).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use quorate_algorithms::{
@@ -46,7 +54,7 @@ use super::{EngineError, LeaderClock};
 use crate::metrics::Metrics;
 use crate::raft::state_machine::SharedState;
 use crate::raft::typ::Raft;
-use crate::raft::{Command, CommandResponse, Hit, ReserveItem};
+use crate::raft::{Command, CommandResponse, Hit, ReserveItem, SettleItem};
 
 /// Reservation requests queued beyond this make callers wait.
 const QUEUE_DEPTH: usize = 8192;
@@ -57,6 +65,12 @@ const MAX_ROUNDS: usize = 8;
 
 /// Shortest span a demand estimate is taken over.
 const MIN_DEMAND_SPAN: Nanos = 1_000_000;
+
+/// How often the leader looks for credit to settle (expired, or idle for a horizon).
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a shutting-down leader waits for its last settle to commit.
+const SETTLE_ON_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Whether a hit can be decided from reservations: `strict` hits of the windowed
 /// algorithms (fixed window, sliding window). The sliding log remembers each hit at its
@@ -105,6 +119,9 @@ impl OutcomeCell {
 /// The leader's state of one key in its term.
 #[derive(Debug)]
 struct KeyState {
+    /// The hit's limit and key, which a settle names.
+    limit: String,
+    key: String,
     /// The leader's view: the replicated counter when first touched, plus every hit
     /// this leader granted since. Decides hits and reports `remaining`.
     view: CounterState,
@@ -150,6 +167,25 @@ impl KeyState {
     fn idle(&self, now: Nanos) -> bool {
         self.pending.is_none() && self.valid_until <= now && self.view.idle_at(&self.rate) <= now
     }
+
+    /// Takes all credit out of memory, to be settled: this leader never spends it again.
+    fn give_back(&mut self) -> Option<SettleItem> {
+        if self.credit == 0 {
+            return None;
+        }
+        let unused = std::mem::take(&mut self.credit);
+        // Within the same bucket the ledger gets it back once the settle applies.
+        if self.ledger_until == self.valid_until {
+            self.ledger_left = self.ledger_left.saturating_add(unused);
+        }
+        Some(SettleItem {
+            limit: self.limit.clone(),
+            key: self.key.clone(),
+            rate: self.rate,
+            valid_until: self.valid_until,
+            unused,
+        })
+    }
 }
 
 /// One leader term's reservations and views.
@@ -159,6 +195,8 @@ struct Term {
     keys: Mutex<HashMap<String, KeyState>>,
     /// Sweep idle keys once the map holds this many.
     sweep_at: AtomicUsize,
+    /// Where credit given back goes to be settled.
+    settle: mpsc::Sender<SettleItem>,
 }
 
 impl Term {
@@ -167,6 +205,13 @@ impl Term {
         self.keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a settle; when the queue is full the quota simply stays counted.
+    fn settle(&self, item: Option<SettleItem>) {
+        if let Some(item) = item {
+            let _ = self.settle.try_send(item);
+        }
     }
 }
 
@@ -195,12 +240,21 @@ pub enum Decided {
 }
 
 /// The reservations of this node while it leads.
-#[derive(Debug)]
 pub struct Reservations {
     shared: Arc<SharedState>,
-    state: ArcSwap<State>,
+    state: Arc<ArcSwap<State>>,
     clock: Arc<LeaderClock>,
     tx: mpsc::Sender<Pending>,
+    settle_tx: mpsc::Sender<SettleItem>,
+    raft: Raft,
+}
+
+impl std::fmt::Debug for Reservations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservations")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reservations {
@@ -212,12 +266,34 @@ impl Reservations {
         settings: BatchSettings,
     ) -> Reservations {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(rx, raft, Arc::clone(&clock), metrics, settings));
+        tokio::spawn(run(
+            rx,
+            raft.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+            settings,
+        ));
+        let (settle_tx, settle_rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_settles(
+            settle_rx,
+            raft.clone(),
+            Arc::clone(&clock),
+            metrics,
+            settings,
+        ));
+        let state = Arc::new(ArcSwap::from_pointee(State::Off));
+        tokio::spawn(settle_unused(
+            Arc::downgrade(&state),
+            Arc::clone(&shared),
+            Arc::clone(&clock),
+        ));
         Reservations {
             shared,
-            state: ArcSwap::from_pointee(State::Off),
+            state,
             clock,
             tx,
+            settle_tx,
+            raft,
         }
     }
 
@@ -233,6 +309,7 @@ impl Reservations {
             term,
             keys: Mutex::new(HashMap::new()),
             sweep_at: AtomicUsize::new(max.clamp(1024, 1 << 16)),
+            settle: self.settle_tx.clone(),
         }))));
         tracing::info!(
             term,
@@ -245,6 +322,33 @@ impl Reservations {
         let previous = self.state.swap(Arc::new(State::Off));
         if matches!(&*previous, State::On(_)) {
             tracing::info!("strict decisions from reservations disabled: not a leader");
+        }
+    }
+
+    /// Stops deciding and settles every unused credit, waiting up to a second for the
+    /// settle to commit: a leader shutting down gracefully leaves the next one its quota.
+    pub async fn settle_all(&self) {
+        let State::On(term) = &*self.state.swap(Arc::new(State::Off)) else {
+            return;
+        };
+        let mut items: Vec<SettleItem> = term
+            .lock()
+            .values_mut()
+            .filter_map(KeyState::give_back)
+            .collect();
+        if items.is_empty() {
+            return;
+        }
+        items.sort_by(|a, b| (&a.limit, &a.key).cmp(&(&b.limit, &b.key)));
+        let count = items.len();
+        let settle = Command::Settle {
+            ts: self.clock.now(),
+            items,
+        };
+        match tokio::time::timeout(SETTLE_ON_SHUTDOWN, self.raft.client_write(settle)).await {
+            Ok(Ok(_)) => tracing::info!(keys = count, "settled unused reservations"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "unused reservations not settled"),
+            Err(_) => tracing::warn!("unused reservations not settled in time"),
         }
     }
 
@@ -304,7 +408,7 @@ impl Reservations {
                 s.rate != hit.rate && s.pending.is_none() && !work.contains_key(&key)
             });
             if stale {
-                keys.remove(&key);
+                term.settle(keys.remove(&key).and_then(|mut s| s.give_back()));
             }
             if !keys.contains_key(&key) {
                 if keys.len() >= term.sweep_at.load(Ordering::Relaxed) {
@@ -313,7 +417,7 @@ impl Reservations {
                         return Ok(Round::NotHere);
                     }
                 }
-                keys.insert(key.clone(), self.seed(&key, &hit.rate, now));
+                keys.insert(key.clone(), self.seed(&key, hit, now));
             }
             let Some(state) = keys.get(&key) else {
                 return Err(EngineError::Internal("key vanished under lock".into()));
@@ -452,7 +556,8 @@ impl Reservations {
 
     /// A key's state when first touched in this term: the replicated counter, which
     /// counts every reservation of earlier terms as used.
-    fn seed(&self, key: &str, rate: &Rate, now: Nanos) -> KeyState {
+    fn seed(&self, key: &str, hit: &Hit, now: Nanos) -> KeyState {
+        let rate = &hit.rate;
         let view = self
             .shared
             .counters
@@ -462,6 +567,8 @@ impl Reservations {
             .filter(|s| s.runs(rate))
             .unwrap_or_else(|| CounterState::new(rate));
         KeyState {
+            limit: hit.limit.clone(),
+            key: hit.key.clone(),
             view,
             credit: 0,
             valid_from: now,
@@ -489,7 +596,13 @@ enum Round {
 /// again from the replicated counter, which is at least as strict). If the table is
 /// still large, the next sweep waits until it has doubled.
 fn sweep(term: &Term, keys: &mut HashMap<String, KeyState>, now: Nanos) {
-    keys.retain(|_, state| !state.idle(now));
+    keys.retain(|_, state| {
+        let idle = state.idle(now);
+        if idle {
+            term.settle(state.give_back());
+        }
+        !idle
+    });
     term.sweep_at
         .fetch_max(keys.len().saturating_mul(2), Ordering::Relaxed);
 }
@@ -589,6 +702,10 @@ fn credit(pending: &Pending, at: Nanos, reserved: &Reserved) {
         return;
     }
     let kept = state.credit_at(&rate, at);
+    if kept == 0 {
+        // Credit of another bucket or rate: this leader can no longer spend it.
+        pending.term.settle(state.give_back());
+    }
     state.credit = kept.saturating_add(reserved.granted);
     state.valid_until = if kept > 0 {
         state.valid_until.min(reserved.valid_until)
@@ -597,4 +714,69 @@ fn credit(pending: &Pending, at: Nanos, reserved: &Reserved) {
     };
     state.valid_from = at;
     state.rate = rate;
+}
+
+/// Every [`SETTLE_EVERY`], gives back the credit of the current term that has expired or
+/// whose key saw no hit for a `horizon`. Ends with the [`Reservations`] it serves.
+async fn settle_unused(
+    state: Weak<ArcSwap<State>>,
+    shared: Arc<SharedState>,
+    clock: Arc<LeaderClock>,
+) {
+    loop {
+        tokio::time::sleep(SETTLE_EVERY).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let State::On(term) = &**state.load() else {
+            continue;
+        };
+        let horizon = shared.policy.load().set.reservations.horizon;
+        let now = clock.now();
+        let mut items: Vec<SettleItem> = term
+            .lock()
+            .values_mut()
+            .filter(|s| {
+                s.pending.is_none()
+                    && (s.valid_until <= now
+                        || (s.demand == 0 && now.saturating_sub(s.demand_since) >= horizon))
+            })
+            .filter_map(KeyState::give_back)
+            .collect();
+        // In key order, so a simulated run replays the same log.
+        items.sort_by(|a, b| (&a.limit, &a.key).cmp(&(&b.limit, &b.key)));
+        for item in items {
+            term.settle(Some(item));
+        }
+    }
+}
+
+/// Proposes queued settles in batches, one [`Command::Settle`] entry each.
+async fn run_settles(
+    rx: mpsc::Receiver<SettleItem>,
+    raft: Raft,
+    clock: Arc<LeaderClock>,
+    metrics: Arc<Metrics>,
+    settings: BatchSettings,
+) {
+    propose_batches(
+        rx,
+        settings,
+        |_| 1,
+        |items, _, slot| {
+            let raft = raft.clone();
+            let metrics = Arc::clone(&metrics);
+            let ts = clock.now();
+            tokio::spawn(async move {
+                let unused: u64 = items.iter().map(|i| i.unused).sum();
+                match raft.client_write(Command::Settle { ts, items }).await {
+                    Ok(_) => metrics.settled_quota.inc_by(unused),
+                    // Left counted: under-granted, never over.
+                    Err(e) => tracing::debug!(error = %e, unused, "settle not committed"),
+                }
+                drop(slot);
+            });
+        },
+    )
+    .await;
 }

@@ -166,6 +166,21 @@ pub enum Command {
         ts: Nanos,
         grants: Vec<crate::quota::Grant>,
     },
+    /// Unused parts of `strict` reservations the leader gave up (it can no longer spend
+    /// them): each is taken back from the counting bucket it was recorded in, so a crash
+    /// or a sliding window's next window loses less (see `engine::reserve`).
+    Settle { ts: Nanos, items: Vec<SettleItem> },
+}
+
+/// The unused part of one key's reservations, given back by a [`Command::Settle`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleItem {
+    pub limit: String,
+    pub key: String,
+    pub rate: Rate,
+    /// The end of the reservations' validity: names the bucket they were recorded in.
+    pub valid_until: Nanos,
+    pub unused: u64,
 }
 
 /// One key's reservation request in a [`Command::Reserve`] entry. Like a [`Hit`], it
@@ -210,7 +225,8 @@ impl Command {
             | Command::RollbackPolicy { ts, .. }
             | Command::Requests { ts, .. }
             | Command::Reserve { ts, .. }
-            | Command::Assign { ts, .. } => *ts,
+            | Command::Assign { ts, .. }
+            | Command::Settle { ts, .. } => *ts,
         }
     }
 }
@@ -252,4 +268,6 @@ pub enum CommandResponse {
     Reserved { at: Nanos, outcomes: Vec<Reserved> },
     /// A [`Command::Assign`] was recorded.
     Assigned,
+    /// A [`Command::Settle`] was applied.
+    Settled,
 }

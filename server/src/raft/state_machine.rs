@@ -294,6 +294,18 @@ impl StateMachine {
                 }
                 CommandResponse::Assigned
             }
+            Command::Settle { items, .. } => {
+                let counters = self.shared.counters.load();
+                for item in &items {
+                    counters.refund(
+                        &counter_key(&item.limit, &item.key),
+                        &item.rate,
+                        item.valid_until,
+                        item.unused,
+                    );
+                }
+                CommandResponse::Settled
+            }
             Command::RollbackPolicy { version, .. } => {
                 let old = self
                     .shared
@@ -616,6 +628,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::SettleItem;
     use openraft::{CommittedLeaderId, EntryPayload};
 
     fn entry(index: u64, command: Command) -> Entry {
@@ -679,6 +692,71 @@ mod tests {
             .unwrap();
         assert_eq!(r[0], CommandResponse::Policy(Ok(1)));
         assert_eq!(allowed(&r[1]), 3);
+    }
+
+    #[tokio::test]
+    async fn a_settle_gives_back_the_unused_part_of_a_reservation_in_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let reserve = Command::Reserve {
+            ts: SECOND,
+            items: vec![ReserveItem {
+                limit: "l".into(),
+                key: "k".into(),
+                rate: three_per_minute(),
+                request: quorate_algorithms::ReserveRequest {
+                    need: 1,
+                    extra_cap: 2,
+                    fraction_percent: 100,
+                    horizon: SECOND,
+                },
+            }],
+        };
+        let r = sm.apply(vec![entry(1, reserve)]).await.unwrap();
+        let CommandResponse::Reserved { outcomes, .. } = &r[0] else {
+            panic!("not reserved: {:?}", r[0]);
+        };
+        assert_eq!(outcomes[0].granted, 3);
+        let settle = |unused| Command::Settle {
+            ts: 2 * SECOND,
+            items: vec![SettleItem {
+                limit: "l".into(),
+                key: "k".into(),
+                rate: three_per_minute(),
+                valid_until: outcomes[0].valid_until,
+                unused,
+            }],
+        };
+        // One of the three was spent: two come back, and only two more hits pass.
+        let r = sm
+            .apply(vec![
+                entry(2, settle(2)),
+                entry(3, hits(3 * SECOND, "l", "k", 3)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[0], CommandResponse::Settled);
+        assert_eq!(allowed(&r[1]), 2);
+        // A settle naming a bucket the counter no longer holds changes nothing.
+        let later = Command::Settle {
+            ts: 4 * SECOND,
+            items: vec![SettleItem {
+                valid_until: 60 * SECOND * 5,
+                unused: 3,
+                ..match settle(0) {
+                    Command::Settle { items, .. } => items[0].clone(),
+                    _ => unreachable!(),
+                }
+            }],
+        };
+        let r = sm
+            .apply(vec![
+                entry(4, later),
+                entry(5, hits(5 * SECOND, "l", "k", 1)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(allowed(&r[1]), 0);
     }
 
     #[tokio::test]
