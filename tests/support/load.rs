@@ -24,6 +24,8 @@ pub struct Tally {
 pub struct FailoverLoad {
     pub tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
+    /// Microseconds each client waits between requests (0: closed loop).
+    pace_us: Arc<AtomicU64>,
     killed_at: Arc<Mutex<Option<Instant>>>,
     /// The first decision for a request sent after the kill: when, and through which node.
     served_after_kill: Arc<Mutex<Option<(Instant, u64)>>>,
@@ -40,6 +42,7 @@ impl FailoverLoad {
     ) -> FailoverLoad {
         let tally = Arc::new(Tally::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let pace_us = Arc::new(AtomicU64::new(0));
         let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
         let served_after_kill: Arc<Mutex<Option<(Instant, u64)>>> = Arc::default();
         let mut clients = Vec::new();
@@ -47,9 +50,14 @@ impl FailoverLoad {
             for _ in 0..per_node {
                 let mut client = cluster.node(id).client();
                 let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
+                let pace_us = Arc::clone(&pace_us);
                 let (killed_at, served) = (Arc::clone(&killed_at), Arc::clone(&served_after_kill));
                 clients.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
+                        let pace = pace_us.load(Ordering::Relaxed);
+                        if pace > 0 {
+                            tokio::time::sleep(Duration::from_micros(pace)).await;
+                        }
                         let sent = Instant::now();
                         let after_kill = killed_at.lock().unwrap().is_some_and(|k| sent > k);
                         match api::check(&mut client, limit, "k", None).await {
@@ -79,6 +87,7 @@ impl FailoverLoad {
         FailoverLoad {
             tally,
             stop,
+            pace_us,
             killed_at,
             served_after_kill,
             clients,
@@ -95,9 +104,18 @@ impl FailoverLoad {
         .unwrap();
     }
 
-    /// Records now as the kill instant (call right after killing) and returns it.
+    /// Makes every client wait `pace` between requests (zero: back to a closed loop).
+    pub fn set_pace(&self, pace: Duration) {
+        let us = u64::try_from(pace.as_micros()).unwrap_or(u64::MAX);
+        self.pace_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Records now as the kill instant (call right after killing) and returns it. What
+    /// was seen after an earlier kill starts again from nothing.
     pub fn mark_killed(&self) -> Instant {
         let kill = Instant::now();
+        *self.served_after_kill.lock().unwrap() = None;
+        self.tally.denied_after_kill.store(0, Ordering::SeqCst);
         *self.killed_at.lock().unwrap() = Some(kill);
         kill
     }
