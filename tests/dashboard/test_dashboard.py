@@ -7,10 +7,14 @@ follower through chromedriver (WebDriver) and checks what an operator sees:
 1. three members, the right one marked leader, no request to any other origin, no
    console error;
 2. the traffic chart moves (its pixels and its newest second change under load);
-3. without the admin token the operations are absent (and a wrong token is refused);
-4. a rollback done through the page, with the token, changes the live policy version
+3. the Envoy RLQS panel says no proxy is connected, then shows a bucket and the proxies
+   reporting it (real RLQS streams from stubs of Envoy's rlqs.proto, which run.sh
+   generates) with shares that sum to at most the limit; a per-tenant bucket value never
+   appears in the page (only its digest);
+4. without the admin token the operations are absent (and a wrong token is refused);
+5. a rollback done through the page, with the token, changes the live policy version
    (checked through the admin API, not the page);
-5. a SIGKILLed leader is shown "down" within 3 s, and the new leader is shown.
+6. a SIGKILLed leader is shown "down" within 3 s, and the new leader is shown.
 
 Screenshots of every step go to target/dashboard-screenshots/.
 """
@@ -40,6 +44,8 @@ SHOTS = os.path.join(ROOT, "target", "dashboard-screenshots")
 TOKEN = "dashboard-test-admin-token"
 ALICE = "alice-secret-key"
 BOB = "bob-secret-key"
+# A per-tenant RLQS bucket value that looks like a credential: shown only as a digest.
+TENANT = "tenant-secret-token-77"
 
 
 def free_port():
@@ -302,6 +308,100 @@ def test_the_traffic_chart_moves(page, load, browser):
     assert ALICE not in browser.page_source and BOB not in browser.page_source
     shot(browser, "02-traffic", "traffic")
     shot(browser, "03-hotkeys", "hotkeys")
+
+
+class RlqsProxy:
+    """One simulated Envoy `rate_limit_quota` filter: a real RLQS stream to `node` that
+    reports `buckets` (dicts of bucket_id entries) at `per_second` requests every 250 ms,
+    as Envoy's reporting_interval would, until stopped."""
+
+    def __init__(self, node, buckets, per_second):
+        import grpc
+        from envoy.service.rate_limit_quota.v3 import rlqs_pb2, rlqs_pb2_grpc
+        from google.protobuf import duration_pb2
+
+        self.pb = rlqs_pb2
+        self.interval = duration_pb2.Duration(nanos=250_000_000)
+        self.buckets = buckets
+        self.per_second = per_second
+        self.stop = threading.Event()
+        self.pushes = 0
+        self.channel = grpc.insecure_channel(node.grpc)
+        stub = rlqs_pb2_grpc.RateLimitQuotaServiceStub(self.channel)
+        self.responses = stub.StreamRateLimitQuotas(self.reports())
+        self.reader = threading.Thread(target=self.read, daemon=True)
+        self.reader.start()
+
+    def reports(self):
+        first = True
+        while not self.stop.is_set():
+            n = int(self.per_second / 4)
+            usages = [self.pb.RateLimitQuotaUsageReports.BucketQuotaUsage(
+                bucket_id=self.pb.BucketId(bucket=b), num_requests_allowed=n - n // 4,
+                num_requests_denied=n // 4, time_elapsed=self.interval) for b in self.buckets]
+            yield self.pb.RateLimitQuotaUsageReports(domain="edge" if first else "", bucket_quota_usages=usages)
+            first = False
+            self.stop.wait(0.25)
+
+    def read(self):
+        try:
+            for _ in self.responses:
+                self.pushes += 1
+        except Exception:  # noqa: BLE001 - the stream ends when stopped or on failover
+            pass
+
+    def close(self):
+        self.stop.set()
+        self.responses.cancel()
+        self.channel.close()
+
+
+def rlqs_state(driver):
+    """The RLQS panel, read in one script call (it is redrawn every second)."""
+    return driver.execute_script(
+        "const s = document.getElementById('rlqs');"
+        "return {configured: s.dataset.configured, empty: document.getElementById('rlqs-empty').hidden ? null :"
+        " document.getElementById('rlqs-empty').textContent, head: document.getElementById('rlqs-head').textContent,"
+        " buckets: [...s.querySelectorAll('.bucket')].map(b => ({rule: b.dataset.rule, limit: Number(b.dataset.limit),"
+        " assigned: Number(b.dataset.assigned), text: b.textContent,"
+        " shares: [...b.querySelectorAll('tbody tr')].map(r => Number(r.dataset.share))}))}")
+
+
+def test_the_rlqs_panel_shows_a_bucket_and_its_proxies(cluster, page, browser):
+    # Before any proxy connects: the panel says so (and says RLQS is configured).
+    state = eventually("RLQS empty state", lambda: (s := rlqs_state(browser))["empty"] and s)
+    assert state["configured"] == "yes", state
+    assert "No proxies connected" in state["empty"], state
+    shot(browser, "03b-rlqs-empty", "rlqs")
+
+    leader = next(n for n in cluster if n.id == leader_of(cluster))
+    proxies = [RlqsProxy(leader, [{"name": "api"}, {"tenant": TENANT}], 240),
+               RlqsProxy(leader, [{"name": "api"}], 120),
+               RlqsProxy(leader, [{"name": "api"}], 40)]
+    try:
+        def shown():
+            s = rlqs_state(browser)
+            api = next((b for b in s["buckets"] if b["rule"] == "api"), None)
+            if api and len(api["shares"]) == 3 and all(x > 0 for x in api["shares"]) and s["empty"] is None:
+                return s
+            return None
+
+        state = eventually("the api bucket with three proxies holding shares", shown, timeout=30)
+        api = next(b for b in state["buckets"] if b["rule"] == "api")
+        assert sum(api["shares"]) <= api["limit"], api
+        assert api["assigned"] <= api["limit"], api
+        assert "edge / api" in api["text"] and "name=api" in api["text"], api["text"]
+        assert any(b["rule"] == "per_tenant" for b in state["buckets"]), state
+        # The page is on a follower: the shares come from the leader, and it says so.
+        assert f"node {leader.id}, the leader" in state["head"], state["head"]
+        assert TENANT not in browser.page_source
+        assert all(p.pushes > 0 for p in proxies), [p.pushes for p in proxies]
+        severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+        shot(browser, "03c-rlqs", "rlqs")
+    finally:
+        for p in proxies:
+            p.close()
 
 
 def test_without_the_token_operations_are_absent(page, browser):

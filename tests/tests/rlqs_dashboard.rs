@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_client::RateLimitQuotaServiceClient;
 use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_usage_reports::BucketQuotaUsage;
-use envoy_types::pb::envoy::service::rate_limit_quota::v3::{
-    BucketId, RateLimitQuotaUsageReports,
-};
+use envoy_types::pb::envoy::service::rate_limit_quota::v3::{BucketId, RateLimitQuotaUsageReports};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use quorate_e2e::api::http;
 use quorate_e2e::{eventually, Cluster, NodeOptions};
@@ -136,10 +134,7 @@ async fn view(http_addr: SocketAddr, query: &str) -> Value {
 }
 
 fn find<'a>(v: &'a Value, rule: &str) -> Option<&'a Value> {
-    v["buckets"]
-        .as_array()?
-        .iter()
-        .find(|b| b["rule"] == rule)
+    v["buckets"].as_array()?.iter().find(|b| b["rule"] == rule)
 }
 
 fn f(v: &Value) -> f64 {
@@ -169,16 +164,20 @@ async fn the_view_shows_buckets_proxies_and_shares_within_the_limit() {
         proxy(grpc, vec![api.clone()], 20),
     ];
 
-    let v = eventually(Duration::from_secs(20), "three proxies with shares", || async {
-        let v = view(leader_http, "").await;
-        let b = find(&v, "api")?;
-        let proxies = b["proxies"].as_array()?;
-        let shared = proxies
-            .iter()
-            .filter(|p| f(&p["share_per_second"]) > 0.0)
-            .count();
-        (proxies.len() == 3 && shared == 3 && f(&b["demand_per_second"]) > 150.0).then_some(v)
-    })
+    let v = eventually(
+        Duration::from_secs(20),
+        "three proxies with shares",
+        || async {
+            let v = view(leader_http, "").await;
+            let b = find(&v, "api")?;
+            let proxies = b["proxies"].as_array()?;
+            let shared = proxies
+                .iter()
+                .filter(|p| f(&p["share_per_second"]) > 0.0)
+                .count();
+            (proxies.len() == 3 && shared == 3 && f(&b["demand_per_second"]) > 150.0).then_some(v)
+        },
+    )
     .await
     .unwrap();
     let b = find(&v, "api").unwrap();
@@ -193,10 +192,16 @@ async fn the_view_shows_buckets_proxies_and_shares_within_the_limit() {
     let proxies = b["proxies"].as_array().unwrap();
     let shares: f64 = proxies.iter().map(|p| f(&p["share_per_second"])).sum();
     assert!(shares <= f(&b["assignable_per_second"]) + 1e-9, "{b}");
-    assert!(f(&b["assigned_per_second"]) <= f(&b["assignable_per_second"]) + 1e-9, "{b}");
+    assert!(
+        f(&b["assigned_per_second"]) <= f(&b["assignable_per_second"]) + 1e-9,
+        "{b}"
+    );
     assert!(f(&b["assignable_per_second"]) < 100.0, "{b}");
     assert!(f(&b["reserve_tokens"]) >= 1.0, "{b}");
-    assert!(f(&b["reserve_tokens_free"]) <= f(&b["reserve_tokens"]), "{b}");
+    assert!(
+        f(&b["reserve_tokens_free"]) <= f(&b["reserve_tokens"]),
+        "{b}"
+    );
     // The largest share first, and it follows the largest demand.
     assert!(f(&proxies[0]["share_per_second"]) >= f(&proxies[2]["share_per_second"]));
     for p in proxies {
@@ -223,10 +228,14 @@ async fn the_view_shows_buckets_proxies_and_shares_within_the_limit() {
 
     // A follower answers with the leader's view and says who made it.
     let follower_http = cluster.node(follower).http;
-    let via = eventually(Duration::from_secs(10), "the leader's view via a follower", || async {
-        let v = view(follower_http, "").await;
-        (find(&v, "api").is_some()).then_some(v)
-    })
+    let via = eventually(
+        Duration::from_secs(10),
+        "the leader's view via a follower",
+        || async {
+            let v = view(follower_http, "").await;
+            (find(&v, "api").is_some()).then_some(v)
+        },
+    )
     .await
     .unwrap();
     assert_eq!(via["served_by"], leader, "{via}");
@@ -257,12 +266,14 @@ async fn the_view_shows_buckets_proxies_and_shares_within_the_limit() {
     };
     let demand = gauge(r#"quorate_rlqs_demand_requests_per_second{domain="fleet",rule="api"}"#);
     assert!(demand.is_some_and(|d| d > 150.0), "{metrics}");
-    let assigned =
-        gauge(r#"quorate_rlqs_assigned_requests_per_second{domain="fleet",rule="api"}"#);
+    let assigned = gauge(r#"quorate_rlqs_assigned_requests_per_second{domain="fleet",rule="api"}"#);
     assert!(assigned.is_some_and(|a| a > 0.0 && a < 100.0), "{metrics}");
     assert!(gauge("quorate_rlqs_rounds_total").is_some_and(|r| r >= 1.0));
     for line in metrics.lines().filter(|l| l.starts_with("quorate_rlqs_")) {
-        assert!(!line.contains("tenant="), "a bucket_id value as a label: {line}");
+        assert!(
+            !line.contains("tenant="),
+            "a bucket_id value as a label: {line}"
+        );
     }
 }
 
@@ -283,10 +294,14 @@ async fn a_flood_of_buckets_and_a_crowded_bucket_are_capped_in_the_view() {
     for _ in 0..25 {
         fleet.push(proxy(node.grpc, vec![bucket(&[("name", "api")])], 8));
     }
-    let v = eventually(Duration::from_secs(30), "every bucket subscribed", || async {
-        let v = view(node.http, "").await;
-        (v["buckets_total"] == 301 && v["subscriptions_total"] == 325).then_some(v)
-    })
+    let v = eventually(
+        Duration::from_secs(30),
+        "every bucket subscribed",
+        || async {
+            let v = view(node.http, "").await;
+            (v["buckets_total"] == 301 && v["subscriptions_total"] == 325).then_some(v)
+        },
+    )
     .await
     .unwrap();
     let listed = v["buckets"].as_array().unwrap();
