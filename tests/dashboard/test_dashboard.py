@@ -382,12 +382,20 @@ def rlqs_state(driver):
         " shares: [...b.querySelectorAll('tbody tr')].map(r => Number(r.dataset.share))}))}")
 
 
+def shot_below_header(driver, name, section):
+    """A screenshot with `section`'s title just below the page's sticky header."""
+    driver.execute_script("const s = document.getElementById(arguments[0]); s.scrollIntoView();"
+                          "window.scrollBy(0, -document.querySelector('header').offsetHeight - 8)", section)
+    time.sleep(0.3)
+    return shot(driver, name)
+
+
 def test_the_rlqs_panel_shows_a_bucket_and_its_proxies(cluster, page, browser):
     # Before any proxy connects: the panel says so (and says RLQS is configured).
     state = eventually("RLQS empty state", lambda: (s := rlqs_state(browser))["empty"] and s)
     assert state["configured"] == "yes", state
     assert "No proxies connected" in state["empty"], state
-    shot(browser, "03b-rlqs-empty", "rlqs")
+    shot_below_header(browser, "03b-rlqs-empty", "rlqs")
 
     proxies = [RlqsProxy(cluster, [{"name": "api"}, {"tenant": TENANT}], 240),
                RlqsProxy(cluster, [{"name": "api"}], 120),
@@ -423,7 +431,7 @@ def test_the_rlqs_panel_shows_a_bucket_and_its_proxies(cluster, page, browser):
         assert all(p.pushes > 0 for p in proxies), [p.pushes for p in proxies]
         severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
-        shot(browser, "03c-rlqs", "rlqs")
+        shot_below_header(browser, "03c-rlqs", "rlqs")
     finally:
         for p in proxies:
             p.close()

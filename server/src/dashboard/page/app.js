@@ -301,6 +301,10 @@ function bar(cls, width, side) {
   return el;
 }
 
+// Stream ids use all 64 bits (unique across nodes and restarts); consecutive streams
+// differ in the low digits, which are enough to tell a bucket's proxies apart.
+const shortId = (id) => "…" + BigInt(id).toString(16).slice(-6);
+
 function renderBucket(b) {
   const id = b.bucket_id.map((e) => e.key + "=" + e.value + (e.matched === "wildcard" ? " (pattern)" : "")).join(", ");
   const pct = (x) => b.limit_per_second > 0 ? Math.min(100, (100 * x) / b.limit_per_second) : 0;
@@ -321,9 +325,9 @@ function renderBucket(b) {
       bar("assigned", pct(b.assigned_per_second).toFixed(1) + "%", "left"),
       bar("reserve", pct(reserve).toFixed(1) + "%", "right")),
     h("table", { class: "proxies" },
-      h("thead", {}, h("tr", {}, ["Proxy (stream)", "Peer", "Share /s", "Tokens", "Expires in", "Held for", "Demand /s", "Allowed /s", "Denied /s", "Last report"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Proxy (stream)", "Peer address", "Share /s", "Tokens", "Expires in", "Held for", "Demand /s", "Allowed /s", "Denied /s", "Last report"].map((t) => h("th", {}, t)))),
       h("tbody", {}, b.proxies.map((p) => h("tr", { "data-proxy": p.id, "data-share": p.share_per_second },
-        h("td", { class: "key", title: "subscription " + p.id }, p.stream),
+        h("td", { class: "key", title: "stream " + p.stream + ", subscription " + p.id }, shortId(p.stream)),
         h("td", {}, p.peer || "–"),
         h("td", {}, bar("share", Math.round(60 * p.share_per_second / maxShare) + "px"), fmtRate(p.share_per_second)),
         h("td", {}, p.max_tokens ?? "–"), h("td", {}, fmtAgo(p.expires_in_ms)), h("td", {}, fmtAgo(p.share_age_ms)),
