@@ -704,6 +704,32 @@ mod tests {
     }
 
     #[test]
+    fn rlqs_rule_gauges_are_capped_and_follow_the_last_round() {
+        let m = Metrics::new().unwrap();
+        let mut rules = std::collections::BTreeMap::new();
+        for i in 0..MAX_RLQS_RULE_SERIES + 5 {
+            rules.insert(("edge".to_string(), format!("r{i}")), (1_500, 1_000));
+        }
+        m.rlqs.observe_rules(&rules);
+        let series = |m: &Metrics| {
+            m.render()
+                .lines()
+                .filter(|l| l.starts_with("quorate_rlqs_demand_requests_per_second{"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(series(&m).len(), MAX_RLQS_RULE_SERIES);
+        assert!(series(&m)[0].ends_with(" 1.5"), "{:?}", series(&m)[0]);
+        // A rule gone from the round loses its series.
+        let one = std::collections::BTreeMap::from([(("edge".into(), "api".into()), (2_000, 0))]);
+        m.rlqs.observe_rules(&one);
+        assert_eq!(
+            series(&m),
+            [r#"quorate_rlqs_demand_requests_per_second{domain="edge",rule="api"} 2"#]
+        );
+    }
+
+    #[test]
     fn redacted_values_are_short_distinct_digests() {
         let a = redacted_value("sk_live_SECRET");
         assert!(!a.contains("SECRET"));
