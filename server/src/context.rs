@@ -29,6 +29,8 @@ pub struct NodeContext {
     pub authz: Arc<crate::decide::authz::Authorizer>,
     /// The operations dashboard's node-local state.
     pub dashboard: Arc<crate::dashboard::Dashboard>,
+    /// Envoy RLQS (the dashboard shows its buckets and shares).
+    pub rlqs: Arc<crate::grpc::rlqs::Rlqs>,
 }
 
 impl std::fmt::Debug for NodeContext {

@@ -41,7 +41,18 @@ pub struct RlqsMetrics {
     pub abandoned: IntCounter,
     /// Streams ended or refused, by reason.
     pub refused: IntCounterVec,
+    /// Share rounds the leader ran (each re-divides every bucket).
+    pub rounds: IntCounter,
+    /// Reported demand per bucket rule (requests/s, summed over its buckets and proxies),
+    /// labelled by the policy's domain and rule names only: never a bucket_id value or a
+    /// proxy, so the series are bounded by the policy (and by [`MAX_RLQS_RULE_SERIES`]).
+    pub demand: GaugeVec,
+    /// Rate assigned in the last round per bucket rule (requests/s), labelled like `demand`.
+    pub assigned: GaugeVec,
 }
+
+/// Most (domain, rule) series of the per-rule RLQS gauges.
+pub const MAX_RLQS_RULE_SERIES: usize = 1_000;
 
 impl RlqsMetrics {
     fn new(r: &Registry) -> prometheus::Result<RlqsMetrics> {
@@ -82,7 +93,48 @@ impl RlqsMetrics {
                     &["reason"],
                 )?,
             )?,
+            rounds: counter(
+                r,
+                "rlqs_rounds_total",
+                "RLQS share rounds run by this leader",
+            )?,
+            demand: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "rlqs_demand_requests_per_second",
+                        "Demand the proxies reported per RLQS bucket rule (allowed + denied)",
+                    ),
+                    &["domain", "rule"],
+                )?,
+            )?,
+            assigned: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "rlqs_assigned_requests_per_second",
+                        "Rate assigned to proxies in the last round per RLQS bucket rule",
+                    ),
+                    &["domain", "rule"],
+                )?,
+            )?,
         })
+    }
+
+    /// Sets the per-rule gauges to one round's sums ((domain, rule) → demand and assigned
+    /// rate, milli-requests per second); rules absent from `rules` lose their series.
+    pub fn observe_rules(&self, rules: &std::collections::BTreeMap<(String, String), (u64, u64)>) {
+        self.demand.reset();
+        self.assigned.reset();
+        for ((domain, rule), (demand, assigned)) in rules.iter().take(MAX_RLQS_RULE_SERIES) {
+            let labels = [domain.as_str(), rule.as_str()];
+            self.demand
+                .with_label_values(&labels)
+                .set(*demand as f64 / 1000.0);
+            self.assigned
+                .with_label_values(&labels)
+                .set(*assigned as f64 / 1000.0);
+        }
     }
 
     pub fn observe_hub(&self, buckets: usize, subscriptions: usize) {
@@ -656,6 +708,32 @@ mod tests {
             used += 1;
         }
         assert!(used > 20);
+    }
+
+    #[test]
+    fn rlqs_rule_gauges_are_capped_and_follow_the_last_round() {
+        let m = Metrics::new().unwrap();
+        let mut rules = std::collections::BTreeMap::new();
+        for i in 0..MAX_RLQS_RULE_SERIES + 5 {
+            rules.insert(("edge".to_string(), format!("r{i}")), (1_500, 1_000));
+        }
+        m.rlqs.observe_rules(&rules);
+        let series = |m: &Metrics| {
+            m.render()
+                .lines()
+                .filter(|l| l.starts_with("quorate_rlqs_demand_requests_per_second{"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(series(&m).len(), MAX_RLQS_RULE_SERIES);
+        assert!(series(&m)[0].ends_with(" 1.5"), "{:?}", series(&m)[0]);
+        // A rule gone from the round loses its series.
+        let one = std::collections::BTreeMap::from([(("edge".into(), "api".into()), (2_000, 0))]);
+        m.rlqs.observe_rules(&one);
+        assert_eq!(
+            series(&m),
+            [r#"quorate_rlqs_demand_requests_per_second{domain="edge",rule="api"} 2"#]
+        );
     }
 
     #[test]

@@ -185,6 +185,14 @@ pub async fn run(
         http_client.clone(),
         crate::authz::jwt::JwtSettings::default(),
     ));
+    // RLQS streams live long: outside the per-decision overload budget; bounded by the
+    // policy's bucket caps instead.
+    let rlqs = crate::grpc::rlqs::Rlqs::new(
+        raft.clone(),
+        Arc::clone(&engine),
+        Arc::clone(&metrics),
+        config.id,
+    );
     let ctx = NodeContext {
         id: config.id,
         node,
@@ -201,6 +209,7 @@ pub async fn run(
             Arc::clone(engine.shared()),
             http_client.clone(),
         )?),
+        rlqs: Arc::clone(&rlqs),
     };
     crate::dashboard::start(&ctx.dashboard, ctx.raft.clone(), Arc::clone(&ctx.metrics));
 
@@ -227,14 +236,6 @@ pub async fn run(
     // Decisions on both public listeners share one budget; see `overload.rs`.
     let overload = crate::overload::Overload::new(config.overload);
     let decisions = overload.grpc_layer();
-    // RLQS streams live long: outside the per-decision overload budget; bounded by the
-    // policy's bucket caps instead.
-    let rlqs = crate::grpc::rlqs::Rlqs::new(
-        raft.clone(),
-        Arc::clone(&engine),
-        Arc::clone(&metrics),
-        config.id,
-    );
     tokio::spawn(Arc::clone(&rlqs).run_rounds());
     let grpc = tonic::transport::Server::builder()
         .add_service(decisions.layer(RateLimiterService::server(Arc::clone(&engine))))

@@ -4,7 +4,8 @@
 # under load. Screenshots of each step land in target/dashboard-screenshots/.
 #
 # Needs the binary (QUORATE_BIN, default target/debug/quorate), chromium, chromedriver and
-# python3 with pytest and selenium (scripts/install-deps.sh installs them).
+# python3 with pytest, selenium, grpcio and grpcio-tools (scripts/install-deps.sh installs
+# them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -16,4 +17,20 @@ fi
 for tool in chromium chromedriver; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool not found (scripts/install-deps.sh)" >&2; exit 1; }
 done
-python3 -m pytest -q -x tests/dashboard/test_dashboard.py "$@"
+
+# Python gRPC stubs for Envoy's RLQS service (from the protos inside the envoy-types
+# crate): the test opens real RLQS streams so the page's RLQS panel has proxies to show.
+stubs="$(mktemp -d)"
+trap 'rm -rf "$stubs"' EXIT
+proto_root="$(cargo metadata --format-version 1 | python3 -c '
+import json, os, sys
+meta = json.load(sys.stdin)
+paths = [p["manifest_path"] for p in meta["packages"] if p["name"] == "envoy-types"]
+if not paths:
+    sys.exit("envoy-types is not in cargo metadata")
+print(os.path.join(os.path.dirname(paths[0]), "proto"))
+')"
+python3 tests/python/gen_stubs.py "$proto_root" "$stubs" \
+  envoy/service/rate_limit_quota/v3/rlqs.proto
+PYTHONPATH="$stubs${PYTHONPATH:+:$PYTHONPATH}" \
+  python3 -m pytest -q -x -p no:cacheprovider tests/dashboard/test_dashboard.py "$@"

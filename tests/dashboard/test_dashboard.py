@@ -7,10 +7,14 @@ follower through chromedriver (WebDriver) and checks what an operator sees:
 1. three members, the right one marked leader, no request to any other origin, no
    console error;
 2. the traffic chart moves (its pixels and its newest second change under load);
-3. without the admin token the operations are absent (and a wrong token is refused);
-4. a rollback done through the page, with the token, changes the live policy version
+3. the Envoy RLQS panel says no proxy is connected, then shows a bucket and the proxies
+   reporting it (real RLQS streams from stubs of Envoy's rlqs.proto, which run.sh
+   generates) with shares that sum to at most the limit; a per-tenant bucket value never
+   appears in the page (only its digest);
+4. without the admin token the operations are absent (and a wrong token is refused);
+5. a rollback done through the page, with the token, changes the live policy version
    (checked through the admin API, not the page);
-5. a SIGKILLed leader is shown "down" within 3 s, and the new leader is shown.
+6. a SIGKILLed leader is shown "down" within 3 s, and the new leader is shown.
 
 Screenshots of every step go to target/dashboard-screenshots/.
 """
@@ -40,6 +44,8 @@ SHOTS = os.path.join(ROOT, "target", "dashboard-screenshots")
 TOKEN = "dashboard-test-admin-token"
 ALICE = "alice-secret-key"
 BOB = "bob-secret-key"
+# A per-tenant RLQS bucket value that looks like a credential: shown only as a digest.
+TENANT = "tenant-secret-token-77"
 
 
 def free_port():
@@ -302,6 +308,133 @@ def test_the_traffic_chart_moves(page, load, browser):
     assert ALICE not in browser.page_source and BOB not in browser.page_source
     shot(browser, "02-traffic", "traffic")
     shot(browser, "03-hotkeys", "hotkeys")
+
+
+class RlqsProxy:
+    """One simulated Envoy `rate_limit_quota` filter: a real RLQS stream to the cluster's
+    leader that reports `buckets` (dicts of bucket_id entries) at `per_second` requests
+    every 250 ms, as Envoy's reporting_interval would, until stopped. Like Envoy, it
+    reconnects when its stream ends (a follower refuses streams; elections happen on a
+    loaded machine)."""
+
+    def __init__(self, cluster, buckets, per_second):
+        from envoy.service.rate_limit_quota.v3 import rlqs_pb2
+        from google.protobuf import duration_pb2
+
+        self.pb = rlqs_pb2
+        self.interval = duration_pb2.Duration(nanos=250_000_000)
+        self.cluster = cluster
+        self.buckets = buckets
+        self.per_second = per_second
+        self.stop = threading.Event()
+        self.pushes = 0
+        self.ended = []
+        self.call = None
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def reports(self):
+        first = True
+        while not self.stop.is_set():
+            n = int(self.per_second / 4)
+            usages = [self.pb.RateLimitQuotaUsageReports.BucketQuotaUsage(
+                bucket_id=self.pb.BucketId(bucket=b), num_requests_allowed=n - n // 4,
+                num_requests_denied=n // 4, time_elapsed=self.interval) for b in self.buckets]
+            yield self.pb.RateLimitQuotaUsageReports(domain="edge" if first else "", bucket_quota_usages=usages)
+            first = False
+            self.stop.wait(0.25)
+
+    def run(self):
+        import grpc
+        from envoy.service.rate_limit_quota.v3 import rlqs_pb2_grpc
+
+        while not self.stop.is_set():
+            leader = leader_of(self.cluster)
+            node = next((n for n in self.cluster if n.id == leader), None)
+            if node is None:
+                self.stop.wait(0.2)
+                continue
+            with grpc.insecure_channel(node.grpc) as channel:
+                stub = rlqs_pb2_grpc.RateLimitQuotaServiceStub(channel)
+                self.call = stub.StreamRateLimitQuotas(self.reports())
+                try:
+                    for _ in self.call:
+                        self.pushes += 1
+                except Exception as e:  # noqa: BLE001 - ended by a refusal, a failover or close()
+                    self.ended = (self.ended + [str(e)[:200]])[-3:]
+            self.stop.wait(0.2)
+
+    def close(self):
+        self.stop.set()
+        if self.call is not None:
+            self.call.cancel()
+        self.thread.join(timeout=5)
+
+
+def rlqs_state(driver):
+    """The RLQS panel, read in one script call (it is redrawn every second)."""
+    return driver.execute_script(
+        "const s = document.getElementById('rlqs');"
+        "return {configured: s.dataset.configured, empty: document.getElementById('rlqs-empty').hidden ? null :"
+        " document.getElementById('rlqs-empty').textContent, head: document.getElementById('rlqs-head').textContent,"
+        " buckets: [...s.querySelectorAll('.bucket')].map(b => ({rule: b.dataset.rule, limit: Number(b.dataset.limit),"
+        " assigned: Number(b.dataset.assigned), text: b.textContent,"
+        " shares: [...b.querySelectorAll('tbody tr')].map(r => Number(r.dataset.share))}))}")
+
+
+def shot_below_header(driver, name, section):
+    """A screenshot with `section`'s title just below the page's sticky header."""
+    driver.execute_script("const s = document.getElementById(arguments[0]); s.scrollIntoView();"
+                          "window.scrollBy(0, -document.querySelector('header').offsetHeight - 8)", section)
+    time.sleep(0.3)
+    return shot(driver, name)
+
+
+def test_the_rlqs_panel_shows_a_bucket_and_its_proxies(cluster, page, browser):
+    # Before any proxy connects: the panel says so (and says RLQS is configured).
+    state = eventually("RLQS empty state", lambda: (s := rlqs_state(browser))["empty"] and s)
+    assert state["configured"] == "yes", state
+    assert "No proxies connected" in state["empty"], state
+    shot_below_header(browser, "03b-rlqs-empty", "rlqs")
+
+    proxies = [RlqsProxy(cluster, [{"name": "api"}, {"tenant": TENANT}], 240),
+               RlqsProxy(cluster, [{"name": "api"}], 120),
+               RlqsProxy(cluster, [{"name": "api"}], 40)]
+    try:
+        seen = []
+
+        def shown():
+            s = rlqs_state(browser)
+            seen[:] = [s]
+            api = next((b for b in s["buckets"] if b["rule"] == "api"), None)
+            if api and len(api["shares"]) == 3 and all(x > 0 for x in api["shares"]) and s["empty"] is None:
+                return s
+            return None
+
+        try:
+            state = eventually("the api bucket with three proxies holding shares", shown, timeout=60)
+        except AssertionError as e:
+            view = http("GET", page.url + "/dashboard/api/rlqs")
+            ended = [p.ended for p in proxies]
+            raise AssertionError(f"{e}; the panel: {seen}; the endpoint: {view}; streams: {ended}") from None
+        api = next(b for b in state["buckets"] if b["rule"] == "api")
+        assert sum(api["shares"]) <= api["limit"], api
+        assert api["assigned"] <= api["limit"], api
+        assert "edge / api" in api["text"] and "name=api" in api["text"], api["text"]
+        assert any(b["rule"] == "per_tenant" for b in state["buckets"]), state
+        # The page is on a follower: the shares come from the leader, and it says so
+        # (unless an election on this loaded machine just made the page's node lead).
+        leader = leader_of(cluster)
+        made_by = "this node" if leader == page.id else f"node {leader}, the leader"
+        assert "Shares made by " + made_by in state["head"], state["head"]
+        assert TENANT not in browser.page_source
+        assert all(p.pushes > 0 for p in proxies), [p.pushes for p in proxies]
+        severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+        shot_below_header(browser, "03c-rlqs", "rlqs")
+    finally:
+        for p in proxies:
+            p.close()
 
 
 def test_without_the_token_operations_are_absent(page, browser):

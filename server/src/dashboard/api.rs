@@ -49,6 +49,7 @@ pub fn router(ctx: NodeContext) -> Router<NodeContext> {
         .route("/cluster", get(cluster))
         .route("/traffic", get(traffic))
         .route("/hotkeys", get(hotkeys))
+        .route("/rlqs", get(super::rlqs::rlqs))
         .route("/policy", get(policy))
         .route("/policy/history", get(history))
         .route("/policy/versions/{version}", get(version_source))

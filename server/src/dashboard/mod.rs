@@ -12,6 +12,7 @@ pub mod api;
 pub mod assets;
 pub mod cluster;
 pub mod explain;
+pub mod rlqs;
 // Recorded by the metrics registry on the decision path; shown here.
 pub use crate::metrics::{hotkeys, traffic};
 

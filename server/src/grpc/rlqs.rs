@@ -20,7 +20,8 @@
 //! per-stream and per-node bucket caps come from the policy, message size from
 //! [`MAX_REPORT_BYTES`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +65,10 @@ const STREAM_QUEUE: usize = 8;
 
 type Sender = mpsc::Sender<Result<RateLimitQuotaResponse, Status>>;
 
+// The dashboard's read-only view of the hub and the grant table.
+mod view;
+pub use view::{RlqsView, MAX_VIEW_BUCKETS, MAX_VIEW_PROXIES};
+
 /// The RLQS service of one node and, while it leads, the share rounds.
 pub struct Rlqs {
     raft: Raft,
@@ -78,6 +83,10 @@ pub struct Rlqs {
     /// The term in which this node last confirmed its leadership and applied everything
     /// earlier leaders committed.
     linearized_term: AtomicU64,
+    /// Recent rounds, for the dashboard's churn figures.
+    rounds: Mutex<VecDeque<view::RoundSecond>>,
+    /// The dashboard's last view, shared by every viewer for up to a second.
+    view_cache: Mutex<Option<(std::time::Instant, Arc<RlqsView>)>>,
 }
 
 impl std::fmt::Debug for Rlqs {
@@ -92,6 +101,8 @@ impl std::fmt::Debug for Rlqs {
 #[derive(Debug, Default)]
 struct Hub {
     streams: HashMap<u64, Sender>,
+    /// Each stream's remote address, as the dashboard shows it.
+    peers: HashMap<u64, Option<SocketAddr>>,
     buckets: BTreeMap<String, BucketState>,
     /// Subscriptions in `buckets`: counted up on each new one, recounted exactly when
     /// streams end and at every round (so it may briefly over-count, never under).
@@ -110,6 +121,8 @@ struct BucketState {
     rule: String,
     /// Subscription id → its latest report.
     subscribers: BTreeMap<u64, Subscriber>,
+    /// Fresh grants of recent rounds (leader time, count), for the dashboard.
+    churn: VecDeque<(Nanos, u32)>,
 }
 
 #[derive(Debug)]
@@ -117,6 +130,9 @@ struct Subscriber {
     stream: u64,
     bucket_id: BucketId,
     demand: quota::MilliRate,
+    /// The last report's allowed and denied requests per second, in milli.
+    allowed: quota::MilliRate,
+    denied: quota::MilliRate,
     last_report: Nanos,
 }
 
@@ -144,6 +160,8 @@ impl Rlqs {
             next_id: AtomicU64::new(seed),
             wake: tokio::sync::Notify::new(),
             linearized_term: AtomicU64::new(0),
+            rounds: Mutex::new(VecDeque::new()),
+            view_cache: Mutex::new(None),
         })
     }
 
@@ -221,6 +239,7 @@ impl Rlqs {
         }
         let mut hub = self.hub();
         hub.streams.remove(&stream_id);
+        hub.peers.remove(&stream_id);
         hub.buckets.retain(|_, b| {
             b.subscribers.retain(|_, s| s.stream != stream_id);
             !b.subscribers.is_empty()
@@ -311,8 +330,11 @@ impl Rlqs {
             let requests = usage
                 .num_requests_allowed
                 .saturating_add(usage.num_requests_denied);
-            let demand = u128::from(requests) * 1000 * u128::from(SECOND) / u128::from(elapsed);
-            let demand = u64::try_from(demand).unwrap_or(u64::MAX);
+            let per_second = |n: u64| {
+                let rate = u128::from(n) * 1000 * u128::from(SECOND) / u128::from(elapsed);
+                u64::try_from(rate).unwrap_or(u64::MAX)
+            };
+            let demand = per_second(requests);
 
             if !subscriptions.contains_key(&pairs) {
                 if subscriptions.len() >= settings.max_buckets_per_stream {
@@ -364,6 +386,7 @@ impl Rlqs {
                     domain: domain.clone(),
                     rule: rule.clone(),
                     subscribers: BTreeMap::new(),
+                    churn: VecDeque::new(),
                 });
             let previous = state.subscribers.get(&sub.id).map(|s| s.demand);
             if previous.is_none() {
@@ -386,6 +409,8 @@ impl Rlqs {
                     stream: stream_id,
                     bucket_id,
                     demand: quota::smooth_demand(previous, demand),
+                    allowed: per_second(usage.num_requests_allowed),
+                    denied: per_second(usage.num_requests_denied),
                     last_report: now,
                 },
             );
@@ -417,6 +442,9 @@ impl Rlqs {
                 continue;
             }
             if self.hub().buckets.is_empty() {
+                // The last stream ended: nothing is subscribed or shared any more.
+                self.metrics.rlqs.observe_hub(0, 0);
+                self.metrics.rlqs.observe_rules(&BTreeMap::new());
                 continue;
             }
             // Every entry of earlier leaders applied here before their grants are read:
@@ -459,9 +487,11 @@ impl Rlqs {
             let _ = tx.try_send(Err(status.clone()));
         }
         hub.streams.clear();
+        hub.peers.clear();
         hub.buckets.clear();
         hub.subscriptions = 0;
         self.metrics.rlqs.observe_hub(0, 0);
+        self.metrics.rlqs.observe_rules(&BTreeMap::new());
     }
 
     /// One round: plan every bucket, commit, push. Returns when capacity that a raise is
@@ -483,6 +513,9 @@ impl Rlqs {
         let mut abandons: HashMap<u64, Vec<BucketId>> = HashMap::new();
         let mut grants = Vec::new();
         let mut frees_at = None;
+        // (domain, rule) → (demand, assigned rate), for the per-rule gauges.
+        let mut per_rule: BTreeMap<(String, String), (quota::MilliRate, quota::MilliRate)> =
+            BTreeMap::new();
         {
             let mut hub = self.hub();
             let mut subscriptions = 0;
@@ -552,8 +585,17 @@ impl Rlqs {
                         frees_at = Some(frees_at.map_or(e, |f: Nanos| f.min(e)));
                     }
                 }
+                let sums = per_rule
+                    .entry((state.domain.clone(), state.rule.clone()))
+                    .or_default();
+                sums.0 = demands
+                    .iter()
+                    .fold(sums.0, |sum, d| sum.saturating_add(d.rate));
+                let mut fresh_here = 0u32;
                 for (proxy, share) in planned {
                     if let Share::Grant(g) = &share {
+                        fresh_here += u32::from(g.fresh);
+                        sums.1 = sums.1.saturating_add(g.rate);
                         grants.push(g.clone());
                     }
                     if let Some(s) = state.subscribers.get(&proxy) {
@@ -563,6 +605,7 @@ impl Rlqs {
                             .push((s.bucket_id.clone(), share));
                     }
                 }
+                view::note_churn(&mut state.churn, now, fresh_here);
                 subscriptions += state.subscribers.len();
                 most = most.max(state.subscribers.len());
             }
@@ -573,6 +616,9 @@ impl Rlqs {
             self.metrics.rlqs.max_proxies_per_bucket.set(most as i64);
         }
         let fresh = grants.iter().filter(|g| g.fresh).count();
+        self.metrics.rlqs.rounds.inc();
+        self.metrics.rlqs.observe_rules(&per_rule);
+        self.note_round(now, fresh as u64, (grants.len() - fresh) as u64);
         self.metrics
             .rlqs
             .grants
@@ -735,7 +781,12 @@ impl RateLimitQuotaService for RlqsService {
         }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let stream_id = rlqs.next_id.fetch_add(1, Ordering::Relaxed);
-        rlqs.hub().streams.insert(stream_id, tx.clone());
+        let peer = request.remote_addr();
+        {
+            let mut hub = rlqs.hub();
+            hub.streams.insert(stream_id, tx.clone());
+            hub.peers.insert(stream_id, peer);
+        }
         tokio::spawn(Arc::clone(rlqs).read_stream(stream_id, request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -250,6 +250,92 @@ function renderHotKeys(v) {
   fill($("hot-denials").tBodies[0], rows(v.by_denials));
 }
 
+// === Envoy RLQS ===
+
+let rlqsLoading = false;
+const fmtRate = (v) => v === null || v === undefined ? "–" : v >= 100 ? fmtInt(Math.round(v)) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+const fmtAgo = (ms) => ms === null || ms === undefined ? "–" : ms < 1000 ? ms + " ms" : (ms / 1000).toFixed(1) + " s";
+function fmtLimit(l) {
+  if (!l) return "rule no longer in the policy";
+  const per = l.window_ms === 1000 ? "/s" : l.window_ms === 60000 ? "/min" : l.window_ms === 3600000 ? "/h" : " per " + fmtAgo(l.window_ms);
+  return fmtInt(l.requests) + per + (l.burst !== null && l.burst !== undefined ? " (burst " + fmtInt(l.burst) + ")" : "");
+}
+
+async function loadRlqs() {
+  if (rlqsLoading) return;
+  rlqsLoading = true;
+  try { renderRlqs(await getJSON("/rlqs")); } catch (e) { $("rlqs-head").textContent = "RLQS view unavailable: " + e.message; }
+  finally { rlqsLoading = false; }
+}
+
+function renderRlqs(v) {
+  const section = $("rlqs");
+  section.dataset.configured = v.configured ? "yes" : "no";
+  section.dataset.buckets = v.buckets_total;
+  const s = v.settings, c = v.churn;
+  const who = v.served_by === v.this_node ? "this node" : "node " + v.served_by + ", the leader";
+  $("rlqs-head").textContent = !v.configured ? "" :
+    "Shares made by " + who + " · " + fmtInt(v.streams) + " streams · " + fmtInt(v.buckets_total) + " buckets · " +
+    fmtInt(v.subscriptions_total) + " subscriptions · interval " + fmtAgo(s.interval_ms) + ", TTL " + fmtAgo(s.ttl_ms) +
+    ", reserve " + Math.round(s.reserve * 100) + " % · last " + c.window_seconds + " s: " + fmtInt(c.rounds) + " rounds, " +
+    fmtInt(c.fresh_grants) + " changed shares, " + fmtInt(c.extended_grants) + " extended";
+  let empty = null;
+  if (!v.configured) {
+    empty = "RLQS is not configured: the live policy has no rlqs: domains. Add an rlqs: section and point Envoy's rate_limit_quota filter at this cluster (README, \"Envoy RLQS\").";
+  } else if (v.error) {
+    empty = v.error;
+  } else if (!v.buckets.length) {
+    empty = "No proxies connected: no RLQS stream reports a bucket of " + (v.domains.length === 1 ? "domain " : "domains ") + v.domains.join(", ") + ".";
+  }
+  $("rlqs-empty").hidden = empty === null;
+  $("rlqs-empty").textContent = empty || "";
+  fill($("rlqs-buckets"), v.buckets.map(renderBucket));
+  $("rlqs-more").textContent = v.buckets_left_out ? "… and " + fmtInt(v.buckets_left_out) + " more buckets (the busiest " + v.buckets.length + " are shown)." : "";
+}
+
+// A bar of `width` (CSS length). Set through the CSSOM: the page's CSP forbids inline
+// style attributes.
+function bar(cls, width, side) {
+  const el = h("span", { class: cls });
+  el.style.width = width; if (side) el.style[side] = "0";
+  return el;
+}
+
+// Stream ids use all 64 bits (unique across nodes and restarts); consecutive streams
+// differ in the low digits, which are enough to tell a bucket's proxies apart.
+const shortId = (id) => "…" + BigInt(id).toString(16).slice(-6);
+
+function renderBucket(b) {
+  const id = b.bucket_id.map((e) => e.key + "=" + e.value + (e.matched === "wildcard" ? " (pattern)" : "")).join(", ");
+  const pct = (x) => b.limit_per_second > 0 ? Math.min(100, (100 * x) / b.limit_per_second) : 0;
+  const reserve = b.limit_per_second - b.assignable_per_second;
+  const maxShare = Math.max(1e-9, ...b.proxies.map((p) => p.share_per_second));
+  const fact = (label, value) => h("span", {}, label + " ", h("b", {}, value));
+  return h("div", { class: "bucket", "data-domain": b.domain, "data-rule": b.rule, "data-assigned": b.assigned_per_second, "data-limit": b.limit_per_second },
+    h("h3", {}, b.domain + " / " + b.rule + " ", h("span", { class: "id" }, "{" + id + "}")),
+    h("div", { class: "facts" },
+      fact("limit", fmtLimit(b.limit)),
+      fact("assigned", fmtRate(b.assigned_per_second) + "/s of " + fmtRate(b.assignable_per_second) + "/s"),
+      fact("unassigned", fmtRate(b.unassigned_per_second) + "/s"),
+      fact("reserve", fmtInt(b.reserve_tokens_free) + " of " + fmtInt(b.reserve_tokens) + " tokens free"),
+      fact("demand", fmtRate(b.demand_per_second) + "/s"),
+      fact("changed shares, last min", fmtInt(b.fresh_grants_last_minute)),
+      b.held_by_gone_streams_per_second > 0 ? fact("held by ended streams", fmtRate(b.held_by_gone_streams_per_second) + "/s") : null),
+    h("div", { class: "meter", title: "assigned and reserve, as a share of the limit" },
+      bar("assigned", pct(b.assigned_per_second).toFixed(1) + "%", "left"),
+      bar("reserve", pct(reserve).toFixed(1) + "%", "right")),
+    h("table", { class: "proxies" },
+      h("thead", {}, h("tr", {}, ["Proxy (stream)", "Peer address", "Share /s", "Tokens", "Expires in", "Held for", "Demand /s", "Allowed /s", "Denied /s", "Last report"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, b.proxies.map((p) => h("tr", { "data-proxy": p.id, "data-share": p.share_per_second },
+        h("td", { class: "key", title: "stream " + p.stream + ", subscription " + p.id }, shortId(p.stream)),
+        h("td", {}, p.peer || "–"),
+        h("td", {}, bar("share", Math.round(60 * p.share_per_second / maxShare) + "px"), fmtRate(p.share_per_second)),
+        h("td", {}, p.max_tokens ?? "–"), h("td", {}, fmtAgo(p.expires_in_ms)), h("td", {}, fmtAgo(p.share_age_ms)),
+        h("td", {}, fmtRate(p.demand_per_second)), h("td", {}, fmtRate(p.allowed_per_second)), h("td", {}, fmtRate(p.denied_per_second)),
+        h("td", {}, fmtAgo(p.last_report_ms_ago) + " ago"))))),
+    b.proxies_left_out ? h("div", { class: "muted" }, "… and " + fmtInt(b.proxies_left_out) + " more proxies") : null);
+}
+
 // === policy ===
 
 function treeNode(key, value, depth) {
@@ -444,6 +530,7 @@ function connect() {
     const t = JSON.parse(ev.data);
     appendTick(t.traffic); renderTraffic();
     renderCluster(t.cluster); renderHotKeys(t.hotkeys);
+    loadRlqs();
     if (t.policy_version !== policyVersion) loadPolicy().catch(() => {});
   });
 }
@@ -472,6 +559,7 @@ async function start() {
   traffic = t;
   await loadPolicy();
   renderCluster(c); renderTraffic(); renderHotKeys(hk);
+  loadRlqs();
   const firstLimit = ($("policy-limits").tBodies[0].rows[0] || {}).cells;
   if (firstLimit) $("explain-quorate").elements.limit.value = firstLimit[0].textContent;
   connect();
