@@ -134,6 +134,33 @@ impl Tally {
 }
 
 impl Report {
+    /// A report of nothing yet, for a run of `concurrency` workers over `connections`;
+    /// [`Report::collect`] adds what the workers measured.
+    pub(crate) fn empty(
+        targets: Vec<String>,
+        concurrency: usize,
+        connections: usize,
+        limit: String,
+        hits_per_request: usize,
+    ) -> anyhow::Result<Report> {
+        Ok(Report {
+            targets,
+            concurrency,
+            connections,
+            limit,
+            hits_per_request,
+            elapsed: Duration::ZERO,
+            ok: 0,
+            allowed_hits: 0,
+            denied_hits: 0,
+            errors: BTreeMap::new(),
+            bad_answers: 0,
+            first_problem: None,
+            warmup_errors: 0,
+            latency: new_histogram()?,
+        })
+    }
+
     /// Adds every worker's tally; `elapsed` runs from `measure_from` to the last answer.
     pub(crate) async fn collect(
         &mut self,
@@ -238,22 +265,13 @@ where
     tokio::time::sleep_until(measure_from.into()).await;
     let observed = at_measure_start().await;
 
-    let mut report = Report {
-        targets: config.targets.clone(),
-        concurrency: config.concurrency,
+    let mut report = Report::empty(
+        config.targets.clone(),
+        config.concurrency,
         connections,
-        limit: config.limit.clone(),
-        hits_per_request: config.hits_per_request,
-        elapsed: Duration::ZERO,
-        ok: 0,
-        allowed_hits: 0,
-        denied_hits: 0,
-        errors: BTreeMap::new(),
-        bad_answers: 0,
-        first_problem: None,
-        warmup_errors: 0,
-        latency: new_histogram()?,
-    };
+        config.limit.clone(),
+        config.hits_per_request,
+    )?;
     report.collect(workers, measure_from).await?;
     Ok((report, observed))
 }

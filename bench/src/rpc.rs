@@ -3,7 +3,6 @@
 //! connections, nothing recorded during the warm-up), generic over what one call sends and
 //! how its answer is verified.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,22 +104,13 @@ where
     tokio::time::sleep_until(measure_from.into()).await;
     let observed = at_measure_start().await;
 
-    let mut report = Report {
-        targets: spec.targets.clone(),
-        concurrency: spec.concurrency,
+    let mut report = Report::empty(
+        spec.targets.clone(),
+        spec.concurrency,
         connections,
-        limit: spec.label.clone(),
-        hits_per_request: spec.items_per_request,
-        elapsed: Duration::ZERO,
-        ok: 0,
-        allowed_hits: 0,
-        denied_hits: 0,
-        errors: BTreeMap::new(),
-        bad_answers: 0,
-        first_problem: None,
-        warmup_errors: 0,
-        latency: new_histogram()?,
-    };
+        spec.label.clone(),
+        spec.items_per_request,
+    )?;
     report.collect(workers, measure_from).await?;
     Ok((report, observed))
 }

@@ -166,6 +166,7 @@ pub async fn run(
             config.batch,
             config.peer_auth.clone(),
             config.raft.election_min,
+            Arc::default(),
         )
         .with_redis(config.redis.clone()),
     );
