@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tonic::transport::Channel;
 
-use crate::load::{code_name, connect, new_histogram, Report, Tally};
+use crate::load::{code_name, connect, measure, Report, Tally};
 
 /// What one call came back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,36 +83,26 @@ where
     ensure!(spec.per_channel > 0, "--per-connection must be at least 1");
     let connections = spec.concurrency.div_ceil(spec.per_channel);
     let channels = connect(&spec.targets, connections).await?;
-    let started = Instant::now();
-    let measure_from = started + spec.warmup;
-    let stop_at = measure_from + spec.duration;
-    let spec_arc = Arc::new(spec.clone());
-    let mut workers = Vec::with_capacity(spec.concurrency);
-    for i in 0..spec.concurrency {
-        let caller = make(channels[i % channels.len()].clone());
-        let histogram = new_histogram()?;
-        let spec = Arc::clone(&spec_arc);
-        workers.push(tokio::spawn(worker(
-            caller,
-            spec,
-            i as u64,
-            measure_from,
-            stop_at,
-            histogram,
-        )));
-    }
-    tokio::time::sleep_until(measure_from.into()).await;
-    let observed = at_measure_start().await;
-
-    let mut report = Report::empty(
+    let report = Report::empty(
         spec.targets.clone(),
         spec.concurrency,
         connections,
         spec.label.clone(),
         spec.items_per_request,
     )?;
-    report.collect(workers, measure_from).await?;
-    Ok((report, observed))
+    let spec_arc = Arc::new(spec.clone());
+    let spawn = |i: usize, measure_from, stop_at, histogram| {
+        let caller = make(channels[i % channels.len()].clone());
+        tokio::spawn(worker(
+            caller,
+            Arc::clone(&spec_arc),
+            i as u64,
+            measure_from,
+            stop_at,
+            histogram,
+        ))
+    };
+    measure(report, spec.warmup, spec.duration, spawn, at_measure_start).await
 }
 
 async fn worker<C: Caller>(
