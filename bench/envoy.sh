@@ -35,22 +35,8 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RES="$OUT/results.jsonl"
 : >"$RES"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
-wait_line() { # file prefix -> the line
-  for _ in $(seq 600); do
-    if grep -q "^$2" "$1" 2>/dev/null; then grep -m1 "^$2" "$1"; return 0; fi
-    sleep 0.1
-  done
-  echo "no '$2' in $1" >&2; cat "$1" >&2; return 1
-}
+# PIDS, cleanup on exit, free_port, wait_port, wait_line.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 echo "load before: $(cat /proc/loadavg)" | tee "$OUT/meta.txt"
 

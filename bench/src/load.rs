@@ -134,6 +134,33 @@ impl Tally {
 }
 
 impl Report {
+    /// A report of nothing yet, for a run of `concurrency` workers over `connections`;
+    /// [`Report::collect`] adds what the workers measured.
+    pub(crate) fn empty(
+        targets: Vec<String>,
+        concurrency: usize,
+        connections: usize,
+        limit: String,
+        hits_per_request: usize,
+    ) -> anyhow::Result<Report> {
+        Ok(Report {
+            targets,
+            concurrency,
+            connections,
+            limit,
+            hits_per_request,
+            elapsed: Duration::ZERO,
+            ok: 0,
+            allowed_hits: 0,
+            denied_hits: 0,
+            errors: BTreeMap::new(),
+            bad_answers: 0,
+            first_problem: None,
+            warmup_errors: 0,
+            latency: new_histogram()?,
+        })
+    }
+
     /// Adds every worker's tally; `elapsed` runs from `measure_from` to the last answer.
     pub(crate) async fn collect(
         &mut self,
@@ -215,45 +242,60 @@ where
     );
     let connections = config.concurrency.div_ceil(config.per_channel);
     let channels = connect(&config.targets, connections).await?;
+    let report = Report::empty(
+        config.targets.clone(),
+        config.concurrency,
+        connections,
+        config.limit.clone(),
+        config.hits_per_request,
+    )?;
     let config = Arc::new(config.clone());
-    let started = Instant::now();
-    let measure_from = started + config.warmup;
-    let stop_at = measure_from + config.duration;
-
-    let mut workers = Vec::with_capacity(config.concurrency);
-    for i in 0..config.concurrency {
+    let spawn = |i: usize, measure_from, stop_at, histogram| {
         let client = RateLimiterClient::new(channels[i % channels.len()].clone());
-        let config = Arc::clone(&config);
-        let histogram = new_histogram()?;
-        workers.push(tokio::spawn(worker(
+        tokio::spawn(worker(
             client,
-            config,
+            Arc::clone(&config),
             i as u64,
             measure_from,
             stop_at,
             histogram,
-        )));
+        ))
+    };
+    measure(
+        report,
+        config.warmup,
+        config.duration,
+        spawn,
+        at_measure_start,
+    )
+    .await
+}
+
+/// One closed-loop run, whatever its workers call: spawns `report.concurrency` workers
+/// (`spawn(i, measure_from, stop_at, histogram)`), calls `at_measure_start` when the
+/// warm-up ends, and adds every worker's tally to `report`.
+pub(crate) async fn measure<S, F, Fut, T>(
+    mut report: Report,
+    warmup: Duration,
+    duration: Duration,
+    mut spawn: S,
+    at_measure_start: F,
+) -> anyhow::Result<(Report, T)>
+where
+    S: FnMut(usize, Instant, Instant, Histogram<u64>) -> tokio::task::JoinHandle<Tally>,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let stop_at = measure_from + duration;
+    let mut workers = Vec::with_capacity(report.concurrency);
+    for i in 0..report.concurrency {
+        workers.push(spawn(i, measure_from, stop_at, new_histogram()?));
     }
 
     tokio::time::sleep_until(measure_from.into()).await;
     let observed = at_measure_start().await;
-
-    let mut report = Report {
-        targets: config.targets.clone(),
-        concurrency: config.concurrency,
-        connections,
-        limit: config.limit.clone(),
-        hits_per_request: config.hits_per_request,
-        elapsed: Duration::ZERO,
-        ok: 0,
-        allowed_hits: 0,
-        denied_hits: 0,
-        errors: BTreeMap::new(),
-        bad_answers: 0,
-        first_problem: None,
-        warmup_errors: 0,
-        latency: new_histogram()?,
-    };
     report.collect(workers, measure_from).await?;
     Ok((report, observed))
 }

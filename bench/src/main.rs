@@ -574,21 +574,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     let r = load::run(&config).await?;
-    if args.json {
-        println!("{}", report::json(&r));
-    } else {
-        print!("{}", report::text(&r));
-    }
-    if r.problems() > 0 {
-        eprintln!("{}", report::problems_line(&r));
-        if !args.allow_errors {
-            bail!("{} call(s) failed or were not real decisions", r.problems());
-        }
-    }
-    if r.ok == 0 {
-        bail!("no call succeeded in the measured window");
-    }
-    Ok(())
+    finish(&r, args.json, args.allow_errors)
 }
 
 fn run_spec(l: &EnvoyLoadArgs, label: String, items: usize) -> rpc::RunSpec {
@@ -605,16 +591,17 @@ fn run_spec(l: &EnvoyLoadArgs, label: String, items: usize) -> rpc::RunSpec {
     }
 }
 
-/// Prints a report of an Envoy mode and fails on problems (as `check` does).
-fn finish(r: &load::Report, l: &EnvoyLoadArgs) -> anyhow::Result<()> {
-    if l.json {
+/// Prints a closed-loop run's report (one JSON line with `json`) and fails when calls
+/// failed (unless `allow_errors`) or none succeeded.
+fn finish(r: &load::Report, json: bool, allow_errors: bool) -> anyhow::Result<()> {
+    if json {
         println!("{}", report::json(r));
     } else {
         print!("{}", report::text(r));
     }
     if r.problems() > 0 {
         eprintln!("{}", report::problems_line(r));
-        if !l.allow_errors {
+        if !allow_errors {
             bail!("{} call(s) failed or were not real decisions", r.problems());
         }
     }
@@ -644,7 +631,7 @@ async fn rls_load(args: RlsArgs) -> anyhow::Result<()> {
         statuses: !args.no_statuses,
     })
     .await?;
-    finish(&r, l)
+    finish(&r, l.json, l.allow_errors)
 }
 
 async fn ext_authz_load(args: ExtAuthzArgs) -> anyhow::Result<()> {
@@ -680,7 +667,7 @@ async fn ext_authz_load(args: ExtAuthzArgs) -> anyhow::Result<()> {
         shape: std::sync::Arc::clone(&shape),
     })
     .await?;
-    finish(&r, l)
+    finish(&r, l.json, l.allow_errors)
 }
 
 fn suite_config(args: SuiteArgs) -> anyhow::Result<suite::SuiteConfig> {

@@ -178,25 +178,18 @@ async fn start(
     name: &str,
     max_in_flight: usize,
 ) -> anyhow::Result<(SocketAddr, Proc)> {
-    let port = || -> anyhow::Result<SocketAddr> {
-        Ok(SocketAddr::from(([127, 0, 0, 1], procs::free_port()?)))
-    };
-    let (grpc, http, peer) = (port()?, port()?, port()?);
+    let (grpc, http, peer) = (
+        procs::free_addr()?,
+        procs::free_addr()?,
+        procs::free_addr()?,
+    );
     let dir_name = name.to_string();
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--grpc".into(),
-        grpc.to_string(),
-        "--http".into(),
-        http.to_string(),
-        "--peer".into(),
-        peer.to_string(),
-        "--data-dir".into(),
-        tmp.path().join(&dir_name).display().to_string(),
+    let mut args = procs::serve_args(grpc, http, peer, &tmp.path().join(&dir_name));
+    args.extend([
         "--policy".into(),
         policy.display().to_string(),
         format!("--max-in-flight={max_in_flight}"),
-    ];
+    ]);
     let mut proc = Proc::spawn(
         &dir_name,
         &cfg.quorate,

@@ -132,6 +132,32 @@ pub fn free_port() -> anyhow::Result<u16> {
     bail!("no fresh loopback port after 1000 tries")
 }
 
+/// A loopback address on a [`free_port`].
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
+/// The arguments of a `quorate serve` with its three listeners at `grpc`, `http` and
+/// `peer` and its data in `data_dir`; callers add the rest (policy, id, tuning flags).
+pub fn serve_args(
+    grpc: SocketAddr,
+    http: SocketAddr,
+    peer: SocketAddr,
+    data_dir: &Path,
+) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--grpc".into(),
+        grpc.to_string(),
+        "--http".into(),
+        http.to_string(),
+        "--peer".into(),
+        peer.to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ]
+}
+
 /// Polls until `addr` accepts TCP connections.
 pub async fn wait_tcp(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;

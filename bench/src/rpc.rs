@@ -3,7 +3,6 @@
 //! connections, nothing recorded during the warm-up), generic over what one call sends and
 //! how its answer is verified.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tonic::transport::Channel;
 
-use crate::load::{code_name, connect, new_histogram, Report, Tally};
+use crate::load::{code_name, connect, measure, Report, Tally};
 
 /// What one call came back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,45 +83,26 @@ where
     ensure!(spec.per_channel > 0, "--per-connection must be at least 1");
     let connections = spec.concurrency.div_ceil(spec.per_channel);
     let channels = connect(&spec.targets, connections).await?;
-    let started = Instant::now();
-    let measure_from = started + spec.warmup;
-    let stop_at = measure_from + spec.duration;
+    let report = Report::empty(
+        spec.targets.clone(),
+        spec.concurrency,
+        connections,
+        spec.label.clone(),
+        spec.items_per_request,
+    )?;
     let spec_arc = Arc::new(spec.clone());
-    let mut workers = Vec::with_capacity(spec.concurrency);
-    for i in 0..spec.concurrency {
+    let spawn = |i: usize, measure_from, stop_at, histogram| {
         let caller = make(channels[i % channels.len()].clone());
-        let histogram = new_histogram()?;
-        let spec = Arc::clone(&spec_arc);
-        workers.push(tokio::spawn(worker(
+        tokio::spawn(worker(
             caller,
-            spec,
+            Arc::clone(&spec_arc),
             i as u64,
             measure_from,
             stop_at,
             histogram,
-        )));
-    }
-    tokio::time::sleep_until(measure_from.into()).await;
-    let observed = at_measure_start().await;
-
-    let mut report = Report {
-        targets: spec.targets.clone(),
-        concurrency: spec.concurrency,
-        connections,
-        limit: spec.label.clone(),
-        hits_per_request: spec.items_per_request,
-        elapsed: Duration::ZERO,
-        ok: 0,
-        allowed_hits: 0,
-        denied_hits: 0,
-        errors: BTreeMap::new(),
-        bad_answers: 0,
-        first_problem: None,
-        warmup_errors: 0,
-        latency: new_histogram()?,
+        ))
     };
-    report.collect(workers, measure_from).await?;
-    Ok((report, observed))
+    measure(report, spec.warmup, spec.duration, spawn, at_measure_start).await
 }
 
 async fn worker<C: Caller>(

@@ -323,15 +323,7 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
     std::fs::write(&policy, POLICY).context("cannot write the benchmark policy")?;
 
     // (a) the ceiling.
-    let null_addr = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
-    let mut null = Proc::spawn(
-        "null-server",
-        &cfg.myself,
-        &["null-server".into(), "--grpc".into(), null_addr.to_string()],
-        &tmp.path().join("null-server.log"),
-    )?;
-    null.wait_line("quorate-bench null-server ready", READY_TIMEOUT)
-        .await?;
+    let (null_addr, null) = start_null_server(&cfg, tmp.path(), "null-server").await?;
 
     // (b) one durable node.
     let single = start_node(&cfg, tmp.path(), "single", 1, Some(&policy)).await?;
@@ -348,16 +340,7 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
     let null_rls = if cfg.extra_targets.is_empty() {
         None
     } else {
-        let addr = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
-        let mut proc = Proc::spawn(
-            "null-rls",
-            &cfg.myself,
-            &["null-rls".into(), "--grpc".into(), addr.to_string()],
-            &tmp.path().join("null-rls.log"),
-        )?;
-        proc.wait_line("quorate-bench null-rls ready", READY_TIMEOUT)
-            .await?;
-        Some((addr, proc))
+        Some(start_null_server(&cfg, tmp.path(), "null-rls").await?)
     };
 
     let mut cases = vec![
@@ -515,6 +498,25 @@ fn sample_notes(s: &Sample) -> String {
     parts.join(" · ")
 }
 
+/// Starts `quorate-bench MODE` (`null-server` or `null-rls`, the ceilings) on a fresh
+/// loopback port and waits until it is ready.
+async fn start_null_server(
+    cfg: &SuiteConfig,
+    root: &Path,
+    mode: &str,
+) -> anyhow::Result<(SocketAddr, Proc)> {
+    let addr = procs::free_addr()?;
+    let mut proc = Proc::spawn(
+        mode,
+        &cfg.myself,
+        &[mode.into(), "--grpc".into(), addr.to_string()],
+        &root.join(format!("{mode}.log")),
+    )?;
+    proc.wait_line(&format!("quorate-bench {mode} ready"), READY_TIMEOUT)
+        .await?;
+    Ok((addr, proc))
+}
+
 /// Starts one `quorate serve` on fresh loopback ports.
 pub(crate) async fn start_node(
     cfg: &SuiteConfig,
@@ -523,22 +525,13 @@ pub(crate) async fn start_node(
     id: u64,
     policy: Option<&Path>,
 ) -> anyhow::Result<QNode> {
-    let grpc = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
-    let http = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
-    let peer = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--id".into(),
-        id.to_string(),
-        "--grpc".into(),
-        grpc.to_string(),
-        "--http".into(),
-        http.to_string(),
-        "--peer".into(),
-        peer.to_string(),
-        "--data-dir".into(),
-        root.join(name).display().to_string(),
-    ];
+    let (grpc, http, peer) = (
+        procs::free_addr()?,
+        procs::free_addr()?,
+        procs::free_addr()?,
+    );
+    let mut args = procs::serve_args(grpc, http, peer, &root.join(name));
+    args.extend(["--id".into(), id.to_string()]);
     match policy {
         Some(p) => args.extend(["--policy".into(), p.display().to_string()]),
         None => args.push("--join".into()),

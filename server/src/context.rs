@@ -27,8 +27,9 @@ pub struct NodeContext {
     pub http: reqwest::Client,
     /// Authorization decisions (ext_authz and forward-auth).
     pub authz: Arc<crate::decide::authz::Authorizer>,
-    /// The operations dashboard's node-local state.
-    pub dashboard: Arc<crate::dashboard::Dashboard>,
+    /// How each policy version became live (written by whoever proposed it, shown on
+    /// the dashboard).
+    pub policy_notes: Arc<crate::policy_notes::PolicyNotes>,
     /// Envoy RLQS (the dashboard shows its buckets and shares).
     pub rlqs: Arc<crate::grpc::rlqs::Rlqs>,
 }

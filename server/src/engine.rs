@@ -234,33 +234,11 @@ pub struct Engine {
 impl Engine {
     /// Starts the engine's background tasks (batchers, leadership watcher) for `raft`.
     /// `election_timeout_min` is Raft's: fast decisions stop once a leader has gone that
-    /// long without a quorum's acknowledgement.
+    /// long without a quorum's acknowledgement. `clock` gives the leader's timestamps
+    /// (`LeaderClock::default()` reads the system clock; the simulator gives each node its
+    /// own, skewed one).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
-        raft: Raft,
-        node_id: NodeId,
-        shared: Arc<SharedState>,
-        metrics: Arc<Metrics>,
-        settings: BatchSettings,
-        peer_auth: crate::raft::peer_auth::PeerAuth,
-        election_timeout_min: Duration,
-    ) -> Engine {
-        let clock = Arc::new(LeaderClock::default());
-        Engine::start_with_clock(
-            raft,
-            node_id,
-            shared,
-            metrics,
-            settings,
-            peer_auth,
-            election_timeout_min,
-            clock,
-        )
-    }
-
-    /// [`Engine::start`] with the leader's timestamps read from `clock` (the simulator
-    /// gives each node its own, skewed clock).
-    #[allow(clippy::too_many_arguments)] // `start`'s arguments plus the clock
-    pub fn start_with_clock(
         raft: Raft,
         node_id: NodeId,
         shared: Arc<SharedState>,

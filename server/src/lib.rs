@@ -16,7 +16,8 @@
 //! - [`authz`]: credentials, JWT/JWKS, client addresses — what [`decide::authz`] runs
 //!   with the policy's routes and identities.
 //! - [`context`]: the handles the HTTP surfaces, the dashboard and the policy watcher
-//!   share; [`bounds`]: request caps; [`metrics`]: Prometheus and the dashboard's traffic.
+//!   share; [`policy_notes`]: how each policy version became live; [`bounds`]: request
+//!   caps; [`metrics`]: Prometheus and the dashboard's traffic.
 //! - See `docs/architecture.md` for the layers and the path of a decision.
 //! - [`tls`]: certificates for the listeners and peers, reloaded when their files change.
 //! - [`quota`]: sharing a global limit among Envoy proxies (RLQS), pure.
@@ -41,6 +42,7 @@ pub mod ops;
 /// server.
 pub use quorate_policy as policy;
 pub mod overload;
+pub mod policy_notes;
 pub mod policy_watch;
 pub mod quota;
 pub mod raft;

@@ -166,6 +166,7 @@ pub async fn run(
             config.batch,
             config.peer_auth.clone(),
             config.raft.election_min,
+            Arc::default(),
         )
         .with_redis(config.redis.clone()),
     );
@@ -204,14 +205,15 @@ pub async fn run(
         peer_auth: config.peer_auth.clone(),
         http: http_client.clone(),
         authz: Arc::clone(&authz),
-        dashboard: Arc::new(crate::dashboard::Dashboard::new(
-            config.data_dir.clone(),
-            Arc::clone(engine.shared()),
-            http_client.clone(),
-        )?),
+        policy_notes: Arc::default(),
         rlqs: Arc::clone(&rlqs),
     };
-    crate::dashboard::start(&ctx.dashboard, ctx.raft.clone(), Arc::clone(&ctx.metrics));
+    let dashboard = Arc::new(crate::dashboard::Dashboard::new(
+        config.data_dir.clone(),
+        Arc::clone(engine.shared()),
+        http_client.clone(),
+    )?);
+    crate::dashboard::start(&dashboard, ctx.raft.clone(), Arc::clone(&ctx.metrics));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -282,8 +284,10 @@ pub async fn run(
         tokio::spawn(tls.watch(config.tls_watch_interval));
     }
 
-    // HTTP: admin, metrics, health.
-    let app = crate::http::router(ctx.clone()).layer(overload.http_layer());
+    // HTTP: admin, metrics, health, forward-auth, and the dashboard.
+    let app = crate::http::router(ctx.clone())
+        .merge(crate::dashboard::router(ctx.clone(), dashboard))
+        .layer(overload.http_layer());
     let http_task = spawn_http(app, listeners.http, tls.clone(), wait_stop(stop_rx.clone()))?;
     if let Some(tls) = tls {
         tokio::spawn(tls.watch(config.tls_watch_interval));
@@ -385,11 +389,11 @@ async fn become_ready(
                 Ok(r) => match r.data {
                     CommandResponse::Policy(Ok(v)) => {
                         let origin = if startup_policy.is_some() {
-                            crate::dashboard::PolicyOrigin::File
+                            crate::policy_notes::PolicyOrigin::File
                         } else {
-                            crate::dashboard::PolicyOrigin::Example
+                            crate::policy_notes::PolicyOrigin::Example
                         };
-                        ctx.dashboard.note_policy(v, origin);
+                        ctx.policy_notes.note_policy(v, origin);
                         tracing::info!(version = v, "startup policy is live")
                     }
                     other => tracing::error!(?other, "startup policy refused"),

@@ -87,7 +87,7 @@ pub async fn watch(
                 let message = e.to_string();
                 if last_error.as_deref() != Some(message.as_str()) {
                     tracing::error!(error = %message, "policy file refused; the live policy is unchanged");
-                    ctx.dashboard.note_rejected(&path, &message);
+                    ctx.policy_notes.note_rejected(&path, &message);
                     ctx.metrics
                         .policy_reloads
                         .with_label_values(&["refused"])
@@ -118,8 +118,8 @@ pub async fn watch(
             Ok(r) => match r.data {
                 CommandResponse::Policy(Ok(version)) => {
                     tracing::info!(version, path = %path.display(), "policy file reloaded");
-                    ctx.dashboard
-                        .note_policy(version, crate::dashboard::PolicyOrigin::File);
+                    ctx.policy_notes
+                        .note_policy(version, crate::policy_notes::PolicyOrigin::File);
                     ctx.metrics
                         .policy_reloads
                         .with_label_values(&["applied"])

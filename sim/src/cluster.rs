@@ -236,7 +236,7 @@ impl Cluster {
         let clock = Arc::new(LeaderClock::with_source(Arc::new(move || {
             wall_at(start, skew.load(Ordering::Relaxed))
         })));
-        let engine = Arc::new(Engine::start_with_clock(
+        let engine = Arc::new(Engine::start(
             raft.clone(),
             id,
             Arc::clone(&shared),

@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 
 use super::cluster::{ClusterEvent, NodeInfo};
 use super::explain::{explain, ExplainRequest};
-use super::PolicyOrigin;
-use crate::context::NodeContext;
+use super::DashboardContext;
 use crate::policy::{PolicyFormat, PolicySet, PolicySource};
+use crate::policy_notes::PolicyOrigin;
 use crate::raft::NodeId;
 
 /// Most SSE streams open at once on one node.
@@ -40,9 +40,9 @@ pub const MAX_TOP: usize = 50;
 /// How long a member gets to answer `/dashboard/api/node`.
 const MEMBER_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub fn router(ctx: NodeContext) -> Router<NodeContext> {
+pub fn router(ctx: DashboardContext) -> Router<DashboardContext> {
     let operations = Router::new().route("/policy/dry-run", post(dry_run)).layer(
-        axum::middleware::from_fn_with_state(ctx, crate::http::admin::authorize),
+        axum::middleware::from_fn_with_state(ctx.node, crate::http::admin::authorize),
     );
     Router::new()
         .route("/node", get(node))
@@ -70,11 +70,11 @@ fn bad_request(message: impl Into<String>) -> Response {
 
 // === cluster ===
 
-async fn node(State(ctx): State<NodeContext>) -> Json<NodeInfo> {
+async fn node(State(ctx): State<DashboardContext>) -> Json<NodeInfo> {
     Json(node_info(&ctx))
 }
 
-fn node_info(ctx: &NodeContext) -> NodeInfo {
+fn node_info(ctx: &DashboardContext) -> NodeInfo {
     let m = ctx.raft.metrics().borrow().clone();
     let shared = ctx.engine.shared();
     ctx.dashboard.cluster.node_info(
@@ -113,12 +113,12 @@ pub struct ClusterView {
     pub events: Vec<ClusterEvent>,
 }
 
-async fn cluster(State(ctx): State<NodeContext>) -> Json<ClusterView> {
+async fn cluster(State(ctx): State<DashboardContext>) -> Json<ClusterView> {
     Json((*cluster_view(&ctx).await).clone())
 }
 
 /// The cluster view, computed at most once a second however many viewers ask.
-async fn cluster_view(ctx: &NodeContext) -> Arc<ClusterView> {
+async fn cluster_view(ctx: &DashboardContext) -> Arc<ClusterView> {
     let mut cache = ctx.dashboard.cluster_cache.lock().await;
     if let Some((at, view)) = cache.as_ref() {
         if at.elapsed() < Duration::from_millis(900) {
@@ -130,7 +130,7 @@ async fn cluster_view(ctx: &NodeContext) -> Arc<ClusterView> {
     view
 }
 
-async fn build_cluster_view(ctx: &NodeContext) -> ClusterView {
+async fn build_cluster_view(ctx: &DashboardContext) -> ClusterView {
     let m = ctx.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership().clone();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -194,7 +194,7 @@ async fn build_cluster_view(ctx: &NodeContext) -> ClusterView {
 
 // === traffic and hot keys ===
 
-async fn traffic(State(ctx): State<NodeContext>) -> Json<super::traffic::TrafficView> {
+async fn traffic(State(ctx): State<DashboardContext>) -> Json<super::traffic::TrafficView> {
     Json(ctx.metrics.traffic.view())
 }
 
@@ -204,7 +204,7 @@ struct TopQuery {
 }
 
 async fn hotkeys(
-    State(ctx): State<NodeContext>,
+    State(ctx): State<DashboardContext>,
     Query(q): Query<TopQuery>,
 ) -> Json<super::hotkeys::HotKeysView> {
     Json(ctx.metrics.hot_keys.view(q.top.unwrap_or(20).min(MAX_TOP)))
@@ -223,11 +223,11 @@ struct LimitView {
     shadow_mode: bool,
 }
 
-fn how(ctx: &NodeContext, version: u64, rollback_of: Option<u64>) -> &'static str {
+fn how(ctx: &DashboardContext, version: u64, rollback_of: Option<u64>) -> &'static str {
     if rollback_of.is_some() {
         return "rollback";
     }
-    match ctx.dashboard.origin(version) {
+    match ctx.policy_notes.origin(version) {
         Some(PolicyOrigin::File) => "file",
         Some(PolicyOrigin::Admin) => "admin",
         Some(PolicyOrigin::Example) => "example",
@@ -242,7 +242,7 @@ fn tree(source: &str) -> Value {
     serde_yaml_ng::from_str::<Value>(source).unwrap_or(Value::Null)
 }
 
-async fn policy(State(ctx): State<NodeContext>) -> Json<Value> {
+async fn policy(State(ctx): State<DashboardContext>) -> Json<Value> {
     let live = ctx.engine.policy();
     let limits: Vec<LimitView> = live
         .set
@@ -269,11 +269,11 @@ async fn policy(State(ctx): State<NodeContext>) -> Json<Value> {
         "tree": v.map(|v| tree(&v.source.text)),
         "domains": live.set.domains.keys().collect::<Vec<_>>(),
         "limits": limits,
-        "last_rejected": ctx.dashboard.last_rejected(),
+        "last_rejected": ctx.policy_notes.last_rejected(),
     }))
 }
 
-async fn history(State(ctx): State<NodeContext>) -> Json<Vec<Value>> {
+async fn history(State(ctx): State<DashboardContext>) -> Json<Vec<Value>> {
     Json(
         ctx.engine
             .shared()
@@ -293,7 +293,7 @@ async fn history(State(ctx): State<NodeContext>) -> Json<Vec<Value>> {
     )
 }
 
-fn source_of(ctx: &NodeContext, version: u64) -> Option<PolicySource> {
+fn source_of(ctx: &DashboardContext, version: u64) -> Option<PolicySource> {
     ctx.engine
         .shared()
         .policy_history()
@@ -302,7 +302,7 @@ fn source_of(ctx: &NodeContext, version: u64) -> Option<PolicySource> {
         .map(|v| v.source)
 }
 
-async fn version_source(State(ctx): State<NodeContext>, Path(version): Path<u64>) -> Response {
+async fn version_source(State(ctx): State<DashboardContext>, Path(version): Path<u64>) -> Response {
     match source_of(&ctx, version) {
         Some(s) => Json(json!({"version": version, "format": s.format.as_str(), "source": s.text}))
             .into_response(),
@@ -354,7 +354,7 @@ struct DiffQuery {
     to: Option<u64>,
 }
 
-async fn diff(State(ctx): State<NodeContext>, Query(q): Query<DiffQuery>) -> Response {
+async fn diff(State(ctx): State<DashboardContext>, Query(q): Query<DiffQuery>) -> Response {
     let live = ctx.engine.policy().version.as_ref().map(|v| v.version);
     let Some(to) = q.to.or(live) else {
         return bad_request("no live policy to compare with");
@@ -372,7 +372,7 @@ async fn diff(State(ctx): State<NodeContext>, Query(q): Query<DiffQuery>) -> Res
 
 // === explain and dry run ===
 
-async fn explain_handler(State(ctx): State<NodeContext>, body: Bytes) -> Response {
+async fn explain_handler(State(ctx): State<DashboardContext>, body: Bytes) -> Response {
     let request: ExplainRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid explain request: {e}")),
@@ -396,7 +396,7 @@ struct DryRun {
 
 /// Compiles a pasted policy, evaluates samples against it (private counters, as
 /// `policy test` does) and diffs it with the live policy. Nothing is applied.
-async fn dry_run(State(ctx): State<NodeContext>, body: Bytes) -> Response {
+async fn dry_run(State(ctx): State<DashboardContext>, body: Bytes) -> Response {
     let req: DryRun = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid JSON body: {e}")),
@@ -456,7 +456,7 @@ async fn dry_run(State(ctx): State<NodeContext>, body: Bytes) -> Response {
 // === the live stream ===
 
 /// Releases an SSE slot when the stream ends (the client went away).
-struct StreamSlot(NodeContext);
+struct StreamSlot(DashboardContext);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -466,7 +466,7 @@ impl Drop for StreamSlot {
 
 /// `GET /dashboard/api/events`: one `tick` event a second with the newest traffic
 /// second, the cluster view, the hot keys and the live policy version.
-async fn events(State(ctx): State<NodeContext>) -> Response {
+async fn events(State(ctx): State<DashboardContext>) -> Response {
     let open = ctx.dashboard.streams.fetch_add(1, Ordering::SeqCst);
     let slot = StreamSlot(ctx.clone());
     if open >= MAX_STREAMS {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::context::NodeContext;
+use super::DashboardContext;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
@@ -33,7 +33,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-pub fn router() -> Router<NodeContext> {
+pub fn router() -> Router<DashboardContext> {
     Router::new()
         .route(
             "/",

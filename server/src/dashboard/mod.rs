@@ -16,53 +16,23 @@ pub mod rlqs;
 // Recorded by the metrics registry on the decision path; shown here.
 pub use crate::metrics::{hotkeys, traffic};
 
-use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use axum::Router;
 
+use crate::context::NodeContext;
 use crate::decide::authz::Authorizer;
 use crate::metrics::Metrics;
 use crate::raft::state_machine::SharedState;
 use crate::raft::typ::Raft;
 
-/// How a policy version became live, as far as this node saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicyOrigin {
-    /// The node's `--policy` file (at startup or a hot reload).
-    File,
-    /// `PUT /admin/v1/policy` (the CLI's `policy apply`, or the page).
-    Admin,
-    /// The built-in example a fresh cluster starts with.
-    Example,
-}
-
-/// The last policy file this node refused.
-#[derive(Debug, Clone, Serialize)]
-pub struct RejectedReload {
-    pub at_ms: u64,
-    pub file: String,
-    pub line: Option<usize>,
-    pub reason: String,
-}
-
-/// Most policy versions whose origin is remembered.
-const MAX_ORIGINS: usize = 1_000;
-
-#[derive(Debug, Default)]
-struct PolicyNotes {
-    origins: BTreeMap<u64, PolicyOrigin>,
-    last_rejected: Option<RejectedReload>,
-}
-
 /// The dashboard's node-local state.
 pub struct Dashboard {
     pub cluster: Arc<cluster::ClusterWatch>,
-    notes: Mutex<PolicyNotes>,
     /// Decides explain requests over copies of the live counters; its metrics registry
     /// is private, so explaining never shows up as traffic.
     explain: Authorizer,
@@ -94,51 +64,38 @@ impl Dashboard {
         );
         Ok(Dashboard {
             cluster: Arc::new(cluster::ClusterWatch::new(data_dir)),
-            notes: Mutex::new(PolicyNotes::default()),
             explain,
             streams: AtomicUsize::new(0),
             cluster_cache: tokio::sync::Mutex::new(None),
         })
     }
+}
 
-    /// Remembers how `version` became live.
-    pub fn note_policy(&self, version: u64, origin: PolicyOrigin) {
-        if let Ok(mut notes) = self.notes.lock() {
-            notes.origins.insert(version, origin);
-            while notes.origins.len() > MAX_ORIGINS {
-                notes.origins.pop_first();
-            }
-        }
-    }
+/// What the dashboard's handlers read: the node's shared handles (through `Deref`, so a
+/// handler writes `ctx.engine` as every other surface does) and the dashboard's own state.
+/// The node builds it; the shared [`NodeContext`] does not know the dashboard exists.
+#[derive(Clone, Debug)]
+pub struct DashboardContext {
+    pub node: NodeContext,
+    pub dashboard: Arc<Dashboard>,
+}
 
-    /// Remembers a refused policy file. `message` names the file and, when known, the
-    /// line (`... line N: reason`).
-    pub fn note_rejected(&self, file: &std::path::Path, message: &str) {
-        let line = message.split("line ").nth(1).and_then(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse().ok())
-        });
-        if let Ok(mut notes) = self.notes.lock() {
-            notes.last_rejected = Some(RejectedReload {
-                at_ms: crate::engine::wall_nanos() / 1_000_000,
-                file: file.display().to_string(),
-                line,
-                reason: message.to_string(),
-            });
-        }
-    }
+impl Deref for DashboardContext {
+    type Target = NodeContext;
 
-    fn origin(&self, version: u64) -> Option<PolicyOrigin> {
-        self.notes
-            .lock()
-            .ok()
-            .and_then(|n| n.origins.get(&version).copied())
+    fn deref(&self) -> &NodeContext {
+        &self.node
     }
+}
 
-    fn last_rejected(&self) -> Option<RejectedReload> {
-        self.notes.lock().ok().and_then(|n| n.last_rejected.clone())
-    }
+/// The dashboard's routes: the page at `/` and its files, and the JSON API under
+/// `/dashboard/api`. The node merges them into its HTTP router.
+pub fn router(node: NodeContext, dashboard: Arc<Dashboard>) -> Router {
+    let ctx = DashboardContext { node, dashboard };
+    Router::new()
+        .nest("/dashboard/api", api::router(ctx.clone()))
+        .merge(assets::router())
+        .with_state(ctx)
 }
 
 /// Starts the dashboard's background work: the Raft metrics poll (timeline, lag) and the

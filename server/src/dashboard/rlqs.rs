@@ -30,7 +30,10 @@ pub struct RlqsQuery {
     from: Option<u64>,
 }
 
-pub async fn rlqs(State(ctx): State<NodeContext>, Query(q): Query<RlqsQuery>) -> Json<Value> {
+pub async fn rlqs(
+    State(ctx): State<super::DashboardContext>,
+    Query(q): Query<RlqsQuery>,
+) -> Json<Value> {
     let leadership = ctx.engine.leadership();
     let leader = leadership.leader_id();
     if leadership.is_leader() || q.from.is_some() {

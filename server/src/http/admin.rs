@@ -653,8 +653,8 @@ async fn put_policy(State(ctx): State<NodeContext>, body: Bytes) -> Result<Respo
         .await
         .map_err(write_error)?;
     if let CommandResponse::Policy(Ok(version)) = &resp.data {
-        ctx.dashboard
-            .note_policy(*version, crate::dashboard::PolicyOrigin::Admin);
+        ctx.policy_notes
+            .note_policy(*version, crate::policy_notes::PolicyOrigin::Admin);
     }
     policy_response(resp.data)
 }

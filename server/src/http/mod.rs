@@ -1,5 +1,6 @@
 //! HTTP surfaces on the node's HTTP port: health, Prometheus metrics, the admin API,
-//! forward-auth (`/authz`), and the dashboard (`/` and `/dashboard/...`).
+//! and forward-auth (`/authz`). The node merges the dashboard's routes (`/` and
+//! `/dashboard/...`, see [`crate::dashboard::router`]) next to these.
 
 pub mod admin;
 pub mod forward_auth;
@@ -18,8 +19,6 @@ pub fn router(ctx: NodeContext) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/admin/v1", admin::router(ctx.clone()))
-        .nest("/dashboard/api", crate::dashboard::api::router(ctx.clone()))
-        .merge(crate::dashboard::assets::router())
         .merge(forward_auth::router())
         .with_state(ctx)
 }

@@ -842,6 +842,24 @@ mod tests {
         assert_eq!(allowed(&r[2]), 1);
     }
 
+    /// A fresh replica (in its own directory, kept alive by the caller) that installed a
+    /// snapshot `sm` builds now.
+    async fn replica_from_snapshot(sm: &mut StateMachine) -> (tempfile::TempDir, StateMachine) {
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = StateMachine::open(dir.path()).unwrap();
+        replica
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        (dir, replica)
+    }
+
     #[tokio::test]
     async fn snapshot_restores_the_same_future_decisions() {
         let dir = tempfile::tempdir().unwrap();
@@ -852,16 +870,8 @@ mod tests {
         ])
         .await
         .unwrap();
-        let mut builder = sm.get_snapshot_builder().await;
-        let snap = builder.build_snapshot().await.unwrap();
-
-        // A fresh replica installs it; a restarted one reads it from disk.
-        let other_dir = tempfile::tempdir().unwrap();
-        let mut other = StateMachine::open(other_dir.path()).unwrap();
-        other
-            .install_snapshot(&snap.meta, snap.snapshot)
-            .await
-            .unwrap();
+        // A fresh replica installs a snapshot; a restarted one reads it from disk.
+        let (_other_dir, mut other) = replica_from_snapshot(&mut sm).await;
         let mut restarted = StateMachine::open(dir.path()).unwrap();
 
         for m in [&mut sm, &mut other, &mut restarted] {
@@ -897,14 +907,7 @@ mod tests {
         )])
         .await
         .unwrap();
-        let mut builder = sm.get_snapshot_builder().await;
-        let snap = builder.build_snapshot().await.unwrap();
-        let other_dir = tempfile::tempdir().unwrap();
-        let mut other = StateMachine::open(other_dir.path()).unwrap();
-        other
-            .install_snapshot(&snap.meta, snap.snapshot)
-            .await
-            .unwrap();
+        let (_other_dir, other) = replica_from_snapshot(&mut sm).await;
         let charge = other.shared().assignment_charge("b", 2 * SECOND);
         assert_eq!(charge.held.get(&7), Some(&5_000));
         assert_eq!(charge.tokens, 1);
