@@ -135,13 +135,25 @@ impl Rlqs {
         // Ids are unique across nodes and restarts: the grant table outlives streams, and
         // a new stream must never inherit an old one's grants.
         let seed = (node << 48) ^ (rand::random::<u64>() >> 16);
+        Rlqs::with_clock(raft, engine, metrics, LeaderClock::default(), seed)
+    }
+
+    /// [`Rlqs::new`] reading time from `clock` and numbering streams from `first_id`
+    /// (the simulator: each node's skewable clock, ids unique per node incarnation).
+    pub fn with_clock(
+        raft: Raft,
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        clock: LeaderClock,
+        first_id: u64,
+    ) -> Arc<Rlqs> {
         Arc::new(Rlqs {
             raft,
             engine,
             metrics,
-            clock: LeaderClock::default(),
+            clock,
             hub: Mutex::new(Hub::default()),
-            next_id: AtomicU64::new(seed),
+            next_id: AtomicU64::new(first_id),
             wake: tokio::sync::Notify::new(),
             linearized_term: AtomicU64::new(0),
         })
@@ -532,7 +544,15 @@ impl Rlqs {
                     })
                     .collect();
                 let pool = Pool::of(limit, settings.reserve);
-                let charge = shared.assignment_charge(&key, now);
+                #[allow(unused_mut)]
+                let mut charge = shared.assignment_charge(&key, now);
+                #[cfg(feature = "sim-planted-bugs")]
+                if crate::engine::planted::rlqs_forget_ended_streams() {
+                    charge.held.retain(|p, _| state.subscribers.contains_key(p));
+                    charge
+                        .latest
+                        .retain(|p, _| state.subscribers.contains_key(p));
+                }
                 let targets: HashMap<u64, quota::MilliRate> = demands
                     .iter()
                     .map(|d| d.proxy)
@@ -665,7 +685,13 @@ fn assign(strategy: Strategy, ttl: Nanos) -> Action {
 /// A share as Envoy enforces it: a small token bucket refilled one token at a time at the
 /// granted rate (the interval rounded up, so the proxy never refills faster than granted).
 fn token_bucket(g: &Grant) -> Strategy {
-    let interval = (u128::from(SECOND) * 1000).div_ceil(u128::from(g.rate.max(1)));
+    #[allow(unused_mut)]
+    let mut rate = g.rate;
+    #[cfg(feature = "sim-planted-bugs")]
+    if crate::engine::planted::rlqs_double_share() {
+        rate = rate.saturating_mul(2);
+    }
+    let interval = (u128::from(SECOND) * 1000).div_ceil(u128::from(rate.max(1)));
     Strategy::TokenBucket(TokenBucket {
         max_tokens: g.max_tokens,
         tokens_per_fill: Some(UInt32Value { value: 1 }),
