@@ -91,7 +91,9 @@ impl std::fmt::Debug for Rlqs {
 /// What the leader knows about its subscribers; soft state, rebuilt from reports.
 #[derive(Debug, Default)]
 struct Hub {
-    streams: HashMap<u64, Sender>,
+    /// Ordered, like the maps of pushes: the order of sends is the same in every run
+    /// (the simulator replays a seed exactly).
+    streams: BTreeMap<u64, Sender>,
     buckets: BTreeMap<String, BucketState>,
     /// Subscriptions in `buckets`: counted up on each new one, recounted exactly when
     /// streams end and at every round (so it may briefly over-count, never under).
@@ -491,8 +493,8 @@ impl Rlqs {
             .interval
             .saturating_mul(u64::from(settings.abandon_after));
         // stream → actions to push once the grants are committed.
-        let mut pushes: HashMap<u64, Vec<(BucketId, Share)>> = HashMap::new();
-        let mut abandons: HashMap<u64, Vec<BucketId>> = HashMap::new();
+        let mut pushes: BTreeMap<u64, Vec<(BucketId, Share)>> = BTreeMap::new();
+        let mut abandons: BTreeMap<u64, Vec<BucketId>> = BTreeMap::new();
         let mut grants = Vec::new();
         let mut frees_at = None;
         {
@@ -615,8 +617,8 @@ impl Rlqs {
 
     fn push(
         &self,
-        pushes: HashMap<u64, Vec<(BucketId, Share)>>,
-        abandons: HashMap<u64, Vec<BucketId>>,
+        pushes: BTreeMap<u64, Vec<(BucketId, Share)>>,
+        abandons: BTreeMap<u64, Vec<BucketId>>,
         settings: RlqsSettings,
     ) {
         let now = self.clock.now();
