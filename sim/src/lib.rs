@@ -124,7 +124,7 @@ impl Options {
         Options {
             clients: 2,
             proxies: 6,
-            clock_faults: seed % 2 == 0,
+            clock_faults: seed.is_multiple_of(2),
             ..Options::new(seed)
         }
     }

@@ -190,7 +190,11 @@ fn a_planted_rlqs_share_overflow_is_caught_in_the_first_seed() {
     options.plant = Some(PlantedBug::RlqsDoubleShare);
     let report = run(&options);
     let caught: Vec<_> = report.violations.iter().map(|v| v.invariant).collect();
-    assert!(caught.contains(&"rlqs held shares"), "{}", report.describe());
+    assert!(
+        caught.contains(&"rlqs held shares"),
+        "{}",
+        report.describe()
+    );
     assert!(
         report.describe().contains("--plant rlqs-double-share"),
         "the failure must print a replayable command"
@@ -211,5 +215,8 @@ fn a_planted_leader_forgetting_ended_streams_is_caught_within_two_seeds() {
             .any(|v| v.invariant == "rlqs committed pools")
             .then_some(report)
     });
-    assert!(caught.is_some(), "the checker missed a leader forgetting grants");
+    assert!(
+        caught.is_some(),
+        "the checker missed a leader forgetting grants"
+    );
 }
