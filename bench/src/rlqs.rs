@@ -201,7 +201,9 @@ pub async fn run(cfg: RlqsConfig) -> anyhow::Result<String> {
                 local_rows.push(l);
             }
         }
-        let target = format!("http://{}", ordered[0].grpc);
+        // The leader again: a slow machine may have moved leadership meanwhile.
+        let rls_leader = find_leader(&servers).await?;
+        let target = format!("http://{}", servers[rls_leader].grpc);
         let spec = rpc::RunSpec {
             targets: vec![target],
             concurrency: cfg.rls_concurrency,
