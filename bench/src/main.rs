@@ -15,6 +15,9 @@
 //!   scripts that measure other clients or servers next to quorate (`bench/envoy.sh`).
 //! - `keys-sweep`: RLS throughput and memory per live key as the key count grows, on one
 //!   node and 3 nodes ([`key_sweep`]);
+//! - `rlqs`: Envoy RLQS on one node and 3 nodes: the reporting load and assignments a
+//!   leader absorbs (proxies × buckets), its CPU, local decisions against RLS calls
+//!   ([`rlqs`]);
 //! - `sliding-accuracy`: generated Poisson and bursty traffic through the sliding window
 //!   at several precisions and the exact sliding log, in process ([`accuracy`]).
 //!
@@ -31,6 +34,7 @@ mod null_server;
 mod overload;
 mod procs;
 mod report;
+mod rlqs;
 mod rls;
 mod rpc;
 mod sdk;
@@ -166,6 +170,48 @@ enum Command {
         /// Distinct keys per fill request (1 to 64).
         #[arg(long, default_value_t = 64)]
         fill_descriptors: usize,
+        /// Extra flag for every `quorate serve` (repeatable).
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        work_dir: PathBuf,
+        #[arg(long)]
+        keep: bool,
+        /// Also write the markdown report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Envoy RLQS on fresh servers: reports and assignments a leader absorbs per
+    /// proxies × buckets, node CPU, local decisions next to the same limit over RLS;
+    /// prints a markdown table.
+    Rlqs {
+        #[arg(long, default_value = "target/release/quorate")]
+        quorate: PathBuf,
+        /// Cluster sizes, comma-separated (1 and/or 3).
+        #[arg(long, default_value = "1,3", value_delimiter = ',')]
+        nodes: Vec<usize>,
+        /// Fleet loads as PROXIESxBUCKETS, comma-separated.
+        #[arg(long, default_value = "10x10,100x10,100x100", value_delimiter = ',', value_parser = parse_load)]
+        loads: Vec<(usize, usize)>,
+        /// Every bucket's limit (and every RLS key's), requests per second.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+        /// `rlqs.interval` and the proxies' reporting interval.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value = "4s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Measured time per load.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Local decisions timed on one proxy.
+        #[arg(long, default_value_t = 2_000_000)]
+        decisions: u64,
+        /// RLS calls in flight for the comparison.
+        #[arg(long, default_value_t = 64)]
+        rls_concurrency: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        rls_duration: Duration,
         /// Extra flag for every `quorate serve` (repeatable).
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
@@ -393,6 +439,25 @@ struct SuiteArgs {
 }
 
 /// `10s`, `500ms`, `2m`, `1.5s`.
+/// `PROXIESxBUCKETS`, both at least 1 (buckets at most 1000: `max_buckets_per_stream`).
+fn parse_load(text: &str) -> Result<(usize, usize), String> {
+    let (p, b) = text
+        .split_once(['x', '×'])
+        .ok_or_else(|| format!("{text:?} is not PROXIESxBUCKETS (e.g. 100x10)"))?;
+    let p: usize = p
+        .trim()
+        .parse()
+        .map_err(|e| format!("proxies in {text:?}: {e}"))?;
+    let b: usize = b
+        .trim()
+        .parse()
+        .map_err(|e| format!("buckets in {text:?}: {e}"))?;
+    if p == 0 || !(1..=1000).contains(&b) {
+        return Err(format!("{text:?}: proxies ≥ 1 and 1 ≤ buckets ≤ 1000"));
+    }
+    Ok((p, b))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -514,6 +579,47 @@ async fn main() -> anyhow::Result<()> {
             };
             let markdown = tokio::select! {
                 r = key_sweep::run(cfg) => r?,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
+            };
+            println!("{markdown}");
+            Ok(())
+        }
+        Command::Rlqs {
+            quorate,
+            nodes,
+            loads,
+            limit,
+            interval,
+            warmup,
+            duration,
+            decisions,
+            rls_concurrency,
+            rls_duration,
+            server_args,
+            work_dir,
+            keep,
+            out,
+        } => {
+            let cfg = rlqs::RlqsConfig {
+                quorate: std::fs::canonicalize(&quorate)
+                    .with_context(|| format!("no quorate binary at {}", quorate.display()))?,
+                nodes,
+                loads,
+                limit,
+                interval,
+                warmup,
+                duration,
+                decisions: decisions.max(1),
+                rls_concurrency,
+                rls_duration,
+                server_args,
+                work_dir,
+                keep,
+                out,
+                command_line: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let markdown = tokio::select! {
+                r = rlqs::run(cfg) => r?,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
             };
             println!("{markdown}");

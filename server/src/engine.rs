@@ -205,6 +205,35 @@ pub mod planted {
     pub(crate) fn strict_before_commit() -> bool {
         STRICT_BEFORE_COMMIT.with(Cell::get)
     }
+
+    thread_local! {
+        static RLQS_DOUBLE_SHARE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// When on, the RLQS leader pushes every token-bucket share at twice the rate it
+    /// committed (a proxy then holds more than its share of the limit).
+    pub fn set_rlqs_double_share(on: bool) {
+        RLQS_DOUBLE_SHARE.with(|c| c.set(on));
+    }
+
+    pub(crate) fn rlqs_double_share() -> bool {
+        RLQS_DOUBLE_SHARE.with(Cell::get)
+    }
+
+    thread_local! {
+        static RLQS_FORGET_ENDED_STREAMS: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// When on, the RLQS leader plans as if only its current subscribers held shares:
+    /// grants pushed on streams that ended (an earlier leader's, or before a reconnect)
+    /// are no longer counted as spent.
+    pub fn set_rlqs_forget_ended_streams(on: bool) {
+        RLQS_FORGET_ENDED_STREAMS.with(|c| c.set(on));
+    }
+
+    pub(crate) fn rlqs_forget_ended_streams() -> bool {
+        RLQS_FORGET_ENDED_STREAMS.with(Cell::get)
+    }
 }
 
 /// The consistency a hit is decided with (a planted bug may downgrade strict to fast).

@@ -10,6 +10,7 @@ use quorate_server::policy::Consistency;
 use quorate_server::raft::{Command, CommandResponse, NodeId};
 
 use crate::cluster::Leadership;
+use crate::fleet::FleetRecord;
 use crate::sm::Applied;
 use crate::workload::{consistency_of, Op};
 
@@ -626,5 +627,209 @@ mod tests {
             1,
             "n3 leads term 8 after it led term 9"
         );
+    }
+}
+
+/// What the RLQS checks look at (Envoy RLQS, issue 16).
+#[derive(Debug)]
+pub struct RlqsEvidence<'a> {
+    pub fleet: &'a FleetRecord,
+    pub applied: &'a [Applied],
+    /// Whether the run's node clocks stayed in step (no skew or jump injected): the
+    /// real-time properties rely on a new leader reading an earlier leader's expiry
+    /// times on the same clock, give or take the push guard.
+    pub clocks_in_step: bool,
+}
+
+/// The RLQS promises:
+/// - **committed pools** (always, also under clock faults): after every committed
+///   `Assign` entry, at log time (leader timestamps clamped to be monotonic, as the
+///   state machine does when it prunes the grant table), each bucket's unexpired grants
+///   hold at most the rate pool (Σ per proxy of its highest live rate ≤ (limit − reserve
+///   tokens) per second) and the charged token-bucket capacities at most the token pool.
+/// - **held shares** (clocks in step): at every instant, the rates of the assignments the
+///   proxies actually enforce sum to at most the rate pool.
+/// - **fleet overshoot 0** (clocks in step): requests admitted by the whole fleet in any
+///   1 s window (sliding, half-open) ≤ the limit; for a token-bucket limit, admitted over
+///   any span `[a, b]` ≤ burst + rate · (b − a).
+///
+/// Returns the violations, and the real-time findings of a run whose clocks were not in
+/// step (measured, not asserted: a new leader whose clock runs ahead of its predecessor's
+/// by more than the push guard sees the predecessor's shares expire early).
+pub fn check_rlqs(e: &RlqsEvidence<'_>) -> (Vec<Violation>, Vec<Violation>) {
+    let mut v = Vec::new();
+    committed_pools(e.applied, &mut v);
+    let mut real_time = Vec::new();
+    held_shares(e.fleet, &mut real_time);
+    fleet_overshoot(e.fleet, &mut real_time);
+    if e.clocks_in_step {
+        v.append(&mut real_time);
+    }
+    (v, real_time)
+}
+
+fn fleet_bucket(key: &str) -> Option<usize> {
+    let rule = key.split('\u{1f}').nth(1)?;
+    crate::fleet::BUCKETS.iter().position(|b| b.rule == rule)
+}
+
+fn committed_pools(applied: &[Applied], v: &mut Vec<Violation>) {
+    use quorate_server::quota::Grant as Share;
+    let mut canonical: BTreeMap<u64, &Applied> = BTreeMap::new();
+    for a in applied {
+        canonical.entry(a.log_id.index).or_insert(a);
+    }
+    let mut grants: Vec<Vec<Share>> = vec![Vec::new(); crate::fleet::BUCKETS.len()];
+    let mut clock: Nanos = 0;
+    for (index, a) in canonical {
+        let Some(command) = &a.command else { continue };
+        clock = clock.max(command.ts());
+        let Command::Assign { grants: new, .. } = command else {
+            continue;
+        };
+        let ts = &clock;
+        let mut touched = std::collections::BTreeSet::new();
+        for g in new {
+            match fleet_bucket(&g.bucket) {
+                Some(b) => {
+                    touched.insert(b);
+                    grants[b].push(g.clone());
+                }
+                None => v.push(Violation {
+                    invariant: "rlqs committed pools",
+                    detail: format!("index {index}: a grant for unknown bucket {:?}", g.bucket),
+                }),
+            }
+        }
+        for b in touched {
+            let bucket = &crate::fleet::BUCKETS[b];
+            let (rate_pool, token_pool) = crate::fleet::pools(bucket);
+            let mut held: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut charged: BTreeMap<(u64, Nanos), u64> = BTreeMap::new();
+            for g in &grants[b] {
+                if g.expires_at > *ts {
+                    let h = held.entry(g.proxy).or_default();
+                    *h = (*h).max(g.rate);
+                }
+                if g.hold_until > *ts {
+                    let c = charged.entry((g.proxy, g.since)).or_default();
+                    *c = (*c).max(u64::from(g.max_tokens));
+                }
+            }
+            let rate: u64 = held.values().sum();
+            let tokens: u64 = charged.values().sum();
+            if rate > rate_pool || tokens > token_pool {
+                v.push(Violation {
+                    invariant: "rlqs committed pools",
+                    detail: format!(
+                        "index {index} (log time {ts}): bucket {} holds {rate} milli-req/s \
+                         (pool {rate_pool}) and {tokens} tokens (pool {token_pool}) over {} proxies",
+                        bucket.rule,
+                        held.len()
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn held_shares(fleet: &FleetRecord, v: &mut Vec<Violation>) {
+    for (b, bucket) in crate::fleet::BUCKETS.iter().enumerate() {
+        let (rate_pool, _) = crate::fleet::pools(bucket);
+        // Ends before starts at the same instant: holdings are half-open.
+        let mut events: Vec<(Nanos, bool, u64, usize)> = Vec::new();
+        for h in fleet
+            .holdings
+            .iter()
+            .filter(|h| h.bucket == b && h.until > h.from)
+        {
+            events.push((h.from, true, h.rate, h.proxy));
+            events.push((h.until, false, h.rate, h.proxy));
+        }
+        events.sort_by_key(|&(t, start, _, _)| (t, start));
+        let mut sum: u128 = 0;
+        for (t, start, rate, proxy) in events {
+            if start {
+                sum += u128::from(rate);
+                if sum > u128::from(rate_pool) {
+                    v.push(Violation {
+                        invariant: "rlqs held shares",
+                        detail: format!(
+                            "at {}ms proxy {proxy} took a {} share of {}: the fleet holds {sum} \
+                             milli-req/s, pool {rate_pool}",
+                            t / 1_000_000,
+                            if rate == u64::MAX {
+                                "allow-all".to_string()
+                            } else {
+                                format!("{rate}")
+                            },
+                            bucket.rule
+                        ),
+                    });
+                    break;
+                }
+            } else {
+                sum -= u128::from(rate);
+            }
+        }
+    }
+}
+
+/// Per bucket: the most admitted in any 1 s window, and (token buckets) the most admitted
+/// over any span beyond `rate · span`.
+pub fn fleet_peaks(fleet: &FleetRecord) -> Vec<(u64, f64)> {
+    crate::fleet::BUCKETS
+        .iter()
+        .enumerate()
+        .map(|(b, bucket)| {
+            let mut times = fleet.admitted[b].clone();
+            times.sort_unstable();
+            let mut most = 0u64;
+            let mut lo = 0;
+            for hi in 0..times.len() {
+                while times[hi] - times[lo] >= SECOND_NS {
+                    lo += 1;
+                }
+                most = most.max((hi - lo + 1) as u64);
+            }
+            // max over i ≤ j of (j − i + 1) − r·(t_j − t_i).
+            let r = bucket.limit as f64 / SECOND_NS as f64;
+            let mut best_start = f64::INFINITY;
+            let mut beyond = 0f64;
+            for (j, &t) in times.iter().enumerate() {
+                best_start = best_start.min(j as f64 - r * t as f64);
+                beyond = beyond.max(j as f64 - r * t as f64 - best_start + 1.0);
+            }
+            (most, beyond)
+        })
+        .collect()
+}
+
+const SECOND_NS: Nanos = 1_000_000_000;
+
+fn fleet_overshoot(fleet: &FleetRecord, v: &mut Vec<Violation>) {
+    for (bucket, (most, beyond)) in crate::fleet::BUCKETS.iter().zip(fleet_peaks(fleet)) {
+        if most > bucket.limit {
+            v.push(Violation {
+                invariant: "rlqs fleet overshoot",
+                detail: format!(
+                    "bucket {}: the fleet admitted {most} requests within 1 s, limit {}",
+                    bucket.rule, bucket.limit
+                ),
+            });
+        }
+        if let Some(burst) = bucket.burst {
+            // A tolerance far below one request for the float sum.
+            if beyond > burst as f64 + 1e-6 {
+                v.push(Violation {
+                    invariant: "rlqs fleet overshoot",
+                    detail: format!(
+                        "bucket {}: the fleet admitted {beyond:.3} requests beyond the refill \
+                         over one span, burst {burst}",
+                        bucket.rule
+                    ),
+                });
+            }
+        }
     }
 }

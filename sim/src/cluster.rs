@@ -13,6 +13,7 @@ use std::time::Duration;
 use openraft::{ServerState, SnapshotPolicy};
 use quorate_algorithms::Nanos;
 use quorate_server::engine::{BatchSettings, Engine, LeaderClock};
+use quorate_server::grpc::rlqs::Rlqs;
 use quorate_server::metrics::Metrics;
 use quorate_server::raft::peer_auth::PeerAuth;
 use quorate_server::raft::state_machine::{SharedState, StateMachine};
@@ -39,6 +40,10 @@ pub struct SimNode {
     /// The engine's metrics (decisions resolve their limits against them).
     pub metrics: Arc<Metrics>,
     pub shared: Arc<SharedState>,
+    /// The node's RLQS service (runs with simulated proxies only; see [`Cluster::rlqs`]).
+    pub rlqs: Option<Arc<Rlqs>>,
+    /// Its share rounds, stopped when the node crashes (the process is gone).
+    rounds: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for SimNode {
@@ -95,6 +100,9 @@ pub struct Cluster {
     incarnations: Mutex<BTreeMap<NodeId, u32>>,
     config: Arc<openraft::Config>,
     pub settings: BatchSettings,
+    /// Start each node's RLQS service and share rounds. Off unless proxies run: the
+    /// rounds' timers would change the interleavings of every other seed.
+    pub rlqs: bool,
     disk_mode: DiskMode,
     start: tokio::time::Instant,
 }
@@ -147,6 +155,7 @@ impl Cluster {
                 max_inflight: 1,
                 decision_timeout: Duration::from_secs(1),
             },
+            rlqs: false,
             disk_mode,
             start: tokio::time::Instant::now(),
         })
@@ -233,9 +242,9 @@ impl Cluster {
         let metrics = Arc::new(Metrics::new().map_err(|e| SimError::Setup(e.to_string()))?);
         let skew = self.skews.get(&id).cloned().unwrap_or_default();
         let start = self.start;
-        let clock = Arc::new(LeaderClock::with_source(Arc::new(move || {
-            wall_at(start, skew.load(Ordering::Relaxed))
-        })));
+        let source: quorate_server::engine::WallSource =
+            Arc::new(move || wall_at(start, skew.load(Ordering::Relaxed)));
+        let clock = Arc::new(LeaderClock::with_source(Arc::clone(&source)));
         let engine = Arc::new(Engine::start(
             raft.clone(),
             id,
@@ -246,6 +255,20 @@ impl Cluster {
             std::time::Duration::from_millis(self.config.election_timeout_min),
             clock,
         ));
+        // As in `node.rs`: the RLQS service has its own leader clock on the node's wall
+        // time. Stream ids unique per node incarnation, without drawing from the RNG.
+        let rlqs = self.rlqs.then(|| {
+            Rlqs::with_clock(
+                raft.clone(),
+                Arc::clone(&engine),
+                Arc::clone(&metrics),
+                LeaderClock::with_source(source),
+                (id << 48) | (u64::from(incarnation) << 32),
+            )
+        });
+        let rounds = rlqs
+            .as_ref()
+            .map(|r| tokio::spawn(Arc::clone(r).run_rounds()));
         let node = Arc::new(SimNode {
             id,
             incarnation,
@@ -253,6 +276,8 @@ impl Cluster {
             engine,
             metrics,
             shared,
+            rlqs,
+            rounds,
         });
         self.with_live(|l| l.insert(id, Arc::clone(&node)));
         self.net.register(id, raft.clone());
@@ -313,6 +338,9 @@ impl Cluster {
             return;
         };
         self.net.unregister(id);
+        if let Some(rounds) = &node.rounds {
+            rounds.abort();
+        }
         let lost = self.disks.get(&id).map_or(0, SharedDisk::crash);
         let _ = node.raft.shutdown().await;
         self.faults.count("crash");
@@ -344,6 +372,9 @@ impl Cluster {
     /// Stops every node (end of run).
     pub async fn shutdown(&self) {
         for node in self.with_live(std::mem::take).into_values() {
+            if let Some(rounds) = &node.rounds {
+                rounds.abort();
+            }
             let _ = node.raft.shutdown().await;
         }
     }

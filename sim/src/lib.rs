@@ -7,10 +7,13 @@
 //! then checked against quorate's promises ([`check`]). See docs/simulator.md.
 //!
 //! - [`run_seed`] runs one seed and returns its [`Report`] (violations, trace, hash).
+//!   With `proxies > 0` a fleet of simulated Envoy proxies ([`fleet`]) also shares RLQS
+//!   limits through the cluster, checked by [`check::check_rlqs`].
 //! - The `quorate-sim` binary sweeps many seeds.
 
 pub mod check;
 pub mod cluster;
+pub mod fleet;
 pub mod log;
 pub mod net;
 pub mod rng;
@@ -45,6 +48,11 @@ pub enum PlantedBug {
     StrictBeforeCommit,
     /// Disks acknowledge fsyncs before the data is durable.
     LyingFsync,
+    /// The RLQS leader pushes shares at twice the rate it committed.
+    RlqsDoubleShare,
+    /// The RLQS leader stops counting shares pushed on streams that ended (an earlier
+    /// leader's, or before a proxy reconnected) as spent.
+    RlqsForgetEndedStreams,
 }
 
 impl PlantedBug {
@@ -52,6 +60,8 @@ impl PlantedBug {
         match self {
             PlantedBug::StrictBeforeCommit => "strict-before-commit",
             PlantedBug::LyingFsync => "lying-fsync",
+            PlantedBug::RlqsDoubleShare => "rlqs-double-share",
+            PlantedBug::RlqsForgetEndedStreams => "rlqs-forget-ended-streams",
         }
     }
 }
@@ -62,8 +72,11 @@ impl std::str::FromStr for PlantedBug {
         match s {
             "strict-before-commit" => Ok(PlantedBug::StrictBeforeCommit),
             "lying-fsync" => Ok(PlantedBug::LyingFsync),
+            "rlqs-double-share" => Ok(PlantedBug::RlqsDoubleShare),
+            "rlqs-forget-ended-streams" => Ok(PlantedBug::RlqsForgetEndedStreams),
             other => Err(format!(
-                "unknown planted bug {other:?} (known: strict-before-commit, lying-fsync)"
+                "unknown planted bug {other:?} (known: strict-before-commit, lying-fsync, \
+                 rlqs-double-share, rlqs-forget-ended-streams)"
             )),
         }
     }
@@ -75,10 +88,14 @@ pub struct Options {
     pub seed: u64,
     pub nodes: usize,
     pub clients: usize,
+    /// Simulated Envoy proxies sharing RLQS limits (0: no RLQS service runs).
+    pub proxies: usize,
     /// Simulated time under workload and faults (then faults heal and the run quiesces).
     pub duration: Duration,
     /// Inject faults (crashes, partitions, lossy links, clock skew).
     pub faults: bool,
+    /// With `faults`: skew and jump node clocks too.
+    pub clock_faults: bool,
     pub plant: Option<PlantedBug>,
     /// Stop injecting faults after this many nemesis actions (set by shrinking).
     pub max_faults: Option<u32>,
@@ -90,10 +107,25 @@ impl Options {
             seed,
             nodes: 3,
             clients: 6,
+            proxies: 0,
             duration: Duration::from_secs(6),
             faults: true,
+            clock_faults: true,
             plant: None,
             max_faults: None,
+        }
+    }
+
+    /// An RLQS run: six proxies sharing the fleet's limits, two ordinary clients beside
+    /// them, the same faults, clock faults in even seeds only (odd seeds assert the
+    /// real-time properties across crashes, partitions and leader changes; see
+    /// [`check::check_rlqs`]).
+    pub fn rlqs(seed: u64) -> Options {
+        Options {
+            clients: 2,
+            proxies: 6,
+            clock_faults: seed.is_multiple_of(2),
+            ..Options::new(seed)
         }
     }
 
@@ -106,8 +138,15 @@ impl Options {
             self.clients,
             self.duration.as_secs_f64()
         );
+        if self.proxies > 0 {
+            cmd.push_str(&format!(" --workload rlqs --proxies {}", self.proxies));
+        } else {
+            cmd.push_str(" --workload hits");
+        }
         if !self.faults {
             cmd.push_str(" --no-faults");
+        } else if !self.clock_faults {
+            cmd.push_str(" --no-clock-faults");
         }
         if let Some(max) = self.max_faults {
             cmd.push_str(&format!(" --max-faults {max}"));
@@ -139,6 +178,66 @@ pub struct Report {
     pub terms: usize,
     /// Terms that had more than one leader (legal in openraft's default mode).
     pub shared_terms: usize,
+    /// What the RLQS fleet did, when proxies ran.
+    pub rlqs: Option<RlqsOutcome>,
+}
+
+/// What the RLQS fleet did in one run, per bucket of [`fleet::BUCKETS`].
+#[derive(Debug, Clone)]
+pub struct RlqsOutcome {
+    /// Most admitted by the fleet within any 1 s window.
+    pub peak: Vec<u64>,
+    /// Admitted per whole second from [`RLQS_WARM_UP`] on, as a fraction of the limit:
+    /// the lowest second and the mean.
+    pub utilisation_min: Vec<f64>,
+    pub utilisation_mean: Vec<f64>,
+    pub decided: Vec<u64>,
+    pub admitted: Vec<u64>,
+    pub assignments: u64,
+    pub reports: u64,
+    pub reconnects: u64,
+    /// Whether the real-time properties were asserted (no clock fault was injected).
+    pub clocks_in_step: bool,
+    /// Real-time findings in a run with clock faults (reported, not asserted).
+    pub skewed_findings: usize,
+}
+
+/// Seconds left out of the utilisation figures: proxies start with no share, and the
+/// leader learns their demand from their second report on.
+pub const RLQS_WARM_UP: Duration = Duration::from_secs(2);
+
+fn rlqs_outcome(record: &fleet::FleetRecord, clocks_in_step: bool) -> RlqsOutcome {
+    let peaks = check::fleet_peaks(record);
+    let from = RLQS_WARM_UP.as_nanos() as u64;
+    let seconds: Vec<u64> = (from / 1_000_000_000..record.end / 1_000_000_000).collect();
+    let mut utilisation_min = Vec::new();
+    let mut utilisation_mean = Vec::new();
+    for (b, bucket) in fleet::BUCKETS.iter().enumerate() {
+        let per_second: Vec<f64> = seconds
+            .iter()
+            .map(|k| {
+                let n = record.admitted[b]
+                    .iter()
+                    .filter(|&&t| t / 1_000_000_000 == *k)
+                    .count();
+                n as f64 / bucket.limit as f64
+            })
+            .collect();
+        utilisation_min.push(per_second.iter().copied().fold(f64::NAN, f64::min));
+        utilisation_mean.push(per_second.iter().sum::<f64>() / per_second.len().max(1) as f64);
+    }
+    RlqsOutcome {
+        peak: peaks.iter().map(|p| p.0).collect(),
+        utilisation_min,
+        utilisation_mean,
+        decided: record.decided.clone(),
+        admitted: record.admitted.iter().map(|a| a.len() as u64).collect(),
+        assignments: record.assignments,
+        reports: record.reports,
+        reconnects: record.reconnects,
+        clocks_in_step,
+        skewed_findings: 0,
+    }
 }
 
 impl Report {
@@ -173,8 +272,16 @@ pub fn run_seed(options: &Options) -> Result<Report, SimError> {
     quorate_server::engine::planted::set_strict_before_commit(
         options.plant == Some(PlantedBug::StrictBeforeCommit),
     );
+    quorate_server::engine::planted::set_rlqs_double_share(
+        options.plant == Some(PlantedBug::RlqsDoubleShare),
+    );
+    quorate_server::engine::planted::set_rlqs_forget_ended_streams(
+        options.plant == Some(PlantedBug::RlqsForgetEndedStreams),
+    );
     let report = runtime.block_on(simulate(options.clone()));
     quorate_server::engine::planted::set_strict_before_commit(false);
+    quorate_server::engine::planted::set_rlqs_double_share(false);
+    quorate_server::engine::planted::set_rlqs_forget_ended_streams(false);
     // Drops every task still parked (a crashed node's leftovers) with the runtime.
     drop(runtime);
     report
@@ -190,13 +297,17 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         }
         _ => log::DiskMode::Honest(Duration::from_micros(50), Duration::from_millis(3)),
     };
-    let cluster = Arc::new(Cluster::new(
-        options.nodes,
-        rng,
-        trace.clone(),
-        faults.clone(),
-        disk_mode,
-    )?);
+    let mut cluster = Cluster::new(options.nodes, rng, trace.clone(), faults.clone(), disk_mode)?;
+    cluster.rlqs = options.proxies > 0;
+    let cluster = Arc::new(cluster);
+    let with_rlqs = options.proxies > 0;
+    let policy = move |n| {
+        let mut text = workload::policy_text(n);
+        if with_rlqs {
+            text.push_str(&fleet::policy_section());
+        }
+        text
+    };
     for id in cluster.ids.clone() {
         cluster.start(id).await?;
     }
@@ -207,7 +318,7 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         |c, leader| Command::SetPolicy {
             ts: c.wall(leader),
             format: "quorate".into(),
-            source: workload::policy_text(0),
+            source: policy(0),
         },
         Duration::from_secs(10),
     )
@@ -230,19 +341,33 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
     tasks.push(tokio::spawn(workload::policy_churn(
         Arc::clone(&cluster),
         Arc::clone(&stop),
+        policy,
     )));
+    let fleet = fleet::Fleet::new(tokio::time::Instant::now());
+    for p in 0..options.proxies {
+        tasks.push(tokio::spawn(fleet::proxy(
+            Arc::clone(&cluster),
+            fleet.clone(),
+            p,
+            options.proxies,
+            Arc::clone(&stop),
+        )));
+    }
     if options.faults {
         tasks.push(tokio::spawn(workload::nemesis(
             Arc::clone(&cluster),
             Arc::clone(&stop),
             options.max_faults,
+            options.clock_faults,
         )));
     }
     tokio::time::sleep(options.duration).await;
     stop.store(true, Ordering::Relaxed);
+    fleet.stopped();
     for t in tasks {
         let _ = t.await;
     }
+    let fleet_record = fleet.finish();
     // Every node back up, clocks as they are: the cluster must converge.
     for id in cluster.ids.clone() {
         workload::restart(&cluster, id).await;
@@ -258,13 +383,30 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
 
     let ops = history.all();
     let applied = cluster.applied.all();
-    let violations = check::check(&Evidence {
+    let mut violations = check::check(&Evidence {
         ops: &ops,
         applied: &applied,
         leaders: &leaders,
         finals: &finals,
         fast_unreplicated_cap: (cluster.settings.max_inflight * cluster.settings.max_hits) as u64
             + 65_536,
+    });
+    let injected = faults.snapshot();
+    let rlqs = (options.proxies > 0).then(|| {
+        let clocks_in_step =
+            !injected.contains_key("clock_skew") && !injected.contains_key("clock_jump");
+        let (found, skewed) = check::check_rlqs(&check::RlqsEvidence {
+            fleet: &fleet_record,
+            applied: &applied,
+            clocks_in_step,
+        });
+        violations.extend(found);
+        for v in &skewed {
+            trace.event(format!("UNDER CLOCK FAULTS [{}] {}", v.invariant, v.detail));
+        }
+        let mut outcome = rlqs_outcome(&fleet_record, clocks_in_step);
+        outcome.skewed_findings = skewed.len();
+        outcome
     });
     for v in &violations {
         trace.event(format!("VIOLATION [{}] {}", v.invariant, v.detail));
@@ -300,7 +442,7 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         violations,
         trace: lines,
         hash,
-        faults: faults.snapshot(),
+        faults: injected,
         ops: ops.len(),
         granted,
         entries,
@@ -315,6 +457,7 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
             }
             per_term.values().filter(|n| **n > 1).count()
         },
+        rlqs,
     })
 }
 

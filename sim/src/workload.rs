@@ -208,7 +208,11 @@ pub async fn write_through_leader(
 }
 
 /// Applies policy version after version, every 0.7–2 s, until `stop`.
-pub async fn policy_churn(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) {
+pub async fn policy_churn(
+    cluster: Arc<Cluster>,
+    stop: Arc<AtomicBool>,
+    policy_text: impl Fn(u64) -> String,
+) {
     let mut n = 1;
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(
@@ -237,7 +241,13 @@ pub async fn policy_churn(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) {
 
 /// Injects faults until `stop` (or after `max_actions`, for shrinking: the run up to the
 /// last action taken is the same as the full run's), then undoes them all.
-pub async fn nemesis(cluster: Arc<Cluster>, stop: Arc<AtomicBool>, max_actions: Option<u32>) {
+/// Without `clock_faults`, the draws that would skew or jump a clock do nothing.
+pub async fn nemesis(
+    cluster: Arc<Cluster>,
+    stop: Arc<AtomicBool>,
+    max_actions: Option<u32>,
+    clock_faults: bool,
+) {
     let rng = cluster.rng.clone();
     let ids = cluster.ids.clone();
     let trace = cluster.trace.clone();
@@ -300,6 +310,7 @@ pub async fn nemesis(cluster: Arc<Cluster>, stop: Arc<AtomicBool>, max_actions: 
                     }));
                 }
             }
+            62..=81 if !clock_faults => {}
             62..=73 => {
                 let id = *rng.pick(&ids);
                 let skew = rng.range(0, 6_000_000_000) as i64 - 3_000_000_000;

@@ -100,9 +100,11 @@ impl std::fmt::Debug for Rlqs {
 /// What the leader knows about its subscribers; soft state, rebuilt from reports.
 #[derive(Debug, Default)]
 struct Hub {
-    streams: HashMap<u64, Sender>,
+    /// Ordered, like the maps of pushes: the order of sends is the same in every run
+    /// (the simulator replays a seed exactly).
+    streams: BTreeMap<u64, Sender>,
     /// Each stream's remote address, as the dashboard shows it.
-    peers: HashMap<u64, Option<SocketAddr>>,
+    peers: BTreeMap<u64, Option<SocketAddr>>,
     buckets: BTreeMap<String, BucketState>,
     /// Subscriptions in `buckets`: counted up on each new one, recounted exactly when
     /// streams end and at every round (so it may briefly over-count, never under).
@@ -151,13 +153,25 @@ impl Rlqs {
         // Ids are unique across nodes and restarts: the grant table outlives streams, and
         // a new stream must never inherit an old one's grants.
         let seed = (node << 48) ^ (rand::random::<u64>() >> 16);
+        Rlqs::with_clock(raft, engine, metrics, LeaderClock::default(), seed)
+    }
+
+    /// [`Rlqs::new`] reading time from `clock` and numbering streams from `first_id`
+    /// (the simulator: each node's skewable clock, ids unique per node incarnation).
+    pub fn with_clock(
+        raft: Raft,
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        clock: LeaderClock,
+        first_id: u64,
+    ) -> Arc<Rlqs> {
         Arc::new(Rlqs {
             raft,
             engine,
             metrics,
-            clock: LeaderClock::default(),
+            clock,
             hub: Mutex::new(Hub::default()),
-            next_id: AtomicU64::new(seed),
+            next_id: AtomicU64::new(first_id),
             wake: tokio::sync::Notify::new(),
             linearized_term: AtomicU64::new(0),
             rounds: Mutex::new(VecDeque::new()),
@@ -509,8 +523,8 @@ impl Rlqs {
             .interval
             .saturating_mul(u64::from(settings.abandon_after));
         // stream → actions to push once the grants are committed.
-        let mut pushes: HashMap<u64, Vec<(BucketId, Share)>> = HashMap::new();
-        let mut abandons: HashMap<u64, Vec<BucketId>> = HashMap::new();
+        let mut pushes: BTreeMap<u64, Vec<(BucketId, Share)>> = BTreeMap::new();
+        let mut abandons: BTreeMap<u64, Vec<BucketId>> = BTreeMap::new();
         let mut grants = Vec::new();
         let mut frees_at = None;
         // (domain, rule) → (demand, assigned rate), for the per-rule gauges.
@@ -565,7 +579,15 @@ impl Rlqs {
                     })
                     .collect();
                 let pool = Pool::of(limit, settings.reserve);
-                let charge = shared.assignment_charge(&key, now);
+                #[allow(unused_mut)]
+                let mut charge = shared.assignment_charge(&key, now);
+                #[cfg(feature = "sim-planted-bugs")]
+                if crate::engine::planted::rlqs_forget_ended_streams() {
+                    charge.held.retain(|p, _| state.subscribers.contains_key(p));
+                    charge
+                        .latest
+                        .retain(|p, _| state.subscribers.contains_key(p));
+                }
                 let targets: HashMap<u64, quota::MilliRate> = demands
                     .iter()
                     .map(|d| d.proxy)
@@ -641,8 +663,8 @@ impl Rlqs {
 
     fn push(
         &self,
-        pushes: HashMap<u64, Vec<(BucketId, Share)>>,
-        abandons: HashMap<u64, Vec<BucketId>>,
+        pushes: BTreeMap<u64, Vec<(BucketId, Share)>>,
+        abandons: BTreeMap<u64, Vec<BucketId>>,
         settings: RlqsSettings,
     ) {
         let now = self.clock.now();
@@ -711,7 +733,13 @@ fn assign(strategy: Strategy, ttl: Nanos) -> Action {
 /// A share as Envoy enforces it: a small token bucket refilled one token at a time at the
 /// granted rate (the interval rounded up, so the proxy never refills faster than granted).
 fn token_bucket(g: &Grant) -> Strategy {
-    let interval = (u128::from(SECOND) * 1000).div_ceil(u128::from(g.rate.max(1)));
+    #[allow(unused_mut)]
+    let mut rate = g.rate;
+    #[cfg(feature = "sim-planted-bugs")]
+    if crate::engine::planted::rlqs_double_share() {
+        rate = rate.saturating_mul(2);
+    }
+    let interval = (u128::from(SECOND) * 1000).div_ceil(u128::from(rate.max(1)));
     Strategy::TokenBucket(TokenBucket {
         max_tokens: g.max_tokens,
         tokens_per_fill: Some(UInt32Value { value: 1 }),
