@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::fast::InFlightGuard;
-use super::propose::{propose_batches, BatchSettings};
+use super::propose::{propose_batches, BatchSettings, Proposer};
 use super::{EngineError, LeaderClock};
 use crate::metrics::Metrics;
 use crate::raft::typ::{ClientWriteError, Raft, RaftError};
@@ -56,7 +56,15 @@ impl Batcher {
         settings: BatchSettings,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(rx, raft, clock, metrics, settings));
+        tokio::spawn(run(
+            rx,
+            Proposer {
+                raft,
+                clock,
+                metrics,
+                settings,
+            },
+        ));
         Batcher { tx }
     }
 
@@ -84,19 +92,13 @@ impl Batcher {
     }
 }
 
-async fn run(
-    rx: mpsc::Receiver<Pending>,
-    raft: Raft,
-    clock: Arc<LeaderClock>,
-    metrics: Arc<Metrics>,
-    settings: BatchSettings,
-) {
+async fn run(rx: mpsc::Receiver<Pending>, proposer: Proposer) {
     let weight = |p: &Pending| p.hits.len();
-    propose_batches(rx, settings, weight, |batch, total, slot| {
-        metrics.batch_hits.observe(total as f64);
-        let raft = raft.clone();
-        let ts = clock.now();
-        let metrics = Arc::clone(&metrics);
+    propose_batches(rx, proposer.settings, weight, |batch, total, slot| {
+        proposer.metrics.batch_hits.observe(total as f64);
+        let raft = proposer.raft.clone();
+        let ts = proposer.clock.now();
+        let metrics = Arc::clone(&proposer.metrics);
         tokio::spawn(async move {
             let mut requests = Vec::with_capacity(batch.len());
             let mut replies = Vec::with_capacity(batch.len());

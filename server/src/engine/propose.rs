@@ -13,6 +13,20 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use super::LeaderClock;
+use crate::metrics::Metrics;
+use crate::raft::typ::Raft;
+
+/// What every propose loop writes entries with: Raft, the leader's clock (each entry's
+/// timestamp), the metrics and the group-commit settings.
+#[derive(Clone)]
+pub(super) struct Proposer {
+    pub raft: Raft,
+    pub clock: Arc<LeaderClock>,
+    pub metrics: Arc<Metrics>,
+    pub settings: BatchSettings,
+}
+
 /// Tuning of group commit.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchSettings {

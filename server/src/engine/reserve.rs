@@ -49,7 +49,7 @@ use quorate_algorithms::{
 use tokio::sync::{mpsc, Notify};
 
 use super::batcher::write_error;
-use super::propose::{propose_batches, BatchSettings};
+use super::propose::{propose_batches, BatchSettings, Proposer};
 use super::{EngineError, LeaderClock};
 use crate::metrics::Metrics;
 use crate::raft::state_machine::SharedState;
@@ -265,22 +265,16 @@ impl Reservations {
         metrics: Arc<Metrics>,
         settings: BatchSettings,
     ) -> Reservations {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(
-            rx,
-            raft.clone(),
-            Arc::clone(&clock),
-            Arc::clone(&metrics),
-            settings,
-        ));
-        let (settle_tx, settle_rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_settles(
-            settle_rx,
-            raft.clone(),
-            Arc::clone(&clock),
+        let proposer = Proposer {
+            raft: raft.clone(),
+            clock: Arc::clone(&clock),
             metrics,
             settings,
-        ));
+        };
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(rx, proposer.clone()));
+        let (settle_tx, settle_rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_settles(settle_rx, proposer));
         let state = Arc::new(ArcSwap::from_pointee(State::Off));
         tokio::spawn(settle_unused(
             Arc::downgrade(&state),
@@ -614,21 +608,15 @@ fn sweep(term: &Term, keys: &mut HashMap<String, KeyState>, now: Nanos) {
 
 /// Proposes queued reservations in batches, one [`Command::Reserve`] entry each, and
 /// hands every outcome to its key and its waiters.
-async fn run(
-    rx: mpsc::Receiver<Pending>,
-    raft: Raft,
-    clock: Arc<LeaderClock>,
-    metrics: Arc<Metrics>,
-    settings: BatchSettings,
-) {
+async fn run(rx: mpsc::Receiver<Pending>, proposer: Proposer) {
     propose_batches(
         rx,
-        settings,
+        proposer.settings,
         |_| 1,
         |batch, _, slot| {
-            let raft = raft.clone();
-            let clock = Arc::clone(&clock);
-            let metrics = Arc::clone(&metrics);
+            let raft = proposer.raft.clone();
+            let clock = Arc::clone(&proposer.clock);
+            let metrics = Arc::clone(&proposer.metrics);
             let ts = clock.now();
             tokio::spawn(async move {
                 let items = batch.iter().map(|p| p.item.clone()).collect();
@@ -757,23 +745,17 @@ async fn settle_unused(
 }
 
 /// Proposes queued settles in batches, one [`Command::Settle`] entry each.
-async fn run_settles(
-    rx: mpsc::Receiver<SettleItem>,
-    raft: Raft,
-    clock: Arc<LeaderClock>,
-    metrics: Arc<Metrics>,
-    settings: BatchSettings,
-) {
+async fn run_settles(rx: mpsc::Receiver<SettleItem>, proposer: Proposer) {
     propose_batches(
         rx,
-        settings,
+        proposer.settings,
         |_| 1,
         |items, _, slot| {
-            let raft = raft.clone();
-            let metrics = Arc::clone(&metrics);
-            let ts = clock.now();
+            let unused: u64 = items.iter().map(|i| i.unused).sum();
+            let ts = proposer.clock.now();
+            let raft = proposer.raft.clone();
+            let metrics = Arc::clone(&proposer.metrics);
             tokio::spawn(async move {
-                let unused: u64 = items.iter().map(|i| i.unused).sum();
                 match raft.client_write(Command::Settle { ts, items }).await {
                     Ok(_) => metrics.settled_quota.inc_by(unused),
                     // Left counted: under-granted, never over.
