@@ -577,12 +577,7 @@ async fn main() -> anyhow::Result<()> {
                 out,
                 command_line: std::env::args().collect::<Vec<_>>().join(" "),
             };
-            let markdown = tokio::select! {
-                r = key_sweep::run(cfg) => r?,
-                _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
-            };
-            println!("{markdown}");
-            Ok(())
+            print_until_interrupted(key_sweep::run(cfg)).await
         }
         Command::Rlqs {
             quorate,
@@ -618,12 +613,7 @@ async fn main() -> anyhow::Result<()> {
                 out,
                 command_line: std::env::args().collect::<Vec<_>>().join(" "),
             };
-            let markdown = tokio::select! {
-                r = rlqs::run(cfg) => r?,
-                _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
-            };
-            println!("{markdown}");
-            Ok(())
+            print_until_interrupted(rlqs::run(cfg)).await
         }
         Command::Overload {
             quorate,
@@ -643,24 +633,26 @@ async fn main() -> anyhow::Result<()> {
                 timeout,
                 work_dir,
             };
-            let markdown = tokio::select! {
-                r = overload::run(cfg) => r?,
-                _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
-            };
-            println!("{markdown}");
-            Ok(())
+            print_until_interrupted(overload::run(cfg)).await
         }
         Command::Suite(args) => {
             let cfg = suite_config(args)?;
-            // Ctrl-C drops the suite's future, and with it every child (drop guards).
-            let markdown = tokio::select! {
-                r = suite::run(cfg) => r?,
-                _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
-            };
-            println!("{markdown}");
-            Ok(())
+            print_until_interrupted(suite::run(cfg)).await
         }
     }
+}
+
+/// Runs a mode that starts servers and prints its markdown report. Ctrl-C drops the
+/// mode's future, and with it every child process (drop guards).
+async fn print_until_interrupted(
+    mode: impl std::future::Future<Output = anyhow::Result<String>>,
+) -> anyhow::Result<()> {
+    let markdown = tokio::select! {
+        r = mode => r?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted: every server was stopped"),
+    };
+    println!("{markdown}");
+    Ok(())
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<()> {
