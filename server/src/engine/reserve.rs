@@ -207,6 +207,19 @@ impl Term {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Takes the credit of every key `which` picks out of memory, in key order (so a
+    /// simulated run replays the same log).
+    fn give_back(&self, which: impl Fn(&KeyState) -> bool) -> Vec<SettleItem> {
+        let mut items: Vec<SettleItem> = self
+            .lock()
+            .values_mut()
+            .filter(|s| which(s))
+            .filter_map(KeyState::give_back)
+            .collect();
+        items.sort_by(|a, b| (&a.limit, &a.key).cmp(&(&b.limit, &b.key)));
+        items
+    }
+
     /// Queues a settle; when the queue is full the quota simply stays counted.
     fn settle(&self, item: Option<SettleItem>) {
         if let Some(item) = item {
@@ -325,15 +338,10 @@ impl Reservations {
         let State::On(term) = &*self.state.swap(Arc::new(State::Off)) else {
             return;
         };
-        let mut items: Vec<SettleItem> = term
-            .lock()
-            .values_mut()
-            .filter_map(KeyState::give_back)
-            .collect();
+        let items = term.give_back(|_| true);
         if items.is_empty() {
             return;
         }
-        items.sort_by(|a, b| (&a.limit, &a.key).cmp(&(&b.limit, &b.key)));
         let count = items.len();
         let settle = Command::Settle {
             ts: self.clock.now(),
@@ -726,18 +734,11 @@ async fn settle_unused(
         };
         let horizon = shared.policy.load().set.reservations.horizon;
         let now = clock.now();
-        let mut items: Vec<SettleItem> = term
-            .lock()
-            .values_mut()
-            .filter(|s| {
-                s.pending.is_none()
-                    && (s.valid_until <= now
-                        || (s.demand == 0 && now.saturating_sub(s.demand_since) >= horizon))
-            })
-            .filter_map(KeyState::give_back)
-            .collect();
-        // In key order, so a simulated run replays the same log.
-        items.sort_by(|a, b| (&a.limit, &a.key).cmp(&(&b.limit, &b.key)));
+        let items = term.give_back(|s| {
+            s.pending.is_none()
+                && (s.valid_until <= now
+                    || (s.demand == 0 && now.saturating_sub(s.demand_since) >= horizon))
+        });
         for item in items {
             term.settle(Some(item));
         }
