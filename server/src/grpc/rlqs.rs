@@ -80,8 +80,8 @@ pub struct Rlqs {
     /// Rings when a report asks for more (a new subscriber, a rise in demand): a round
     /// runs early instead of at the next interval.
     wake: tokio::sync::Notify,
-    /// The term in which this node last confirmed its leadership and applied everything
-    /// earlier leaders committed.
+    /// The term in which this process last committed an entry of its own as leader, so
+    /// that everything committed before it (by any leader) is applied.
     linearized_term: AtomicU64,
     /// Recent rounds, for the dashboard's churn figures.
     rounds: Mutex<VecDeque<view::RoundSecond>>,
@@ -461,11 +461,21 @@ impl Rlqs {
                 self.metrics.rlqs.observe_rules(&BTreeMap::new());
                 continue;
             }
-            // Every entry of earlier leaders applied here before their grants are read:
-            // once per term (after this leader's own entry applied, all earlier ones are).
+            // Every grant committed before this process led must be in the table before
+            // it is read: once per term, commit an entry of this process's own (an empty
+            // `Assign`) and wait for it to apply; every earlier entry then has. Not
+            // `ensure_linearizable`: a leader restarted within its term resumes without an
+            // election or a new blank entry, so openraft's read index is only the last
+            // commit index it saved (best effort) — grants the previous incarnation
+            // committed and pushed after it may still be unapplied here (simulator seed
+            // 200269: the shares proxies held reached twice the pool).
             let term = self.raft.metrics().borrow().current_term;
             if self.linearized_term.load(Ordering::Acquire) != term {
-                if self.raft.ensure_linearizable().await.is_err() {
+                let barrier = Command::Assign {
+                    ts: self.clock.now(),
+                    grants: Vec::new(),
+                };
+                if self.raft.client_write(barrier).await.is_err() {
                     self.close_all();
                     continue;
                 }
