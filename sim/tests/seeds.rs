@@ -176,10 +176,10 @@ fn rlqs_quick_seeds_hold_every_invariant_under_faults_and_replay() {
 
 #[test]
 fn a_fault_free_rlqs_fleet_uses_its_limits() {
-    // Demand is twice each limit. Measured (seeds 0–3): 95 % of the requests-per-window
-    // limit in every second after the warm-up (2-token buckets), 66 % of the token-bucket
-    // limit (its 5 % reserve, 25 tokens, affords only 1-token buckets for 6 proxies, and a
-    // one-token bucket wastes the refill that accrues between paced requests).
+    // Demand is twice each limit. Measured (seeds 0–3, 10 s): 95 % of the
+    // requests-per-window limit and 90–94 % of the token-bucket limit in every second
+    // after the warm-up (2-token shares; with 1-token shares, before `bucket_tokens` asked
+    // for room for one change instead of two, the token-bucket limit got 66 %).
     let mut options = Options::rlqs(0);
     options.faults = false;
     let report = run(&options);
@@ -187,7 +187,7 @@ fn a_fault_free_rlqs_fleet_uses_its_limits() {
     let outcome = report.rlqs.expect("an RLQS run reports its fleet");
     assert!(outcome.clocks_in_step);
     assert!(
-        outcome.utilisation_min[0] >= 0.9 && outcome.utilisation_min[1] >= 0.6,
+        outcome.utilisation_min[0] >= 0.9 && outcome.utilisation_min[1] >= 0.85,
         "utilisation per second after the warm-up: {:?}",
         outcome.utilisation_min
     );
