@@ -234,6 +234,36 @@ pub fn demand(bucket: &FleetBucket, index: usize, proxies: usize) -> f64 {
     2.0 * bucket.limit as f64 / ((index + 1) as f64 * h)
 }
 
+/// When (simulated ns since the start) the smallest proxy's demand rises to the largest
+/// one's, so the checker can measure how soon the leader follows a moving demand.
+pub const RISE_AT: Nanos = 3 * SECOND;
+
+/// The proxy whose demand rises at [`RISE_AT`] (none with a single proxy).
+pub fn riser(proxies: usize) -> Option<usize> {
+    (proxies > 1).then(|| proxies - 1)
+}
+
+/// Demand of proxy `index` at simulated time `t`: [`demand`], with the rise.
+pub fn demand_at(bucket: &FleetBucket, index: usize, proxies: usize, t: Nanos) -> f64 {
+    if t >= RISE_AT && riser(proxies) == Some(index) {
+        demand(bucket, 0, proxies)
+    } else {
+        demand(bucket, index, proxies)
+    }
+}
+
+/// The riser's fair share after the rise, milli-requests per second: the rate pool in
+/// proportion to demand (the policy's floor only lifts the small proxies, so this is at
+/// most a few percent above what the leader aims for).
+pub fn riser_fair_share(bucket: &FleetBucket, proxies: usize) -> Option<u64> {
+    let riser = riser(proxies)?;
+    let total: f64 = (0..proxies)
+        .map(|i| demand_at(bucket, i, proxies, RISE_AT))
+        .sum();
+    let (rate_pool, _) = pools(bucket);
+    Some((rate_pool as f64 * demand_at(bucket, riser, proxies, RISE_AT) / total) as u64)
+}
+
 /// One proxy's enforcement state and its counts since the last report.
 #[derive(Debug, Default)]
 struct ProxyState {
@@ -378,14 +408,20 @@ async fn traffic(
     proxies: usize,
     stop: Arc<AtomicBool>,
 ) {
-    let gaps: Vec<Nanos> = BUCKETS
-        .iter()
-        .map(|b| (SECOND as f64 / demand(b, index, proxies)) as Nanos)
-        .collect();
+    let gaps_at = |t: Nanos| -> Vec<Nanos> {
+        BUCKETS
+            .iter()
+            .map(|b| (SECOND as f64 / demand_at(b, index, proxies, t)) as Nanos)
+            .collect()
+    };
+    let mut gaps = gaps_at(fleet.now());
     let mut next: Vec<Nanos> = vec![fleet.now(); BUCKETS.len()];
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(TICK).await;
         let now = fleet.now();
+        if now >= RISE_AT {
+            gaps = gaps_at(now);
+        }
         let mut admitted: Vec<Vec<Nanos>> = vec![Vec::new(); BUCKETS.len()];
         let mut decided = vec![0u64; BUCKETS.len()];
         {

@@ -191,6 +191,9 @@ pub struct RlqsOutcome {
     /// the lowest second and the mean.
     pub utilisation_min: Vec<f64>,
     pub utilisation_mean: Vec<f64>,
+    /// Reporting intervals from the riser's demand rise ([`fleet::RISE_AT`]) until it held
+    /// 90 % of its fair share (`None`: never, or the run ended first).
+    pub riser_converged: Vec<Option<f64>>,
     pub decided: Vec<u64>,
     pub admitted: Vec<u64>,
     pub assignments: u64,
@@ -206,7 +209,7 @@ pub struct RlqsOutcome {
 /// leader learns their demand from their second report on.
 pub const RLQS_WARM_UP: Duration = Duration::from_secs(2);
 
-fn rlqs_outcome(record: &fleet::FleetRecord, clocks_in_step: bool) -> RlqsOutcome {
+fn rlqs_outcome(record: &fleet::FleetRecord, proxies: usize, clocks_in_step: bool) -> RlqsOutcome {
     let peaks = check::fleet_peaks(record);
     let from = RLQS_WARM_UP.as_nanos() as u64;
     let seconds: Vec<u64> = (from / 1_000_000_000..record.end / 1_000_000_000).collect();
@@ -226,10 +229,25 @@ fn rlqs_outcome(record: &fleet::FleetRecord, clocks_in_step: bool) -> RlqsOutcom
         utilisation_min.push(per_second.iter().copied().fold(f64::NAN, f64::min));
         utilisation_mean.push(per_second.iter().sum::<f64>() / per_second.len().max(1) as f64);
     }
+    let riser_converged = fleet::BUCKETS
+        .iter()
+        .enumerate()
+        .map(|(b, bucket)| {
+            let riser = fleet::riser(proxies)?;
+            let fair = fleet::riser_fair_share(bucket, proxies)?;
+            let reached = record
+                .holdings
+                .iter()
+                .filter(|h| h.proxy == riser && h.bucket == b && h.from >= fleet::RISE_AT)
+                .find(|h| h.rate >= fair - fair / 10)?;
+            Some((reached.from - fleet::RISE_AT) as f64 / fleet::INTERVAL.as_nanos() as f64)
+        })
+        .collect();
     RlqsOutcome {
         peak: peaks.iter().map(|p| p.0).collect(),
         utilisation_min,
         utilisation_mean,
+        riser_converged,
         decided: record.decided.clone(),
         admitted: record.admitted.iter().map(|a| a.len() as u64).collect(),
         assignments: record.assignments,
@@ -404,7 +422,7 @@ async fn simulate(options: Options) -> Result<Report, SimError> {
         for v in &skewed {
             trace.event(format!("UNDER CLOCK FAULTS [{}] {}", v.invariant, v.detail));
         }
-        let mut outcome = rlqs_outcome(&fleet_record, clocks_in_step);
+        let mut outcome = rlqs_outcome(&fleet_record, options.proxies, clocks_in_step);
         outcome.skewed_findings = skewed.len();
         outcome
     });

@@ -212,6 +212,10 @@ struct RlqsTotals {
     peak: Vec<u64>,
     /// Per bucket, the lowest per-second utilisation in any run.
     utilisation_min: Vec<f64>,
+    /// Per bucket, the riser's convergence (intervals) in each run where it converged.
+    converged: Vec<Vec<f64>>,
+    /// Per bucket, runs in which the riser never reached 90 % of its fair share.
+    not_converged: Vec<u64>,
 }
 
 impl RlqsTotals {
@@ -234,13 +238,38 @@ impl RlqsTotals {
         for (u, v) in self.utilisation_min.iter_mut().zip(&o.utilisation_min) {
             *u = u.min(*v);
         }
+        self.converged.resize(o.peak.len(), Vec::new());
+        self.not_converged.resize(o.peak.len(), 0);
+        for (b, c) in o.riser_converged.iter().enumerate() {
+            match c {
+                Some(intervals) => self.converged[b].push(*intervals),
+                None => self.not_converged[b] += 1,
+            }
+        }
+    }
+
+    /// Per bucket: median and worst intervals to the riser's fair share, and misses.
+    fn convergence(&self) -> String {
+        let per_bucket: Vec<String> = self
+            .converged
+            .iter()
+            .zip(&self.not_converged)
+            .map(|(runs, &missed)| {
+                let mut sorted = runs.clone();
+                sorted.sort_by(f64::total_cmp);
+                let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+                let worst = sorted.last().copied().unwrap_or(f64::NAN);
+                format!("median {median:.1}, worst {worst:.1}, never {missed}")
+            })
+            .collect();
+        format!("[{}]", per_bucket.join("; "))
     }
 
     fn summary(&self) -> String {
         format!(
             "rlqs: {} runs ({} with clocks in step; {} with clock faults broke a real-time property), {} requests decided by proxies, {} admitted, \
              {} assignments, {} reports, {} reconnects; highest 1 s peak per bucket (clocks in step) {:?}, \
-             lowest per-second utilisation {}",
+             lowest per-second utilisation {}; intervals until the riser held 90 % of its fair share {}",
             self.runs,
             self.clocks_in_step,
             self.skewed_findings,
@@ -250,7 +279,8 @@ impl RlqsTotals {
             self.reports,
             self.reconnects,
             self.peak,
-            percent(&self.utilisation_min)
+            percent(&self.utilisation_min),
+            self.convergence()
         )
     }
 }

@@ -191,6 +191,16 @@ fn a_fault_free_rlqs_fleet_uses_its_limits() {
         "utilisation per second after the warm-up: {:?}",
         outcome.utilisation_min
     );
+    // At 3 s the smallest proxy's demand rises to the largest one's. Measured (seeds 0–3):
+    // 1.8 intervals to 90 % of its fair share under the requests-per-window limit; 2.7–6.7
+    // under the token-bucket limit, whose 25-token pool holds 6 proxies' 2-token shares
+    // with room for only one change each per window — the rise shows over two reports,
+    // and the second change waits for the first one's tokens to be released.
+    let converged = &outcome.riser_converged;
+    assert!(
+        converged[0].is_some_and(|c| c <= 3.0) && converged[1].is_some_and(|c| c <= 8.0),
+        "intervals until the riser held 90 % of its fair share: {converged:?}"
+    );
 }
 
 #[test]
@@ -216,7 +226,7 @@ fn a_planted_rlqs_share_overflow_is_caught_in_the_first_seed() {
 fn a_planted_leader_forgetting_ended_streams_is_caught_within_two_seeds() {
     // Shares pushed on a stream that ended stay live at the proxy until they expire; a
     // leader that stops counting them hands the same capacity out twice.
-    let caught = (2..4).find_map(|seed| {
+    let caught = (0..2).find_map(|seed| {
         let mut options = Options::rlqs(seed);
         options.plant = Some(PlantedBug::RlqsForgetEndedStreams);
         let report = run(&options);
