@@ -35,6 +35,12 @@ pub struct Leadership {
     /// hits: the minimum election timeout, so by the time the other members can have
     /// elected a new leader, this one has stopped deciding alone.
     fast_quorum_grace: Duration,
+    /// `(term, last log index)` when this process first saw itself lead that term. A
+    /// leader restarted within its term resumes without an election or a new entry of its
+    /// own, so "an own entry applied" holds at once, while entries its previous
+    /// incarnation committed after the commit index it saved are not applied yet: until
+    /// they are, this node is not caught up.
+    lead_floor: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 impl Leadership {
@@ -53,6 +59,7 @@ impl Leadership {
             quorum_ack_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             fast_quorum_grace: election_timeout_min,
+            lead_floor: std::sync::Mutex::new(None),
         });
         let this = Arc::clone(&leadership);
         tokio::spawn(async move {
@@ -90,7 +97,9 @@ impl Leadership {
         let has_quorum = voters <= 1
             || now_ms.saturating_sub(self.quorum_ack_ms.load(Ordering::Acquire))
                 < u64::try_from(self.fast_quorum_grace.as_millis()).unwrap_or(u64::MAX);
-        let caught_up = applied_own_entry(m.last_applied, m.current_term, self.node_id);
+        let floor = self.lead_floor(is_leader, m);
+        let caught_up = applied_own_entry(m.last_applied, m.current_term, self.node_id)
+            && m.last_applied.map_or(0, |l| l.index) >= floor;
         if is_leader && caught_up && has_quorum {
             fast.enable(m.current_term);
         } else {
@@ -110,6 +119,24 @@ impl Leadership {
             leader_id: m.current_leader.unwrap_or(0),
             voters: voters as u64,
         });
+    }
+
+    /// The log index this leader must have applied before it is caught up (0 when it
+    /// does not lead); see `lead_floor`.
+    fn lead_floor(&self, is_leader: bool, m: &RaftMetrics) -> u64 {
+        let mut floor = self.lead_floor.lock().unwrap_or_else(|p| p.into_inner());
+        if !is_leader {
+            *floor = None;
+            return 0;
+        }
+        match *floor {
+            Some((term, index)) if term == m.current_term => index,
+            _ => {
+                let index = m.last_log_index.unwrap_or(0);
+                *floor = Some((m.current_term, index));
+                index
+            }
+        }
     }
 
     fn millis(&self) -> u64 {
