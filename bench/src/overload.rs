@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 
 use crate::keys::{Distribution, KeySpace};
 use crate::load::{self, LoadConfig};
+use crate::parse_duration;
 use crate::procs::{self, Proc, TempDir};
 
 /// Every hit is allowed: the numbers measure the decision path, not denials.
@@ -38,20 +39,29 @@ limits:
 ";
 const LIMIT: &str = "bench_strict";
 
-/// What `quorate-bench overload` runs.
-#[derive(Debug, Clone)]
+/// What `quorate-bench overload` runs (its flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct OverloadConfig {
+    /// The quorate binary to start (a release build).
+    #[arg(long, default_value = "target/release/quorate")]
     pub quorate: PathBuf,
-    /// `--max-in-flight` of each shedding node (one node per value).
+    /// `--max-in-flight` of the shedding nodes, comma-separated (one node each).
+    #[arg(long, default_value = "256", value_delimiter = ',')]
     pub max_in_flight: Vec<usize>,
-    /// Closed-loop concurrency used to find the capacity.
+    /// Closed-loop calls in flight when finding the capacity.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Measured time of each phase.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// HTTP/2 connections the open-loop calls are spread over.
+    #[arg(long, default_value_t = 8)]
     pub connections: usize,
     /// A call not answered within this counts as a timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Parent of the temporary data directories.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
     pub work_dir: PathBuf,
 }
 
