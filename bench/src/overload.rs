@@ -105,10 +105,19 @@ pub async fn run(cfg: OverloadConfig) -> anyhow::Result<String> {
     let variants = [("no shedding", 0)]
         .into_iter()
         .chain(fixed.map(|&n| ("shedding", n)))
-        .chain(cfg.adaptive.iter().filter(|&&n| n > 0).map(|&n| (ADAPTIVE, n)));
+        .chain(
+            cfg.adaptive
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| (ADAPTIVE, n)),
+        );
     for (name, max_in_flight) in variants {
         let dir = format!("{}-{max_in_flight}", name.replace(' ', "-"));
-        let mode = if name == ADAPTIVE { "adaptive" } else { "fixed" };
+        let mode = if name == ADAPTIVE {
+            "adaptive"
+        } else {
+            "fixed"
+        };
         let (grpc, _node) = start(&cfg, &tmp, &policy, &dir, mode, max_in_flight).await?;
         let target = format!("http://{grpc}");
         let (capacity, unloaded_rate, overload_rate) = match rates {
