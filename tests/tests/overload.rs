@@ -180,7 +180,7 @@ async fn a_forward_auth_flood_is_shed_with_503_and_retry_after() {
     assert_eq!(metrics.status().as_u16(), 200);
 }
 
-/// The default, adaptive limit (`--max-in-flight` 256 as its ceiling) sheds a flood that
+/// The adaptive limit (with the default `--max-in-flight` 256 as its ceiling) sheds a flood that
 /// a fixed budget of 256 would admit and queue: 200 callers in a closed loop never
 /// exceed 256 in flight, so every `RESOURCE_EXHAUSTED` here comes from the limit having
 /// shrunk under the flood's latency (one hit per Raft entry, so decisions queue behind
@@ -190,7 +190,10 @@ async fn the_adaptive_limit_sheds_a_flood_below_max_in_flight() {
     const CALLERS: usize = 200;
     let cluster = Cluster::single(NodeOptions {
         policy: Some(POLICY.to_string()),
-        extra_args: vec!["--batch-max-hits=1".into()],
+        extra_args: vec![
+            "--concurrency-limit=adaptive".into(),
+            "--batch-max-hits=1".into(),
+        ],
         ..NodeOptions::default()
     })
     .await
