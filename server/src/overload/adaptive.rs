@@ -156,7 +156,12 @@ impl AdaptiveLimit {
         // flood it sheds) settles the limit where the two balance, `1 / (1 − gradient)²`,
         // instead of pinning it at the minimum; at the baseline it grows to the maximum.
         let allowed = baseline * self.settings.tolerance;
-        let gradient = (allowed / average_us).clamp(0.5, 1.0);
+        // Written so that a zero average or baseline never makes a NaN.
+        let gradient = if average_us > allowed {
+            (allowed / average_us).max(0.5)
+        } else {
+            1.0
+        };
         self.limit = (self.limit * gradient + self.limit.sqrt().max(1.0)).clamp(min, max);
         if now >= self.next_probe {
             // Even at the minimum: a baseline that is too low keeps the limit there, and
@@ -274,6 +279,18 @@ mod tests {
             limits.iter().all(|&l| l == 64 || l == DEFAULT_MIN_LIMIT),
             "{limits:?}"
         );
+    }
+
+    #[test]
+    fn zero_latencies_keep_the_limit_a_number() {
+        let mut now = Duration::ZERO;
+        let mut c = AdaptiveLimit::new(settings(), now);
+        feed(&mut c, &mut now, Duration::ZERO, 3);
+        assert_eq!(c.limit(), 256);
+        feed(&mut c, &mut now, MS, 20);
+        assert_eq!(c.limit(), DEFAULT_MIN_LIMIT);
+        feed(&mut c, &mut now, Duration::ZERO, 60);
+        assert_eq!(c.limit(), 256);
     }
 
     proptest! {
