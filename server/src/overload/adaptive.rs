@@ -14,11 +14,9 @@
 //!   queueing). Every [`AdaptiveSettings::probe_every`] the limit drops to the minimum for
 //!   one window and that window's average *replaces* the baseline, so a baseline measured
 //!   in a lucky moment (or on a faster disk) does not shed forever.
-//! - Each window multiplies the limit by `baseline × tolerance / average` (the gradient,
-//!   between 0.5 and 1) and adds `√limit` of headroom (at least 1), as Envoy's and
-//!   Netflix's gradient controllers do: latency at the baseline grows the limit back to the
-//!   maximum within seconds; latency far above it (gradient 0.5) brings it to the minimum
-//!   (`0.5·L + √L = L` at `L = 4`); in between it settles where the two balance.
+//! - A window averaging more than `baseline × tolerance` shrinks the limit by the ratio
+//!   (at most halving it); any other window grows it by `√limit` (at least 1), so after
+//!   overload the limit is back at the maximum within seconds.
 //! - The limit always stays within `[min, max]`.
 //!
 //! This part is pure: time and latencies are arguments (`now` is time since any fixed
@@ -150,19 +148,14 @@ impl AdaptiveLimit {
                 average_us
             }
         };
-        // Queueing shrinks the limit by how far over the allowed latency the window was
-        // (at most by half); `√limit` of headroom is added back every window. So a latency
-        // that stays high for reasons the limit cannot change (the CPU busy answering the
-        // flood it sheds) settles the limit where the two balance, `1 / (1 − gradient)²`,
-        // instead of pinning it at the minimum; at the baseline it grows to the maximum.
+        // Queueing: shrink by how far over, at most by half per window; else grow by √limit.
+        // (Written so that a zero average or baseline never makes a NaN.)
         let allowed = baseline * self.settings.tolerance;
-        // Written so that a zero average or baseline never makes a NaN.
-        let gradient = if average_us > allowed {
-            (allowed / average_us).max(0.5)
+        self.limit = if average_us > allowed {
+            (self.limit * (allowed / average_us).max(0.5)).max(min)
         } else {
-            1.0
+            (self.limit + self.limit.sqrt().max(1.0)).min(max)
         };
-        self.limit = (self.limit * gradient + self.limit.sqrt().max(1.0)).clamp(min, max);
         if now >= self.next_probe {
             // Even at the minimum: a baseline that is too low keeps the limit there, and
             // only a probe can find that out.
