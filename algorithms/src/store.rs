@@ -276,13 +276,7 @@ impl CounterStore {
         now: Nanos,
         cost: u64,
     ) -> Checked {
-        if let Some(mut stored) = self.counters.get_mut(key) {
-            let before = stored.idle_at;
-            let decision = stored.check(rate, now, cost);
-            if stored.idle_at != before {
-                let key = Arc::clone(stored.key());
-                reindex(index, before, stored.idle_at, key);
-            }
+        if let Some(decision) = self.update_stored(index, key, rate, |s| s.check(rate, now, cost)) {
             return Checked {
                 decision,
                 evicted: false,
@@ -332,14 +326,8 @@ impl CounterStore {
     ) -> (Reserved, bool) {
         let partition = self.partition(limit_of(key));
         let mut index = lock(&partition);
-        if let Some(mut stored) = self.counters.get_mut(key) {
-            let before = stored.idle_at;
-            let reserved = stored.state.reserve(rate, now, request);
-            stored.idle_at = stored.state.idle_at(rate);
-            if stored.idle_at != before {
-                let key = Arc::clone(stored.key());
-                reindex(&mut index, before, stored.idle_at, key);
-            }
+        let reserve = |s: &mut CounterState| s.reserve(rate, now, request);
+        if let Some(reserved) = self.update_stored(&mut index, key, rate, reserve) {
             return (reserved, false);
         }
         let mut fresh = CounterState::new(rate);
@@ -370,15 +358,7 @@ impl CounterStore {
     pub fn refund(&self, key: &str, rate: &Rate, valid_until: Nanos, cost: u64) {
         let partition = self.partition(limit_of(key));
         let mut index = lock(&partition);
-        if let Some(mut stored) = self.counters.get_mut(key) {
-            let before = stored.idle_at;
-            stored.state.refund(rate, valid_until, cost);
-            stored.idle_at = stored.state.idle_at(rate);
-            if stored.idle_at != before {
-                let key = Arc::clone(stored.key());
-                reindex(&mut index, before, stored.idle_at, key);
-            }
-        }
+        self.update_stored(&mut index, key, rate, |s| s.refund(rate, valid_until, cost));
     }
 
     /// Records `cost` on `key` at `now` without asking (see [`CounterState::force`]),
@@ -402,13 +382,10 @@ impl CounterStore {
     ) -> Result<bool, StoreError> {
         let partition = self.partition(limit_of(key));
         let mut index = lock(&partition);
-        if let Some(mut stored) = self.counters.get_mut(key) {
-            let before = stored.idle_at;
-            stored.force(rate, now, cost);
-            if stored.idle_at != before {
-                let key = Arc::clone(stored.key());
-                reindex(&mut index, before, stored.idle_at, key);
-            }
+        if self
+            .update_stored(&mut index, key, rate, |s| s.force(rate, now, cost))
+            .is_some()
+        {
             return Ok(false);
         }
         if cost == 0 {
@@ -615,6 +592,28 @@ impl CounterStore {
         removed
     }
 
+    /// Runs `change` on `key`'s stored counter, if there is one (`None`: not stored), then
+    /// moves it in its limit's idle order (`index`, locked) to its new idle time. The idle
+    /// time is recomputed even when nothing was consumed: the rate (say, its window) may
+    /// have changed since the last call, and `idle_at` must follow the rate now in force.
+    fn update_stored<T>(
+        &self,
+        index: &mut Partition,
+        key: &str,
+        rate: &Rate,
+        change: impl FnOnce(&mut CounterState) -> T,
+    ) -> Option<T> {
+        let mut stored = self.counters.get_mut(key)?;
+        let before = stored.idle_at;
+        let out = change(&mut stored.state);
+        stored.idle_at = stored.state.idle_at(rate);
+        if stored.idle_at != before {
+            let key = Arc::clone(stored.key());
+            reindex(index, before, stored.idle_at, key);
+        }
+        Some(out)
+    }
+
     /// Stores a new counter whose slot is already reserved.
     fn insert(&self, index: &mut Partition, key: &str, state: CounterState, idle_at: Nanos) {
         let key: Arc<str> = Arc::from(key);
@@ -667,23 +666,6 @@ impl CounterStore {
 fn reindex(index: &mut Partition, before: Nanos, after: Nanos, key: Arc<str>) {
     index.by_idle.remove(&(before, Arc::clone(&key)));
     index.by_idle.insert((after, key));
-}
-
-// === impl StoredCounter ===
-
-impl StoredCounter {
-    fn check(&mut self, rate: &Rate, now: Nanos, cost: u64) -> Decision {
-        let decision = self.state.check(rate, now, cost);
-        // Recomputed even when nothing was consumed: the rate (say, its window) may have
-        // changed since the last call, and `idle_at` must follow the rate now in force.
-        self.idle_at = self.state.idle_at(rate);
-        decision
-    }
-
-    fn force(&mut self, rate: &Rate, now: Nanos, cost: u64) {
-        self.state.force(rate, now, cost);
-        self.idle_at = self.state.idle_at(rate);
-    }
 }
 
 #[cfg(test)]

@@ -35,9 +35,9 @@ use tonic::transport::Channel;
 use crate::keys::KeySpace;
 use crate::load::{connect, Report};
 use crate::procs::{self, TempDir};
-use crate::report::{grouped, problems_line};
-use crate::suite::{self, QNode, SuiteConfig};
-use crate::{rls, rpc};
+use crate::report::{self, grouped, problems_line};
+use crate::suite::{self, QNode};
+use crate::{parse_duration, rls, rpc};
 
 /// The RLS domain of the sweep (descriptor `k1 = k<i>`).
 const DOMAIN: &str = "bench1";
@@ -46,30 +46,41 @@ const KEY_PREFIX: &str = "k";
 /// Most descriptors one RLS request may carry (the server's `MAX_DESCRIPTORS`).
 const MAX_FILL_DESCRIPTORS: usize = 64;
 
-/// What the sweep runs.
-#[derive(Debug, Clone)]
+/// What the sweep runs (its flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SweepConfig {
-    /// The `quorate` binary (a release build).
-    pub quorate: PathBuf,
-    /// Key counts, in order.
+    #[command(flatten)]
+    pub servers: suite::Servers,
+    /// Key counts, comma-separated, measured in order.
+    #[arg(
+        long,
+        default_value = "1000,10000,100000,1000000",
+        value_delimiter = ','
+    )]
     pub keys: Vec<u64>,
-    /// Cluster sizes (1 and/or 3).
+    /// Cluster sizes, comma-separated (1 and/or 3).
+    #[arg(long, default_value = "1,3", value_delimiter = ',')]
     pub nodes: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// In-flight calls per HTTP/2 connection.
+    #[arg(long = "per-connection", default_value_t = 16)]
     pub per_channel: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Measured windows per case (medians shown).
+    #[arg(long, default_value_t = 1)]
     pub rounds: usize,
-    /// Descriptors (distinct keys) per fill request.
+    /// Distinct keys per fill request (1 to 64).
+    #[arg(long, default_value_t = 64)]
     pub fill_descriptors: usize,
-    /// Extra flags for every `quorate serve`.
-    pub server_args: Vec<String>,
-    pub work_dir: PathBuf,
-    pub keep: bool,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    pub command_line: String,
 }
 
 /// What one (cluster size, N) case measured.
@@ -120,24 +131,19 @@ pub async fn run(cfg: SweepConfig) -> anyhow::Result<String> {
         (1..=MAX_FILL_DESCRIPTORS).contains(&cfg.fill_descriptors),
         "--fill-descriptors must be 1 to {MAX_FILL_DESCRIPTORS}"
     );
-    ensure!(
-        cfg.quorate.is_file(),
-        "no quorate binary at {} (build it: cargo build --release -p quorate-server)",
-        cfg.quorate.display()
-    );
+    cfg.servers.ensure_binary()?;
     let started_at = SystemTime::now();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let max_keys = cfg.keys.iter().copied().max().unwrap_or(1);
-    let nodes_cfg = SuiteConfig::for_nodes(&cfg.quorate, &cfg.server_args, &cfg.work_dir, cfg.keep);
     let mut rows = Vec::new();
     for &nodes in &cfg.nodes {
         for &keys in &cfg.keys {
             eprintln!("\n== {nodes} node(s), {} keys ==", grouped(keys));
-            let tmp = TempDir::new(&cfg.work_dir, cfg.keep)?;
+            let tmp = TempDir::new(&cfg.servers.work_dir, cfg.servers.keep)?;
             let policy_file = tmp.path().join("policy.yaml");
             std::fs::write(&policy_file, policy(max_keys))
                 .context("cannot write the sweep policy")?;
-            let servers = suite::start_nodes(&nodes_cfg, tmp.path(), &policy_file, nodes).await?;
+            let servers = suite::start_nodes(&cfg.servers, tmp.path(), &policy_file, nodes).await?;
             let row = measure_case(&cfg, &servers, nodes, keys).await?;
             eprintln!("{}", row_line(&row));
             rows.push(row);
@@ -382,7 +388,7 @@ fn render(
         cfg.warmup.as_secs_f64(),
         cfg.rounds,
     ));
-    md.push_str(&format!("Command: `{}`\n\n", cfg.command_line));
+    md.push_str(&format!("Command: `{}`\n\n", report::command_line()));
     md.push_str(
         "| nodes | keys N | fill s | req/s | × first N | p50 µs | p99 µs | errors | live counters | \
          leader RSS MiB (start → filled → end) | bytes/key leader | bytes/key followers | load avg |\n\

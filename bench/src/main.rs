@@ -118,128 +118,16 @@ enum Command {
     Sdk(SdkArgs),
     /// One node offered 0.5x and 2x its capacity (open loop), with load shedding and
     /// without; prints a markdown table.
-    Overload {
-        #[arg(long, default_value = "target/release/quorate")]
-        quorate: PathBuf,
-        /// `--max-in-flight` of the shedding nodes, comma-separated (one node each).
-        #[arg(long, default_value = "256", value_delimiter = ',')]
-        max_in_flight: Vec<usize>,
-        /// Closed-loop calls in flight when finding the capacity.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Measured time of each phase.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// HTTP/2 connections the calls are spread over.
-        #[arg(long, default_value_t = 8)]
-        connections: usize,
-        /// A call not answered within this counts as a timeout.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        timeout: Duration,
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
-        work_dir: PathBuf,
-    },
+    Overload(overload::OverloadConfig),
     /// RLS throughput and memory per live key as the number of keys grows (fresh servers
     /// per key count, all keys made live first); prints a markdown table.
-    KeysSweep {
-        #[arg(long, default_value = "target/release/quorate")]
-        quorate: PathBuf,
-        /// Key counts, comma-separated.
-        #[arg(
-            long,
-            default_value = "1000,10000,100000,1000000",
-            value_delimiter = ','
-        )]
-        keys: Vec<u64>,
-        /// Cluster sizes, comma-separated (1 and/or 3).
-        #[arg(long, default_value = "1,3", value_delimiter = ',')]
-        nodes: Vec<usize>,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 16)]
-        per_connection: usize,
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        warmup: Duration,
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        timeout: Duration,
-        /// Measured windows per case (medians shown).
-        #[arg(long, default_value_t = 1)]
-        rounds: usize,
-        /// Distinct keys per fill request (1 to 64).
-        #[arg(long, default_value_t = 64)]
-        fill_descriptors: usize,
-        /// Extra flag for every `quorate serve` (repeatable).
-        #[arg(long = "server-arg", allow_hyphen_values = true)]
-        server_args: Vec<String>,
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
-        work_dir: PathBuf,
-        #[arg(long)]
-        keep: bool,
-        /// Also write the markdown report to this file.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    KeysSweep(key_sweep::SweepConfig),
     /// Envoy RLQS on fresh servers: reports and assignments a leader absorbs per
     /// proxies × buckets, node CPU, local decisions next to the same limit over RLS;
     /// prints a markdown table.
-    Rlqs {
-        #[arg(long, default_value = "target/release/quorate")]
-        quorate: PathBuf,
-        /// Cluster sizes, comma-separated (1 and/or 3).
-        #[arg(long, default_value = "1,3", value_delimiter = ',')]
-        nodes: Vec<usize>,
-        /// Fleet loads as PROXIESxBUCKETS, comma-separated.
-        #[arg(long, default_value = "10x10,100x10,100x100", value_delimiter = ',', value_parser = parse_load)]
-        loads: Vec<(usize, usize)>,
-        /// Every bucket's limit (and every RLS key's), requests per second.
-        #[arg(long, default_value_t = 1000)]
-        limit: u64,
-        /// `rlqs.interval` and the proxies' reporting interval.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        interval: Duration,
-        #[arg(long, default_value = "4s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Measured time per load.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Local decisions timed on one proxy.
-        #[arg(long, default_value_t = 2_000_000)]
-        decisions: u64,
-        /// RLS calls in flight for the comparison.
-        #[arg(long, default_value_t = 64)]
-        rls_concurrency: usize,
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        rls_duration: Duration,
-        /// Extra flag for every `quorate serve` (repeatable).
-        #[arg(long = "server-arg", allow_hyphen_values = true)]
-        server_args: Vec<String>,
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
-        work_dir: PathBuf,
-        #[arg(long)]
-        keep: bool,
-        /// Also write the markdown report to this file.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Rlqs(rlqs::RlqsConfig),
     /// Start one quorate node or a 3-node cluster with a policy and hold it up.
-    Nodes {
-        #[arg(long, default_value = "target/release/quorate")]
-        quorate: PathBuf,
-        #[arg(long)]
-        policy: PathBuf,
-        /// 1 or 3.
-        #[arg(long, default_value_t = 1)]
-        nodes: usize,
-        /// Extra flag for every `quorate serve` (repeatable).
-        #[arg(long = "server-arg", allow_hyphen_values = true)]
-        server_args: Vec<String>,
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
-        work_dir: PathBuf,
-        #[arg(long)]
-        keep: bool,
-    },
+    Nodes(suite::NodesConfig),
 }
 
 #[derive(Debug, Args)]
@@ -262,31 +150,53 @@ struct SdkArgs {
     rounds: usize,
 }
 
-/// Options shared by the Envoy modes.
+/// The closed loop every load mode runs: how many calls in flight, for how long, over
+/// which keys.
 #[derive(Debug, Args)]
-struct EnvoyLoadArgs {
+struct LoopArgs {
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// In-flight calls per HTTP/2 connection (connections = concurrency / this).
+    #[arg(long, default_value_t = 16)]
+    per_connection: usize,
+    /// Measured time (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Number of distinct counter keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// How keys are drawn.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
+    /// Zipf exponent s (P(rank k) ∝ 1/k^s).
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
+    /// Per-call timeout (a late answer counts as DEADLINE_EXCEEDED).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+impl LoopArgs {
+    fn key_space(&self) -> anyhow::Result<KeySpace> {
+        KeySpace::new(self.distribution, self.keys, self.zipf_s)
+    }
+}
+
+/// Where a load mode sends its calls and how it reports, shared by `check`, `rls` and
+/// `ext-authz`.
+#[derive(Debug, Args)]
+struct DriveArgs {
     /// gRPC endpoint(s), comma-separated; connections are spread over them.
     #[arg(long, default_value = "http://127.0.0.1:8081", value_delimiter = ',')]
     target: Vec<String>,
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    #[arg(long, default_value_t = 16)]
-    per_connection: usize,
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    warmup: Duration,
-    /// Distinct counter keys.
-    #[arg(long, default_value_t = 10_000)]
-    keys: u64,
-    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
-    distribution: Distribution,
-    #[arg(long, default_value_t = 1.0)]
-    zipf_s: f64,
+    /// Prefix of every counter key.
     #[arg(long, default_value = "k")]
     key_prefix: String,
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    timeout: Duration,
+    /// Seed of the key draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print one JSON line instead of the summary.
@@ -295,6 +205,15 @@ struct EnvoyLoadArgs {
     /// Exit 0 even when calls failed (they are still reported).
     #[arg(long)]
     allow_errors: bool,
+}
+
+/// Options shared by the Envoy modes.
+#[derive(Debug, Args)]
+struct EnvoyLoadArgs {
+    #[command(flatten)]
+    drive: DriveArgs,
+    #[command(flatten)]
+    run: LoopArgs,
 }
 
 #[derive(Debug, Args)]
@@ -344,82 +263,37 @@ struct ExtAuthzArgs {
 /// Load shape shared by `check` and `suite`.
 #[derive(Debug, Args)]
 struct LoadArgs {
-    /// Calls in flight at once.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// In-flight calls per HTTP/2 connection (connections = concurrency / this).
-    #[arg(long, default_value_t = 16)]
-    per_connection: usize,
-    /// Measured time (e.g. 10s, 500ms, 1m).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Unmeasured warm-up before it.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    warmup: Duration,
-    /// Number of distinct counter keys.
-    #[arg(long, default_value_t = 10_000)]
-    keys: u64,
-    /// How keys are drawn.
-    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
-    distribution: Distribution,
-    /// Zipf exponent s (P(rank k) ∝ 1/k^s).
-    #[arg(long, default_value_t = 1.0)]
-    zipf_s: f64,
+    #[command(flatten)]
+    run: LoopArgs,
     /// Cost of every hit.
     #[arg(long, default_value_t = 1)]
     cost: u64,
     /// Hits per request.
     #[arg(long, default_value_t = 1)]
     hits_per_request: usize,
-    /// Per-call timeout (a late answer counts as DEADLINE_EXCEEDED).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    timeout: Duration,
 }
 
 #[derive(Debug, Args)]
 struct CheckArgs {
-    /// gRPC endpoint(s), comma-separated; connections are spread over them.
-    #[arg(long, default_value = "http://127.0.0.1:8081", value_delimiter = ',')]
-    target: Vec<String>,
     /// The limit every hit names.
     #[arg(long, default_value = "per_minute")]
     limit: String,
-    /// Prefix of every counter key.
-    #[arg(long, default_value = "k")]
-    key_prefix: String,
-    /// Seed of the key draws.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Print one JSON line instead of the summary.
-    #[arg(long)]
-    json: bool,
-    /// Exit 0 even when calls failed (they are still reported).
-    #[arg(long)]
-    allow_errors: bool,
+    #[command(flatten)]
+    drive: DriveArgs,
     #[command(flatten)]
     load: LoadArgs,
 }
 
 #[derive(Debug, Args)]
 struct SuiteArgs {
-    /// The quorate binary to start (build with `cargo build --release -p quorate-server`).
-    #[arg(long, default_value = "target/release/quorate")]
-    quorate: PathBuf,
+    #[command(flatten)]
+    servers: suite::Servers,
     /// Times each case is measured; the table shows medians.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Skip the "3 nodes via a follower" case.
     #[arg(long)]
     no_follower: bool,
-    /// Extra flag for every `quorate serve` (repeatable), e.g. --server-arg=--batch-inflight=8.
-    #[arg(long = "server-arg", allow_hyphen_values = true)]
-    server_args: Vec<String>,
-    /// Parent of the temporary data directories (must be a real disk for fsync to count).
-    #[arg(long, default_value_os_t = std::env::temp_dir())]
-    work_dir: PathBuf,
-    /// Keep data directories and server logs.
-    #[arg(long)]
-    keep: bool,
     /// Also write the markdown report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -525,116 +399,10 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Nodes {
-            quorate,
-            policy,
-            nodes,
-            server_args,
-            work_dir,
-            keep,
-        } => {
-            let n = suite::NodesConfig {
-                quorate,
-                policy,
-                nodes,
-                server_args,
-                work_dir,
-                keep,
-            };
-            suite::hold_nodes(n).await
-        }
-        Command::KeysSweep {
-            quorate,
-            keys,
-            nodes,
-            concurrency,
-            per_connection,
-            duration,
-            warmup,
-            timeout,
-            rounds,
-            fill_descriptors,
-            server_args,
-            work_dir,
-            keep,
-            out,
-        } => {
-            let cfg = key_sweep::SweepConfig {
-                quorate: std::fs::canonicalize(&quorate)
-                    .with_context(|| format!("no quorate binary at {}", quorate.display()))?,
-                keys,
-                nodes,
-                concurrency,
-                per_channel: per_connection,
-                duration,
-                warmup,
-                timeout,
-                rounds,
-                fill_descriptors,
-                server_args,
-                work_dir,
-                keep,
-                out,
-                command_line: std::env::args().collect::<Vec<_>>().join(" "),
-            };
-            print_until_interrupted(key_sweep::run(cfg)).await
-        }
-        Command::Rlqs {
-            quorate,
-            nodes,
-            loads,
-            limit,
-            interval,
-            warmup,
-            duration,
-            decisions,
-            rls_concurrency,
-            rls_duration,
-            server_args,
-            work_dir,
-            keep,
-            out,
-        } => {
-            let cfg = rlqs::RlqsConfig {
-                quorate: std::fs::canonicalize(&quorate)
-                    .with_context(|| format!("no quorate binary at {}", quorate.display()))?,
-                nodes,
-                loads,
-                limit,
-                interval,
-                warmup,
-                duration,
-                decisions: decisions.max(1),
-                rls_concurrency,
-                rls_duration,
-                server_args,
-                work_dir,
-                keep,
-                out,
-                command_line: std::env::args().collect::<Vec<_>>().join(" "),
-            };
-            print_until_interrupted(rlqs::run(cfg)).await
-        }
-        Command::Overload {
-            quorate,
-            max_in_flight,
-            concurrency,
-            duration,
-            connections,
-            timeout,
-            work_dir,
-        } => {
-            let cfg = overload::OverloadConfig {
-                quorate,
-                max_in_flight,
-                concurrency,
-                duration,
-                connections,
-                timeout,
-                work_dir,
-            };
-            print_until_interrupted(overload::run(cfg)).await
-        }
+        Command::Nodes(n) => suite::hold_nodes(n).await,
+        Command::KeysSweep(cfg) => print_until_interrupted(key_sweep::run(cfg)).await,
+        Command::Rlqs(cfg) => print_until_interrupted(rlqs::run(cfg)).await,
+        Command::Overload(cfg) => print_until_interrupted(overload::run(cfg)).await,
         Command::Suite(args) => {
             let cfg = suite_config(args)?;
             print_until_interrupted(suite::run(cfg)).await
@@ -656,50 +424,51 @@ async fn print_until_interrupted(
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let l = &args.load;
+    let (d, l) = (&args.drive, &args.load.run);
     let config = load::LoadConfig {
-        targets: args.target.clone(),
+        targets: d.target.clone(),
         concurrency: l.concurrency,
         per_channel: l.per_connection,
         duration: l.duration,
         warmup: l.warmup,
-        keys: KeySpace::new(l.distribution, l.keys, l.zipf_s)?,
-        key_prefix: args.key_prefix.clone(),
+        keys: l.key_space()?,
+        key_prefix: d.key_prefix.clone(),
         limit: args.limit.clone(),
-        cost: l.cost,
-        hits_per_request: l.hits_per_request,
+        cost: args.load.cost,
+        hits_per_request: args.load.hits_per_request,
         timeout: l.timeout,
-        seed: args.seed,
+        seed: d.seed,
     };
     let r = load::run(&config).await?;
-    finish(&r, args.json, args.allow_errors)
+    finish(&r, d)
 }
 
-fn run_spec(l: &EnvoyLoadArgs, label: String, items: usize) -> rpc::RunSpec {
+fn run_spec(a: &EnvoyLoadArgs, label: String, items: usize) -> rpc::RunSpec {
+    let l = &a.run;
     rpc::RunSpec {
-        targets: l.target.clone(),
+        targets: a.drive.target.clone(),
         concurrency: l.concurrency,
         per_channel: l.per_connection,
         duration: l.duration,
         warmup: l.warmup,
         timeout: l.timeout,
-        seed: l.seed,
+        seed: a.drive.seed,
         label,
         items_per_request: items,
     }
 }
 
-/// Prints a closed-loop run's report (one JSON line with `json`) and fails when calls
-/// failed (unless `allow_errors`) or none succeeded.
-fn finish(r: &load::Report, json: bool, allow_errors: bool) -> anyhow::Result<()> {
-    if json {
+/// Prints a closed-loop run's report (one JSON line with `--json`) and fails when calls
+/// failed (unless `--allow-errors`) or none succeeded.
+fn finish(r: &load::Report, d: &DriveArgs) -> anyhow::Result<()> {
+    if d.json {
         println!("{}", report::json(r));
     } else {
         print!("{}", report::text(r));
     }
     if r.problems() > 0 {
         eprintln!("{}", report::problems_line(r));
-        if !allow_errors {
+        if !d.allow_errors {
             bail!("{} call(s) failed or were not real decisions", r.problems());
         }
     }
@@ -714,7 +483,7 @@ async fn rls_load(args: RlsArgs) -> anyhow::Result<()> {
     if !(1..=16).contains(&args.descriptors) {
         bail!("--descriptors must be 1 to 16");
     }
-    let keys = KeySpace::new(l.distribution, l.keys, l.zipf_s)?;
+    let keys = l.run.key_space()?;
     let spec = run_spec(
         l,
         format!("rls {} ×{}", args.domain, args.descriptors),
@@ -724,12 +493,12 @@ async fn rls_load(args: RlsArgs) -> anyhow::Result<()> {
         client: envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient::new(channel),
         domain: args.domain.clone(),
         descriptors: args.descriptors,
-        prefix: l.key_prefix.clone(),
+        prefix: l.drive.key_prefix.clone(),
         keys: keys.clone(),
         statuses: !args.no_statuses,
     })
     .await?;
-    finish(&r, l.json, l.allow_errors)
+    finish(&r, &l.drive)
 }
 
 async fn ext_authz_load(args: ExtAuthzArgs) -> anyhow::Result<()> {
@@ -755,8 +524,8 @@ async fn ext_authz_load(args: ExtAuthzArgs) -> anyhow::Result<()> {
         host: args.host.clone(),
         path: args.path.clone().unwrap_or_else(|| default_path.into()),
         credential,
-        key_prefix: l.key_prefix.clone(),
-        keys: KeySpace::new(l.distribution, l.keys, l.zipf_s)?,
+        key_prefix: l.drive.key_prefix.clone(),
+        keys: l.run.key_space()?,
         expect_allow: !args.allow_denials,
     });
     let label = format!("ext_authz {:?} {}", args.identity, shape.path);
@@ -765,16 +534,18 @@ async fn ext_authz_load(args: ExtAuthzArgs) -> anyhow::Result<()> {
         shape: std::sync::Arc::clone(&shape),
     })
     .await?;
-    finish(&r, l.json, l.allow_errors)
+    finish(&r, &l.drive)
 }
 
 fn suite_config(args: SuiteArgs) -> anyhow::Result<suite::SuiteConfig> {
-    let l = args.load;
-    let quorate = std::fs::canonicalize(&args.quorate)
-        .with_context(|| format!("no quorate binary at {}", args.quorate.display()))?;
+    let LoadArgs {
+        run: l,
+        cost,
+        hits_per_request,
+    } = args.load;
     let myself = std::env::current_exe().map_err(|e| anyhow!("cannot find this binary: {e}"))?;
     Ok(suite::SuiteConfig {
-        quorate,
+        servers: args.servers,
         myself,
         duration: l.duration,
         warmup: l.warmup,
@@ -783,16 +554,12 @@ fn suite_config(args: SuiteArgs) -> anyhow::Result<suite::SuiteConfig> {
         keys: l.keys,
         distribution: l.distribution,
         zipf_s: l.zipf_s,
-        cost: l.cost,
-        hits_per_request: l.hits_per_request,
+        cost,
+        hits_per_request,
         timeout: l.timeout,
         rounds: args.rounds,
         follower: !args.no_follower,
-        server_args: args.server_args,
-        work_dir: args.work_dir,
-        keep: args.keep,
         out: args.out,
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
         notes: args.notes,
         perf: args.perf,
         extra_targets: args.extra_targets,
@@ -802,6 +569,31 @@ fn suite_config(args: SuiteArgs) -> anyhow::Result<suite::SuiteConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    /// Every mode's flags (the shared flattened groups included) form one valid command:
+    /// no two flags of a mode share a name.
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "quorate-bench",
+            "check",
+            "--target",
+            "http://a:1,http://b:2",
+            "--hits-per-request",
+            "3",
+            "--seed",
+            "7",
+        ])
+        .expect("check flags parse");
+        let Command::Check(args) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!(args.drive.target.len(), 2);
+        assert_eq!((args.load.hits_per_request, args.drive.seed), (3, 7));
+        assert_eq!(args.load.run.concurrency, 64);
+    }
 
     #[test]
     fn parses_durations() {

@@ -1,5 +1,6 @@
 //! `quorate-bench overload`: what a single node answers when offered more decisions than
-//! it can take, with load shedding (`--max-in-flight`) and without (`--max-in-flight=0`).
+//! it can take, with load shedding (`--max-in-flight`, fixed or adaptive) and without
+//! (`--max-in-flight=0`).
 //!
 //! Overload needs an open loop: calls are sent at a fixed rate whether or not earlier
 //! ones were answered, as independent clients would (a closed loop slows down with the
@@ -10,8 +11,8 @@
 //! throughput at `--concurrency` calls in flight (use a high one: group commit makes a
 //! node faster the more it is offered). Offer it 0.5·X (unloaded) and 2·X (overload),
 //! recording the latency of answered calls and how many were shed or timed out. Then the
-//! same rates against a fresh node for each `--max-in-flight` value. Prints a markdown
-//! table.
+//! same rates against a fresh node for each `--max-in-flight` value (a fixed limit) and
+//! each `--adaptive` value (the adaptive limit up to it). Prints a markdown table.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use tonic::transport::Channel;
 
 use crate::keys::{Distribution, KeySpace};
 use crate::load::{self, LoadConfig};
+use crate::parse_duration;
 use crate::procs::{self, Proc, TempDir};
 
 /// Every hit is allowed: the numbers measure the decision path, not denials.
@@ -38,22 +40,38 @@ limits:
 ";
 const LIMIT: &str = "bench_strict";
 
-/// What `quorate-bench overload` runs.
-#[derive(Debug, Clone)]
+/// What `quorate-bench overload` runs (its flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct OverloadConfig {
+    /// The quorate binary to start (a release build).
+    #[arg(long, default_value = "target/release/quorate")]
     pub quorate: PathBuf,
-    /// `--max-in-flight` of each shedding node (one node per value).
+    /// `--max-in-flight` of the nodes with a fixed limit, comma-separated (one node each).
+    #[arg(long, default_value = "256", value_delimiter = ',')]
     pub max_in_flight: Vec<usize>,
-    /// Closed-loop concurrency used to find the capacity.
+    /// `--max-in-flight` of nodes with the adaptive limit (`--concurrency-limit
+    /// adaptive`), comma-separated (one node each; none by default).
+    #[arg(long, value_delimiter = ',')]
+    pub adaptive: Vec<usize>,
+    /// Closed-loop calls in flight when finding the capacity.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Measured time of each phase.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// HTTP/2 connections the open-loop calls are spread over.
+    #[arg(long, default_value_t = 8)]
     pub connections: usize,
     /// A call not answered within this counts as a timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Parent of the temporary data directories.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
     pub work_dir: PathBuf,
 }
+
+/// The name of the rows of nodes with the adaptive limit.
+const ADAPTIVE: &str = "adaptive";
 
 /// One open-loop phase.
 struct Phase {
@@ -83,15 +101,24 @@ pub async fn run(cfg: OverloadConfig) -> anyhow::Result<String> {
     let mut rates = None;
     // The node without shedding goes first: the capacity is measured on it, so that the
     // closed loop is never shed whatever the budgets.
-    let variants = [("no shedding", 0)].into_iter().chain(
-        cfg.max_in_flight
-            .iter()
-            .filter(|&&n| n > 0)
-            .map(|&n| ("shedding", n)),
-    );
+    let fixed = cfg.max_in_flight.iter().filter(|&&n| n > 0);
+    let variants = [("no shedding", 0)]
+        .into_iter()
+        .chain(fixed.map(|&n| ("shedding", n)))
+        .chain(
+            cfg.adaptive
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| (ADAPTIVE, n)),
+        );
     for (name, max_in_flight) in variants {
         let dir = format!("{}-{max_in_flight}", name.replace(' ', "-"));
-        let (grpc, _node) = start(&cfg, &tmp, &policy, &dir, max_in_flight).await?;
+        let mode = if name == ADAPTIVE {
+            "adaptive"
+        } else {
+            "fixed"
+        };
+        let (grpc, _node) = start(&cfg, &tmp, &policy, &dir, mode, max_in_flight).await?;
         let target = format!("http://{grpc}");
         let (capacity, unloaded_rate, overload_rate) = match rates {
             Some(r) => r,
@@ -169,13 +196,14 @@ fn ms(h: &Histogram<u64>, q: f64) -> String {
     format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0)
 }
 
-/// Starts one node with `--max-in-flight`; returns its gRPC address and the process
-/// (stopped when dropped).
+/// Starts one node with `--concurrency-limit` `mode` and `--max-in-flight`; returns its
+/// gRPC address and the process (stopped when dropped).
 async fn start(
     cfg: &OverloadConfig,
     tmp: &TempDir,
     policy: &std::path::Path,
     name: &str,
+    mode: &str,
     max_in_flight: usize,
 ) -> anyhow::Result<(SocketAddr, Proc)> {
     let (grpc, http, peer) = (
@@ -188,6 +216,7 @@ async fn start(
     args.extend([
         "--policy".into(),
         policy.display().to_string(),
+        format!("--concurrency-limit={mode}"),
         format!("--max-in-flight={max_in_flight}"),
     ]);
     let mut proc = Proc::spawn(

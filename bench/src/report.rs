@@ -7,6 +7,11 @@ use std::fmt::Write as _;
 
 use crate::load::Report;
 
+/// This run's command line, as the markdown reports print it.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
 /// Thousands separators for integers in human output: `35123` → `35,123`.
 pub fn grouped(n: u64) -> String {
     let digits = n.to_string();

@@ -43,36 +43,48 @@ use tonic::transport::{Channel, Endpoint};
 use crate::keys::KeySpace;
 use crate::load::{new_histogram, Report};
 use crate::procs::{self, TempDir};
-use crate::report::grouped;
-use crate::suite::{self, QNode, SuiteConfig};
-use crate::{rls, rpc};
+use crate::report::{self, grouped};
+use crate::suite::{self, QNode};
+use crate::{parse_duration, parse_load, rls, rpc};
 
 const RLQS_DOMAIN: &str = "fleet";
 const RLS_DOMAIN: &str = "bench1";
 /// Requests per second each simulated proxy reports per bucket.
 const DEMAND_PER_BUCKET: u64 = 10;
 
-/// What the run measures.
-#[derive(Debug, Clone)]
+/// What the run measures (its flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct RlqsConfig {
-    pub quorate: PathBuf,
+    #[command(flatten)]
+    pub servers: suite::Servers,
+    /// Cluster sizes, comma-separated (1 and/or 3).
+    #[arg(long, default_value = "1,3", value_delimiter = ',')]
     pub nodes: Vec<usize>,
-    /// `(proxies, buckets per proxy)`, in order.
+    /// Fleet loads as PROXIESxBUCKETS, comma-separated, measured in order.
+    #[arg(long, default_value = "10x10,100x10,100x100", value_delimiter = ',', value_parser = parse_load)]
     pub loads: Vec<(usize, usize)>,
-    /// The limit of every bucket (and of every RLS key), requests per second.
+    /// Every bucket's limit (and every RLS key's), requests per second.
+    #[arg(long, default_value_t = 1000)]
     pub limit: u64,
+    /// `rlqs.interval` and the proxies' reporting interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Measured time per load.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Decisions timed on one proxy.
+    /// Local decisions timed on one proxy (at least 1).
+    #[arg(long, default_value_t = 2_000_000)]
     pub decisions: u64,
+    /// RLS calls in flight for the comparison.
+    #[arg(long, default_value_t = 64)]
     pub rls_concurrency: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub rls_duration: Duration,
-    pub server_args: Vec<String>,
-    pub work_dir: PathBuf,
-    pub keep: bool,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    pub command_line: String,
 }
 
 /// Counts the fleet's streams keep.
@@ -167,21 +179,16 @@ pub async fn run(cfg: RlqsConfig) -> anyhow::Result<String> {
         cfg.nodes.iter().all(|&n| n == 1 || n == 3),
         "--nodes takes 1 and/or 3"
     );
-    ensure!(
-        cfg.quorate.is_file(),
-        "no quorate binary at {} (build it: cargo build --release -p quorate-server)",
-        cfg.quorate.display()
-    );
+    cfg.servers.ensure_binary()?;
     let started_at = SystemTime::now();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let nodes_cfg = SuiteConfig::for_nodes(&cfg.quorate, &cfg.server_args, &cfg.work_dir, cfg.keep);
     let (mut fleet_rows, mut local_rows, mut rls_rows) = (Vec::new(), Vec::new(), Vec::new());
     for &nodes in &cfg.nodes {
         eprintln!("\n== {nodes} node(s) ==");
-        let tmp = TempDir::new(&cfg.work_dir, cfg.keep)?;
+        let tmp = TempDir::new(&cfg.servers.work_dir, cfg.servers.keep)?;
         let policy_file = tmp.path().join("policy.yaml");
         std::fs::write(&policy_file, policy(&cfg)).context("cannot write the rlqs policy")?;
-        let servers = suite::start_nodes(&nodes_cfg, tmp.path(), &policy_file, nodes).await?;
+        let servers = suite::start_nodes(&cfg.servers, tmp.path(), &policy_file, nodes).await?;
         let leader = find_leader(&servers).await?;
         let mut ordered: Vec<&QNode> = vec![&servers[leader]];
         ordered.extend(
@@ -533,7 +540,7 @@ async fn measure_fleet(
     );
     let secs = (t1 - t0).as_secs_f64();
     let local = match (time_local, first_held) {
-        (true, Some(held)) => Some(time_decisions(&held, buckets, cfg.decisions, nodes)?),
+        (true, Some(held)) => Some(time_decisions(&held, buckets, cfg.decisions.max(1), nodes)?),
         _ => None,
     };
     stop.notify_waiters();
@@ -629,7 +636,7 @@ fn render(
          Every bucket's limit {} requests/s, `rlqs.interval` and the proxies' reporting \
          interval {} ms, steady demand {DEMAND_PER_BUCKET} requests/s per proxy and bucket; \
          warm-up {} s, measured {} s per load.\n\n",
-        cfg.command_line,
+        report::command_line(),
         load_before.trim(),
         load_after.trim(),
         cfg.limit,

@@ -37,7 +37,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use crate::keys::{Distribution, KeySpace};
 use crate::load::{self, LoadConfig, Report};
 use crate::procs::{self, Proc, TempDir};
-use crate::report::{grouped, problems_line};
+use crate::report::{self, grouped, problems_line};
 use crate::{rls, rpc};
 
 /// The strict limit of the benchmark policy.
@@ -77,11 +77,40 @@ limits:
 /// How long a server may take to say it is ready.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The quorate nodes a mode starts: which binary, with which extra flags, where (the
+/// flags every mode that starts nodes shares).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Servers {
+    /// The quorate binary to start (build with `cargo build --release -p quorate-server`).
+    #[arg(long, default_value = "target/release/quorate")]
+    pub quorate: PathBuf,
+    /// Extra flag for every `quorate serve` (repeatable), e.g. --server-arg=--batch-inflight=8.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Parent of the temporary data directories (must be a real disk for fsync to count).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    pub work_dir: PathBuf,
+    /// Keep data directories and server logs.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl Servers {
+    /// Fails with a hint when the binary is missing.
+    pub fn ensure_binary(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.quorate.is_file(),
+            "no quorate binary at {} (build it: cargo build --release -p quorate-server)",
+            self.quorate.display()
+        );
+        Ok(())
+    }
+}
+
 /// What the suite runs.
 #[derive(Debug, Clone)]
 pub struct SuiteConfig {
-    /// The `quorate` binary (a release build).
-    pub quorate: PathBuf,
+    pub servers: Servers,
     /// This binary, started again as `null-server`.
     pub myself: PathBuf,
     pub duration: Duration,
@@ -98,16 +127,8 @@ pub struct SuiteConfig {
     pub rounds: usize,
     /// Also measure the cluster through a follower.
     pub follower: bool,
-    /// Extra flags for every `quorate serve`.
-    pub server_args: Vec<String>,
-    /// Where the temporary data directories go.
-    pub work_dir: PathBuf,
-    /// Keep data directories and logs afterwards.
-    pub keep: bool,
     /// Write the markdown report here too.
     pub out: Option<PathBuf>,
-    /// The command line, for the report.
-    pub command_line: String,
     /// Free text added to the report (e.g. the commit measured).
     pub notes: Vec<String>,
     /// Count the servers' fsyncs with `perf stat` during each measured window.
@@ -311,14 +332,10 @@ fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 /// Runs the suite; returns the markdown report.
 pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
     ensure!(cfg.rounds > 0, "--rounds must be at least 1");
-    ensure!(
-        cfg.quorate.is_file(),
-        "no quorate binary at {} (build it: cargo build --release -p quorate-server)",
-        cfg.quorate.display()
-    );
+    cfg.servers.ensure_binary()?;
     let started_at = SystemTime::now();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let tmp = TempDir::new(&cfg.work_dir, cfg.keep)?;
+    let tmp = TempDir::new(&cfg.servers.work_dir, cfg.servers.keep)?;
     let policy = tmp.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).context("cannot write the benchmark policy")?;
 
@@ -326,7 +343,7 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
     let (null_addr, null) = start_null_server(&cfg, tmp.path(), "null-server").await?;
 
     // (b) one durable node.
-    let single = start_node(&cfg, tmp.path(), "single", 1, Some(&policy)).await?;
+    let single = start_node(&cfg.servers, tmp.path(), "single", 1, Some(&policy)).await?;
     let mut single = single;
     single
         .proc
@@ -334,7 +351,7 @@ pub async fn run(cfg: SuiteConfig) -> anyhow::Result<String> {
         .await?;
 
     // (c) three nodes.
-    let cluster = start_cluster(&cfg, tmp.path(), &policy).await?;
+    let cluster = start_cluster(&cfg.servers, tmp.path(), &policy).await?;
 
     // (d) with extra targets: the RLS ceiling too.
     let null_rls = if cfg.extra_targets.is_empty() {
@@ -519,7 +536,7 @@ async fn start_null_server(
 
 /// Starts one `quorate serve` on fresh loopback ports.
 pub(crate) async fn start_node(
-    cfg: &SuiteConfig,
+    cfg: &Servers,
     root: &Path,
     name: &str,
     id: u64,
@@ -548,7 +565,7 @@ pub(crate) async fn start_node(
 
 /// Node 1 bootstraps with the policy; nodes 2 and 3 join as learners and are promoted.
 pub(crate) async fn start_cluster(
-    cfg: &SuiteConfig,
+    cfg: &Servers,
     root: &Path,
     policy: &Path,
 ) -> anyhow::Result<Vec<QNode>> {
@@ -630,7 +647,7 @@ pub(crate) async fn start_cluster(
 }
 
 /// Runs one operator command of the quorate binary.
-async fn quorate_cli(cfg: &SuiteConfig, args: &[&str]) -> anyhow::Result<()> {
+async fn quorate_cli(cfg: &Servers, args: &[&str]) -> anyhow::Result<()> {
     let out = tokio::process::Command::new(&cfg.quorate)
         .args(args)
         .output()
@@ -650,14 +667,16 @@ async fn quorate_cli(cfg: &SuiteConfig, args: &[&str]) -> anyhow::Result<()> {
 /// What `quorate-bench nodes` starts: one node or a 3-node cluster with `policy`, the
 /// same way the suite does; prints one `nodes ready:` line with the addresses (leader
 /// first), then holds them up until Ctrl-C or SIGTERM, and stops them all.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct NodesConfig {
-    pub quorate: PathBuf,
+    #[command(flatten)]
+    pub servers: Servers,
+    /// The policy file every node starts with.
+    #[arg(long)]
     pub policy: PathBuf,
+    /// 1 or 3.
+    #[arg(long, default_value_t = 1)]
     pub nodes: usize,
-    pub server_args: Vec<String>,
-    pub work_dir: PathBuf,
-    pub keep: bool,
 }
 
 pub async fn hold_nodes(n: NodesConfig) -> anyhow::Result<()> {
@@ -666,16 +685,11 @@ pub async fn hold_nodes(n: NodesConfig) -> anyhow::Result<()> {
         "--nodes must be 1 or 3 (got {})",
         n.nodes
     );
-    ensure!(
-        n.quorate.is_file(),
-        "no quorate binary at {}",
-        n.quorate.display()
-    );
-    let cfg = SuiteConfig::for_nodes(&n.quorate, &n.server_args, &n.work_dir, n.keep);
-    let tmp = TempDir::new(&n.work_dir, n.keep)?;
+    n.servers.ensure_binary()?;
+    let tmp = TempDir::new(&n.servers.work_dir, n.servers.keep)?;
     let policy = std::fs::canonicalize(&n.policy)
         .with_context(|| format!("no policy at {}", n.policy.display()))?;
-    let nodes = start_nodes(&cfg, tmp.path(), &policy, n.nodes).await?;
+    let nodes = start_nodes(&n.servers, tmp.path(), &policy, n.nodes).await?;
     let grpc: Vec<String> = nodes.iter().map(|q| q.grpc.to_string()).collect();
     let http: Vec<String> = nodes.iter().map(|q| q.http.to_string()).collect();
     let pids: Vec<String> = nodes.iter().map(|q| q.proc.pid().to_string()).collect();
@@ -695,45 +709,9 @@ pub async fn hold_nodes(n: NodesConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl SuiteConfig {
-    /// What [`start_node`] and [`start_cluster`] read, for callers that only start nodes
-    /// (`nodes`, `keys-sweep`); the load fields are unused there.
-    pub(crate) fn for_nodes(
-        quorate: &Path,
-        server_args: &[String],
-        work_dir: &Path,
-        keep: bool,
-    ) -> SuiteConfig {
-        SuiteConfig {
-            quorate: quorate.to_path_buf(),
-            myself: PathBuf::new(),
-            duration: Duration::ZERO,
-            warmup: Duration::ZERO,
-            concurrency: 1,
-            per_channel: 1,
-            keys: 1,
-            distribution: Distribution::Uniform,
-            zipf_s: 1.0,
-            cost: 1,
-            hits_per_request: 1,
-            timeout: Duration::ZERO,
-            rounds: 1,
-            follower: false,
-            server_args: server_args.to_vec(),
-            work_dir: work_dir.to_path_buf(),
-            keep,
-            out: None,
-            command_line: String::new(),
-            notes: Vec::new(),
-            perf: false,
-            extra_targets: Vec::new(),
-        }
-    }
-}
-
 /// One ready node (`count` = 1) or a ready 3-node cluster led by node 1, under `root`.
 pub(crate) async fn start_nodes(
-    cfg: &SuiteConfig,
+    cfg: &Servers,
     root: &Path,
     policy: &Path,
     count: usize,
@@ -881,7 +859,7 @@ fn render(
              quorate's single node over RLS.\n\n"
         ));
     }
-    md.push_str(&format!("Command: `{}`\n\n", cfg.command_line));
+    md.push_str(&format!("Command: `{}`\n\n", report::command_line()));
     for note in &cfg.notes {
         md.push_str(&format!("{note}\n\n"));
     }

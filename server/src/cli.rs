@@ -188,8 +188,13 @@ pub struct ServeArgs {
     /// PEM CA certificate(s) to trust for `rediss://` (default: the system's roots).
     #[arg(long, env = "QUORATE_STORE_CA")]
     pub store_ca_file: Option<PathBuf>,
-    /// Decisions (gRPC and forward-auth together) admitted at once; more are answered
-    /// at once with RESOURCE_EXHAUSTED / 503 instead of queueing. 0 = never shed.
+    /// How many decisions are admitted at once: `adaptive` moves the limit between a few
+    /// and --max-in-flight by the latency of admitted decisions; `fixed` is always
+    /// --max-in-flight.
+    #[arg(long, value_enum, default_value_t = crate::overload::LimitMode::default())]
+    pub concurrency_limit: crate::overload::LimitMode,
+    /// Decisions (gRPC and forward-auth together) admitted at once at most; more are
+    /// answered at once with RESOURCE_EXHAUSTED / 503 instead of queueing. 0 = never shed.
     #[arg(long, default_value_t = crate::overload::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Longest an admitted decision may take (DEADLINE_EXCEEDED / 504 after it).
@@ -278,6 +283,7 @@ impl ServeArgs {
                 )?),
             },
             overload: crate::overload::OverloadSettings {
+                mode: self.concurrency_limit,
                 max_in_flight: self.max_in_flight,
                 request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
             },

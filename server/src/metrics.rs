@@ -189,6 +189,9 @@ pub struct Metrics {
     pub raft_members: IntGauge,
     pub counters: IntGauge,
     pub policy_version: IntGauge,
+    /// Decisions admitted at once right now (the adaptive limit, or `--max-in-flight`;
+    /// 0: shedding off). Set by `overload.rs`.
+    pub concurrency_limit: IntGauge,
     /// fsync/fdatasync calls of this node's Raft log store since it opened (brought up to
     /// date on scrape).
     pub raft_log_fsyncs: IntCounter,
@@ -357,6 +360,11 @@ impl Metrics {
             raft_members: gauge(r, "raft_voters", "Voting members")?,
             counters: gauge(r, "counters", "Live counters in the state machine")?,
             policy_version: gauge(r, "policy_version", "Live policy version (0 if none)")?,
+            concurrency_limit: gauge(
+                r,
+                "concurrency_limit",
+                "Decisions admitted at once right now (0: shedding off)",
+            )?,
             raft_log_fsyncs: counter(
                 r,
                 "raft_log_fsyncs_total",

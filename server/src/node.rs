@@ -236,7 +236,8 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| NodeError::Io(std::io::Error::other(e)))?;
     // Decisions on both public listeners share one budget; see `overload.rs`.
-    let overload = crate::overload::Overload::new(config.overload);
+    let overload =
+        crate::overload::Overload::new(config.overload, metrics.concurrency_limit.clone());
     let decisions = overload.grpc_layer();
     tokio::spawn(Arc::clone(&rlqs).run_rounds());
     let grpc = tonic::transport::Server::builder()

@@ -3,12 +3,18 @@
 //! A node that takes more decisions than it can answer would otherwise queue them in the
 //! batcher until each one hits the 2 s decision timeout: every caller waits, and the
 //! answers that do come back come late. Instead, one node-wide budget of decisions in
-//! flight (`--max-in-flight`) is shared by the gRPC decision services (`quorate.v1`,
-//! Envoy RLS, ext_authz) and HTTP forward-auth (`/authz`). A decision that finds the
-//! budget spent is answered at once, before any policy lookup or counter, with
-//! `RESOURCE_EXHAUSTED` (gRPC) or `503` with `Retry-After: 1` (HTTP); admitted ones keep
-//! the latency of a node at its capacity. Every admitted decision is also bounded by
-//! `--request-timeout-ms` (`DEADLINE_EXCEEDED` / `504`).
+//! flight is shared by the gRPC decision services (`quorate.v1`, Envoy RLS, ext_authz)
+//! and HTTP forward-auth (`/authz`). A decision that finds the budget spent is answered at
+//! once, before any policy lookup or counter, with `RESOURCE_EXHAUSTED` (gRPC) or `503`
+//! with `Retry-After: 1` (HTTP); admitted ones keep the latency of a node at its
+//! capacity. Every admitted decision is also bounded by `--request-timeout-ms`
+//! (`DEADLINE_EXCEEDED` / `504`).
+//!
+//! The budget is `--max-in-flight` (`--concurrency-limit fixed`, the default) or an
+//! adaptive limit between a few decisions and `--max-in-flight` that shrinks when admitted
+//! decisions' latency rises above the node's unqueued latency (`--concurrency-limit
+//! adaptive`, [`adaptive`]; not the default yet: see `docs/benchmarks.md`, "Overload",
+//! run 9); the current budget is the `quorate_concurrency_limit` gauge.
 //!
 //! Health, reflection, metrics, the dashboard and the admin API are never shed: probes
 //! and operators must still reach a saturated node. The peer port is not wrapped at all.
@@ -18,18 +24,25 @@
 //!
 //! Why not tonic's `concurrency_limit_per_connection` + `load_shed`: that budget is per
 //! connection (a flood over many connections is never shed) and covers health checks
-//! too. The budget here is a `tokio::sync::Semaphore`; taking a permit never waits.
+//! too. The budget here is a counter compared with the current limit; taking a place
+//! never waits.
+
+pub mod adaptive;
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, Request, Response, StatusCode};
-use tokio::sync::Semaphore;
+use prometheus::IntGauge;
+use tokio::time::Instant;
 use tower::{Layer, Service};
+
+use self::adaptive::{AdaptiveLimit, AdaptiveSettings};
 
 /// Default `--max-in-flight`: decisions admitted at once per node (gRPC and HTTP
 /// together). Group commit makes a node faster the more decisions it holds (one fsync
@@ -45,10 +58,22 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The HTTP decision surface: forward-auth.
 const HTTP_DECISION_PREFIX: &str = "/authz";
 
-/// `--max-in-flight` and `--request-timeout-ms`.
+/// `--concurrency-limit`: how the budget of decisions in flight is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LimitMode {
+    /// Moved by the latency of admitted decisions, up to `--max-in-flight`.
+    Adaptive,
+    /// Always `--max-in-flight`.
+    #[default]
+    Fixed,
+}
+
+/// `--concurrency-limit`, `--max-in-flight` and `--request-timeout-ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverloadSettings {
-    /// Decisions admitted at once; `0` turns shedding off (decisions then queue).
+    pub mode: LimitMode,
+    /// Decisions admitted at once (the ceiling of the adaptive limit); `0` turns
+    /// shedding off (decisions then queue).
     pub max_in_flight: usize,
     /// Longest an admitted decision may take.
     pub request_timeout: Duration,
@@ -57,6 +82,7 @@ pub struct OverloadSettings {
 impl Default for OverloadSettings {
     fn default() -> Self {
         OverloadSettings {
+            mode: LimitMode::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
@@ -68,15 +94,45 @@ impl Default for OverloadSettings {
 #[derive(Debug, Clone)]
 pub struct Overload {
     /// `None` when shedding is off.
-    permits: Option<Arc<Semaphore>>,
+    budget: Option<Arc<Budget>>,
     timeout: Duration,
 }
 
+/// Decisions in flight against the current limit.
+#[derive(Debug)]
+struct Budget {
+    in_flight: AtomicUsize,
+    limit: AtomicUsize,
+    /// `None` for a fixed limit. Locked once per finished decision, briefly.
+    adaptive: Option<Mutex<AdaptiveLimit>>,
+    /// The controller's clock starts here.
+    started: Instant,
+    /// `quorate_concurrency_limit`.
+    gauge: IntGauge,
+}
+
 impl Overload {
-    pub fn new(settings: OverloadSettings) -> Overload {
+    /// `gauge` shows the current limit (0 when shedding is off).
+    pub fn new(settings: OverloadSettings, gauge: IntGauge) -> Overload {
+        let max = settings.max_in_flight;
+        gauge.set(i64::try_from(max).unwrap_or(i64::MAX));
+        let started = Instant::now();
+        let budget = (max > 0).then(|| {
+            Arc::new(Budget {
+                in_flight: AtomicUsize::new(0),
+                limit: AtomicUsize::new(max),
+                adaptive: (settings.mode == LimitMode::Adaptive).then(|| {
+                    Mutex::new(AdaptiveLimit::new(
+                        AdaptiveSettings::up_to(max),
+                        Duration::ZERO,
+                    ))
+                }),
+                started,
+                gauge,
+            })
+        });
         Overload {
-            permits: (settings.max_in_flight > 0)
-                .then(|| Arc::new(Semaphore::new(settings.max_in_flight))),
+            budget,
             timeout: settings.request_timeout,
         }
     }
@@ -154,6 +210,55 @@ impl Surface for Http {
     }
 }
 
+impl Budget {
+    /// A place for one decision, or `None` when the budget is spent.
+    fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Admitted {
+            budget: Arc::clone(self),
+            at: Instant::now(),
+        })
+    }
+}
+
+/// One admitted decision's place in the budget; given back on drop.
+#[derive(Debug)]
+struct Admitted {
+    budget: Arc<Budget>,
+    at: Instant,
+}
+
+impl Admitted {
+    /// The decision was answered (or timed out): its latency feeds the adaptive limit.
+    fn answered(self) {
+        let Some(adaptive) = &self.budget.adaptive else {
+            return;
+        };
+        let now = Instant::now();
+        let changed = adaptive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(now - self.at, now - self.budget.started);
+        if let Some(limit) = changed {
+            self.budget.limit.store(limit, Ordering::Relaxed);
+            self.budget
+                .gauge
+                .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.budget.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Wraps a surface's service in [`OverloadService`].
 #[derive(Debug)]
 pub struct OverloadLayer<A> {
@@ -226,11 +331,11 @@ where
         if !A::is_decision(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
-        let permit = match &self.overload.permits {
+        let admitted = match &self.overload.budget {
             None => None,
-            Some(permits) => match Arc::clone(permits).try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
+            Some(budget) => match budget.admit() {
+                Some(admitted) => Some(admitted),
+                None => {
                     tracing::debug!(path = request.uri().path(), "decision shed: node saturated");
                     return Box::pin(std::future::ready(Ok(A::shed())));
                 }
@@ -240,11 +345,15 @@ where
         let timeout = self.overload.timeout;
         Box::pin(async move {
             // Held until the answer is ready: the budget counts decisions, not sockets.
-            let _permit = permit;
-            match tokio::time::timeout(timeout, answer).await {
+            // A call dropped before (the client went away) gives its place back unmeasured.
+            let answer = match tokio::time::timeout(timeout, answer).await {
                 Ok(result) => result,
                 Err(_) => Ok(A::timed_out()),
+            };
+            if let Some(admitted) = admitted {
+                admitted.answered();
             }
+            answer
         })
     }
 }
@@ -252,6 +361,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_gauge() -> IntGauge {
+        IntGauge::new("quorate_concurrency_limit", "test").unwrap()
+    }
+
+    fn in_flight(overload: &Overload) -> usize {
+        overload
+            .budget
+            .as_ref()
+            .unwrap()
+            .in_flight
+            .load(Ordering::Acquire)
+    }
 
     #[test]
     fn only_forward_auth_counts_on_http() {
@@ -268,10 +390,14 @@ mod tests {
     async fn a_spent_budget_sheds_at_once_and_a_returned_permit_admits_again() {
         use tower::ServiceExt;
 
-        let overload = Overload::new(OverloadSettings {
-            max_in_flight: 1,
-            request_timeout: Duration::from_secs(5),
-        });
+        let overload = Overload::new(
+            OverloadSettings {
+                mode: LimitMode::Fixed,
+                max_in_flight: 1,
+                request_timeout: Duration::from_secs(5),
+            },
+            test_gauge(),
+        );
         // `/authz` answers only once the gate opens; other paths at once.
         let (gate, opened) = tokio::sync::watch::channel(false);
         let slow = tower::service_fn(move |request: Request<()>| {
@@ -295,7 +421,7 @@ mod tests {
         let first = tokio::spawn(call("/authz"));
         tokio::task::yield_now().await;
         // Wait until the first call holds the only permit.
-        while overload.permits.as_ref().unwrap().available_permits() > 0 {
+        while in_flight(&overload) < 1 {
             tokio::task::yield_now().await;
         }
         let shed = call("/authz/x").await;
@@ -313,10 +439,14 @@ mod tests {
     async fn an_admitted_decision_is_bounded_by_the_timeout() {
         use tower::ServiceExt;
 
-        let overload = Overload::new(OverloadSettings {
-            max_in_flight: 4,
-            request_timeout: Duration::from_millis(100),
-        });
+        let overload = Overload::new(
+            OverloadSettings {
+                mode: LimitMode::Fixed,
+                max_in_flight: 4,
+                request_timeout: Duration::from_millis(100),
+            },
+            test_gauge(),
+        );
         let never = tower::service_fn(|_: Request<()>| async {
             std::future::pending::<()>().await;
             Ok::<_, std::convert::Infallible>(Response::new(String::new()))
@@ -333,6 +463,90 @@ mod tests {
             .unwrap();
         assert_eq!(response.headers()["grpc-status"], "4"); // DEADLINE_EXCEEDED
                                                             // The permit came back.
-        assert_eq!(overload.permits.as_ref().unwrap().available_permits(), 4);
+        assert_eq!(in_flight(&overload), 0);
+    }
+
+    /// The adaptive budget end to end through the layer: decisions that get slow shrink
+    /// the limit (and the gauge) until a few in flight are all it admits. (Growing back
+    /// is the controller's own test: on a real clock, on a shared machine, "as fast as
+    /// the baseline" is too fine to assert here.)
+    #[tokio::test]
+    async fn slow_decisions_shrink_the_adaptive_limit_until_it_sheds() {
+        use tower::ServiceExt;
+
+        let gauge = test_gauge();
+        let overload = Overload::new(
+            OverloadSettings {
+                mode: LimitMode::Adaptive,
+                max_in_flight: 64,
+                request_timeout: Duration::from_secs(5),
+            },
+            gauge.clone(),
+        );
+        assert_eq!(gauge.get(), 64);
+        // Each decision takes as long as its path says, in ms (`/authz/<ms>`).
+        let svc =
+            overload
+                .http_layer()
+                .layer(tower::service_fn(|request: Request<()>| async move {
+                    let ms = request.uri().path().trim_start_matches("/authz/");
+                    let ms = ms.parse().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(String::from("answered")))
+                }));
+        // `calls` decisions of `ms` each, 8 at a time (those over the limit are shed).
+        let run = |ms: u64, calls: usize| {
+            let svc = svc.clone();
+            async move {
+                for _ in 0..calls / 8 {
+                    let batch = (0..8).map(|_| {
+                        let request = Request::builder()
+                            .uri(format!("/authz/{ms}"))
+                            .body(())
+                            .unwrap();
+                        svc.clone().oneshot(request)
+                    });
+                    for answer in futures::future::join_all(batch).await {
+                        let status = answer.unwrap().status();
+                        assert!(
+                            status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+                            "{status}"
+                        );
+                    }
+                }
+            }
+        };
+        run(1, 400).await; // baseline: about 1 ms
+        assert_eq!(gauge.get(), 64);
+        run(100, 480).await; // about 100× the baseline: the gradient is 0.5 throughout
+        let shrunk = gauge.get();
+        assert_eq!(shrunk, adaptive::DEFAULT_MIN_LIMIT as i64);
+        assert_eq!(
+            overload
+                .budget
+                .as_ref()
+                .unwrap()
+                .limit
+                .load(Ordering::Relaxed),
+            adaptive::DEFAULT_MIN_LIMIT
+        );
+
+        // With the limit at 4, a 5th decision in flight is shed at once.
+        let held: Vec<_> = (0..4)
+            .map(|_| {
+                let request = Request::builder().uri("/authz/300").body(()).unwrap();
+                tokio::spawn(svc.clone().oneshot(request))
+            })
+            .collect();
+        while in_flight(&overload) < 4 {
+            tokio::task::yield_now().await;
+        }
+        let request = Request::builder().uri("/authz/0").body(()).unwrap();
+        let shed = svc.clone().oneshot(request).await.unwrap();
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        for h in held {
+            h.await.unwrap().unwrap();
+        }
+        assert_eq!(in_flight(&overload), 0);
     }
 }

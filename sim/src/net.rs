@@ -159,75 +159,6 @@ impl Net {
             lose_request,
         }
     }
-
-    /// Sends `req` from `from` to `to` through `call`, applying this message's fate.
-    async fn send<Req, Resp, E, F, Fut>(
-        &self,
-        from: NodeId,
-        to: NodeId,
-        req: Req,
-        option: &RPCOption,
-        call: F,
-    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
-    where
-        Req: Clone + Send + 'static,
-        Resp: Send + 'static,
-        E: std::error::Error + Send + 'static,
-        F: Fn(Raft, Req) -> Fut + Send + Sync + 'static + Clone,
-        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
-    {
-        let (delay, duplicate, lose_reply, lose_request) = match self.fate(from, to) {
-            Fate::Unreachable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&LinkDown)));
-            }
-            Fate::Deliver {
-                delay,
-                duplicate,
-                lose_reply,
-                lose_request,
-            } => (delay, duplicate, lose_reply, lose_request),
-        };
-        if let Some(later) = duplicate {
-            self.faults.count("duplicate");
-            let net = self.clone();
-            let copy = req.clone();
-            let call = call.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(later).await;
-                if let Some(raft) = net.target(from, to) {
-                    let _ = call(raft, copy).await;
-                }
-            });
-        }
-        let ttl = option.hard_ttl();
-        if lose_request {
-            self.faults.count("drop");
-            tokio::time::sleep(ttl.min(delay * 10)).await;
-            return Err(RPCError::Network(NetworkError::new(&Lost)));
-        }
-        let delivered = async {
-            tokio::time::sleep(delay).await;
-            // The link may have been cut, or the target crashed, while in flight.
-            let raft = self.target(from, to).ok_or(LinkDown)?;
-            let result = call(raft, req).await;
-            tokio::time::sleep(delay).await;
-            if self.target(from, to).is_none() {
-                return Err(LinkDown);
-            }
-            Ok(result)
-        };
-        match tokio::time::timeout(ttl, delivered).await {
-            Err(_) => Err(RPCError::Network(NetworkError::new(&Lost))),
-            Ok(Err(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
-            Ok(Ok(_)) if lose_reply => {
-                self.faults.count("drop");
-                Err(RPCError::Network(NetworkError::new(&Lost)))
-            }
-            Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(RaftError::Fatal(f)))) => Err(RPCError::Unreachable(Unreachable::new(&f))),
-            Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(to, e))),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,21 +198,86 @@ pub struct Link {
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
 
+impl Link {
+    /// Sends `req` over this link through `call`, applying this message's fate.
+    async fn send<Req, Resp, E, F, Fut>(
+        &self,
+        req: Req,
+        option: RPCOption,
+        call: F,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        E: std::error::Error + Send + 'static,
+        F: Fn(Raft, Req) -> Fut + Send + Sync + 'static + Clone,
+        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
+    {
+        let (net, from, to) = (&self.net, self.from, self.to);
+        let (delay, duplicate, lose_reply, lose_request) = match net.fate(from, to) {
+            Fate::Unreachable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&LinkDown)));
+            }
+            Fate::Deliver {
+                delay,
+                duplicate,
+                lose_reply,
+                lose_request,
+            } => (delay, duplicate, lose_reply, lose_request),
+        };
+        if let Some(later) = duplicate {
+            net.faults.count("duplicate");
+            let net = net.clone();
+            let copy = req.clone();
+            let call = call.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(later).await;
+                if let Some(raft) = net.target(from, to) {
+                    let _ = call(raft, copy).await;
+                }
+            });
+        }
+        let ttl = option.hard_ttl();
+        if lose_request {
+            net.faults.count("drop");
+            tokio::time::sleep(ttl.min(delay * 10)).await;
+            return Err(RPCError::Network(NetworkError::new(&Lost)));
+        }
+        let delivered = async {
+            tokio::time::sleep(delay).await;
+            // The link may have been cut, or the target crashed, while in flight.
+            let raft = net.target(from, to).ok_or(LinkDown)?;
+            let result = call(raft, req).await;
+            tokio::time::sleep(delay).await;
+            if net.target(from, to).is_none() {
+                return Err(LinkDown);
+            }
+            Ok(result)
+        };
+        match tokio::time::timeout(ttl, delivered).await {
+            Err(_) => Err(RPCError::Network(NetworkError::new(&Lost))),
+            Ok(Err(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Ok(Ok(_)) if lose_reply => {
+                net.faults.count("drop");
+                Err(RPCError::Network(NetworkError::new(&Lost)))
+            }
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(RaftError::Fatal(f)))) => Err(RPCError::Unreachable(Unreachable::new(&f))),
+            Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(to, e))),
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for Link {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.net
-            .send(
-                self.from,
-                self.to,
-                rpc,
-                &option,
-                |raft: Raft, rpc| async move { raft.append_entries(rpc).await },
-            )
-            .await
+        self.send(rpc, option, |raft: Raft, rpc| async move {
+            raft.append_entries(rpc).await
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -289,15 +285,10 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.net
-            .send(
-                self.from,
-                self.to,
-                rpc,
-                &option,
-                |raft: Raft, rpc| async move { raft.install_snapshot(rpc).await },
-            )
-            .await
+        self.send(rpc, option, |raft: Raft, rpc| async move {
+            raft.install_snapshot(rpc).await
+        })
+        .await
     }
 
     async fn vote(
@@ -305,14 +296,9 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.net
-            .send(
-                self.from,
-                self.to,
-                rpc,
-                &option,
-                |raft: Raft, rpc| async move { raft.vote(rpc).await },
-            )
-            .await
+        self.send(rpc, option, |raft: Raft, rpc| async move {
+            raft.vote(rpc).await
+        })
+        .await
     }
 }

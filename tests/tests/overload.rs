@@ -179,3 +179,103 @@ async fn a_forward_auth_flood_is_shed_with_503_and_retry_after() {
         .unwrap();
     assert_eq!(metrics.status().as_u16(), 200);
 }
+
+/// The adaptive limit (with the default `--max-in-flight` 256 as its ceiling) sheds a flood that
+/// a fixed budget of 256 would admit and queue: 200 callers in a closed loop never
+/// exceed 256 in flight, so every `RESOURCE_EXHAUSTED` here comes from the limit having
+/// shrunk under the flood's latency (one hit per Raft entry, so decisions queue behind
+/// each other's commits), and `quorate_concurrency_limit` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_adaptive_limit_sheds_a_flood_below_max_in_flight() {
+    const CALLERS: usize = 200;
+    let cluster = Cluster::single(NodeOptions {
+        policy: Some(POLICY.to_string()),
+        extra_args: vec![
+            "--concurrency-limit=adaptive".into(),
+            "--batch-max-hits=1".into(),
+        ],
+        ..NodeOptions::default()
+    })
+    .await
+    .unwrap();
+    let node = cluster.node(1);
+    let clients: Vec<_> = (0..CONNECTIONS).map(|_| node.client()).collect();
+    assert_eq!(concurrency_limit(node.http).await, 256);
+
+    // `callers` closed-loop callers for `how_long`: (admitted, shed, slowest shed).
+    let load = |callers: usize, how_long: Duration| {
+        let clients = &clients;
+        let calls = (0..callers).map(move |i| {
+            let mut client = clients[i % CONNECTIONS].clone();
+            async move {
+                let (mut admitted, mut shed, mut slowest_shed) = (0u64, 0u64, Duration::ZERO);
+                let end = Instant::now() + how_long;
+                while Instant::now() < end {
+                    let started = Instant::now();
+                    let result = client
+                        .check(pb::CheckRequest {
+                            hits: vec![hit("flood", "k", Some(1))],
+                            atomic: None,
+                        })
+                        .await;
+                    match result {
+                        Ok(response) => {
+                            assert!(response.into_inner().decisions[0].allowed);
+                            admitted += 1;
+                        }
+                        Err(status) => {
+                            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                            slowest_shed = slowest_shed.max(started.elapsed());
+                            shed += 1;
+                        }
+                    }
+                }
+                (admitted, shed, slowest_shed)
+            }
+        });
+        async move {
+            futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .fold((0, 0, Duration::ZERO), |(a, s, w), (ca, cs, cw)| {
+                    (a + ca, s + cs, w.max(cw))
+                })
+        }
+    };
+
+    // A few callers: the node's unqueued latency becomes the baseline; nothing is shed.
+    let (admitted, shed, _) = load(4, Duration::from_secs(1)).await;
+    assert!(admitted > 0);
+    assert_eq!(shed, 0, "4 callers against a limit of 256");
+
+    let (admitted, shed, slowest_shed) = load(CALLERS, Duration::from_secs(3)).await;
+    let limit = concurrency_limit(node.http).await;
+    assert!(
+        shed > 0,
+        "{CALLERS} callers, {admitted} admitted, none shed (limit now {limit})"
+    );
+    assert!(admitted > 0, "every call was shed");
+    assert!(limit < 256, "the limit did not shrink: {limit}");
+    assert!(
+        slowest_shed < AT_ONCE,
+        "a shed call took {slowest_shed:?}: shedding must not wait"
+    );
+}
+
+/// `quorate_concurrency_limit` from the node's `/metrics`.
+async fn concurrency_limit(http: std::net::SocketAddr) -> u64 {
+    let text = api::http()
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("quorate_concurrency_limit "))
+        .expect("quorate_concurrency_limit is exported")
+        .trim()
+        .parse()
+        .unwrap()
+}
