@@ -155,6 +155,32 @@ impl Overload {
     }
 }
 
+/// Most of a shed request read before it is answered, and how long that may take.
+const SHED_READ_BYTES: usize = 64 * 1024;
+const SHED_READ_TIME: Duration = Duration::from_millis(100);
+
+/// Reads a shed request's body to its end (bounded) before the answer goes out. Answering
+/// an HTTP/2 stream whose request is still arriving makes the server reset it, and h2
+/// closes the whole connection after 1,024 such resets (its guard against clients that
+/// provoke resets): a client of a saturated node would then lose every call in flight on
+/// that connection with a transport error instead of a prompt `RESOURCE_EXHAUSTED`.
+/// Decision requests are small; a body that is larger or slower is answered anyway.
+async fn read_to_end<B: http_body::Body + Unpin>(mut body: B) {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut bytes = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                bytes = bytes.saturating_add(bytes::Buf::remaining(data));
+                if bytes > SHED_READ_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(SHED_READ_TIME, read).await;
+}
+
 /// How one surface says "shed" and "timed out", and which of its requests are decisions.
 pub trait Surface {
     fn is_decision(path: &str) -> bool;
@@ -317,6 +343,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     A: Surface,
+    ReqBody: http_body::Body + Send + Unpin + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = Response<ResBody>;
@@ -337,7 +364,11 @@ where
                 Some(admitted) => Some(admitted),
                 None => {
                     tracing::debug!(path = request.uri().path(), "decision shed: node saturated");
-                    return Box::pin(std::future::ready(Ok(A::shed())));
+                    let body = request.into_body();
+                    return Box::pin(async move {
+                        read_to_end(body).await;
+                        Ok(A::shed())
+                    });
                 }
             },
         };
@@ -361,6 +392,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::Empty;
 
     fn test_gauge() -> IntGauge {
         IntGauge::new("quorate_concurrency_limit", "test").unwrap()
@@ -400,7 +433,7 @@ mod tests {
         );
         // `/authz` answers only once the gate opens; other paths at once.
         let (gate, opened) = tokio::sync::watch::channel(false);
-        let slow = tower::service_fn(move |request: Request<()>| {
+        let slow = tower::service_fn(move |request: Request<Empty<Bytes>>| {
             let mut opened = opened.clone();
             async move {
                 if request.uri().path() == "/authz" {
@@ -413,7 +446,7 @@ mod tests {
         let call = |path: &'static str| {
             let svc = svc.clone();
             async move {
-                let request = Request::builder().uri(path).body(()).unwrap();
+                let request = Request::builder().uri(path).body(Empty::new()).unwrap();
                 svc.oneshot(request).await.unwrap()
             }
         };
@@ -447,13 +480,13 @@ mod tests {
             },
             test_gauge(),
         );
-        let never = tower::service_fn(|_: Request<()>| async {
+        let never = tower::service_fn(|_: Request<Empty<Bytes>>| async {
             std::future::pending::<()>().await;
             Ok::<_, std::convert::Infallible>(Response::new(String::new()))
         });
         let request = Request::builder()
             .uri("/quorate.v1.RateLimiter/Check")
-            .body(())
+            .body(Empty::new())
             .unwrap();
         let response = overload
             .grpc_layer()
@@ -485,15 +518,14 @@ mod tests {
         );
         assert_eq!(gauge.get(), 64);
         // Each decision takes as long as its path says, in ms (`/authz/<ms>`).
-        let svc =
-            overload
-                .http_layer()
-                .layer(tower::service_fn(|request: Request<()>| async move {
-                    let ms = request.uri().path().trim_start_matches("/authz/");
-                    let ms = ms.parse().unwrap_or(0);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    Ok::<_, std::convert::Infallible>(Response::new(String::from("answered")))
-                }));
+        let svc = overload.http_layer().layer(tower::service_fn(
+            |request: Request<Empty<Bytes>>| async move {
+                let ms = request.uri().path().trim_start_matches("/authz/");
+                let ms = ms.parse().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, std::convert::Infallible>(Response::new(String::from("answered")))
+            },
+        ));
         // `calls` decisions of `ms` each, 8 at a time (those over the limit are shed).
         let run = |ms: u64, calls: usize| {
             let svc = svc.clone();
@@ -502,7 +534,7 @@ mod tests {
                     let batch = (0..8).map(|_| {
                         let request = Request::builder()
                             .uri(format!("/authz/{ms}"))
-                            .body(())
+                            .body(Empty::new())
                             .unwrap();
                         svc.clone().oneshot(request)
                     });
@@ -534,14 +566,20 @@ mod tests {
         // With the limit at 4, a 5th decision in flight is shed at once.
         let held: Vec<_> = (0..4)
             .map(|_| {
-                let request = Request::builder().uri("/authz/300").body(()).unwrap();
+                let request = Request::builder()
+                    .uri("/authz/300")
+                    .body(Empty::new())
+                    .unwrap();
                 tokio::spawn(svc.clone().oneshot(request))
             })
             .collect();
         while in_flight(&overload) < 4 {
             tokio::task::yield_now().await;
         }
-        let request = Request::builder().uri("/authz/0").body(()).unwrap();
+        let request = Request::builder()
+            .uri("/authz/0")
+            .body(Empty::new())
+            .unwrap();
         let shed = svc.clone().oneshot(request).await.unwrap();
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         for h in held {
