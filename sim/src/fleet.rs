@@ -414,14 +414,13 @@ async fn traffic(
             .map(|b| (SECOND as f64 / demand_at(b, index, proxies, t)) as Nanos)
             .collect()
     };
-    let mut gaps = gaps_at(fleet.now());
+    // Demand is one step: before the rise and after it.
+    let (before, after) = (gaps_at(0), gaps_at(RISE_AT));
     let mut next: Vec<Nanos> = vec![fleet.now(); BUCKETS.len()];
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(TICK).await;
         let now = fleet.now();
-        if now >= RISE_AT {
-            gaps = gaps_at(now);
-        }
+        let gaps = if now >= RISE_AT { &after } else { &before };
         let mut admitted: Vec<Vec<Nanos>> = vec![Vec::new(); BUCKETS.len()];
         let mut decided = vec![0u64; BUCKETS.len()];
         {
