@@ -44,6 +44,26 @@ pub fn http() -> &'static reqwest::Client {
     })
 }
 
+/// The Prometheus exposition a node serves at `GET /metrics` on its HTTP port `addr`.
+pub async fn metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    Ok(http()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// The value of `series` (its name with labels, exactly as exposed) in an exposition.
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series)
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
 /// A lazily connecting gRPC client for `addr`. Needs a tokio runtime.
 pub fn client(addr: SocketAddr) -> RateLimiterClient<Channel> {
     RateLimiterClient::new(crate::node::endpoint(addr).connect_lazy())

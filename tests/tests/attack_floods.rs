@@ -101,14 +101,7 @@ fn rss_kib(node: &TestNode) -> u64 {
 }
 
 async fn metrics(http: SocketAddr) -> String {
-    quorate_e2e::api::http()
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    quorate_e2e::api::metrics(http).await.unwrap()
 }
 
 fn metric(text: &str, series: &str) -> u64 {

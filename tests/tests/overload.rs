@@ -264,20 +264,9 @@ async fn the_adaptive_limit_sheds_a_flood_below_max_in_flight() {
 
 /// `quorate_concurrency_limit` from the node's `/metrics`.
 async fn concurrency_limit(http: std::net::SocketAddr) -> u64 {
-    let text = api::http()
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("quorate_concurrency_limit "))
-        .expect("quorate_concurrency_limit is exported")
-        .trim()
-        .parse()
-        .unwrap()
+    let text = api::metrics(http).await.unwrap();
+    let limit = api::series(&text, "quorate_concurrency_limit");
+    limit.expect("quorate_concurrency_limit is exported") as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

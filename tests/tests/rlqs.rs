@@ -431,25 +431,6 @@ fn apply(response: RateLimitQuotaResponse, state: &Mutex<ProxyState>, stats: &Pr
 
 // === measurements ===
 
-async fn scrape(http: SocketAddr) -> String {
-    quorate_e2e::api::http()
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// A series' value in a Prometheus exposition (`name` includes its labels).
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (n, v) = line.rsplit_once(' ')?;
-        (n == name).then(|| v.trim().parse().ok()).flatten()
-    })
-}
-
 /// The most admitted in any `WINDOW_MS` window (sliding by 1 ms) over `slots[from..to]`.
 fn max_window(slots: &[u32], from: usize, to: usize) -> u64 {
     let to = to.min(slots.len());
@@ -526,22 +507,25 @@ async fn a_fleet_shares_one_limit_without_overshoot_and_follows_demand() {
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
     let end_ms = fleet.elapsed_ms();
-    let metrics = scrape(node.http).await;
+    let metrics = quorate_e2e::api::metrics(node.http).await.unwrap();
     let stats = fleet.stats.clone();
     let slots = fleet.stop().await;
     report_load(&stats, end_ms as f64 / 1000.0);
     // The leader's view: one bucket, ten proxies on it, shares changed and extended.
     assert_eq!(
-        metric(&metrics, "quorate_rlqs_buckets"),
+        quorate_e2e::api::series(&metrics, "quorate_rlqs_buckets"),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, "quorate_rlqs_proxies_per_bucket_max"),
+        quorate_e2e::api::series(&metrics, "quorate_rlqs_proxies_per_bucket_max"),
         Some(PROXIES as f64)
     );
-    let fresh = metric(&metrics, "quorate_rlqs_grants_total{kind=\"fresh\"}").unwrap_or(0.0);
-    let extended = metric(&metrics, "quorate_rlqs_grants_total{kind=\"extended\"}").unwrap_or(0.0);
+    let fresh = quorate_e2e::api::series(&metrics, "quorate_rlqs_grants_total{kind=\"fresh\"}")
+        .unwrap_or(0.0);
+    let extended =
+        quorate_e2e::api::series(&metrics, "quorate_rlqs_grants_total{kind=\"extended\"}")
+            .unwrap_or(0.0);
     eprintln!("share churn: {fresh} changed, {extended} extended");
     assert!(fresh >= PROXIES as f64 && extended > fresh, "{metrics}");
 
@@ -581,7 +565,7 @@ async fn a_fleet_shares_one_limit_without_overshoot_and_follows_demand() {
     );
 
     bad_streams_get_clear_errors(node.grpc).await;
-    let metrics = scrape(node.http).await;
+    let metrics = quorate_e2e::api::metrics(node.http).await.unwrap();
     for reason in [
         "unknown_domain",
         "domain_changed",
@@ -589,7 +573,10 @@ async fn a_fleet_shares_one_limit_without_overshoot_and_follows_demand() {
         "too_many_buckets",
     ] {
         let series = format!("quorate_rlqs_streams_refused_total{{reason=\"{reason}\"}}");
-        assert!(metric(&metrics, &series).unwrap_or(0.0) >= 1.0, "{series}");
+        assert!(
+            quorate_e2e::api::series(&metrics, &series).unwrap_or(0.0) >= 1.0,
+            "{series}"
+        );
     }
 }
 

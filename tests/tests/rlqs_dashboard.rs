@@ -248,14 +248,7 @@ async fn the_view_shows_buckets_proxies_and_shares_within_the_limit() {
     assert_eq!(local["buckets_total"], 0, "{local}");
 
     // Metrics: per-rule gauges labelled by policy names only.
-    let metrics = http()
-        .get(format!("http://{leader_http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = quorate_e2e::api::metrics(leader_http).await.unwrap();
     assert!(!metrics.contains(SECRET_TENANT));
     let gauge = |name: &str| {
         metrics
