@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use quorate_e2e::api::{self, check};
 use quorate_e2e::{hit, pb, Cluster, NodeOptions};
+use quorate_proto::v1::rate_limiter_client::RateLimiterClient;
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// The node's decision budget.
@@ -51,6 +53,18 @@ async fn node() -> Cluster {
     .unwrap()
 }
 
+/// One decision of the flood: a hit of cost 1 on the never-exhausted `flood` limit.
+async fn flood_call(
+    client: &mut RateLimiterClient<Channel>,
+) -> Result<tonic::Response<pb::CheckResponse>, tonic::Status> {
+    client
+        .check(pb::CheckRequest {
+            hits: vec![hit("flood", "k", Some(1))],
+            atomic: None,
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grpc_flood_is_shed_at_once_and_shed_calls_count_nothing() {
     let cluster = node().await;
@@ -61,12 +75,7 @@ async fn a_grpc_flood_is_shed_at_once_and_shed_calls_count_nothing() {
         let mut client = clients[i % CONNECTIONS].clone();
         async move {
             let started = Instant::now();
-            let result = client
-                .check(pb::CheckRequest {
-                    hits: vec![hit("flood", "k", Some(1))],
-                    atomic: None,
-                })
-                .await;
+            let result = flood_call(&mut client).await;
             (result, started.elapsed())
         }
     });
@@ -212,12 +221,7 @@ async fn the_adaptive_limit_sheds_a_flood_below_max_in_flight() {
                 let end = Instant::now() + how_long;
                 while Instant::now() < end {
                     let started = Instant::now();
-                    let result = client
-                        .check(pb::CheckRequest {
-                            hits: vec![hit("flood", "k", Some(1))],
-                            atomic: None,
-                        })
-                        .await;
+                    let result = flood_call(&mut client).await;
                     match result {
                         Ok(response) => {
                             assert!(response.into_inner().decisions[0].allowed);
@@ -286,12 +290,7 @@ async fn a_client_shed_thousands_of_times_keeps_its_connection() {
         async move {
             let (mut admitted, mut shed) = (0u64, 0u64);
             while Instant::now() < end {
-                let result = client
-                    .check(pb::CheckRequest {
-                        hits: vec![hit("flood", "k", Some(1))],
-                        atomic: None,
-                    })
-                    .await;
+                let result = flood_call(&mut client).await;
                 match result {
                     Ok(_) => admitted += 1,
                     Err(status) => {
