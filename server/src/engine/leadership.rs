@@ -35,13 +35,14 @@ pub struct Leadership {
     /// hits: the minimum election timeout, so by the time the other members can have
     /// elected a new leader, this one has stopped deciding alone.
     fast_quorum_grace: Duration,
-    /// `(term, last log index)` when this process first saw itself lead that term. A
-    /// leader restarted within its term resumes without an election or a new entry of its
-    /// own, so "an own entry applied" holds at once, while entries its previous
-    /// incarnation committed after the commit index it saved are not applied yet: until
-    /// they are, this node is not caught up.
-    lead_floor: std::sync::Mutex<Option<(u64, u64)>>,
 }
+
+/// `(term, last log index)` when this process first saw itself lead that term. A leader
+/// restarted within its term resumes without an election or a new entry of its own, so
+/// "an own entry applied" holds at once, while entries its previous incarnation committed
+/// after the commit index it saved are not applied yet: until they are, this node is not
+/// caught up. Kept by the watcher task alone.
+type LeadFloor = Option<(u64, u64)>;
 
 impl Leadership {
     pub fn watch(
@@ -59,16 +60,16 @@ impl Leadership {
             quorum_ack_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             fast_quorum_grace: election_timeout_min,
-            lead_floor: std::sync::Mutex::new(None),
         });
         let this = Arc::clone(&leadership);
         tokio::spawn(async move {
             let mut rx = raft.metrics();
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut floor: LeadFloor = None;
             loop {
                 let m = rx.borrow_and_update().clone();
-                this.update(&m, &fast, &reserved, &metrics);
+                this.update(&m, &mut floor, &fast, &reserved, &metrics);
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return },
                     _ = tick.tick() => {}
@@ -78,7 +79,14 @@ impl Leadership {
         leadership
     }
 
-    fn update(&self, m: &RaftMetrics, fast: &FastPath, reserved: &Reservations, metrics: &Metrics) {
+    fn update(
+        &self,
+        m: &RaftMetrics,
+        floor: &mut LeadFloor,
+        fast: &FastPath,
+        reserved: &Reservations,
+        metrics: &Metrics,
+    ) {
         let leader = m.current_leader.and_then(|id| {
             m.membership_config
                 .membership()
@@ -97,7 +105,7 @@ impl Leadership {
         let has_quorum = voters <= 1
             || now_ms.saturating_sub(self.quorum_ack_ms.load(Ordering::Acquire))
                 < u64::try_from(self.fast_quorum_grace.as_millis()).unwrap_or(u64::MAX);
-        let floor = self.lead_floor(is_leader, m);
+        let floor = lead_floor(floor, is_leader, m.current_term, m.last_log_index);
         let caught_up = applied_own_entry(m.last_applied, m.current_term, self.node_id)
             && m.last_applied.map_or(0, |l| l.index) >= floor;
         if is_leader && caught_up && has_quorum {
@@ -121,24 +129,6 @@ impl Leadership {
         });
     }
 
-    /// The log index this leader must have applied before it is caught up (0 when it
-    /// does not lead); see `lead_floor`.
-    fn lead_floor(&self, is_leader: bool, m: &RaftMetrics) -> u64 {
-        let mut floor = self.lead_floor.lock().unwrap_or_else(|p| p.into_inner());
-        if !is_leader {
-            *floor = None;
-            return 0;
-        }
-        match *floor {
-            Some((term, index)) if term == m.current_term => index,
-            _ => {
-                let index = m.last_log_index.unwrap_or(0);
-                *floor = Some((m.current_term, index));
-                index
-            }
-        }
-    }
-
     fn millis(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -153,6 +143,23 @@ impl Leadership {
 
     pub fn leader_id(&self) -> Option<NodeId> {
         self.leader.load().as_ref().map(|l| l.0)
+    }
+}
+
+/// The log index this leader must have applied before it is caught up (0 when it does
+/// not lead): the last log index when it first saw itself lead `term` (see [`LeadFloor`]).
+fn lead_floor(floor: &mut LeadFloor, is_leader: bool, term: u64, last_log: Option<u64>) -> u64 {
+    if !is_leader {
+        *floor = None;
+        return 0;
+    }
+    match *floor {
+        Some((t, index)) if t == term => index,
+        _ => {
+            let index = last_log.unwrap_or(0);
+            *floor = Some((term, index));
+            index
+        }
     }
 }
 
@@ -180,5 +187,23 @@ mod tests {
         );
         assert!(!applied_own_entry(by(6, 3), 7, 3));
         assert!(!applied_own_entry(None, 7, 3));
+    }
+
+    #[test]
+    fn a_leader_is_caught_up_only_past_the_log_it_found_in_its_term() {
+        let mut floor = None;
+        assert_eq!(lead_floor(&mut floor, true, 6, Some(40)), 40);
+        assert_eq!(
+            lead_floor(&mut floor, true, 6, Some(55)),
+            40,
+            "fixed for the term"
+        );
+        assert_eq!(lead_floor(&mut floor, true, 7, Some(60)), 60, "a new term");
+        assert_eq!(lead_floor(&mut floor, false, 7, Some(61)), 0);
+        assert_eq!(
+            lead_floor(&mut floor, true, 7, Some(62)),
+            62,
+            "led again: re-measured"
+        );
     }
 }
