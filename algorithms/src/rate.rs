@@ -376,30 +376,21 @@ mod tests {
         let fixed = Rate::new(Algorithm::FixedWindow, 10, 1_000, None).unwrap();
         assert_eq!(decode(Algorithm::FixedWindow, 10, 1_000, 10), Some(fixed));
 
-        assert_eq!(
-            decode(Algorithm::FixedWindow, 10, 0, 10),
-            None,
-            "zero window"
-        );
-        assert_eq!(
-            decode(Algorithm::FixedWindow, 0, 1_000, 0),
-            None,
-            "zero limit"
-        );
-        assert_eq!(
-            decode(Algorithm::TokenBucket, 10, 1_000, 0),
-            None,
-            "zero burst"
-        );
-        assert_eq!(
-            decode(Algorithm::SlidingWindow, 10, 1_000, 99),
-            None,
-            "a burst on an algorithm without one"
-        );
-        assert_eq!(
-            decode(Algorithm::SlidingLog, u64::MAX, 1_000, u64::MAX),
-            None,
-            "a sliding log beyond its memory cap"
-        );
+        let invalid = [
+            ((Algorithm::FixedWindow, 10, 0, 10), "zero window"),
+            ((Algorithm::FixedWindow, 0, 1_000, 0), "zero limit"),
+            ((Algorithm::TokenBucket, 10, 1_000, 0), "zero burst"),
+            (
+                (Algorithm::SlidingWindow, 10, 1_000, 99),
+                "a burst on an algorithm without one",
+            ),
+            (
+                (Algorithm::SlidingLog, u64::MAX, 1_000, u64::MAX),
+                "a sliding log beyond its memory cap",
+            ),
+        ];
+        for ((algorithm, limit, window, burst), why) in invalid {
+            assert_eq!(decode(algorithm, limit, window, burst), None, "{why}");
+        }
     }
 }

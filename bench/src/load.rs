@@ -131,65 +131,56 @@ impl Tally {
             latency,
         }
     }
+
+    /// Adds another worker's tally to this one.
+    fn absorb(&mut self, t: Tally) -> anyhow::Result<()> {
+        self.ok += t.ok;
+        self.allowed_hits += t.allowed_hits;
+        self.denied_hits += t.denied_hits;
+        self.bad_answers += t.bad_answers;
+        self.warmup_errors += t.warmup_errors;
+        for (code, n) in t.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        if self.first_problem.is_none() {
+            self.first_problem = t.first_problem;
+        }
+        self.last_answer = self.last_answer.max(t.last_answer);
+        self.latency
+            .add(&t.latency)
+            .context("cannot merge latency histograms")
+    }
 }
 
-impl Report {
-    /// A report of nothing yet, for a run of `concurrency` workers over `connections`;
-    /// [`Report::collect`] adds what the workers measured.
-    pub(crate) fn empty(
-        targets: Vec<String>,
-        concurrency: usize,
-        connections: usize,
-        limit: String,
-        hits_per_request: usize,
-    ) -> anyhow::Result<Report> {
-        Ok(Report {
-            targets,
-            concurrency,
-            connections,
-            limit,
-            hits_per_request,
-            elapsed: Duration::ZERO,
-            ok: 0,
-            allowed_hits: 0,
-            denied_hits: 0,
-            errors: BTreeMap::new(),
-            bad_answers: 0,
-            first_problem: None,
-            warmup_errors: 0,
-            latency: new_histogram()?,
-        })
-    }
+/// What a run is before it starts: where it sends, how many callers, what they ask.
+pub(crate) struct Run {
+    pub(crate) targets: Vec<String>,
+    pub(crate) concurrency: usize,
+    pub(crate) connections: usize,
+    pub(crate) limit: String,
+    pub(crate) hits_per_request: usize,
+}
 
-    /// Adds every worker's tally; `elapsed` runs from `measure_from` to the last answer.
-    pub(crate) async fn collect(
-        &mut self,
-        workers: Vec<tokio::task::JoinHandle<Tally>>,
-        measure_from: Instant,
-    ) -> anyhow::Result<()> {
-        let mut last_answer = measure_from;
-        for w in workers {
-            let t = w.await.context("a load worker panicked")?;
-            self.ok += t.ok;
-            self.allowed_hits += t.allowed_hits;
-            self.denied_hits += t.denied_hits;
-            self.bad_answers += t.bad_answers;
-            self.warmup_errors += t.warmup_errors;
-            for (code, n) in t.errors {
-                *self.errors.entry(code).or_default() += n;
-            }
-            if self.first_problem.is_none() {
-                self.first_problem = t.first_problem;
-            }
-            if let Some(at) = t.last_answer {
-                last_answer = last_answer.max(at);
-            }
-            self.latency
-                .add(&t.latency)
-                .context("cannot merge latency histograms")?;
+impl Run {
+    /// The report of this run: every worker's tally added up in `total`, measured for
+    /// `elapsed`.
+    fn report(self, elapsed: Duration, total: Tally) -> Report {
+        Report {
+            targets: self.targets,
+            concurrency: self.concurrency,
+            connections: self.connections,
+            limit: self.limit,
+            hits_per_request: self.hits_per_request,
+            elapsed,
+            ok: total.ok,
+            allowed_hits: total.allowed_hits,
+            denied_hits: total.denied_hits,
+            errors: total.errors,
+            bad_answers: total.bad_answers,
+            first_problem: total.first_problem,
+            warmup_errors: total.warmup_errors,
+            latency: total.latency,
         }
-        self.elapsed = last_answer.saturating_duration_since(measure_from);
-        Ok(())
     }
 }
 
@@ -242,13 +233,13 @@ where
     );
     let connections = config.concurrency.div_ceil(config.per_channel);
     let channels = connect(&config.targets, connections).await?;
-    let report = Report::empty(
-        config.targets.clone(),
-        config.concurrency,
+    let run = Run {
+        targets: config.targets.clone(),
+        concurrency: config.concurrency,
         connections,
-        config.limit.clone(),
-        config.hits_per_request,
-    )?;
+        limit: config.limit.clone(),
+        hits_per_request: config.hits_per_request,
+    };
     let config = Arc::new(config.clone());
     let spawn = |i: usize, measure_from, stop_at, histogram| {
         let client = RateLimiterClient::new(channels[i % channels.len()].clone());
@@ -261,21 +252,14 @@ where
             histogram,
         ))
     };
-    measure(
-        report,
-        config.warmup,
-        config.duration,
-        spawn,
-        at_measure_start,
-    )
-    .await
+    measure(run, config.warmup, config.duration, spawn, at_measure_start).await
 }
 
-/// One closed-loop run, whatever its workers call: spawns `report.concurrency` workers
+/// One closed-loop run, whatever its workers call: spawns `run.concurrency` workers
 /// (`spawn(i, measure_from, stop_at, histogram)`), calls `at_measure_start` when the
-/// warm-up ends, and adds every worker's tally to `report`.
+/// warm-up ends, and reports every worker's tally added up.
 pub(crate) async fn measure<S, F, Fut, T>(
-    mut report: Report,
+    run: Run,
     warmup: Duration,
     duration: Duration,
     mut spawn: S,
@@ -289,15 +273,20 @@ where
     let started = Instant::now();
     let measure_from = started + warmup;
     let stop_at = measure_from + duration;
-    let mut workers = Vec::with_capacity(report.concurrency);
-    for i in 0..report.concurrency {
+    let mut workers = Vec::with_capacity(run.concurrency);
+    for i in 0..run.concurrency {
         workers.push(spawn(i, measure_from, stop_at, new_histogram()?));
     }
 
     tokio::time::sleep_until(measure_from.into()).await;
     let observed = at_measure_start().await;
-    report.collect(workers, measure_from).await?;
-    Ok((report, observed))
+    let mut total = Tally::new(new_histogram()?);
+    for w in workers {
+        total.absorb(w.await.context("a load worker panicked")?)?;
+    }
+    let last_answer = total.last_answer.unwrap_or(measure_from);
+    let elapsed = last_answer.saturating_duration_since(measure_from);
+    Ok((run.report(elapsed, total), observed))
 }
 
 async fn worker(

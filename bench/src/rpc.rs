@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tonic::transport::Channel;
 
-use crate::load::{code_name, connect, measure, Report, Tally};
+use crate::load::{code_name, connect, measure, Report, Run, Tally};
 
 /// What one call came back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,13 +83,13 @@ where
     ensure!(spec.per_channel > 0, "--per-connection must be at least 1");
     let connections = spec.concurrency.div_ceil(spec.per_channel);
     let channels = connect(&spec.targets, connections).await?;
-    let report = Report::empty(
-        spec.targets.clone(),
-        spec.concurrency,
+    let run = Run {
+        targets: spec.targets.clone(),
+        concurrency: spec.concurrency,
         connections,
-        spec.label.clone(),
-        spec.items_per_request,
-    )?;
+        limit: spec.label.clone(),
+        hits_per_request: spec.items_per_request,
+    };
     let spec_arc = Arc::new(spec.clone());
     let spawn = |i: usize, measure_from, stop_at, histogram| {
         let caller = make(channels[i % channels.len()].clone());
@@ -102,7 +102,7 @@ where
             histogram,
         ))
     };
-    measure(report, spec.warmup, spec.duration, spawn, at_measure_start).await
+    measure(run, spec.warmup, spec.duration, spawn, at_measure_start).await
 }
 
 async fn worker<C: Caller>(

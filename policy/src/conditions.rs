@@ -602,13 +602,7 @@ mod tests {
             variables: vec![entry(0, "user"), entry(1, "app")],
             descriptor: 0,
         };
-        let d = |pairs: &[(&str, &str)]| RequestDescriptor {
-            entries: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            limit_override: None,
-        };
+        let d = RequestDescriptor::from_pairs;
         let ok = [
             d(&[("m", "GET"), ("p", "/y"), ("user", "bob")]),
             d(&[("app", "a1")]),

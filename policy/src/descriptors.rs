@@ -141,40 +141,29 @@ pub enum Rule {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
-    #[serde(default)]
     unit: Option<String>,
-    #[serde(default)]
     requests_per_unit: Option<u64>,
     #[serde(default)]
     unlimited: bool,
-    #[serde(default)]
     name: Option<String>,
     #[serde(default)]
     replaces: Vec<RawReplace>,
-    #[serde(default)]
     algorithm: Option<Algorithm>,
-    #[serde(default)]
     window: Option<String>,
-    #[serde(default)]
     burst: Option<u64>,
-    #[serde(default)]
     precision: Option<u64>,
     #[serde(default)]
     consistency: Consistency,
-    #[serde(default)]
     max_keys: Option<usize>,
     #[serde(default)]
     on_full: OnFull,
-    #[serde(default)]
     expose: Option<bool>,
-    #[serde(default)]
     reservation_percent: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReplace {
-    #[serde(default)]
     name: Option<String>,
 }
 
@@ -183,9 +172,7 @@ struct RawReplace {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNode {
     key: String,
-    #[serde(default)]
     value: Option<String>,
-    #[serde(default)]
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     shadow_mode: bool,
@@ -197,7 +184,6 @@ pub(super) struct RawNode {
     share_threshold: bool,
     #[serde(default)]
     quota_mode: bool,
-    #[serde(default)]
     metadata: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     descriptors: Vec<RawNode>,

@@ -118,21 +118,15 @@ mod tests {
     use super::*;
     use crate::{plan_rls, DescriptorPlan, RequestDescriptor};
 
-    fn desc(pairs: &[(&str, &str)]) -> RequestDescriptor {
-        RequestDescriptor {
-            entries: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            limit_override: None,
-        }
-    }
-
     #[test]
     fn one_file_is_one_domain() {
         let text = "domain: mongo_cps\ndescriptors:\n  - key: database\n    value: users\n    rate_limit:\n      unit: second\n      requests_per_unit: 500\n";
         let p = compile(text).unwrap();
-        let plans = plan_rls(&p, "mongo_cps", &[desc(&[("database", "users")])]);
+        let plans = plan_rls(
+            &p,
+            "mongo_cps",
+            &[RequestDescriptor::from_pairs(&[("database", "users")])],
+        );
         match &plans[0] {
             DescriptorPlan::Limited(l) => assert_eq!(l[0].rate.limit(), 500),
             other => panic!("{other:?}"),

@@ -256,7 +256,6 @@ struct Document {
     domains: Vec<descriptors::RawDomain>,
     #[serde(default)]
     headers: HeaderSettings,
-    #[serde(default)]
     max_counters: Option<usize>,
     #[serde(default)]
     identities: Vec<crate::authz::RawIdentity>,

@@ -33,11 +33,8 @@ struct RawLimit {
     namespace: String,
     max_value: i64,
     seconds: u64,
-    #[serde(default)]
     conditions: Option<Vec<String>>,
-    #[serde(default)]
     variables: Option<Vec<String>>,
-    #[serde(default)]
     name: Option<String>,
     /// Limitador's optional identifier; accepted and ignored.
     #[serde(default)]

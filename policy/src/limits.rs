@@ -165,25 +165,19 @@ pub const MAX_NAME_LEN: usize = 128;
 #[serde(deny_unknown_fields)]
 pub(super) struct LimitDoc {
     name: String,
-    #[serde(default)]
     algorithm: Option<Algorithm>,
     limit: u64,
     window: String,
-    #[serde(default)]
     burst: Option<u64>,
-    #[serde(default)]
     precision: Option<u64>,
     #[serde(default)]
     consistency: Consistency,
     #[serde(default)]
     shadow_mode: bool,
-    #[serde(default)]
     max_keys: Option<usize>,
     #[serde(default)]
     on_full: OnFull,
-    #[serde(default)]
     expose: Option<bool>,
-    #[serde(default)]
     reservation_percent: Option<u8>,
 }
 

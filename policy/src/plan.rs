@@ -429,16 +429,6 @@ mod tests {
         .unwrap()
     }
 
-    fn desc(pairs: &[(&str, &str)]) -> RequestDescriptor {
-        RequestDescriptor {
-            entries: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            limit_override: None,
-        }
-    }
-
     const POLICY: &str = r#"
 domains:
   - domain: rl
@@ -460,8 +450,8 @@ domains:
             &p,
             "rl",
             &[
-                desc(&[("remote_address", "1.2.3.4")]),
-                desc(&[("remote_address", "5.6.7.8")]),
+                RequestDescriptor::from_pairs(&[("remote_address", "1.2.3.4")]),
+                RequestDescriptor::from_pairs(&[("remote_address", "5.6.7.8")]),
             ],
         );
         let keys: Vec<_> = plans
@@ -481,11 +471,19 @@ domains:
     #[test]
     fn unknown_domain_and_unmatched_descriptors_have_no_rule() {
         let p = policy(POLICY);
-        let plans = plan_rls(&p, "nope", &[desc(&[("user", "a")])]);
+        let plans = plan_rls(
+            &p,
+            "nope",
+            &[RequestDescriptor::from_pairs(&[("user", "a")])],
+        );
         assert!(
             matches!(&plans[0], DescriptorPlan::NoRule { reason } if reason.contains("unknown domain"))
         );
-        let plans = plan_rls(&p, "rl", &[desc(&[("other", "a")])]);
+        let plans = plan_rls(
+            &p,
+            "rl",
+            &[RequestDescriptor::from_pairs(&[("other", "a")])],
+        );
         assert!(matches!(&plans[0], DescriptorPlan::NoRule { .. }));
     }
 
@@ -495,18 +493,25 @@ domains:
         let both = plan_rls(
             &p,
             "rl",
-            &[desc(&[("category", "account")]), desc(&[("user", "bob")])],
+            &[
+                RequestDescriptor::from_pairs(&[("category", "account")]),
+                RequestDescriptor::from_pairs(&[("user", "bob")]),
+            ],
         );
         assert!(matches!(&both[0], DescriptorPlan::Limited(l) if l[0].shown_name == "per_account"));
         assert!(matches!(&both[1], DescriptorPlan::Replaced { by, .. } if by == "per_account"));
-        let alone = plan_rls(&p, "rl", &[desc(&[("user", "bob")])]);
+        let alone = plan_rls(
+            &p,
+            "rl",
+            &[RequestDescriptor::from_pairs(&[("user", "bob")])],
+        );
         assert!(matches!(&alone[0], DescriptorPlan::Limited(l) if l[0].shown_name == "per_user"));
     }
 
     #[test]
     fn limit_override_wins_even_without_a_rule_but_not_in_an_unknown_domain() {
         let p = policy(POLICY);
-        let mut d = desc(&[("anything", "x")]);
+        let mut d = RequestDescriptor::from_pairs(&[("anything", "x")]);
         d.limit_override = Some((42, EnvoyUnit::Hour));
         let unknown = plan_rls(&p, "nope", std::slice::from_ref(&d));
         assert!(
@@ -565,8 +570,8 @@ domains:
             &p,
             "api",
             &[
-                desc(&[("method", "GET"), ("user", "bob")]),
-                desc(&[("app", "a1")]),
+                RequestDescriptor::from_pairs(&[("method", "GET"), ("user", "bob")]),
+                RequestDescriptor::from_pairs(&[("app", "a1")]),
             ],
         );
         match &plans[0] {
@@ -582,14 +587,29 @@ domains:
             other => panic!("{other:?}"),
         }
         // POST: only the unconditional limit applies; no second descriptor, no per_app.
-        let plans = plan_rls(&p, "api", &[desc(&[("method", "POST"), ("user", "bob")])]);
+        let plans = plan_rls(
+            &p,
+            "api",
+            &[RequestDescriptor::from_pairs(&[
+                ("method", "POST"),
+                ("user", "bob"),
+            ])],
+        );
         assert!(matches!(&plans[0], DescriptorPlan::Limited(ls) if ls.len() == 1));
         // A missing variable: the limit does not apply.
-        let plans = plan_rls(&p, "api", &[desc(&[("method", "GET")])]);
+        let plans = plan_rls(
+            &p,
+            "api",
+            &[RequestDescriptor::from_pairs(&[("method", "GET")])],
+        );
         assert!(
             matches!(&plans[0], DescriptorPlan::NoRule { reason } if reason.contains("conditional"))
         );
-        let plans = plan_rls(&p, "api", &[desc(&[("user", "mallory")])]);
+        let plans = plan_rls(
+            &p,
+            "api",
+            &[RequestDescriptor::from_pairs(&[("user", "mallory")])],
+        );
         assert!(matches!(&plans[0], DescriptorPlan::Blocked { path, .. } if path == "banned"));
     }
 
@@ -603,7 +623,10 @@ domains:
         let plans = plan_rls(
             &p,
             "d",
-            &[desc(&[("plan", "gold"), ("api_key", "sk_live_SECRET")])],
+            &[RequestDescriptor::from_pairs(&[
+                ("plan", "gold"),
+                ("api_key", "sk_live_SECRET"),
+            ])],
         );
         match &plans[0] {
             DescriptorPlan::Limited(ls) => {

@@ -165,19 +165,12 @@ impl RlqsPolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRlqs {
-    #[serde(default)]
     interval: Option<String>,
-    #[serde(default)]
     ttl: Option<String>,
-    #[serde(default)]
     reserve: Option<f64>,
-    #[serde(default)]
     floor: Option<f64>,
-    #[serde(default)]
     abandon_after: Option<u32>,
-    #[serde(default)]
     max_buckets: Option<usize>,
-    #[serde(default)]
     max_buckets_per_stream: Option<usize>,
     #[serde(default)]
     domains: Vec<RawRlqsDomain>,
@@ -203,7 +196,6 @@ struct RawBucketRule {
 #[serde(deny_unknown_fields)]
 struct RawBucketEntry {
     key: String,
-    #[serde(default)]
     value: Option<String>,
 }
 
@@ -211,13 +203,9 @@ struct RawBucketEntry {
 #[serde(deny_unknown_fields)]
 struct RawQuotaLimit {
     requests_per_unit: u64,
-    #[serde(default)]
     unit: Option<String>,
-    #[serde(default)]
     window: Option<String>,
-    #[serde(default)]
     algorithm: Option<String>,
-    #[serde(default)]
     burst: Option<u64>,
 }
 

@@ -18,6 +18,19 @@ pub struct RequestDescriptor {
     pub limit_override: Option<(u64, EnvoyUnit)>,
 }
 
+impl RequestDescriptor {
+    /// A descriptor of `(key, value)` entries without a limit override.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> RequestDescriptor {
+        RequestDescriptor {
+            entries: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            limit_override: None,
+        }
+    }
+}
+
 /// The rate part of a rule, before it has a name.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RuleSpec {

@@ -84,6 +84,14 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+// Any peer TLS flag needs all three files: a node with half a TLS setup would neither
+// authenticate nor be reachable.
+#[command(group(
+    clap::ArgGroup::new("peer_tls")
+        .args(["peer_tls_cert", "peer_tls_key", "peer_ca", "peer_server_name"])
+        .multiple(true)
+        .requires_all(["peer_tls_cert", "peer_tls_key", "peer_ca"])
+))]
 pub struct ServeArgs {
     /// This node's id in the cluster (unique, > 0).
     #[arg(long, default_value_t = 1, env = "QUORATE_NODE_ID")]
@@ -114,17 +122,17 @@ pub struct ServeArgs {
     /// PEM certificate (leaf first) this node presents to peers, for mutual TLS on the
     /// peer port and on outbound peer calls. Needs --peer-tls-key and --peer-ca; replaces
     /// --cluster-secret-file. Reloaded when the files change.
-    #[arg(long, env = "QUORATE_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_ca"])]
+    #[arg(long, env = "QUORATE_PEER_TLS_CERT")]
     pub peer_tls_cert: Option<PathBuf>,
     /// PEM private key for --peer-tls-cert.
-    #[arg(long, env = "QUORATE_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    #[arg(long, env = "QUORATE_PEER_TLS_KEY")]
     pub peer_tls_key: Option<PathBuf>,
     /// PEM cluster CA: peers must present a certificate it signed, both ways.
-    #[arg(long, env = "QUORATE_PEER_CA", requires = "peer_tls_cert")]
+    #[arg(long, env = "QUORATE_PEER_CA")]
     pub peer_ca: Option<PathBuf>,
     /// The name peers' certificates must carry (a DNS SAN). Default: the peer's IP
     /// address as advertised (an IP SAN).
-    #[arg(long, env = "QUORATE_PEER_SERVER_NAME", requires = "peer_tls_cert")]
+    #[arg(long, env = "QUORATE_PEER_SERVER_NAME")]
     pub peer_server_name: Option<String>,
     /// The largest snapshot accepted from a peer, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_SNAPSHOT_BYTES)]
@@ -329,26 +337,22 @@ pub struct AdminTarget {
 
 /// How the CLI reaches a node that serves TLS (an `https://` address).
 #[derive(Debug, Args, Clone, Default)]
+#[command(group(
+    clap::ArgGroup::new("client_identity")
+        .args(["client_cert", "client_key"])
+        .multiple(true)
+        .requires_all(["client_cert", "client_key"])
+))]
 pub struct ClientTlsArgs {
     /// PEM CA certificate(s) to check the node's certificate against (instead of the
     /// system's roots).
     #[arg(long, global = true, env = "QUORATE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate, for a node that requires one (--client-ca).
-    #[arg(
-        long,
-        global = true,
-        env = "QUORATE_CLIENT_CERT",
-        requires = "client_key"
-    )]
+    #[arg(long, global = true, env = "QUORATE_CLIENT_CERT")]
     pub client_cert: Option<PathBuf>,
     /// PEM private key for --client-cert.
-    #[arg(
-        long,
-        global = true,
-        env = "QUORATE_CLIENT_KEY",
-        requires = "client_cert"
-    )]
+    #[arg(long, global = true, env = "QUORATE_CLIENT_KEY")]
     pub client_key: Option<PathBuf>,
 }
 
@@ -525,5 +529,70 @@ impl CheckArgs {
     /// The gRPC addresses to give the SDK.
     pub fn endpoints(&self) -> Vec<String> {
         endpoints_or(&self.endpoints, "QUORATE_GRPC_URL", "http://127.0.0.1:8081")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(flags: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["quorate", "serve"].iter().chain(flags))
+    }
+
+    #[test]
+    fn any_peer_tls_flag_needs_the_certificate_its_key_and_the_ca() {
+        let all = [
+            "--peer-tls-cert",
+            "c",
+            "--peer-tls-key",
+            "k",
+            "--peer-ca",
+            "a",
+        ];
+        assert!(serve(&all).is_ok());
+        assert!(serve(&[&all[..], &["--peer-server-name", "n"]].concat()).is_ok());
+        for partial in [
+            &["--peer-tls-cert", "c"][..],
+            &["--peer-tls-key", "k"],
+            &["--peer-ca", "a"],
+            &["--peer-server-name", "n"],
+            &["--peer-tls-cert", "c", "--peer-tls-key", "k"],
+            &["--peer-tls-key", "k", "--peer-ca", "a"],
+        ] {
+            let err = serve(partial).expect_err("half a peer TLS setup was accepted");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{partial:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_the_key_its_certificate() {
+        let parse = |flags: &[&str]| Cli::try_parse_from(["quorate"].iter().chain(flags));
+        assert!(parse(&["policy", "get", "--client-cert", "c", "--client-key", "k"]).is_ok());
+        assert!(parse(&[
+            "cluster",
+            "status",
+            "--client-key",
+            "k",
+            "--client-cert",
+            "c"
+        ])
+        .is_ok());
+        for partial in [
+            &["policy", "get", "--client-cert", "c"][..],
+            &["policy", "get", "--client-key", "k"],
+            &["cluster", "status", "--client-key", "k"],
+        ] {
+            let err = parse(partial).expect_err("a client certificate without its key");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{partial:?}"
+            );
+        }
     }
 }

@@ -181,14 +181,8 @@ fn compile_all(text: &str) {
         };
         if let Ok(policy) = PolicySet::compile(&source) {
             let descriptors = vec![
-                RequestDescriptor {
-                    entries: vec![("k".into(), "v".into()), ("key".into(), "vx".into())],
-                    limit_override: None,
-                },
-                RequestDescriptor {
-                    entries: vec![("k".into(), "v".into())],
-                    limit_override: None,
-                },
+                RequestDescriptor::from_pairs(&[("k", "v"), ("key", "vx")]),
+                RequestDescriptor::from_pairs(&[("k", "v")]),
             ];
             for domain in policy.domains.keys() {
                 let _ = plan_rls(&policy, domain, &descriptors);

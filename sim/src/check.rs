@@ -318,7 +318,7 @@ fn fast_loss_bound(
     for ((limit, key), n) in lost {
         let capacity = crate::workload::LIMITS
             .iter()
-            .find(|l| l.name == limit)
+            .find(|l| &l.name == limit)
             .map_or(0, |l| l.capacity);
         let bound = failovers.saturating_mul(capacity.min(e.fast_unreplicated_cap));
         if *n > bound {

@@ -42,25 +42,18 @@ const MAX_LIMIT_NAME: usize = 300;
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     name: String,
-    #[serde(default)]
     api_key: Option<RawApiKey>,
-    #[serde(default)]
     jwt: Option<RawJwt>,
-    #[serde(default)]
     anonymous: Option<RawAnonymous>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApiKey {
-    #[serde(default)]
     header: Option<String>,
-    #[serde(default)]
     query: Option<String>,
-    #[serde(default)]
     cookie: Option<String>,
     /// A scheme the header value starts with, e.g. `Bearer` or `ApiKey`.
-    #[serde(default)]
     scheme: Option<String>,
     #[serde(default)]
     hide: bool,
@@ -73,25 +66,15 @@ struct RawJwt {
     #[serde(default)]
     audiences: Vec<String>,
     algorithms: Vec<String>,
-    #[serde(default)]
     jwks_url: Option<String>,
-    #[serde(default)]
     keys: Option<Vec<RawKey>>,
-    #[serde(default)]
     secret: Option<RawSecret>,
-    #[serde(default)]
     consumer_claim: Option<String>,
-    #[serde(default)]
     groups_claim: Option<String>,
-    #[serde(default)]
     leeway: Option<String>,
-    #[serde(default)]
     header: Option<String>,
-    #[serde(default)]
     query: Option<String>,
-    #[serde(default)]
     cookie: Option<String>,
-    #[serde(default)]
     scheme: Option<String>,
     #[serde(default)]
     hide: bool,
@@ -102,11 +85,8 @@ struct RawJwt {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKey {
-    #[serde(default)]
     kid: Option<String>,
-    #[serde(default)]
     pem: Option<String>,
-    #[serde(default)]
     jwk: Option<serde_json::Value>,
 }
 
@@ -122,9 +102,7 @@ enum RawSecret {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecretRef {
-    #[serde(default)]
     env: Option<String>,
-    #[serde(default)]
     file: Option<String>,
 }
 
@@ -154,10 +132,8 @@ pub struct RawConsumer {
 #[serde(deny_unknown_fields)]
 struct RawCredential {
     /// A label for logs ("which key was used"); never the key.
-    #[serde(default)]
     id: Option<String>,
     api_key_sha256: String,
-    #[serde(default)]
     expires: Option<String>,
 }
 
@@ -168,11 +144,8 @@ pub struct RawRoute {
     name: String,
     #[serde(default, rename = "match")]
     matcher: RawMatch,
-    #[serde(default)]
     identities: Option<Vec<String>>,
-    #[serde(default)]
     allow: Option<RawAcl>,
-    #[serde(default)]
     deny: Option<RawAcl>,
     #[serde(default)]
     limits: Vec<RawLimit>,
@@ -180,24 +153,18 @@ pub struct RawRoute {
     headers: RawHeaders,
     #[serde(default)]
     mode: Mode,
-    #[serde(default)]
     failure_mode: Option<FailureMode>,
-    #[serde(default)]
     deny_status: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
-    #[serde(default)]
     host: Option<String>,
     #[serde(default)]
     hosts: Vec<String>,
-    #[serde(default)]
     path: Option<String>,
-    #[serde(default)]
     path_prefix: Option<String>,
-    #[serde(default)]
     path_glob: Option<String>,
     #[serde(default)]
     methods: Vec<String>,
@@ -217,34 +184,21 @@ struct RawAcl {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimit {
-    #[serde(default)]
     name: Option<String>,
     /// A limit of the top-level `limits:` section, sharing its counters.
     #[serde(default, rename = "use")]
     use_limit: Option<String>,
-    #[serde(default)]
     key: Option<RawKeySpec>,
-    #[serde(default)]
     limit: Option<u64>,
-    #[serde(default)]
     window: Option<String>,
-    #[serde(default)]
     algorithm: Option<Algorithm>,
-    #[serde(default)]
     burst: Option<u64>,
-    #[serde(default)]
     precision: Option<u64>,
-    #[serde(default)]
     consistency: Option<Consistency>,
-    #[serde(default)]
     cost: Option<u64>,
-    #[serde(default)]
     max_keys: Option<usize>,
-    #[serde(default)]
     on_full: Option<quorate_algorithms::OnFull>,
-    #[serde(default)]
     expose: Option<bool>,
-    #[serde(default)]
     reservation_percent: Option<u8>,
 }
 
@@ -268,16 +222,13 @@ enum RawKeyPart {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIpPrefix {
-    #[serde(default)]
     ipv4_prefix: Option<u8>,
-    #[serde(default)]
     ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHeaders {
-    #[serde(default)]
     upstream: Option<BTreeMap<String, String>>,
     #[serde(default)]
     client: BTreeMap<String, String>,
@@ -287,15 +238,10 @@ struct RawHeaders {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
-    #[serde(default)]
     deny_status: Option<u16>,
-    #[serde(default)]
     unmatched: Option<Unmatched>,
-    #[serde(default)]
     failure_mode: Option<FailureMode>,
-    #[serde(default)]
     trusted_proxies: Option<RawTrustedProxies>,
-    #[serde(default)]
     realm: Option<String>,
 }
 
@@ -843,6 +789,11 @@ fn header_name(name: &str) -> Result<String, String> {
     }
 }
 
+/// How many of a field's mutually exclusive alternatives a policy wrote.
+fn how_many<const N: usize>(written: [bool; N]) -> usize {
+    written.iter().filter(|w| **w).count()
+}
+
 fn credential(
     header: Option<String>,
     query: Option<String>,
@@ -851,10 +802,7 @@ fn credential(
     hide: bool,
     default_header: Option<&str>,
 ) -> Result<Credential, String> {
-    let given = [header.is_some(), query.is_some(), cookie.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let given = how_many([header.is_some(), query.is_some(), cookie.is_some()]);
     if given > 1 {
         return Err("name one of header, query or cookie".into());
     }
@@ -889,14 +837,11 @@ fn credential(
 fn compile_identity(raw: RawIdentity, path: &str) -> Result<Identity, Located> {
     let here = |r: String| (path.to_string(), r);
     check_name(&raw.name, "identity name").map_err(here)?;
-    let kinds = [
+    let kinds = how_many([
         raw.api_key.is_some(),
         raw.jwt.is_some(),
         raw.anonymous.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
+    ]);
     if kinds != 1 {
         return Err(here(format!(
             "identity {:?} must have exactly one of api_key, jwt or anonymous",
@@ -978,14 +923,11 @@ fn compile_jwt(raw: RawJwt, path: &str) -> Result<JwtIdentity, Located> {
             "all algorithms of one issuer must be of one family (HMAC, RSA, EC or EdDSA)".into(),
         ));
     }
-    let sources = [
+    let sources = how_many([
         raw.jwks_url.is_some(),
         raw.keys.is_some(),
         raw.secret.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
+    ]);
     if sources != 1 {
         return Err(here(
             "",
@@ -1161,14 +1103,11 @@ fn compile_route(
     for h in m.host.iter().chain(m.hosts.iter()) {
         hosts.push(HostPattern::parse(h).map_err(|r| here("match", r))?);
     }
-    let paths = [
+    let paths = how_many([
         m.path.is_some(),
         m.path_prefix.is_some(),
         m.path_glob.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
+    ]);
     if paths > 1 {
         return Err(here(
             "match",

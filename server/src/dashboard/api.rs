@@ -386,7 +386,6 @@ async fn explain_handler(State(ctx): State<DashboardContext>, body: Bytes) -> Re
 /// Body of `POST /dashboard/api/policy/dry-run`.
 #[derive(Debug, Deserialize)]
 struct DryRun {
-    #[serde(default)]
     format: Option<String>,
     source: String,
     /// RLS samples (`policy test --request` JSON objects) to evaluate.

@@ -76,14 +76,12 @@ pub enum ExplainRequest {
         path: String,
         #[serde(default)]
         headers: Vec<(String, String)>,
-        #[serde(default)]
         peer: Option<std::net::IpAddr>,
     },
     /// One quorate.v1 hit.
     Quorate {
         limit: String,
         key: String,
-        #[serde(default)]
         cost: Option<u64>,
     },
 }

@@ -584,7 +584,6 @@ pub struct PolicyView {
     pub limits: Vec<String>,
     /// Hex SHA-256 of `source`: nodes that each apply the policy file (stateless mode,
     /// `--store`) have their own version numbers, so operators compare this instead.
-    #[serde(default)]
     pub sha256: Option<String>,
 }
 
