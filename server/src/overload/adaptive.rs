@@ -44,6 +44,13 @@ pub struct AdaptiveSettings {
 /// Lowest limit by default: a few decisions still share an fsync.
 pub const DEFAULT_MIN_LIMIT: usize = 4;
 
+/// How far over the baseline a window may average before the limit shrinks. Group commit
+/// makes a node's best throughput come at a few fsyncs of latency, not one: at 1.5 the
+/// limit settled where an fsync-bound node answered 40 % of its capacity under 2×
+/// overload; at 3 it answered 74 %, and the p99 of answered calls still stayed below the
+/// p99 at half load (`docs/benchmarks.md`, "Overload", run 10).
+pub const DEFAULT_TOLERANCE: f64 = 3.0;
+
 impl AdaptiveSettings {
     /// The defaults with `max` as the ceiling (`min` lowered to `max` if need be).
     pub fn up_to(max: usize) -> AdaptiveSettings {
@@ -53,7 +60,7 @@ impl AdaptiveSettings {
             max,
             window: Duration::from_millis(100),
             min_samples: 20,
-            tolerance: 1.5,
+            tolerance: DEFAULT_TOLERANCE,
             probe_every: Duration::from_secs(30),
         }
     }
@@ -223,9 +230,9 @@ mod tests {
         let mut now = Duration::ZERO;
         let mut c = AdaptiveLimit::new(settings(), now);
         feed(&mut c, &mut now, 4 * MS, 3);
-        feed(&mut c, &mut now, 6 * MS, 20); // 1.5 × baseline
+        feed(&mut c, &mut now, 12 * MS, 20); // DEFAULT_TOLERANCE × baseline
         assert_eq!(c.limit(), 256);
-        feed(&mut c, &mut now, 7 * MS, 1);
+        feed(&mut c, &mut now, 13 * MS, 1);
         assert!(c.limit() < 256);
     }
 
@@ -261,12 +268,12 @@ mod tests {
         );
         feed(&mut c, &mut now, 2 * MS, 5);
         assert_eq!(c.baseline(), Some(2 * MS));
-        // The disk got slower for good: 5 ms is now the unqueued latency.
-        let limits = feed(&mut c, &mut now, 5 * MS, 40);
+        // The disk got slower for good: 8 ms is now the unqueued latency.
+        let limits = feed(&mut c, &mut now, 8 * MS, 40);
         assert!(limits.contains(&DEFAULT_MIN_LIMIT), "{limits:?}");
-        assert_eq!(c.baseline(), Some(5 * MS));
+        assert_eq!(c.baseline(), Some(8 * MS));
         // The limit came back once the baseline moved, dipping only for the next probe.
-        let limits = feed(&mut c, &mut now, 5 * MS, 20);
+        let limits = feed(&mut c, &mut now, 8 * MS, 20);
         assert!(limits.contains(&64), "{limits:?}");
         assert!(
             limits.iter().all(|&l| l == 64 || l == DEFAULT_MIN_LIMIT),
@@ -317,7 +324,7 @@ mod tests {
         fn overload_reaches_min_and_calm_reaches_max(
             max in 1_usize..1_000,
             baseline_us in 100_u64..20_000,
-            factor in 3_u64..100,
+            factor in 4_u64..100,
         ) {
             let mut now = Duration::ZERO;
             let mut c = AdaptiveLimit::new(AdaptiveSettings {
