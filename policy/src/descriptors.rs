@@ -27,7 +27,7 @@ use quorate_algorithms::{Algorithm, OnFull, SECOND};
 use serde::Deserialize;
 
 use super::conditions::ConditionalLimit;
-use super::limits::{policy_rate, Consistency, KeyCapDoc, LimitDef};
+use super::limits::{policy_rate, Consistency, LimitDef, LimitOptions};
 use super::parse_window;
 pub use super::rule::{EnvoyUnit, RateUnit, RuleSpec};
 
@@ -244,20 +244,20 @@ fn compile_rule(key: &str, raw: RawRateLimit) -> Result<Rule, String> {
             return Err(format!("{what}: name must be 1 to {MAX_TEXT} bytes"));
         }
     }
-    let cap = KeyCapDoc {
+    let options = LimitOptions {
         max_keys: raw.max_keys,
         on_full: raw.on_full,
         expose: raw.expose,
         reservation_percent: raw.reservation_percent,
     };
-    cap.validate().map_err(|e| format!("{what}: {e}"))?;
+    options.validate().map_err(|e| format!("{what}: {e}"))?;
     Ok(Rule::Limited {
         limit: String::new(),
         spec: RuleSpec {
             rate,
             consistency: raw.consistency,
             unit,
-            cap,
+            options,
         },
         display_name: raw.name,
         replaces,
@@ -584,7 +584,7 @@ impl Domain {
                             name: path.clone(),
                             display_name: Some(name),
                             shadow_mode: node.shadow_mode,
-                            ..LimitDef::new(spec.rate, spec.consistency, spec.cap, false)
+                            ..LimitDef::new(spec.rate, spec.consistency, spec.options, false)
                         },
                     );
                 }

@@ -35,7 +35,7 @@ pub use conditions::{CompareOp, Comparison, ConditionalLimit, ConditionalRule, E
 pub use descriptors::{wildcard_matches, Domain, EnvoyUnit, RateUnit, Rule, RuleSpec};
 pub use duration::parse_window;
 pub(crate) use limits::policy_rate;
-pub use limits::{assign_key_caps, Consistency, KeyCapDoc, LimitDef};
+pub use limits::{assign_key_caps, Consistency, LimitDef, LimitOptions};
 pub use plan::{plan_rls, redacted_value, DescriptorPlan, LimitedPlan, RequestDescriptor};
 
 /// The default cap on live counters across the cluster. Part of the policy (not a node

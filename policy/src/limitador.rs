@@ -177,7 +177,7 @@ fn compile_limit(
                 rate,
                 consistency: Consistency::Strict,
                 unit,
-                cap: Default::default(),
+                options: Default::default(),
             })
         }
     };

@@ -64,17 +64,18 @@ pub struct LimitDef {
     pub reservation_percent: Option<u8>,
 }
 
-/// `max_keys`, `on_full`, `expose` and `reservation_percent` as written, wherever a
-/// limit can be written (named limits, descriptor rules, route and consumer limits).
+/// What a limit may say besides its rate: `max_keys`, `on_full`, `expose` and
+/// `reservation_percent` as written, wherever a limit can be written (named limits,
+/// descriptor rules, route and consumer limits).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KeyCapDoc {
+pub struct LimitOptions {
     pub max_keys: Option<usize>,
     pub on_full: OnFull,
     pub expose: Option<bool>,
     pub reservation_percent: Option<u8>,
 }
 
-impl KeyCapDoc {
+impl LimitOptions {
     /// Checks `max_keys` and `reservation_percent`; the error is the reason, without
     /// position.
     pub fn validate(&self) -> Result<(), String> {
@@ -128,12 +129,12 @@ pub fn assign_key_caps(
 }
 
 impl LimitDef {
-    /// A limit with no name yet: `cap` as written, exposed to quorate.v1 when `cap.expose`
-    /// says so, else when `exposed_by_default`.
+    /// A limit with no name yet: `options` as written, exposed to quorate.v1 when
+    /// `options.expose` says so, else when `exposed_by_default`.
     pub fn new(
         rate: Rate,
         consistency: Consistency,
-        cap: KeyCapDoc,
+        options: LimitOptions,
         exposed_by_default: bool,
     ) -> LimitDef {
         LimitDef {
@@ -142,12 +143,12 @@ impl LimitDef {
             consistency,
             display_name: None,
             shadow_mode: false,
-            max_keys: cap.max_keys,
-            on_full: cap.on_full,
-            expose: cap.expose,
-            exposed: cap.expose.unwrap_or(exposed_by_default),
+            max_keys: options.max_keys,
+            on_full: options.on_full,
+            expose: options.expose,
+            exposed: options.expose.unwrap_or(exposed_by_default),
             key_cap: KeyCap::NONE,
-            reservation_percent: cap.reservation_percent,
+            reservation_percent: options.reservation_percent,
         }
     }
 
@@ -224,13 +225,14 @@ impl LimitDoc {
         let window = parse_window(&doc.window).map_err(|e| format!("limit {:?}: {e}", doc.name))?;
         let rate = policy_rate(doc.algorithm, doc.limit, window, doc.burst, doc.precision)
             .map_err(|e| format!("limit {:?}: {e}", doc.name))?;
-        let cap = KeyCapDoc {
+        let options = LimitOptions {
             max_keys: doc.max_keys,
             on_full: doc.on_full,
             expose: doc.expose,
             reservation_percent: doc.reservation_percent,
         };
-        cap.validate()
+        options
+            .validate()
             .map_err(|e| format!("limit {:?}: {e}", doc.name))?;
         // A named limit is quorate.v1's own unless an authz route takes it with `use:`
         // (see `authz::policy`) and it does not say `expose: true`.
@@ -240,7 +242,7 @@ impl LimitDoc {
             consistency: doc.consistency,
             display_name: None,
             shadow_mode: doc.shadow_mode,
-            ..LimitDef::new(rate, doc.consistency, cap, true)
+            ..LimitDef::new(rate, doc.consistency, options, true)
         })
     }
 }

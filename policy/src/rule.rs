@@ -5,7 +5,7 @@
 
 use quorate_algorithms::{Rate, SECOND};
 
-use super::limits::{Consistency, KeyCapDoc};
+use super::limits::{Consistency, LimitOptions};
 
 /// Separates entries inside a counter key; cannot appear in valid HTTP header values.
 pub(crate) const ENTRY_SEPARATOR: char = '\u{1e}';
@@ -39,7 +39,7 @@ pub struct RuleSpec {
     pub unit: RateUnit,
     /// `max_keys`, `on_full`, `expose` (a rule is not addressable via quorate.v1 unless
     /// it says `expose: true`).
-    pub cap: KeyCapDoc,
+    pub options: LimitOptions,
 }
 
 /// How a window is reported to Envoy (`RateLimit.unit`): Envoy only knows whole units, so

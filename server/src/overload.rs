@@ -248,8 +248,9 @@ impl Budget {
             })
             .ok()?;
         Some(Admitted {
+            // Only the adaptive limit needs the latency; a fixed one skips the clock read.
+            at: self.adaptive.is_some().then(Instant::now),
             budget: Arc::clone(self),
-            at: Instant::now(),
         })
     }
 }
@@ -258,20 +259,21 @@ impl Budget {
 #[derive(Debug)]
 struct Admitted {
     budget: Arc<Budget>,
-    at: Instant,
+    /// When it was admitted (adaptive limits only).
+    at: Option<Instant>,
 }
 
 impl Admitted {
     /// The decision was answered (or timed out): its latency feeds the adaptive limit.
     fn answered(self) {
-        let Some(adaptive) = &self.budget.adaptive else {
+        let (Some(adaptive), Some(at)) = (&self.budget.adaptive, self.at) else {
             return;
         };
         let now = Instant::now();
         let changed = adaptive
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .record(now - self.at, now - self.budget.started);
+            .record(now - at, now - self.budget.started);
         if let Some(limit) = changed {
             self.budget.limit.store(limit, Ordering::Relaxed);
             self.budget

@@ -1369,13 +1369,13 @@ fn compile_limit(
         return Err(format!("duplicate limit name {full:?}"));
     }
     let consistency = raw.consistency.unwrap_or_default();
-    let cap = super::KeyCapDoc {
+    let options = super::LimitOptions {
         max_keys: raw.max_keys,
         on_full: raw.on_full.unwrap_or_default(),
         expose: raw.expose,
         reservation_percent: raw.reservation_percent,
     };
-    cap.validate()?;
+    options.validate()?;
     limits.insert(
         full.clone(),
         LimitDef {
@@ -1383,7 +1383,7 @@ fn compile_limit(
             display_name: Some(shown.clone()),
             // Route and consumer limits are keyed by who calls: never addressable via
             // quorate.v1 unless the policy says `expose: true`.
-            ..LimitDef::new(rate, consistency, cap, false)
+            ..LimitDef::new(rate, consistency, options, false)
         },
     );
     Ok(RouteLimit {
