@@ -601,14 +601,7 @@ async fn metrics_parse_and_match_known_traffic() {
     }
     // An unknown limit: a quorate.v1 request answered NOT_FOUND.
     check(&mut client, "nope", "m", None).await.unwrap_err();
-    let text = http()
-        .get(format!("http://{}/metrics", n.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = quorate_e2e::api::metrics(n.http).await.unwrap();
     let (samples, types) = parse_exposition(&text);
 
     // Conventions: `_total` exactly on counters.

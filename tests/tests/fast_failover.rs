@@ -27,17 +27,8 @@ const ELECTION_TIMEOUT_MS: u64 = 200;
 
 /// `name`'s value in the node's Prometheus exposition, if present.
 async fn metric(http: std::net::SocketAddr, name: &str) -> anyhow::Result<Option<f64>> {
-    let text = api::http()
-        .get(format!("http://{http}/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text.lines().find_map(|line| {
-        let (n, v) = line.split_once(' ')?;
-        (n == name).then(|| v.trim().parse().ok()).flatten()
-    }))
+    let text = tokio::time::timeout(Duration::from_secs(2), api::metrics(http)).await??;
+    Ok(api::series(&text, name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,14 +162,7 @@ async fn redis_killed_mid_load_applies_failure_mode_then_recovers() {
         assert_eq!(status, 503);
         assert!(took < Duration::from_secs(3), "took {took:?}");
     }
-    let metrics = quorate_e2e::api::http()
-        .get(format!("{}/metrics", node.node(1).http_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = quorate_e2e::api::metrics(node.node(1).http).await.unwrap();
     assert!(
         metrics.contains("quorate_store_up 0"),
         "store_up should be 0"
