@@ -9,6 +9,12 @@ use quorate_server::cli::{Cli, Command};
 use quorate_server::{node, ops};
 use tracing_subscriber::EnvFilter;
 
+/// Each decision allocates and frees futures of a few KB on whichever worker thread runs
+/// it; mimalloc serves those from per-thread pages where glibc's malloc took its slow,
+/// locking path (docs/benchmarks.md, "Issue 10 restructure: before and after").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
