@@ -17,6 +17,9 @@
 //! - A window averaging more than `baseline × tolerance` shrinks the limit by the ratio
 //!   (at most halving it); any other window grows it by `√limit` (at least 1), so after
 //!   overload the limit is back at the maximum within seconds.
+//! - A window run at the minimum limit counts as a probe too (nothing queued in it), so
+//!   latency that no limit lowers (an election, a slower disk) resets the baseline at
+//!   once instead of holding the limit at the minimum.
 //! - The limit always stays within `[min, max]`.
 //!
 //! This part is pure: time and latencies are arguments (`now` is time since any fixed
@@ -148,8 +151,14 @@ impl AdaptiveLimit {
             self.limit = restore;
             return;
         }
+        // A window run at the minimum had nothing to queue behind: like a probe, its
+        // average is the unqueued latency now. Without this, latency the limit cannot
+        // lower (a leader election, a slower disk, the CPU spent shedding) held the
+        // limit at the minimum until the next probe: after a leader kill, seconds of
+        // shedding (`docs/benchmarks.md`, "Overload").
+        let at_minimum = self.limit() == self.settings.min;
         let baseline = match self.baseline_us {
-            Some(b) if b <= average_us => b,
+            Some(b) if b <= average_us && !at_minimum => b,
             _ => {
                 self.baseline_us = Some(average_us);
                 average_us
@@ -199,6 +208,23 @@ mod tests {
         limits
     }
 
+    /// Like [`feed`], for a node that completes `knee` decisions per `unqueued` latency:
+    /// above `knee` in flight, decisions queue and latency grows with the limit.
+    fn feed_node(
+        c: &mut AdaptiveLimit,
+        now: &mut Duration,
+        unqueued: Duration,
+        knee: usize,
+        windows: usize,
+    ) -> Vec<usize> {
+        let mut limits = Vec::new();
+        for _ in 0..windows {
+            let latency = unqueued.mul_f64((c.limit() as f64 / knee as f64).max(1.0));
+            limits.extend(feed(c, now, latency, 1));
+        }
+        limits
+    }
+
     fn settings() -> AdaptiveSettings {
         AdaptiveSettings {
             probe_every: Duration::from_secs(3600),
@@ -215,10 +241,15 @@ mod tests {
         assert_eq!(c.limit(), 256, "at baseline latency the limit stays at max");
         assert_eq!(c.baseline(), Some(3 * MS));
 
-        let shrinking = feed(&mut c, &mut now, 30 * MS, 20);
-        assert!(shrinking.windows(2).all(|w| w[1] <= w[0]), "{shrinking:?}");
-        assert_eq!(c.limit(), DEFAULT_MIN_LIMIT, "{shrinking:?}");
-        assert_eq!(c.baseline(), Some(3 * MS), "a slow window is no baseline");
+        // The node now completes only 8 decisions per 3 ms; more in flight queue.
+        let shrinking = feed_node(&mut c, &mut now, 3 * MS, 8, 40);
+        let settled = &shrinking[20..];
+        assert!(
+            settled.iter().all(|&l| l <= 8 * 3 + 5),
+            "the limit stays near where latency reaches the tolerance: {shrinking:?}"
+        );
+        assert!(shrinking.contains(&DEFAULT_MIN_LIMIT) || shrinking[0] < 256);
+        assert_eq!(c.baseline(), Some(3 * MS), "a queued window is no baseline");
 
         let growing = feed(&mut c, &mut now, 3 * MS, 60);
         assert!(growing.windows(2).all(|w| w[1] >= w[0]), "{growing:?}");
@@ -287,10 +318,24 @@ mod tests {
         let mut c = AdaptiveLimit::new(settings(), now);
         feed(&mut c, &mut now, Duration::ZERO, 3);
         assert_eq!(c.limit(), 256);
-        feed(&mut c, &mut now, MS, 20);
-        assert_eq!(c.limit(), DEFAULT_MIN_LIMIT);
+        let limits = feed(&mut c, &mut now, MS, 20);
+        assert!(limits.contains(&DEFAULT_MIN_LIMIT), "{limits:?}");
         feed(&mut c, &mut now, Duration::ZERO, 60);
         assert_eq!(c.limit(), 256);
+    }
+
+    #[test]
+    fn latency_no_limit_lowers_does_not_hold_the_limit_down() {
+        // A leader election: every decision suddenly takes 10× as long, whatever the
+        // limit. The limit dips, then the window at the minimum resets the baseline and
+        // it grows back without waiting for a probe.
+        let mut now = Duration::ZERO;
+        let mut c = AdaptiveLimit::new(settings(), now);
+        feed(&mut c, &mut now, 3 * MS, 5);
+        let limits = feed(&mut c, &mut now, 30 * MS, 60);
+        assert!(limits.contains(&DEFAULT_MIN_LIMIT), "{limits:?}");
+        assert_eq!(c.baseline(), Some(30 * MS));
+        assert_eq!(c.limit(), 256, "{limits:?}");
     }
 
     proptest! {
@@ -318,13 +363,14 @@ mod tests {
             }
         }
 
-        /// Latency far above the baseline always ends at the minimum; the baseline again
-        /// always ends at the maximum.
+        /// On a node that queues above `knee` decisions in flight, the limit settles
+        /// where latency reaches the tolerance (within one growth step); once nothing
+        /// queues, it always ends at the maximum.
         #[test]
-        fn overload_reaches_min_and_calm_reaches_max(
+        fn queueing_bounds_the_limit_and_calm_reaches_max(
             max in 1_usize..1_000,
             baseline_us in 100_u64..20_000,
-            factor in 4_u64..100,
+            knee in 1_usize..200,
         ) {
             let mut now = Duration::ZERO;
             let mut c = AdaptiveLimit::new(AdaptiveSettings {
@@ -333,8 +379,14 @@ mod tests {
             }, now);
             let base = Duration::from_micros(baseline_us);
             feed(&mut c, &mut now, base, 2);
-            feed(&mut c, &mut now, base * factor as u32, 30);
-            prop_assert_eq!(c.limit(), DEFAULT_MIN_LIMIT.min(max));
+            let limits = feed_node(&mut c, &mut now, base, knee, 60);
+            // Above `tolerance × max(knee, min)` in flight a window is over the tolerance
+            // and shrinks; growth adds at most √limit + 1 to a limit below it.
+            let ceiling = DEFAULT_TOLERANCE * knee.max(DEFAULT_MIN_LIMIT.min(max)) as f64;
+            let ceiling = (ceiling + ceiling.sqrt() + 1.0).min(max as f64) as usize;
+            for &l in &limits[30..] {
+                prop_assert!(l <= ceiling.max(DEFAULT_MIN_LIMIT.min(max)), "{} > {}: {:?}", l, ceiling, limits);
+            }
             feed(&mut c, &mut now, base, 100);
             prop_assert_eq!(c.limit(), max);
         }
