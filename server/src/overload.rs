@@ -13,10 +13,10 @@
 //! The budget is `--max-in-flight` (`--concurrency-limit fixed`, the default) or an
 //! adaptive limit between a few decisions and `--max-in-flight` that shrinks when admitted
 //! decisions' latency rises above the node's unqueued latency (`--concurrency-limit
-//! adaptive`, [`adaptive`]; it met the overload goal without sizing in runs 10–11 of
-//! `docs/benchmarks.md`, "Overload", but is not the default: it also shrinks on latency
-//! that is not queueing, and after a leader kill it shed for seconds); the current budget
-//! is the `quorate_concurrency_limit` gauge.
+//! adaptive`, [`adaptive`]; it met the overload goal without sizing in runs 10–12 of
+//! `docs/benchmarks.md`, "Overload", but is not the default: it still sheds during a
+//! leader election, where a fixed limit sheds nothing); the current budget is the
+//! `quorate_concurrency_limit` gauge.
 //!
 //! Health, reflection, metrics, the dashboard and the admin API are never shed: probes
 //! and operators must still reach a saturated node. The peer port is not wrapped at all.
