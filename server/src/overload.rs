@@ -504,9 +504,10 @@ mod tests {
     }
 
     /// The adaptive budget end to end through the layer: decisions that get slow shrink
-    /// the limit (and the gauge) until a few in flight are all it admits. (Growing back
-    /// is the controller's own test: on a real clock, on a shared machine, "as fast as
-    /// the baseline" is too fine to assert here.)
+    /// the limit (and the gauge) until the callers find it spent, and latency that stays
+    /// slow at the minimum lets it grow back. (Growing back to exactly the maximum is the
+    /// controller's own test: on a real clock, on a shared machine, it is too fine to
+    /// assert here.)
     #[tokio::test]
     async fn slow_decisions_shrink_the_adaptive_limit_until_it_sheds() {
         use tower::ServiceExt;
