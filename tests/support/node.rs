@@ -251,7 +251,16 @@ impl TestNode {
         };
         if let Some(status) = child.try_wait()? {
             self.child = None;
-            bail!("node {} exited early: {status}", self.id);
+            // Its stderr says why (a port taken between picking and binding, a bad flag):
+            // the cluster is dropped before any failure report could show its logs.
+            let stderr = self.stderr();
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "node {} exited early: {status}; its stderr ends:\n{}",
+                self.id,
+                tail.join("\n")
+            );
         }
         Ok(())
     }
